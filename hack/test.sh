@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up a virtualenv from nothing (idempotent) and run every check CI runs:
+# ruff, mypy --strict on the core and simulator, the import contract, and pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=hack/setup.sh
+source hack/setup.sh
+echo "==> ruff"
+.venv/bin/ruff check operator tests bench
+echo "==> mypy"
+.venv/bin/mypy
+echo "==> pytest"
+.venv/bin/python -m pytest -q "$@"
