@@ -1,0 +1,92 @@
+"""The layering contract of STYLE.md, checked: arrows point down, never up.
+
+    cli -> handlers -> kube/core,  sim -> core,  localcluster -> (nothing of capguard)
+
+A module may import only the wings its row allows. The check reads the source with
+`ast`, so it also catches imports inside functions (the lazy ones cli.py uses).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "operator" / "capguard"
+
+# wing -> the other capguard wings it may import
+ALLOWED: dict[str, set[str]] = {
+    "core": set(),
+    "sim": {"core"},
+    "localcluster": set(),
+    "kube": {"core", "metrics"},
+    "metrics": set(),
+    "handlers": {"core", "kube", "metrics"},
+    "operator": {"core", "kube", "handlers", "metrics"},
+    "demo": {"core", "sim", "kube", "localcluster", "metrics"},
+    "status": {"core", "kube"},
+}
+
+
+def _wing(path: Path) -> str:
+    relative = path.relative_to(PACKAGE)
+    return relative.parts[0].removesuffix(".py")
+
+
+def _capguard_imports(tree: ast.AST) -> set[str]:
+    wings: set[str] = set()
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+            if node.module == "capguard":
+                names = [f"capguard.{alias.name}" for alias in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "capguard" and len(parts) > 1:
+                wings.add(parts[1])
+    return wings
+
+
+def _modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if _wing(p) in ALLOWED)
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_point_down(path: Path) -> None:
+    wing = _wing(path)
+    imported = _capguard_imports(ast.parse(path.read_text(), filename=str(path)))
+    upward = imported - ALLOWED[wing] - {wing}
+    assert not upward, f"capguard.{wing} must not import {sorted(upward)} (see STYLE.md)"
+
+
+def _top_level_imports(tree: ast.AST) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+IO_MODULES = {"asyncio", "aiohttp", "kopf", "time", "socket", "threading", "http", "urllib"}
+
+
+@pytest.mark.parametrize(
+    "path", sorted((PACKAGE / "core").rglob("*.py")), ids=lambda p: p.name
+)
+def test_core_has_no_io_or_wall_clock(path: Path) -> None:
+    imported = _top_level_imports(ast.parse(path.read_text(), filename=str(path)))
+    assert not imported & IO_MODULES, (
+        f"core/{path.name} imports {sorted(imported & IO_MODULES)}: "
+        "the core takes an injected clock and does no I/O"
+    )
+
+
+def test_the_contract_checker_catches_an_upward_import() -> None:
+    tree = ast.parse("from capguard.handlers import engines\nimport capguard.kube.api\n")
+    assert _capguard_imports(tree) == {"handlers", "kube"}
