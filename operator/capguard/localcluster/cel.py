@@ -1,0 +1,253 @@
+"""CEL rules of `x-kubernetes-validations`, compiled once and evaluated per object.
+
+Library choice: `cel-python` (import name `celpy`). It is a pure-Python, maintained
+implementation of the CEL spec (parser, macros `has/all/exists/exists_one/map/filter`,
+`size`, `matches`, `int()`, `string()`, `duration()`, `timestamp()`), it accepts extra
+functions, so the Kubernetes extension library (`isSorted`, `sum`, `lowerAscii`, ...)
+can be added here in a few lines, and it needs no native build. Its gaps against
+cel-go, which the real apiserver uses, are documented where they bite: no static type
+check (a misspelt field is found at evaluation, not at CRD creation), no cost budget,
+and no heterogeneous numeric equality (`1 == 1.0` is an error, so numbers are fed to
+CEL with the type their schema declares, see `schema.py`).
+
+Behaviour follows Kubernetes 1.29+ (CEL validation GA); the recorded 1.24 server has
+no CEL at all, so nothing in `k8s-reference/` pins it down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+import celpy
+from celpy import adapter, celtypes
+
+#: Reasons a rule may declare (`reason:`); anything else falls back to the default.
+REASONS: Final = frozenset(
+    {"FieldValueInvalid", "FieldValueForbidden", "FieldValueRequired", "FieldValueDuplicate"}
+)
+DEFAULT_REASON: Final = "FieldValueInvalid"
+
+# A rule mentions oldSelf -> it is a transition rule, evaluated only on updates where
+# the old value exists (Kubernetes decides this from the compiled AST; a word match is
+# the same answer for every rule outside a string literal).
+_OLD_SELF: Final = re.compile(r"\boldSelf\b")
+
+_ENV: Final = celpy.Environment()
+
+
+class RuleCompileError(ValueError):
+    """A rule that does not parse; Kubernetes would reject the CRD carrying it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """Why one rule rejected a value: the reason and the message a user reads."""
+
+    reason: str
+    message: str
+
+
+class Rule:
+    """One `x-kubernetes-validations` entry, compiled."""
+
+    __slots__ = ("_message_program", "_program", "field_path", "message", "reason", "source",
+                 "uses_old_self")
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.source: str = str(spec.get("rule", ""))
+        self.message: str | None = _optional_str(spec.get("message"))
+        reason = spec.get("reason")
+        self.reason: str = reason if reason in REASONS else DEFAULT_REASON
+        self.field_path: str = str(spec.get("fieldPath") or "")
+        self.uses_old_self: bool = bool(_OLD_SELF.search(self.source))
+        self._program = _compile(self.source)
+        message_expression = _optional_str(spec.get("messageExpression"))
+        self._message_program = _compile(message_expression) if message_expression else None
+
+    def evaluate(self, *, self_value: Any, old_self: Any = None) -> Outcome | None:
+        """Evaluate with CEL values; None when the rule holds, else why it failed.
+
+        Never raises: a rule that errors at runtime (missing field, no overload,
+        division by zero) is a failure with the error as its message, as in
+        Kubernetes, because the object cannot be proven valid.
+        """
+        activation = {"self": self_value}
+        if self.uses_old_self:
+            activation["oldSelf"] = old_self
+        try:
+            result = self._program.evaluate(activation)
+        except Exception as error:  # celpy raises many types; none may escape
+            return Outcome(DEFAULT_REASON, _error_text(error))
+        if isinstance(result, Exception):  # celpy can return errors as values
+            return Outcome(DEFAULT_REASON, _error_text(result))
+        if not isinstance(result, celtypes.BoolType):
+            return Outcome(DEFAULT_REASON, "rule did not evaluate to a boolean")
+        if result:
+            return None
+        return Outcome(self.reason, self._failure_message(activation))
+
+    def _failure_message(self, activation: dict[str, Any]) -> str:
+        """messageExpression if it yields a non-empty string, else message, else the rule."""
+        if self._message_program is not None:
+            try:
+                text = self._message_program.evaluate(activation)
+            except Exception:  # a broken messageExpression falls back, as in Kubernetes
+                text = None
+            if isinstance(text, str) and text.strip():
+                return str(text)
+        if self.message:
+            return self.message
+        return f"failed rule: {self.source}"
+
+
+def to_cel(value: Any) -> Any:
+    """JSON value -> CEL value (maps, lists, ints, doubles, strings, bools, null)."""
+    return adapter.json_to_cel(value)
+
+
+def _optional_str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _compile(source: str) -> celpy.Runner:
+    try:
+        ast = _ENV.compile(source)
+        return _ENV.program(ast, functions=KUBERNETES_FUNCTIONS)
+    except Exception as error:  # parse errors come as several exception types
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "syntax error"
+        raise RuleCompileError(f"compilation failed: {first_line}") from error
+
+
+def _error_text(error: BaseException) -> str:
+    """A one-line evaluation error; celpy's own text can embed the whole activation."""
+    args = getattr(error, "args", ())
+    text = str(args[0]) if args else str(error)
+    key = re.match(r"no such member in mapping: '(.*)'", text)
+    if key:
+        return f"no such key: {key.group(1)}"
+    undeclared = re.match(r"undeclared reference to '([^']*)'", text)
+    if undeclared:
+        return f"undeclared reference to '{undeclared.group(1)}'"
+    return text.split(" (in activation")[0][:200]
+
+
+# --- The Kubernetes CEL extension functions that CRDs commonly use -------------------
+# (k8s.io/apiserver/pkg/cel/library: lists, strings, regex). celpy calls a method
+# `x.f(a)` as `f(x, a)`.
+
+
+def _is_sorted(items: Sequence[Any]) -> celtypes.BoolType:
+    return celtypes.BoolType(all(a <= b for a, b in itertools.pairwise(items)))
+
+
+def _sum(items: Sequence[Any]) -> Any:
+    total: Any = celtypes.IntType(0)
+    for index, item in enumerate(items):
+        total = item if index == 0 else total + item
+    return total
+
+
+def _min(items: Sequence[Any]) -> Any:
+    return min(items)
+
+
+def _max(items: Sequence[Any]) -> Any:
+    return max(items)
+
+
+def _index_of(container: Any, item: Any) -> celtypes.IntType:
+    if isinstance(container, str):
+        return celtypes.IntType(container.find(item))
+    for index, candidate in enumerate(container):
+        if candidate == item:
+            return celtypes.IntType(index)
+    return celtypes.IntType(-1)
+
+
+def _last_index_of(container: Any, item: Any) -> celtypes.IntType:
+    if isinstance(container, str):
+        return celtypes.IntType(container.rfind(item))
+    for index in range(len(container) - 1, -1, -1):
+        if container[index] == item:
+            return celtypes.IntType(index)
+    return celtypes.IntType(-1)
+
+
+def _lower_ascii(text: str) -> celtypes.StringType:
+    return celtypes.StringType(text.translate(_LOWER))
+
+
+def _upper_ascii(text: str) -> celtypes.StringType:
+    return celtypes.StringType(text.translate(_UPPER))
+
+
+_LOWER: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+_UPPER: Final = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _trim(text: str) -> celtypes.StringType:
+    return celtypes.StringType(text.strip())
+
+
+def _split(text: str, separator: str, *limit: int) -> celtypes.ListType:
+    parts = text.split(separator, int(limit[0]) - 1) if limit and int(limit[0]) > 0 else (
+        text.split(separator))
+    return celtypes.ListType([celtypes.StringType(part) for part in parts])
+
+
+def _join(items: Sequence[Any], *separator: str) -> celtypes.StringType:
+    return celtypes.StringType((separator[0] if separator else "").join(map(str, items)))
+
+
+def _replace(text: str, old: str, new: str, *count: int) -> celtypes.StringType:
+    limit = int(count[0]) if count else -1
+    return celtypes.StringType(text.replace(old, new, limit))
+
+
+def _substring(text: str, start: int, *end: int) -> celtypes.StringType:
+    stop = int(end[0]) if end else len(text)
+    if not 0 <= int(start) <= stop <= len(text):
+        raise ValueError(f"substring: index out of range: {start}..{stop}")
+    return celtypes.StringType(text[int(start):stop])
+
+
+def _char_at(text: str, index: int) -> celtypes.StringType:
+    if not 0 <= int(index) <= len(text):
+        raise ValueError(f"charAt: index out of range: {index}")
+    return celtypes.StringType(text[int(index):int(index) + 1])
+
+
+def _find(text: str, pattern: str) -> celtypes.StringType:
+    match = re.search(pattern, text)
+    return celtypes.StringType(match.group(0) if match else "")
+
+
+def _find_all(text: str, pattern: str, *limit: int) -> celtypes.ListType:
+    found = [m.group(0) for m in re.finditer(pattern, text)]
+    if limit and int(limit[0]) >= 0:
+        found = found[: int(limit[0])]
+    return celtypes.ListType([celtypes.StringType(item) for item in found])
+
+
+KUBERNETES_FUNCTIONS: Final[dict[str, Callable[..., Any]]] = {
+    "isSorted": _is_sorted,
+    "sum": _sum,
+    "min": _min,
+    "max": _max,
+    "indexOf": _index_of,
+    "lastIndexOf": _last_index_of,
+    "lowerAscii": _lower_ascii,
+    "upperAscii": _upper_ascii,
+    "trim": _trim,
+    "split": _split,
+    "join": _join,
+    "replace": _replace,
+    "substring": _substring,
+    "charAt": _char_at,
+    "find": _find,
+    "findAll": _find_all,
+}
