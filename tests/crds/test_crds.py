@@ -1,0 +1,684 @@
+"""The CRDs in crds/ and the samples in deploy/samples/, checked without a cluster.
+
+The checks stand in for what the API server does at admission: apply schema
+defaults, validate types, bounds, enums and patterns, then run the
+x-kubernetes-validations (CEL) rules with `self` bound to the node they sit on.
+CEL runs in cel-python, which speaks the same standard CEL as Kubernetes.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import celpy
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD_DIR = ROOT / "crds"
+SAMPLES_DIR = ROOT / "deploy" / "samples"
+INVALID_DIR = SAMPLES_DIR / "invalid"
+
+GROUP = "capguard.dev"
+VERSION = "v1alpha1"
+KINDS = {
+    "InferenceEngine": ("inferenceengines", "ie"),
+    "ModelCapacity": ("modelcapacities", "mc"),
+    "CircuitBreaker": ("circuitbreakers", "cb"),
+}
+
+# The field names fixed by docs/api-contract.md.
+CONTRACT_FIELDS = {
+    ("InferenceEngine", "spec"): {
+        "pool",
+        "accelerator",
+        "capacityUnits",
+        "modelRef",
+        "cordoned",
+        "revision",
+    },
+    ("InferenceEngine", "status"): {
+        "phase",
+        "model",
+        "revision",
+        "since",
+        "lastAction",
+        "message",
+        "observedGeneration",
+        "conditions",
+    },
+    ("ModelCapacity", "spec"): {
+        "replicas",
+        "revision",
+        "minAvailable",
+        "maxUnavailable",
+        "rateLimit",
+        "priority",
+        "engineSelector",
+    },
+    ("ModelCapacity", "status"): {
+        "desired",
+        "serving",
+        "loading",
+        "draining",
+        "floor",
+        "drift",
+        "availablePercent",
+        "selector",
+        "observedGeneration",
+        "conditions",
+    },
+    ("CircuitBreaker", "spec"): {
+        "selector",
+        "open",
+        "autoTrip",
+        "pauseThreshold",
+        "maxBatchAfterPause",
+        "halfOpenProbes",
+        "maxPlanAge",
+        "rateLimit",
+        "approval",
+    },
+    ("CircuitBreaker", "status"): {
+        "state",
+        "since",
+        "reason",
+        "heldActions",
+        "refusedActions",
+        "lastRefusedBatch",
+        "releasePlan",
+        "probesSucceeded",
+        "secondsInState",
+        "observedGeneration",
+        "conditions",
+    },
+}
+
+Schema = dict[str, Any]
+Errors = list[tuple[str, str]]
+
+
+def load_docs(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def load_crds() -> dict[str, dict[str, Any]]:
+    crds = {}
+    for path in sorted(CRD_DIR.glob("*.yaml")):
+        (crd,) = load_docs(path)
+        crds[crd["spec"]["names"]["kind"]] = crd
+    return crds
+
+
+CRDS = load_crds()
+
+
+def version_of(crd: dict[str, Any]) -> dict[str, Any]:
+    (version,) = crd["spec"]["versions"]
+    return version
+
+
+def schema_of(kind: str) -> Schema:
+    return version_of(CRDS[kind])["schema"]["openAPIV3Schema"]
+
+
+def sample_paths() -> list[Path]:
+    kustomization = yaml.safe_load((SAMPLES_DIR / "Kustomization").read_text())
+    return [SAMPLES_DIR / name for name in kustomization["resources"]]
+
+
+def samples() -> list[dict[str, Any]]:
+    return [doc for path in sample_paths() for doc in load_docs(path)]
+
+
+def invalid_paths() -> list[Path]:
+    return sorted(INVALID_DIR.glob("*.yaml"))
+
+
+# --- walking schemas ---------------------------------------------------------------
+
+
+def walk(schema: Schema, path: str = "") -> Iterator[tuple[str, Schema]]:
+    """Every schema node that describes a field, with its path. Skips the branches of
+    anyOf, which only restate the int-or-string union and may carry no description."""
+    yield path, schema
+    for name, child in schema.get("properties", {}).items():
+        yield from walk(child, f"{path}.{name}")
+    if "items" in schema:
+        yield from walk(schema["items"], f"{path}[]")
+    if isinstance(schema.get("additionalProperties"), dict):
+        yield from walk(schema["additionalProperties"], f"{path}{{}}")
+
+
+def is_int_or_string(schema: Schema) -> bool:
+    return bool(schema.get("x-kubernetes-int-or-string"))
+
+
+def is_free_object(schema: Schema) -> bool:
+    """metadata: the API server validates it itself, the schema only names it."""
+    return schema.get("type") == "object" and not (
+        "properties" in schema or "additionalProperties" in schema
+    )
+
+
+def node_at(schema: Schema, json_path: str) -> Schema | None:
+    """The schema node of a simple JSONPath such as .status.model, or None."""
+    node = schema
+    for name in json_path.strip(".").split("."):
+        if is_free_object(node):
+            return {"type": "string"}  # metadata.creationTimestamp and friends
+        node = node.get("properties", {}).get(name)
+        if node is None:
+            return None
+    return node
+
+
+# --- an admission stand-in: defaults, schema validation, CEL ---------------------------
+
+
+def apply_defaults(schema: Schema, value: Any) -> Any:
+    """As the API server does: nulls are dropped, then missing fields get defaults."""
+    if isinstance(value, dict) and "properties" in schema:
+        for name in [name for name, child_value in value.items() if child_value is None]:
+            del value[name]
+        for name, child in schema["properties"].items():
+            if name not in value and "default" in child:
+                value[name] = copy.deepcopy(child["default"])
+            if name in value:
+                value[name] = apply_defaults(child, value[name])
+    elif isinstance(value, list) and "items" in schema:
+        return [apply_defaults(schema["items"], item) for item in value]
+    return value
+
+
+def type_error(schema: Schema, value: Any) -> str | None:
+    if is_int_or_string(schema):
+        ok = isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+        return None if ok else "must be an integer or a string"
+    expected = schema["type"]
+    checks = {
+        "object": lambda v: isinstance(v, dict),
+        "array": lambda v: isinstance(v, list),
+        "string": lambda v: isinstance(v, str),
+        "boolean": lambda v: isinstance(v, bool),
+        "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    }
+    return None if checks[expected](value) else f"must be of type {expected}"
+
+
+def bound_errors(schema: Schema, value: Any) -> list[str]:
+    problems = []
+    if "enum" in schema and value not in schema["enum"]:
+        problems.append(f"must be one of {schema['enum']}")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if "minimum" in schema:
+            low = schema["minimum"]
+            if value < low:
+                problems.append(f"must be at least {low}")
+            elif schema.get("exclusiveMinimum") and value == low:
+                problems.append(f"must be above {low}")
+        if "maximum" in schema and value > schema["maximum"]:
+            problems.append(f"must be at most {schema['maximum']}")
+    if isinstance(value, str):
+        if len(value) < schema.get("minLength", 0):
+            problems.append(f"must be at least {schema['minLength']} characters")
+        if len(value) > schema.get("maxLength", len(value)):
+            problems.append(f"must be at most {schema['maxLength']} characters")
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            problems.append(f"must match {schema['pattern']}")
+    if isinstance(value, list) and len(value) > schema.get("maxItems", len(value)):
+        problems.append(f"must have at most {schema['maxItems']} items")
+    if isinstance(value, dict) and len(value) > schema.get("maxProperties", len(value)):
+        problems.append(f"must have at most {schema['maxProperties']} properties")
+    return problems
+
+
+def child_errors(schema: Schema, value: Any, path: str) -> Errors:
+    errors: Errors = []
+    if isinstance(value, dict) and "properties" in schema:
+        for name in schema.get("required", []):
+            if name not in value:
+                errors.append((f"{path}.{name}", "is required"))
+        for name, child_value in value.items():
+            child = schema["properties"].get(name)
+            if child is None:
+                errors.append((f"{path}.{name}", "is not a field of the schema"))
+            else:
+                errors += validate(child, child_value, f"{path}.{name}")
+    elif isinstance(value, dict) and isinstance(schema.get("additionalProperties"), dict):
+        for name, child_value in value.items():
+            errors += validate(schema["additionalProperties"], child_value, f"{path}.{name}")
+    elif isinstance(value, list) and "items" in schema:
+        for index, item in enumerate(value):
+            errors += validate(schema["items"], item, f"{path}[{index}]")
+    return errors
+
+
+def is_transition_rule(rule: str) -> bool:
+    return re.search(r"\boldSelf\b", rule) is not None
+
+
+def cel_errors(schema: Schema, value: Any, path: str, old: Any = None) -> Errors:
+    errors: Errors = []
+    for validation in schema.get("x-kubernetes-validations", []):
+        rule = validation["rule"]
+        if is_transition_rule(rule) and old is None:
+            continue  # the API server runs transition rules on update only
+        try:
+            admitted = bool(run_cel(rule, self_value=value, old_value=old))
+        except celpy.CELEvalError as error:  # the API server rejects on a rule error too
+            admitted, validation = False, {**validation, "message": str(error)}
+        if not admitted:
+            errors.append((path + validation.get("fieldPath", ""), validation["message"]))
+    return errors
+
+
+def validate(schema: Schema, value: Any, path: str = "") -> Errors:
+    """What the API server would report for `value`, after defaulting, as (path, problem)."""
+    if is_free_object(schema):
+        return []
+    problem = type_error(schema, value)
+    if problem:
+        return [(path, problem)]
+    errors = [(path, problem) for problem in bound_errors(schema, value)]
+    errors += child_errors(schema, value, path)
+    return errors + cel_errors(schema, value, path)
+
+
+def admit(body: dict[str, Any]) -> Errors:
+    schema = schema_of(body["kind"])
+    defaulted = apply_defaults(schema, copy.deepcopy(body))
+    return validate(schema, defaulted)
+
+
+CEL = celpy.Environment()
+
+
+def run_cel(expression: str, *, self_value: Any, old_value: Any = None) -> Any:
+    program = CEL.program(CEL.compile(expression))
+    activation = {"self": celpy.json_to_cel(self_value)}
+    if old_value is not None:
+        activation["oldSelf"] = celpy.json_to_cel(old_value)
+    return program.evaluate(activation)
+
+
+def all_validations() -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for kind in CRDS:
+        for path, node in walk(schema_of(kind)):
+            for validation in node.get("x-kubernetes-validations", []):
+                yield kind, path, validation
+
+
+# --- the CRDs ----------------------------------------------------------------------
+
+
+def test_each_kind_has_one_crd_file_named_after_it() -> None:
+    assert set(CRDS) == set(KINDS)
+    for plural, _ in KINDS.values():
+        assert (CRD_DIR / f"{plural}.{GROUP}.yaml").exists()
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_crd_identity(kind: str) -> None:
+    crd = CRDS[kind]
+    plural, short_name = KINDS[kind]
+    assert crd["apiVersion"] == "apiextensions.k8s.io/v1"
+    assert crd["metadata"]["name"] == f"{plural}.{GROUP}"
+    assert crd["spec"]["group"] == GROUP
+    assert crd["spec"]["scope"] == "Namespaced"
+    names = crd["spec"]["names"]
+    assert names["plural"] == plural
+    assert names["shortNames"] == [short_name]
+    assert names["categories"] == ["capguard"]
+    version = version_of(crd)
+    assert (version["name"], version["served"], version["storage"]) == (VERSION, True, True)
+    assert version["subresources"]["status"] == {}
+
+
+def test_model_capacity_has_the_scale_subresource() -> None:
+    scale = version_of(CRDS["ModelCapacity"])["subresources"]["scale"]
+    assert scale == {
+        "specReplicasPath": ".spec.replicas",
+        "statusReplicasPath": ".status.serving",
+        "labelSelectorPath": ".status.selector",
+    }
+    schema = schema_of("ModelCapacity")
+    assert node_at(schema, ".spec.replicas")["type"] == "integer"
+    assert node_at(schema, ".status.serving")["type"] == "integer"
+    assert node_at(schema, ".status.selector")["type"] == "string"
+
+
+@pytest.mark.parametrize("kind,part", sorted(CONTRACT_FIELDS))
+def test_fields_are_the_contract_ones(kind: str, part: str) -> None:
+    fields = set(schema_of(kind)["properties"][part]["properties"])
+    assert fields == CONTRACT_FIELDS[kind, part]
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_every_field_has_a_description(kind: str) -> None:
+    undescribed = [
+        path or "<root>"
+        for path, node in walk(schema_of(kind))
+        if not str(node.get("description", "")).strip()
+    ]
+    assert undescribed == []
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_schema_is_structural(kind: str) -> None:
+    """Every node has a type, except int-or-string, whose anyOf is exactly the union
+    the API server allows (nothing else inside the branches)."""
+    for path, node in walk(schema_of(kind)):
+        if is_int_or_string(node):
+            assert "type" not in node, path
+            assert node.get("anyOf", [{"type": "integer"}, {"type": "string"}]) == [
+                {"type": "integer"},
+                {"type": "string"},
+            ], path
+        else:
+            assert node.get("type") in {
+                "object",
+                "array",
+                "string",
+                "integer",
+                "number",
+                "boolean",
+            }, path
+            assert "anyOf" not in node, path
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_defaults_are_valid_values(kind: str) -> None:
+    for path, node in walk(schema_of(kind)):
+        if "default" in node:
+            assert validate(node, copy.deepcopy(node["default"]), path) == []
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_spec_strings_and_lists_are_bounded(kind: str) -> None:
+    """The CEL cost estimator assumes unbounded strings and lists are as large as a
+    request can be; bounding them keeps rules within the cost limit."""
+    spec = schema_of(kind)["properties"]["spec"]
+    for path, node in walk(spec, ".spec"):
+        if node.get("type") == "string" and "enum" not in node:
+            assert "maxLength" in node, path
+        if node.get("type") == "array":
+            assert "maxItems" in node, path
+        if isinstance(node.get("additionalProperties"), dict):
+            assert "maxProperties" in node, path
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_printer_columns_point_at_fields(kind: str) -> None:
+    schema = schema_of(kind)
+    for column in version_of(CRDS[kind])["additionalPrinterColumns"]:
+        node = node_at(schema, column["jsonPath"])
+        assert node is not None, column
+        if column["type"] in {"integer", "boolean"}:
+            assert node["type"] == column["type"], column
+        if column["type"] == "date" and not column["jsonPath"].startswith(".metadata."):
+            assert node.get("format") == "date-time", column
+
+
+def test_printer_columns_answer_the_first_question() -> None:
+    def columns(kind: str) -> list[str]:
+        return [c["name"] for c in version_of(CRDS[kind])["additionalPrinterColumns"]]
+
+    assert columns("InferenceEngine")[:3] == ["Model", "Phase", "Pool"]
+    assert columns("ModelCapacity")[:5] == ["Desired", "Serving", "Floor", "Drift", "Available%"]
+    assert columns("CircuitBreaker")[:4] == ["State", "Since", "Held", "Refused"]
+    for kind in KINDS:
+        assert columns(kind)[-1] == "Age"
+
+
+def test_states_and_phases_are_enums() -> None:
+    phase = node_at(schema_of("InferenceEngine"), ".status.phase")
+    assert phase["enum"] == ["Idle", "Loading", "Serving", "Draining", "Failed"]
+    state = node_at(schema_of("CircuitBreaker"), ".status.state")
+    assert state["enum"] == ["Closed", "Open", "HalfOpen"]
+
+
+@pytest.mark.parametrize(
+    "kind,path,validation",
+    list(all_validations()),
+    ids=lambda value: value if isinstance(value, str) else "",
+)
+def test_cel_rules_compile_and_explain_themselves(
+    kind: str, path: str, validation: dict[str, Any]
+) -> None:
+    CEL.compile(validation["rule"])
+    if "messageExpression" in validation:
+        CEL.compile(validation["messageExpression"])
+    message = validation["message"]
+    assert message.strip().endswith("."), "messages are sentences that say what to change"
+
+
+def test_floor_message_expression_names_the_numbers() -> None:
+    (validation,) = node_at(schema_of("ModelCapacity"), ".spec")["x-kubernetes-validations"]
+    message = run_cel(
+        validation["messageExpression"], self_value={"replicas": 3, "minAvailable": 5}
+    )
+    assert "(5)" in message and "(3)" in message
+
+
+# --- the samples -------------------------------------------------------------------
+
+
+def test_samples_form_a_realistic_fleet() -> None:
+    by_kind: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
+    for doc in samples():
+        assert doc["apiVersion"] == f"{GROUP}/{VERSION}"
+        assert "namespace" not in doc["metadata"], "samples are namespace-agnostic"
+        by_kind[doc["kind"]].append(doc)
+    engines, models = by_kind["InferenceEngine"], by_kind["ModelCapacity"]
+    assert len(models) >= 3 and len(by_kind["CircuitBreaker"]) == 1
+    assert len(engines) >= 10
+    assert len({engine["spec"]["pool"] for engine in engines}) == 2
+    for engine in engines:
+        assert engine["metadata"]["labels"]["capguard.dev/pool"] == engine["spec"]["pool"]
+    floors = {type(model["spec"]["minAvailable"]) for model in models}
+    assert floors == {int, str}, "one absolute floor and at least one percent floor"
+    assert any("rateLimit" in m["spec"] and "engineSelector" in m["spec"] for m in models)
+    assert len({model["spec"]["priority"] for model in models}) == len(models)
+    usable_units = sum(
+        engine["spec"].get("capacityUnits", 1)
+        for engine in engines
+        if not engine["spec"].get("cordoned")
+    )
+    assert sum(model["spec"]["replicas"] for model in models) <= usable_units
+
+
+@pytest.mark.parametrize(
+    "body",
+    samples(),
+    ids=lambda body: f"{body['kind']}/{body['metadata']['name']}",
+)
+def test_sample_is_admitted(body: dict[str, Any]) -> None:
+    assert admit(body) == []
+
+
+def expected_error_path(path: Path) -> str:
+    match = re.search(r"^# Expect error on: (\S+)$", path.read_text(), re.MULTILINE)
+    assert match, f"{path.name} must say where the error is expected"
+    return match.group(1)
+
+
+@pytest.mark.parametrize("path", invalid_paths(), ids=lambda path: path.name)
+def test_invalid_sample_is_rejected_where_it_says(path: Path) -> None:
+    (body,) = load_docs(path)
+    assert "# Rejected by:" in path.read_text()
+    errors = admit(body)
+    assert errors, f"{path.name} was admitted"
+    assert expected_error_path(path) in {error_path.lstrip(".") for error_path, _ in errors}
+
+
+def test_invalid_samples_cover_the_rules_the_design_names() -> None:
+    names = {path.name for path in invalid_paths()}
+    assert {
+        "mc-floor-above-desired.yaml",
+        "mc-negative-replicas.yaml",
+        "mc-percent-over-100.yaml",
+        "cb-bad-duration.yaml",
+        "cb-approval-without-approver.yaml",
+    } <= names
+
+
+# --- single rules, attacked directly -------------------------------------------------
+
+
+def model(**spec: Any) -> dict[str, Any]:
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelCapacity"}
+    return body | {"metadata": {"name": "m"}, "spec": spec}
+
+
+@pytest.mark.parametrize(
+    "min_available,ok",
+    [
+        (0, True),
+        (4, True),
+        (5, False),
+        (-1, False),
+        ("0%", True),
+        ("100%", True),
+        ("101%", False),
+        ("090%", False),
+        ("90", False),
+        ("half", False),
+        # null is dropped and defaulted to "90%", as the API server does
+        (None, True),
+    ],
+)
+def test_min_available(min_available: Any, ok: bool) -> None:
+    assert (admit(model(replicas=4, minAvailable=min_available)) == []) is ok
+
+
+@pytest.mark.parametrize(
+    "max_unavailable,ok",
+    [
+        (1, True),
+        (3, True),
+        (0, False),
+        ("25%", True),
+        ("100%", True),
+        ("0%", False),
+        ("250%", False),
+    ],
+)
+def test_max_unavailable(max_unavailable: Any, ok: bool) -> None:
+    assert (admit(model(replicas=4, maxUnavailable=max_unavailable)) == []) is ok
+
+
+def test_model_defaults_are_the_contract_ones() -> None:
+    spec = apply_defaults(schema_of("ModelCapacity"), model(replicas=2))["spec"]
+    assert spec == {"replicas": 2, "minAvailable": "90%", "maxUnavailable": 1, "priority": 0}
+
+
+def test_breaker_defaults_make_an_empty_spec_a_closed_breaker() -> None:
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "CircuitBreaker"}
+    body = apply_defaults(schema_of("CircuitBreaker"), body | {"metadata": {"name": "b"}})
+    assert body["spec"] == {
+        "open": False,
+        "pauseThreshold": "5m",
+        "maxBatchAfterPause": 3,
+        "halfOpenProbes": 2,
+        "maxPlanAge": "10m",
+    }
+
+
+@pytest.mark.parametrize(
+    "duration,ok",
+    [
+        ("90s", True),
+        ("5m", True),
+        ("1h30m", True),
+        ("1.5h", True),
+        ("250ms", True),
+        ("5", False),
+        ("5 minutes", False),
+        ("-5m", False),
+        ("5d", False),
+        ("", False),
+    ],
+)
+def test_durations(duration: str, ok: bool) -> None:
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "CircuitBreaker"}
+    body |= {"metadata": {"name": "b"}, "spec": {"pauseThreshold": duration}}
+    assert (admit(body) == []) is ok
+
+
+@pytest.mark.parametrize(
+    "approval,ok",
+    [
+        ({"batch": "b-1", "approvedBy": "ana"}, True),
+        ({"batch": "b-1"}, False),
+        ({"approvedBy": "ana"}, False),
+        ({"batch": "", "approvedBy": "ana"}, False),
+        ({}, True),
+    ],
+)
+def test_approval_needs_a_batch_and_an_approver(approval: dict[str, str], ok: bool) -> None:
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "CircuitBreaker"}
+    body |= {"metadata": {"name": "b"}, "spec": {"approval": approval}}
+    assert (admit(body) == []) is ok
+
+
+def engine_spec_rule() -> str:
+    spec = node_at(schema_of("InferenceEngine"), ".spec")
+    (rule,) = [v["rule"] for v in spec["x-kubernetes-validations"] if is_transition_rule(v["rule"])]
+    return rule
+
+
+@pytest.mark.parametrize(
+    "old,new,ok",
+    [
+        # A cordoned engine keeps its model, may be unassigned, but gets no new one.
+        ({"cordoned": True, "modelRef": "a"}, {"cordoned": True, "modelRef": "a"}, True),
+        ({"cordoned": True, "modelRef": "a"}, {"cordoned": True, "modelRef": ""}, True),
+        ({"cordoned": True, "modelRef": "a"}, {"cordoned": True}, True),
+        ({"cordoned": True, "modelRef": "a"}, {"cordoned": True, "modelRef": "b"}, False),
+        ({"cordoned": True}, {"cordoned": True, "modelRef": "b"}, False),
+        # Cordoning and rebinding in one write is a new assignment too.
+        ({"cordoned": False, "modelRef": "a"}, {"cordoned": True, "modelRef": "b"}, False),
+        ({"cordoned": False}, {"cordoned": False, "modelRef": "b"}, True),
+        ({"cordoned": True, "modelRef": "a"}, {"cordoned": False, "modelRef": "b"}, True),
+    ],
+)
+def test_cordoned_engine_gets_no_new_assignment(
+    old: dict[str, Any], new: dict[str, Any], ok: bool
+) -> None:
+    old, new = ({"pool": "p"} | old), ({"pool": "p"} | new)
+    assert bool(run_cel(engine_spec_rule(), self_value=new, old_value=old)) is ok
+
+
+def test_cordoned_engine_may_be_created_bound() -> None:
+    """Transition rules do not run on create: an engine cordoned while serving can be
+    recreated (for example restored from a backup) with its model."""
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "InferenceEngine"}
+    body |= {"metadata": {"name": "e"}, "spec": {"pool": "p", "cordoned": True, "modelRef": "a"}}
+    assert admit(body) == []
+
+
+# --- rendering -------------------------------------------------------------------
+
+
+@pytest.mark.kubectl
+@pytest.mark.parametrize("directory", [CRD_DIR, SAMPLES_DIR], ids=["crds", "samples"])
+def test_kustomize_renders(directory: Path) -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    rendered = subprocess.run(
+        [kubectl, "kustomize", str(directory)], capture_output=True, text=True, check=True
+    ).stdout
+    kinds = [doc["kind"] for doc in yaml.safe_load_all(rendered) if doc]
+    if directory == CRD_DIR:
+        assert kinds == ["CustomResourceDefinition"] * 3
+    else:
+        assert len(kinds) == len(samples())
