@@ -1,0 +1,170 @@
+"""The breaker state machine: Closed -> Open (manual or automatic) -> HalfOpen -> Closed.
+
+A machine remembers what the gate needs to stop a post-pause flush: when the current
+pause began, when it was released and how long it lasted. It also counts time per
+state, held and refused actions, and probe results, for status and metrics.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import enum
+from typing import Final
+
+from capguard.core import specs
+
+# A failure rate over two outcomes says little; below this many we never trip on it.
+MIN_OUTCOMES_FOR_RATE: Final = 5
+
+
+class BreakerState(enum.Enum):
+    CLOSED = "Closed"
+    OPEN = "Open"
+    HALF_OPEN = "HalfOpen"
+
+
+class TripReason(enum.Enum):
+    MANUAL = "Manual"
+    DRIFT = "Drift"
+    FLOOR_BREACH = "FloorBreach"
+    ACTION_FAILURES = "ActionFailures"
+    PROBE_FAILED = "ProbeFailed"
+
+
+@dataclasses.dataclass(frozen=True)
+class FleetSignals:
+    """What the fleet looks like to a breaker's auto-trip rules (from ``drift.signals``)."""
+
+    max_drift_ratio: float = 0.0
+    floor_breached: bool = False
+
+
+class BreakerMachine:
+    def __init__(
+        self,
+        spec: specs.BreakerSpec,
+        *,
+        now: float,
+        state: BreakerState | None = None,
+        since: float | None = None,
+        last_pause_seconds: float = 0.0,
+    ) -> None:
+        """A new machine follows its spec; pass ``state``/``since`` to restore one from status."""
+        self.spec = spec
+        if state is None:
+            state = BreakerState.OPEN if spec.open else BreakerState.CLOSED
+        self.state = state
+        self.since = now if since is None else since
+        self.reason: TripReason | None = TripReason.MANUAL if spec.open else None
+        # Start of the current pause; a HalfOpen that fails back to Open continues it.
+        self.opened_at: float | None = self.since if state is BreakerState.OPEN else None
+        self.released_at: float | None = self.since if state is BreakerState.HALF_OPEN else None
+        self.last_pause_seconds = last_pause_seconds
+        self.probes_in_flight = 0
+        self.probes_succeeded = 0
+        self.held = 0
+        self.refused = 0
+        self._seconds: dict[BreakerState, float] = dict.fromkeys(BreakerState, 0.0)
+        self._outcomes: collections.deque[tuple[float, bool]] = collections.deque()
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def observe(self, spec: specs.BreakerSpec, signals: FleetSignals, now: float) -> None:
+        """Follow the spec (manual trip and release) and the auto-trip thresholds."""
+        self.spec = spec
+        self._forget_old_outcomes(now)
+        if spec.open:
+            if self.state is not BreakerState.OPEN:
+                self._open(TripReason.MANUAL, now=now)
+            self.reason = TripReason.MANUAL
+        elif self.state is BreakerState.OPEN:
+            if self.reason is TripReason.MANUAL or self._cooled_down(now):
+                self._release(now)
+        elif self.state is BreakerState.CLOSED:
+            trip = self._auto_trip(signals)
+            if trip is not None:
+                self._open(trip, now=now)
+
+    def record_probe(self, success: bool, now: float) -> None:
+        """The outcome of an executed action; in HalfOpen it decides open or closed."""
+        self._outcomes.append((now, success))
+        if self.state is not BreakerState.HALF_OPEN:
+            return
+        self.probes_in_flight = max(0, self.probes_in_flight - 1)
+        if not success:
+            self._open(TripReason.PROBE_FAILED, now=now)
+            return
+        self.probes_succeeded += 1
+        if self.probes_succeeded >= self.spec.half_open_probes:
+            self._move(BreakerState.CLOSED, now=now)
+            self.reason = None
+
+    def probe_slots(self) -> int:
+        """How many more actions HalfOpen lets through before their outcomes are known."""
+        if self.state is not BreakerState.HALF_OPEN:
+            return 0
+        return max(0, self.spec.half_open_probes - self.probes_in_flight - self.probes_succeeded)
+
+    def start_probe(self) -> None:
+        self.probes_in_flight += 1
+
+    def count(self, *, held: int, refused: int) -> None:
+        """Held is what waits now (a gauge); refused accumulates (a counter)."""
+        self.held = held
+        self.refused += refused
+
+    def seconds_in_state(self, now: float) -> dict[BreakerState, float]:
+        spent = dict(self._seconds)
+        spent[self.state] += now - self.since
+        return spent
+
+    def failure_rate(self) -> float:
+        if len(self._outcomes) < MIN_OUTCOMES_FOR_RATE:
+            return 0.0
+        return sum(1 for _, ok in self._outcomes if not ok) / len(self._outcomes)
+
+    def _auto_trip(self, signals: FleetSignals) -> TripReason | None:
+        rules = self.spec.auto_trip
+        if rules is None:
+            return None
+        if rules.max_drift_ratio is not None and signals.max_drift_ratio > rules.max_drift_ratio:
+            return TripReason.DRIFT
+        if rules.on_floor_breach and signals.floor_breached:
+            return TripReason.FLOOR_BREACH
+        limit = rules.max_action_failure_rate
+        if limit is not None and self.failure_rate() > limit:
+            return TripReason.ACTION_FAILURES
+        return None
+
+    def _cooled_down(self, now: float) -> bool:
+        # An automatic trip has nobody to release it: after one window it probes again.
+        window = self.spec.auto_trip.window if self.spec.auto_trip else 0.0
+        return now - self.since >= window
+
+    def _forget_old_outcomes(self, now: float) -> None:
+        window = self.spec.auto_trip.window if self.spec.auto_trip else 0.0
+        while self._outcomes and self._outcomes[0][0] < now - window:
+            self._outcomes.popleft()
+
+    def _open(self, reason: TripReason, *, now: float) -> None:
+        if self.state is BreakerState.CLOSED or self.opened_at is None:
+            self.opened_at = now
+        self.reason = reason
+        self._move(BreakerState.OPEN, now=now)
+
+    def _release(self, now: float) -> None:
+        self.released_at = now
+        self.last_pause_seconds = now - (self.opened_at if self.opened_at is not None else now)
+        self.probes_in_flight = 0
+        self.probes_succeeded = 0
+        self._move(BreakerState.HALF_OPEN, now=now)
+
+    def _move(self, state: BreakerState, *, now: float) -> None:
+        self._seconds[self.state] += now - self.since
+        self.state = state
+        self.since = now
+        if state is BreakerState.CLOSED:
+            self.opened_at = None

@@ -1,0 +1,85 @@
+"""Drift, measured (DESIGN.md #6): how far the fleet is from desired, and how old the plans are."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+
+from capguard.core import breaker as breaker_
+from capguard.core import fleet as fleet_
+from capguard.core import queue as queue_
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelDrift:
+    desired: int
+    serving: int
+    floor: int
+    loading: int = 0  # engines loading or bound but not yet serving
+    draining: int = 0
+
+    @property
+    def drift(self) -> int:
+        """Units short of desired; never negative (surplus is not drift)."""
+        return max(0, self.desired - self.serving)
+
+    @property
+    def drift_ratio(self) -> float:
+        return self.drift / self.desired if self.desired else 0.0
+
+    @property
+    def below_floor(self) -> bool:
+        return self.serving < self.floor
+
+    @property
+    def available_percent(self) -> int:
+        return 100 if not self.desired else min(100, self.serving * 100 // self.desired)
+
+
+@dataclasses.dataclass(frozen=True)
+class DriftReport:
+    models: Mapping[str, ModelDrift]
+    oldest_plan_age: float
+    pending_actions: int
+    # Queued actions whose engine changed since the plan: the planner's view vs the cluster.
+    stale_view_engines: int
+
+    def signals(self, models: Iterable[str] | None = None) -> breaker_.FleetSignals:
+        """The auto-trip inputs for the given models (every model when None)."""
+        chosen = (
+            [self.models[m] for m in models if m in self.models]
+            if models is not None
+            else (list(self.models.values()))
+        )
+        return breaker_.FleetSignals(
+            max_drift_ratio=max((d.drift_ratio for d in chosen), default=0.0),
+            floor_breached=any(d.below_floor for d in chosen),
+        )
+
+
+def measure(fleet: fleet_.Fleet, queue: queue_.ActionQueue, now: float) -> DriftReport:
+    pending = queue.pending()
+    stale = sum(
+        1
+        for a in pending
+        if (e := fleet.engines.get(a.intent.engine)) is None
+        or e.resource_version != a.planned_from.engine_resource_version
+    )
+    return DriftReport(
+        models={name: _model_drift(fleet, name) for name in sorted(fleet.models)},
+        oldest_plan_age=queue.oldest_age(now),
+        pending_actions=len(pending),
+        stale_view_engines=stale,
+    )
+
+
+def _model_drift(fleet: fleet_.Fleet, name: str) -> ModelDrift:
+    out = [fleet.engines[e] for e in fleet.unavailable_engines(name)]
+    draining = sum(1 for e in out if e.spec.model_ref != name)  # leaving, whatever its phase
+    return ModelDrift(
+        desired=fleet.desired_units(name),
+        serving=fleet.serving_units(name),
+        floor=fleet.floor_units(name),
+        loading=len(out) - draining,
+        draining=draining,
+    )

@@ -1,0 +1,165 @@
+"""The fleet as observed: one frozen snapshot of engines, models and breakers.
+
+Counts per model are computed once per snapshot (one pass over the engines), so the
+gate can ask them thousands of times per triage for the price of a dict lookup.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Iterable, Mapping
+
+from capguard.core import specs
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCounts:
+    """What one model has right now, in engines and in capacity units."""
+
+    serving_units: int = 0
+    serving_engines: tuple[str, ...] = ()
+    unavailable_engines: tuple[str, ...] = ()
+    # Bound or still holding the model (loading it, draining it): the budget's denominator.
+    engine_count: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Fleet:
+    engines: Mapping[str, specs.Engine] = dataclasses.field(default_factory=dict)
+    models: Mapping[str, specs.ModelSpec] = dataclasses.field(default_factory=dict)
+    breakers: Mapping[str, specs.BreakerSpec] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_bodies(
+        cls,
+        *,
+        engines: Iterable[Mapping[str, object]] = (),
+        models: Iterable[Mapping[str, object]] = (),
+        breakers: Iterable[Mapping[str, object]] = (),
+    ) -> Fleet:
+        return cls.of(
+            engines=[specs.parse_engine(b) for b in engines],
+            models=[specs.parse_model(b) for b in models],
+            breakers=[specs.parse_breaker(b) for b in breakers],
+        )
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        engines: Iterable[specs.Engine] = (),
+        models: Iterable[specs.ModelSpec] = (),
+        breakers: Iterable[specs.BreakerSpec] = (),
+    ) -> Fleet:
+        return cls(
+            engines={e.name: e for e in engines},
+            models={m.name: m for m in models},
+            breakers={b.name: b for b in breakers},
+        )
+
+    @functools.cached_property
+    def _counts(self) -> dict[str, ModelCounts]:
+        serving: dict[str, list[str]] = {}
+        units: dict[str, int] = {}
+        unavailable: dict[str, list[str]] = {}
+        for engine in self.engines.values():
+            for model in _held_models(engine):
+                if engine.serves(model):
+                    serving.setdefault(model, []).append(engine.name)
+                    units[model] = units.get(model, 0) + engine.units
+                else:
+                    unavailable.setdefault(model, []).append(engine.name)
+        names = set(serving) | set(unavailable) | set(self.models)
+        return {
+            m: ModelCounts(
+                serving_units=units.get(m, 0),
+                serving_engines=tuple(sorted(serving.get(m, ()))),
+                unavailable_engines=tuple(sorted(unavailable.get(m, ()))),
+                engine_count=len(serving.get(m, ())) + len(unavailable.get(m, ())),
+            )
+            for m in names
+        }
+
+    def counts(self, model: str) -> ModelCounts:
+        return self._counts.get(model, _NOTHING)
+
+    def serving_units(self, model: str) -> int:
+        return self.counts(model).serving_units
+
+    def serving_engines(self, model: str) -> tuple[str, ...]:
+        return self.counts(model).serving_engines
+
+    def unavailable_engines(self, model: str) -> tuple[str, ...]:
+        """Engines of the model not serving it, whatever the cause (loading, draining, failed)."""
+        return self.counts(model).unavailable_engines
+
+    def assigned_engines(self, model: str) -> tuple[specs.Engine, ...]:
+        """Engines bound to the model by ``spec.modelRef`` (serving or on their way)."""
+        return tuple(e for _, e in sorted(self.engines.items()) if e.spec.model_ref == model)
+
+    def desired_units(self, model: str) -> int:
+        found = self.models.get(model)
+        return found.replicas if found else 0
+
+    def floor_units(self, model: str) -> int:
+        found = self.models.get(model)
+        return found.floor_units if found else 0
+
+    def max_unavailable_engines(self, model: str) -> int:
+        found = self.models.get(model)
+        if found is None:
+            return 0
+        return found.max_unavailable_engines(self.counts(model).engine_count)
+
+    @functools.cached_property
+    def out_of_service_engines(self) -> int:
+        """Engines across the fleet that hold or await a model but do not serve it, or failed."""
+        return sum(1 for e in self.engines.values() if _out_of_service(e))
+
+    def breakers_for(self, model: str) -> tuple[specs.BreakerSpec, ...]:
+        found = self.models.get(model)
+        if found is None:
+            return ()
+        return tuple(b for _, b in sorted(self.breakers.items()) if b.governs(found))
+
+    def with_engine(self, engine: specs.Engine) -> Fleet:
+        return dataclasses.replace(self, engines={**self.engines, engine.name: engine})
+
+    def with_model(self, model: specs.ModelSpec) -> Fleet:
+        return dataclasses.replace(self, models={**self.models, model.name: model})
+
+    def with_breaker(self, breaker: specs.BreakerSpec) -> Fleet:
+        return dataclasses.replace(self, breakers={**self.breakers, breaker.name: breaker})
+
+    def bind(
+        self, engine: str, *, model: str | None, action_id: str, resource_version: str
+    ) -> Fleet:
+        """What executing an action writes: the binding, the revision and the action id.
+
+        Only the spec changes; the engine driver (or the simulator) moves the phase.
+        """
+        current = self.engines[engine]
+        target = self.models.get(model) if model else None
+        spec = dataclasses.replace(
+            current.spec, model_ref=model, revision=target.revision if target else None
+        )
+        return self.with_engine(
+            dataclasses.replace(
+                current, spec=spec, last_action_id=action_id, resource_version=resource_version
+            )
+        )
+
+
+_NOTHING = ModelCounts()
+
+
+def _held_models(engine: specs.Engine) -> set[str]:
+    return {m for m in (engine.spec.model_ref, engine.model) if m}
+
+
+def _out_of_service(engine: specs.Engine) -> bool:
+    if engine.phase is specs.Phase.FAILED:
+        return True
+    bound = engine.spec.model_ref
+    return bool(bound or engine.model) and not (bound and engine.serves(bound))

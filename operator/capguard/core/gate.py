@@ -1,0 +1,445 @@
+"""The gate: the one place that decides, for every queued action, execute, hold or refuse.
+
+``Gate.triage`` walks the queue in priority order and keeps a running tally, so an
+action executed earlier in the same triage counts against the budgets and the floor
+of every later one. Checks run cheapest first and refusals before holds: a refused
+action leaves the queue, a held one waits for the next triage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+from capguard.core import breaker as breaker_
+from capguard.core import fleet as fleet_
+from capguard.core import planner, specs
+from capguard.core import queue as queue_
+
+
+class Verdict(enum.Enum):
+    EXECUTE = "Execute"
+    HOLD = "Hold"
+    REFUSE = "Refuse"
+
+
+class Reason(enum.Enum):
+    """Stable strings: metric labels and Event reasons."""
+
+    ALLOWED = "Allowed"
+    BREAKER_OPEN = "BreakerOpen"
+    HALF_OPEN_PROBE_LIMIT = "HalfOpenProbeLimit"
+    POST_PAUSE_BATCH = "PostPauseBatch"
+    RATE_LIMITED = "RateLimited"
+    DISRUPTION_BUDGET = "DisruptionBudget"
+    FLEET_DISRUPTION_BUDGET = "FleetDisruptionBudget"
+    FLOOR = "Floor"
+    STALE = "Stale"
+    EXPIRED = "Expired"
+    ALREADY_EXECUTED = "AlreadyExecuted"
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    action: queue_.Action
+    verdict: Verdict
+    reason: Reason
+    message: str = ""
+    batch: str | None = None  # the refused (or approved) post-pause batch it belongs to
+    probe: bool = False  # executed under HalfOpen: its outcome goes to record_probe
+
+
+@dataclasses.dataclass(frozen=True)
+class GateConfig:
+    # False is the naive mode of the incident: only an Open breaker holds anything.
+    guarded: bool = True
+    # Engines out of service across the whole fleet, whatever the cause, as a percent.
+    fleet_max_unavailable_percent: int = 10
+    # One bucket for every disruptive action in the fleet (breakers and models add theirs).
+    rate_limit: specs.RateLimit | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ReleasePlan:
+    """The backlog a release would judge, published before the release so it can be approved."""
+
+    breaker: str
+    batch: str
+    actions: tuple[queue_.Action, ...]
+    guarded: bool  # True when the post-pause guard would refuse it without approval
+
+    @property
+    def size(self) -> int:
+        return len(self.actions)
+
+
+@dataclasses.dataclass(frozen=True)
+class RefusedBatch:
+    batch: str
+    size: int
+    oldest_plan_age: float
+    time: float
+
+
+@dataclasses.dataclass
+class TokenBucket:
+    per_second: float
+    burst: int
+    tokens: float
+    updated_at: float
+
+    def refill(self, now: float) -> float:
+        elapsed = max(0.0, now - self.updated_at)
+        self.tokens = min(float(self.burst), self.tokens + elapsed * self.per_second)
+        self.updated_at = now
+        return self.tokens
+
+
+def batch_id(actions: Iterable[queue_.Action]) -> str:
+    """A stable name for a backlog: a hash of its intents, not of times or versions.
+
+    Re-planning the same work keeps the name, so an approval given while the breaker
+    is open still matches at release; any different work gets a different name.
+    """
+    lines = sorted(
+        f"{a.intent.kind.value}|{a.intent.engine}|{a.intent.model}|{a.intent.from_model}"
+        for a in actions
+    )
+    return "batch-" + hashlib.sha256("\n".join(lines).encode()).hexdigest()[:12]
+
+
+def settle(queue: queue_.ActionQueue, decisions: Iterable[Decision]) -> None:
+    """Drop what was executed or refused; held actions stay for the next triage."""
+    queue.remove(d.action.id for d in decisions if d.verdict is not Verdict.HOLD)
+
+
+_KIND_ORDER = {
+    planner.ActionType.ASSIGN: 0,
+    planner.ActionType.REASSIGN: 1,
+    planner.ActionType.DRAIN: 2,
+}
+
+
+@dataclasses.dataclass
+class _Tally:
+    """What this triage has already executed: it counts against every later action."""
+
+    fleet: fleet_.Fleet
+    fleet_cap: int
+    taken_units: dict[str, int] = dataclasses.field(default_factory=dict)
+    extra_unavailable: dict[str, int] = dataclasses.field(default_factory=dict)
+    extra_out_of_service: int = 0
+    probe_slots: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+class Gate:
+    def __init__(self, config: GateConfig | None = None) -> None:
+        self.config = config or GateConfig()
+        self._buckets: dict[str, TokenBucket] = {}
+        self.last_refused_batches: dict[str, RefusedBatch] = {}
+
+    def triage(
+        self,
+        queue: queue_.ActionQueue | Iterable[queue_.Action],
+        fleet: fleet_.Fleet,
+        breakers: Mapping[str, breaker_.BreakerMachine],
+        now: float,
+    ) -> list[Decision]:
+        pending = queue.pending() if isinstance(queue, queue_.ActionQueue) else list(queue)
+        actions = sorted(pending, key=lambda a: _order(a, fleet=fleet))
+        governing = _Governing(fleet=fleet, breakers=breakers)
+        if not self.config.guarded:
+            decisions = [_naive(a, governing=governing) for a in actions]
+        else:
+            batches = self._post_pause_batches(actions, governing=governing, now=now)
+            tally = _Tally(fleet=fleet, fleet_cap=self._fleet_cap(fleet))
+            tally.probe_slots = {n: m.probe_slots() for n, m in breakers.items()}
+            decisions = [
+                self._decide(a, tally=tally, governing=governing, batches=batches, now=now)
+                for a in actions
+            ]
+        _count(decisions, governing=governing, breakers=breakers)
+        return decisions
+
+    def release_plan(
+        self,
+        queue: queue_.ActionQueue | Iterable[queue_.Action],
+        fleet: fleet_.Fleet,
+        breaker: breaker_.BreakerMachine,
+        now: float,
+    ) -> ReleasePlan:
+        """What a release now would face; publish ``batch`` so a person can approve it."""
+        pending = queue.pending() if isinstance(queue, queue_.ActionQueue) else list(queue)
+        governing = _Governing(fleet=fleet, breakers={breaker.name: breaker})
+        backlog = tuple(a for a in pending if governing.of(a) and a.planned_at <= now)
+        return ReleasePlan(
+            breaker=breaker.name,
+            batch=batch_id(backlog),
+            actions=backlog,
+            guarded=len(backlog) > breaker.spec.max_batch_after_pause,
+        )
+
+    def _decide(
+        self,
+        action: queue_.Action,
+        *,
+        tally: _Tally,
+        governing: _Governing,
+        batches: Mapping[str, str],
+        now: float,
+    ) -> Decision:
+        batch = batches.get(action.id)
+        if batch is not None:
+            message = f"refused with post-pause batch {batch}; the planner re-plans from now"
+            return Decision(action, Verdict.REFUSE, Reason.POST_PAUSE_BATCH, message, batch)
+        refusal = _refusal(action, fleet=tally.fleet, now=now)
+        if refusal is not None:
+            return Decision(action, Verdict.REFUSE, refusal[0], refusal[1])
+        machines = governing.of(action)
+        hold = _breaker_hold(machines, tally=tally)
+        engine = tally.fleet.engines[action.intent.engine]
+        takes = action.intent.from_model is not None and engine.serves(action.intent.from_model)
+        if hold is None and takes:
+            hold = _capacity_hold(action, engine=engine, tally=tally)
+            hold = hold or self._rate_hold(action, tally=tally, machines=machines, now=now)
+        if hold is not None:
+            return Decision(action, Verdict.HOLD, hold[0], hold[1])
+        probe = self._execute(
+            action, engine=engine, takes=takes, tally=tally, machines=machines, now=now
+        )
+        return Decision(action, Verdict.EXECUTE, Reason.ALLOWED, "", None, probe)
+
+    def _post_pause_batches(
+        self, actions: Sequence[queue_.Action], *, governing: _Governing, now: float
+    ) -> dict[str, str]:
+        """Action id -> batch, for every backlog the post-pause guard refuses as a whole."""
+        refused: dict[str, str] = {}
+        for machine in governing.breakers.values():
+            backlog = _backlog_after_pause(machine, actions=actions, governing=governing)
+            if len(backlog) <= machine.spec.max_batch_after_pause:
+                continue
+            batch = batch_id(backlog)
+            approval = machine.spec.approval
+            if approval is not None and approval.batch == batch:
+                continue  # a person approved exactly this work; it still meets every other check
+            oldest = max(a.age(now) for a in backlog)
+            self.last_refused_batches[machine.name] = RefusedBatch(batch, len(backlog), oldest, now)
+            refused.update((a.id, batch) for a in backlog)
+        return refused
+
+    def _rate_hold(
+        self,
+        action: queue_.Action,
+        *,
+        tally: _Tally,
+        machines: Sequence[breaker_.BreakerMachine],
+        now: float,
+    ) -> tuple[Reason, str] | None:
+        buckets = self._buckets_for(action, fleet=tally.fleet, machines=machines, now=now)
+        for key, bucket in buckets:
+            if bucket.refill(now) < 1.0:
+                return Reason.RATE_LIMITED, f"{key} token bucket is empty"
+        return None
+
+    def _buckets_for(
+        self,
+        action: queue_.Action,
+        *,
+        fleet: fleet_.Fleet,
+        machines: Sequence[breaker_.BreakerMachine],
+        now: float,
+    ) -> list[tuple[str, TokenBucket]]:
+        limits: list[tuple[str, specs.RateLimit | None]] = [("fleet", self.config.rate_limit)]
+        limits += [(f"breaker {m.name}", m.spec.rate_limit) for m in machines]
+        model = fleet.models.get(action.intent.from_model or "")
+        if model is not None:
+            limits.append((f"model {model.name}", model.rate_limit))
+        return [(k, self._bucket(k, limit=r, now=now)) for k, r in limits if r is not None]
+
+    def _bucket(self, key: str, *, limit: specs.RateLimit, now: float) -> TokenBucket:
+        per_second = limit.actions_per_minute / 60.0
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = TokenBucket(per_second, limit.burst, float(limit.burst), now)
+            self._buckets[key] = bucket
+        bucket.per_second, bucket.burst = per_second, limit.burst  # follow spec edits
+        return bucket
+
+    def _execute(
+        self,
+        action: queue_.Action,
+        *,
+        engine: specs.Engine,
+        takes: bool,
+        tally: _Tally,
+        machines: Sequence[breaker_.BreakerMachine],
+        now: float,
+    ) -> bool:
+        """Count an executed action against everything later in this triage."""
+        intent = action.intent
+        if takes:
+            assert intent.from_model is not None
+            for _, bucket in self._buckets_for(
+                action, fleet=tally.fleet, machines=machines, now=now
+            ):
+                bucket.tokens -= 1.0  # tokens are spent only here, on EXECUTE
+            tally.taken_units[intent.from_model] = (
+                tally.taken_units.get(intent.from_model, 0) + engine.units
+            )
+            _add(tally.extra_unavailable, intent.from_model)
+            tally.extra_out_of_service += 1
+        if intent.model is not None and intent.model != intent.from_model:
+            _add(tally.extra_unavailable, intent.model)  # it loads before it serves
+            tally.extra_out_of_service += 0 if takes else 1
+        probe = False
+        for machine in machines:
+            if machine.state is breaker_.BreakerState.HALF_OPEN:
+                tally.probe_slots[machine.name] -= 1
+                machine.start_probe()
+                probe = True
+        return probe
+
+    def _fleet_cap(self, fleet: fleet_.Fleet) -> int:
+        share = self.config.fleet_max_unavailable_percent * len(fleet.engines) / 100
+        return max(1, math.floor(share))
+
+
+class _Governing:
+    """Which breakers govern an action (either side of the move), cached per triage."""
+
+    def __init__(
+        self, *, fleet: fleet_.Fleet, breakers: Mapping[str, breaker_.BreakerMachine]
+    ) -> None:
+        self.fleet = fleet
+        self.breakers = breakers
+        self._by_model: dict[str | None, tuple[breaker_.BreakerMachine, ...]] = {None: ()}
+        self._by_pair: dict[tuple[str | None, str | None], tuple[breaker_.BreakerMachine, ...]] = {}
+
+    def of(self, action: queue_.Action) -> tuple[breaker_.BreakerMachine, ...]:
+        pair = (action.intent.model, action.intent.from_model)
+        found = self._by_pair.get(pair)
+        if found is None:
+            found = tuple(dict.fromkeys(self._model(pair[0]) + self._model(pair[1])))
+            self._by_pair[pair] = found
+        return found
+
+    def _model(self, name: str | None) -> tuple[breaker_.BreakerMachine, ...]:
+        found = self._by_model.get(name)
+        if found is None:
+            model = self.fleet.models.get(name) if name else None
+            found = tuple(
+                m for _, m in sorted(self.breakers.items()) if model and m.spec.governs(model)
+            )
+            self._by_model[name] = found
+        return found
+
+
+def _order(action: queue_.Action, *, fleet: fleet_.Fleet) -> tuple[int, int, float, str]:
+    """Higher priority first; within it, make before break (assign before drain), oldest first."""
+    intent = action.intent
+    model = fleet.models.get(intent.model or intent.from_model or "")
+    priority = model.priority if model else 0
+    return (-priority, _KIND_ORDER[intent.kind], action.planned_at, intent.engine)
+
+
+def _naive(action: queue_.Action, *, governing: _Governing) -> Decision:
+    if any(m.state is breaker_.BreakerState.OPEN for m in governing.of(action)):
+        return Decision(action, Verdict.HOLD, Reason.BREAKER_OPEN, "breaker open")
+    return Decision(action, Verdict.EXECUTE, Reason.ALLOWED)
+
+
+def _backlog_after_pause(
+    machine: breaker_.BreakerMachine,
+    *,
+    actions: Sequence[queue_.Action],
+    governing: _Governing,
+) -> list[queue_.Action]:
+    """The actions planned before a long pause ended, once the breaker has been released."""
+    released = machine.released_at
+    if machine.state is breaker_.BreakerState.OPEN or released is None:
+        return []
+    if machine.last_pause_seconds <= machine.spec.pause_threshold:
+        return []
+    return [a for a in actions if a.planned_at <= released and machine in governing.of(a)]
+
+
+def _refusal(
+    action: queue_.Action, *, fleet: fleet_.Fleet, now: float
+) -> tuple[Reason, str] | None:
+    """No stale action (DESIGN.md #2): the state it was planned from must still hold."""
+    intent = action.intent
+    engine = fleet.engines.get(intent.engine)
+    if engine is not None and engine.last_action_id == action.id:
+        return Reason.ALREADY_EXECUTED, "the engine already carries this action's id"
+    if action.expired(now):
+        return Reason.EXPIRED, f"planned {action.age(now):.0f}s ago, max age {action.max_age:.0f}s"
+    if engine is None:
+        return Reason.STALE, "the engine no longer exists"
+    if engine.resource_version != action.planned_from.engine_resource_version:
+        return Reason.STALE, "the engine changed since the plan (resourceVersion)"
+    if intent.model is not None and intent.model not in fleet.models:
+        return Reason.STALE, f"model {intent.model} no longer exists"
+    if intent.from_model is not None:
+        serving = fleet.serving_units(intent.from_model)
+        if serving < action.planned_from.model_serving_units:
+            planned = action.planned_from.model_serving_units
+            return Reason.STALE, f"{intent.from_model} serves {serving} units, planned at {planned}"
+    return None
+
+
+def _breaker_hold(
+    machines: Sequence[breaker_.BreakerMachine], *, tally: _Tally
+) -> tuple[Reason, str] | None:
+    for machine in machines:
+        if machine.state is breaker_.BreakerState.OPEN:
+            return Reason.BREAKER_OPEN, f"breaker {machine.name} is open"
+        if machine.state is breaker_.BreakerState.HALF_OPEN and tally.probe_slots[machine.name] < 1:
+            return Reason.HALF_OPEN_PROBE_LIMIT, f"breaker {machine.name} waits for its probes"
+    return None
+
+
+def _capacity_hold(
+    action: queue_.Action, *, engine: specs.Engine, tally: _Tally
+) -> tuple[Reason, str] | None:
+    """Floor (DESIGN.md #1) and disruption budgets (#4) for an action that takes capacity."""
+    model = action.intent.from_model
+    assert model is not None
+    fleet = tally.fleet
+    after = fleet.serving_units(model) - tally.taken_units.get(model, 0) - engine.units
+    floor = fleet.floor_units(model)
+    if after < floor:
+        return Reason.FLOOR, f"floor protected: {model} would serve {after} units, floor {floor}"
+    out = len(fleet.unavailable_engines(model)) + tally.extra_unavailable.get(model, 0)
+    budget = fleet.max_unavailable_engines(model)
+    if out + 1 > budget:
+        return Reason.DISRUPTION_BUDGET, f"{model} has {out} engines out, maxUnavailable {budget}"
+    fleet_out = fleet.out_of_service_engines + tally.extra_out_of_service
+    if fleet_out + 1 > tally.fleet_cap:
+        message = f"{fleet_out} engines out in the fleet, cap {tally.fleet_cap}"
+        return Reason.FLEET_DISRUPTION_BUDGET, message
+    return None
+
+
+def _add(counts: dict[str, int], key: str) -> None:
+    counts[key] = counts.get(key, 0) + 1
+
+
+def _count(
+    decisions: Sequence[Decision],
+    *,
+    governing: _Governing,
+    breakers: Mapping[str, breaker_.BreakerMachine],
+) -> None:
+    held = dict.fromkeys(breakers, 0)
+    refused = dict.fromkeys(breakers, 0)
+    for decision in decisions:
+        if decision.verdict is Verdict.EXECUTE:
+            continue
+        counter = held if decision.verdict is Verdict.HOLD else refused
+        for machine in governing.of(decision.action):
+            counter[machine.name] += 1
+    for name, machine in breakers.items():
+        machine.count(held=held[name], refused=refused[name])

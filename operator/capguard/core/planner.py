@@ -1,0 +1,184 @@
+"""Desired vs observed -> intents. Make before break, deterministic, no I/O.
+
+The planner only proposes. Whether an intent may run now is the gate's question; the
+planner's promise is narrower: it never proposes taking serving capacity from a model
+unless the model keeps at least its desired units serving without that engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Iterator
+
+from capguard.core import fleet as fleet_
+from capguard.core import specs
+
+
+class ActionType(enum.Enum):
+    ASSIGN = "Assign"  # an idle engine starts serving a model
+    DRAIN = "Drain"  # an engine leaves its model and becomes idle
+    REASSIGN = "Reassign"  # an engine moves to another model, or reloads a new revision
+
+
+@dataclasses.dataclass(frozen=True)
+class Intent:
+    kind: ActionType
+    engine: str
+    model: str | None = None  # where the engine goes; None for DRAIN
+    from_model: str | None = None  # what the engine leaves; None for ASSIGN
+
+    @property
+    def disruptive(self) -> bool:
+        """Whether executing it may take serving capacity away from a model."""
+        return self.from_model is not None
+
+
+@dataclasses.dataclass
+class _Supply:
+    """Engines that may go to a new model, grouped by labels so selectors match per group."""
+
+    groups: dict[tuple[tuple[str, str], ...], list[specs.Engine]] = dataclasses.field(
+        default_factory=dict
+    )
+    origin: dict[str, str | None] = dataclasses.field(default_factory=dict)
+
+    def add(self, engine: specs.Engine, *, origin: str | None) -> None:
+        self.groups.setdefault(tuple(sorted(engine.labels.items())), []).append(engine)
+        self.origin[engine.name] = origin
+
+    def take(self, selector: specs.LabelSelector, *, exclude: str) -> specs.Engine | None:
+        for labels, engines in sorted(self.groups.items()):
+            if not engines or not selector.matches(dict(labels)):
+                continue
+            for i, engine in enumerate(engines):
+                if self.origin[engine.name] != exclude:
+                    return engines.pop(i)
+        return None
+
+    def remaining(self) -> Iterator[specs.Engine]:
+        for _, engines in sorted(self.groups.items()):
+            yield from engines
+
+
+def plan(fleet: fleet_.Fleet) -> list[Intent]:
+    """Intents that move the observed fleet toward every model's desired units."""
+    models = sorted(fleet.models.values(), key=lambda m: (-m.priority, m.name))
+    bound = _bound_engines(fleet)
+    intents: list[Intent] = list(_orphan_drains(fleet))
+    idle, surplus, need = _Supply(), _Supply(), {}
+    for engine in _idle_engines(fleet):
+        idle.add(engine, origin=None)
+    for model in models:
+        engines = bound.get(model.name, [])
+        good = _refreshed([e for e in engines if _fits(e, model)], engines=engines, model=model)
+        intents += [
+            Intent(ActionType.REASSIGN, e.name, model.name, model.name)
+            for e in good
+            if not _fits(e, model)
+        ]
+        need[model.name] = model.replicas - sum(e.units for e in good)
+        for engine in _removable(fleet, model=model, engines=engines, good=good):
+            surplus.add(engine, origin=model.name)
+    for model in models:
+        intents += _fill(model, need=need[model.name], idle=idle, surplus=surplus)
+    for engine in surplus.remaining():
+        intents.append(Intent(ActionType.DRAIN, engine.name, None, surplus.origin[engine.name]))
+    return intents
+
+
+def _refreshed(
+    fits: list[specs.Engine], *, engines: list[specs.Engine], model: specs.ModelSpec
+) -> list[specs.Engine]:
+    """The engines that will serve the model: those that fit, plus in-place refreshes.
+
+    Reloading an engine that serves nothing yet costs no capacity, so a bound engine on
+    an old revision that is not serving is refreshed in place while the model needs it.
+    """
+    committed = sum(e.units for e in fits)
+    good = list(fits)
+    fit_names = {e.name for e in fits}
+    for engine in engines:
+        if committed >= model.replicas:
+            break
+        if engine.name not in fit_names and _refreshable(engine, model):
+            good.append(engine)
+            committed += engine.units
+    return good
+
+
+def _bound_engines(fleet: fleet_.Fleet) -> dict[str, list[specs.Engine]]:
+    bound: dict[str, list[specs.Engine]] = {}
+    for _, engine in sorted(fleet.engines.items()):
+        model = engine.spec.model_ref
+        if model in fleet.models and model and engine.phase is not specs.Phase.FAILED:
+            bound.setdefault(model, []).append(engine)
+    return bound
+
+
+def _orphan_drains(fleet: fleet_.Fleet) -> Iterator[Intent]:
+    """Release failed engines and engines bound to a model that no longer exists."""
+    for name, engine in sorted(fleet.engines.items()):
+        model = engine.spec.model_ref
+        if model and (model not in fleet.models or engine.phase is specs.Phase.FAILED):
+            yield Intent(ActionType.DRAIN, name, None, model)
+
+
+def _idle_engines(fleet: fleet_.Fleet) -> Iterator[specs.Engine]:
+    for _, engine in sorted(fleet.engines.items()):
+        free = engine.spec.model_ref is None and engine.phase is specs.Phase.IDLE
+        if free and not engine.spec.cordoned:
+            yield engine
+
+
+def _fits(engine: specs.Engine, model: specs.ModelSpec) -> bool:
+    """On the model's revision and inside its engine selector (its pool)."""
+    revision_ok = model.revision is None or engine.spec.revision == model.revision
+    return revision_ok and model.engine_selector.matches(engine.labels)
+
+
+def _refreshable(engine: specs.Engine, model: specs.ModelSpec) -> bool:
+    return model.engine_selector.matches(engine.labels) and not engine.serves(model.name)
+
+
+def _removable(
+    fleet: fleet_.Fleet,
+    *,
+    model: specs.ModelSpec,
+    engines: list[specs.Engine],
+    good: list[specs.Engine],
+) -> Iterator[specs.Engine]:
+    """Engines the model can give up while its serving units stay at or above desired."""
+    serving = fleet.serving_units(model.name)
+    committed = sum(e.units for e in good)
+    good_names = {e.name for e in good}
+    stale = [e for e in engines if e.name not in good_names]
+    # Stale engines first; among the good, the last names leave first, like a scale-down.
+    candidates = stale + list(reversed(good))
+    # Non-serving engines cost no capacity, so they go before serving ones (a stable sort).
+    for engine in sorted(candidates, key=lambda e: e.serves(model.name)):
+        is_good = engine.name in good_names
+        if is_good and committed - engine.units < model.replicas:
+            continue
+        if engine.serves(model.name):
+            if serving - engine.units < model.replicas:
+                continue
+            serving -= engine.units
+        committed -= engine.units if is_good else 0
+        yield engine
+
+
+def _fill(
+    model: specs.ModelSpec, *, need: int, idle: _Supply, surplus: _Supply
+) -> Iterator[Intent]:
+    """Cover the model's need with idle engines first, then other models' surplus."""
+    while need > 0:
+        engine = idle.take(model.engine_selector, exclude=model.name)
+        if engine is not None:
+            yield Intent(ActionType.ASSIGN, engine.name, model.name, None)
+        else:
+            engine = surplus.take(model.engine_selector, exclude=model.name)
+            if engine is None:
+                return
+            yield Intent(ActionType.REASSIGN, engine.name, model.name, surplus.origin[engine.name])
+        need -= engine.units

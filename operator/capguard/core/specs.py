@@ -1,0 +1,507 @@
+"""The one parser: CR bodies in, frozen values out, or a SpecError a person can act on.
+
+Every body from the API server (or the simulator) enters the core here, so nothing
+past this module ever sees a ``dict``. Defaults mirror the CRD schemas in ``crds/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+import math
+import re
+from collections.abc import Mapping
+from typing import Final
+
+ENGINE: Final = "InferenceEngine"
+MODEL: Final = "ModelCapacity"
+BREAKER: Final = "CircuitBreaker"
+ACTION_ID_ANNOTATION: Final = "capguard.dev/action-id"
+
+_DURATION: Final = re.compile(r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$")
+_DURATION_PART: Final = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_SECONDS_PER_UNIT: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_PERCENT: Final = re.compile(r"^([0-9]+)%$")
+
+
+class Phase(enum.Enum):
+    IDLE = "Idle"
+    LOADING = "Loading"
+    SERVING = "Serving"
+    DRAINING = "Draining"
+    FAILED = "Failed"
+
+
+class SpecError(ValueError):
+    """A body the core cannot understand; the message says which field and what to change."""
+
+    def __init__(self, *, kind: str, name: str, field: str, problem: str, fix: str) -> None:
+        self.kind = kind
+        self.name = name
+        self.field = field
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{kind} {name!r}: {field}: {problem}; {fix}")
+
+
+@dataclasses.dataclass(frozen=True)
+class IntOrPercent:
+    """An absolute count or a percent of some total (Kubernetes int-or-string)."""
+
+    value: int
+    percent: bool = False
+
+    def of(self, total: int, *, round_up: bool) -> int:
+        if not self.percent:
+            return self.value
+        exact = self.value * total / 100
+        return math.ceil(exact) if round_up else math.floor(exact)
+
+    def __str__(self) -> str:
+        return f"{self.value}%" if self.percent else str(self.value)
+
+
+class SelectorOperator(enum.Enum):
+    IN = "In"
+    NOT_IN = "NotIn"
+    EXISTS = "Exists"
+    DOES_NOT_EXIST = "DoesNotExist"
+
+
+@dataclasses.dataclass(frozen=True)
+class Requirement:
+    key: str
+    operator: SelectorOperator
+    values: tuple[str, ...] = ()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        if self.operator is SelectorOperator.EXISTS:
+            return self.key in labels
+        if self.operator is SelectorOperator.DOES_NOT_EXIST:
+            return self.key not in labels
+        found = labels.get(self.key)
+        if self.operator is SelectorOperator.IN:
+            return found in self.values
+        return found not in self.values
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelSelector:
+    """A Kubernetes label selector; the empty selector matches everything."""
+
+    match_labels: tuple[tuple[str, str], ...] = ()
+    match_expressions: tuple[Requirement, ...] = ()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        return all(labels.get(k) == v for k, v in self.match_labels) and all(
+            r.matches(labels) for r in self.match_expressions
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class RateLimit:
+    actions_per_minute: float
+    burst: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoTrip:
+    max_drift_ratio: float | None = None
+    on_floor_breach: bool = True
+    max_action_failure_rate: float | None = None
+    window: float = 300.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Approval:
+    batch: str
+    approved_by: str
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineSpec:
+    pool: str
+    accelerator: str | None = None
+    capacity_units: int = 1
+    model_ref: str | None = None
+    cordoned: bool = False
+    revision: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Engine:
+    """An engine as observed: what it should do (spec) and what it does (status)."""
+
+    name: str
+    spec: EngineSpec
+    phase: Phase = Phase.IDLE
+    model: str | None = None
+    revision: str | None = None
+    resource_version: str = ""
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    since: float | None = None
+    last_action_id: str | None = None
+    namespace: str = "default"
+
+    @property
+    def units(self) -> int:
+        return self.spec.capacity_units
+
+    def serves(self, model: str) -> bool:
+        """Serving this model now and staying with it (a rebound engine is about to leave)."""
+        return self.phase is Phase.SERVING and self.model == model and self.spec.model_ref == model
+
+    def belongs_to(self, model: str) -> bool:
+        """Bound to the model, or still holding it (loading or draining it)."""
+        return self.spec.model_ref == model or self.model == model
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    replicas: int
+    revision: str | None = None
+    min_available: IntOrPercent = IntOrPercent(90, percent=True)
+    max_unavailable: IntOrPercent = IntOrPercent(1)
+    rate_limit: RateLimit | None = None
+    priority: int = 0
+    engine_selector: LabelSelector = LabelSelector()
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    resource_version: str = ""
+    generation: int = 0
+    namespace: str = "default"
+
+    @property
+    def floor_units(self) -> int:
+        # A percent floor rounds up: 90% of 8 units keeps all 8, never 7.2 -> 7.
+        return min(self.min_available.of(self.replicas, round_up=True), self.replicas)
+
+    def max_unavailable_engines(self, engine_count: int) -> int:
+        if not self.max_unavailable.percent:
+            return self.max_unavailable.value
+        # A percent budget rounds down but never to zero, or a small model could never move.
+        return max(1, self.max_unavailable.of(engine_count, round_up=False))
+
+
+@dataclasses.dataclass(frozen=True)
+class BreakerSpec:
+    name: str
+    selector: LabelSelector = LabelSelector()
+    open: bool = False
+    auto_trip: AutoTrip | None = None
+    pause_threshold: float = 300.0
+    max_batch_after_pause: int = 3
+    half_open_probes: int = 2
+    max_plan_age: float = 600.0
+    rate_limit: RateLimit | None = None
+    approval: Approval | None = None
+    resource_version: str = ""
+    generation: int = 0
+    namespace: str = "default"
+
+    def governs(self, model: ModelSpec) -> bool:
+        return self.selector.matches(model.labels)
+
+
+def parse_duration(text: str) -> float:
+    """Go-style durations (``90s``, ``5m``, ``1h30m``, ``250ms``) to seconds."""
+    if not _DURATION.match(text):
+        raise ValueError(f"{text!r} is not a duration like 90s, 5m or 1h30m")
+    return sum(float(n) * _SECONDS_PER_UNIT[u] for n, u in _DURATION_PART.findall(text))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Fields:
+    """One object of a body, with enough context to blame the right field."""
+
+    kind: str
+    name: str
+    path: str
+    data: Mapping[str, object]
+
+    def error(self, key: str, problem: str, fix: str) -> SpecError:
+        field = f"{self.path}.{key}" if self.path else key
+        return SpecError(kind=self.kind, name=self.name, field=field, problem=problem, fix=fix)
+
+    def child(self, key: str) -> _Fields | None:
+        raw = self.data.get(key)
+        if raw is None:
+            return None
+        if not isinstance(raw, Mapping):
+            raise self.error(key, f"is {_type(raw)}, not an object", "write it as a mapping")
+        path = f"{self.path}.{key}" if self.path else key
+        return _Fields(kind=self.kind, name=self.name, path=path, data=raw)
+
+    def string(self, key: str, *, default: str | None = None, required: bool = False) -> str | None:
+        raw = self.data.get(key)
+        if raw is None or raw == "":
+            if required:
+                raise self.error(key, "is missing", "set it to a non-empty string")
+            return default
+        if not isinstance(raw, str):
+            raise self.error(key, f"is {_type(raw)}, not a string", "write it as a string")
+        return raw
+
+    def required_string(self, key: str) -> str:
+        found = self.string(key, required=True)
+        assert found is not None  # required=True raised otherwise
+        return found
+
+    def integer(self, key: str, *, default: int | None, minimum: int | None = None) -> int:
+        raw = self.data.get(key)
+        if raw is None:
+            if default is None:
+                raise self.error(key, "is missing", "set it to an integer")
+            return default
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise self.error(key, f"is {_type(raw)}, not an integer", "write a whole number")
+        if minimum is not None and raw < minimum:
+            raise self.error(key, f"is {raw}, below {minimum}", f"set it to {minimum} or more")
+        return raw
+
+    def number(self, key: str, *, default: float | None, low: float, high: float | None) -> float:
+        raw = self.data.get(key)
+        if raw is None:
+            if default is None:
+                raise self.error(key, "is missing", "set it to a number")
+            return default
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            raise self.error(key, f"is {_type(raw)}, not a number", "write a number")
+        if raw < low or (high is not None and raw > high):
+            span = f"between {low:g} and {high:g}" if high is not None else f"above {low:g}"
+            raise self.error(key, f"is {raw}, out of range", f"set it {span}")
+        return float(raw)
+
+    def boolean(self, key: str, *, default: bool) -> bool:
+        raw = self.data.get(key)
+        if raw is None:
+            return default
+        if not isinstance(raw, bool):
+            raise self.error(key, f"is {_type(raw)}, not a boolean", "write true or false")
+        return raw
+
+    def duration(self, key: str, *, default: float) -> float:
+        raw = self.string(key)
+        if raw is None:
+            return default
+        try:
+            return parse_duration(raw)
+        except ValueError:
+            raise self.error(
+                key, f"{raw!r} is not a duration", "write it like 90s, 5m or 1h30m"
+            ) from None
+
+    def int_or_percent(self, key: str, *, default: IntOrPercent) -> IntOrPercent:
+        raw = self.data.get(key)
+        if raw is None:
+            return default
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            if raw < 0:
+                raise self.error(key, f"is {raw}, negative", "set a count of 0 or more")
+            return IntOrPercent(raw)
+        found = _PERCENT.match(raw) if isinstance(raw, str) else None
+        if found is None:
+            fix = "write a whole number like 2 or a percent like '90%'"
+            raise self.error(key, f"{raw!r} is neither a count nor a percent", fix)
+        percent = int(found.group(1))
+        if percent > 100:
+            raise self.error(key, f"is {raw}, above 100%", "set a percent from 0% to 100%")
+        return IntOrPercent(percent, percent=True)
+
+    def labels(self, key: str) -> dict[str, str]:
+        raw = self.data.get(key) or {}
+        if not isinstance(raw, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in raw.items()
+        ):
+            raise self.error(key, "is not a map of strings", "write it as key: value strings")
+        return dict(raw)
+
+
+def _type(raw: object) -> str:
+    return {
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        list: "a list",
+        dict: "an object",
+    }.get(type(raw), type(raw).__name__)
+
+
+def _top(body: Mapping[str, object], *, kind: str) -> tuple[_Fields, _Fields, _Fields, _Fields]:
+    """Split a body into metadata, spec and status readers, naming the object for errors."""
+    if not isinstance(body, Mapping):
+        raise SpecError(
+            kind=kind,
+            name="?",
+            field="(body)",
+            problem="is not an object",
+            fix="pass the resource as a JSON object",
+        )
+    root = _Fields(kind=kind, name="?", path="", data=body)
+    meta = root.child("metadata") or _Fields(kind=kind, name="?", path="metadata", data={})
+    name = meta.required_string("name")
+    root = dataclasses.replace(root, name=name)
+    meta = dataclasses.replace(meta, name=name)
+    empty = {}  # type: dict[str, object]
+    spec = root.child("spec") or _Fields(kind=kind, name=name, path="spec", data=empty)
+    status = root.child("status") or _Fields(kind=kind, name=name, path="status", data=empty)
+    return meta, spec, status, root
+
+
+def _generation(meta: _Fields) -> int:
+    return meta.integer("generation", default=0, minimum=0)
+
+
+def parse_selector(fields: _Fields | None) -> LabelSelector:
+    if fields is None:
+        return LabelSelector()
+    match_labels = tuple(sorted(fields.labels("matchLabels").items()))
+    raw = fields.data.get("matchExpressions") or []
+    if not isinstance(raw, list):
+        raise fields.error("matchExpressions", "is not a list", "write a list of requirements")
+    return LabelSelector(match_labels, tuple(_requirement(fields, i, r) for i, r in enumerate(raw)))
+
+
+def _requirement(fields: _Fields, index: int, raw: object) -> Requirement:
+    key = f"matchExpressions[{index}]"
+    if not isinstance(raw, Mapping):
+        raise fields.error(key, "is not an object", "write {key, operator, values}")
+    item = _Fields(kind=fields.kind, name=fields.name, path=f"{fields.path}.{key}", data=raw)
+    operators = ", ".join(o.value for o in SelectorOperator)
+    try:
+        operator = SelectorOperator(item.required_string("operator"))
+    except ValueError:
+        raise item.error("operator", "is not a known operator", f"use one of {operators}") from None
+    values = item.data.get("values") or []
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise item.error("values", "is not a list of strings", "write a list of label values")
+    return Requirement(item.required_string("key"), operator, tuple(values))
+
+
+def _rate_limit(fields: _Fields | None) -> RateLimit | None:
+    if fields is None:
+        return None
+    per_minute = fields.number("actionsPerMinute", default=None, low=1e-9, high=None)
+    return RateLimit(per_minute, fields.integer("burst", default=1, minimum=1))
+
+
+def _phase(status: _Fields) -> Phase:
+    raw = status.string("phase", default=Phase.IDLE.value)
+    try:
+        return Phase(raw)
+    except ValueError:
+        known = ", ".join(p.value for p in Phase)
+        raise status.error("phase", f"{raw!r} is not a phase", f"use one of {known}") from None
+
+
+def _timestamp(fields: _Fields, key: str) -> float | None:
+    raw = fields.string(key)
+    if raw is None:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(raw).timestamp()
+    except ValueError:
+        raise fields.error(
+            key, f"{raw!r} is not a date-time", "write RFC 3339, like 2024-03-04T12:00:00Z"
+        ) from None
+
+
+def parse_engine(body: Mapping[str, object]) -> Engine:
+    meta, spec, status, _ = _top(body, kind=ENGINE)
+    annotations = meta.labels("annotations")
+    return Engine(
+        name=meta.required_string("name"),
+        spec=EngineSpec(
+            pool=spec.required_string("pool"),
+            accelerator=spec.string("accelerator"),
+            capacity_units=spec.integer("capacityUnits", default=1, minimum=1),
+            model_ref=spec.string("modelRef"),
+            cordoned=spec.boolean("cordoned", default=False),
+            revision=spec.string("revision"),
+        ),
+        phase=_phase(status),
+        model=status.string("model"),
+        revision=status.string("revision"),
+        resource_version=meta.string("resourceVersion", default="") or "",
+        labels=meta.labels("labels"),
+        since=_timestamp(status, "since"),
+        last_action_id=annotations.get(ACTION_ID_ANNOTATION),
+        namespace=meta.string("namespace", default="default") or "default",
+    )
+
+
+def parse_model(body: Mapping[str, object]) -> ModelSpec:
+    meta, spec, _, _ = _top(body, kind=MODEL)
+    replicas = spec.integer("replicas", default=None, minimum=0)
+    floor = spec.int_or_percent("minAvailable", default=IntOrPercent(90, percent=True))
+    if not floor.percent and floor.value > replicas:
+        raise spec.error(
+            "minAvailable",
+            f"floor {floor.value} is above replicas {replicas}",
+            f"lower minAvailable to {replicas} or less, or raise replicas",
+        )
+    return ModelSpec(
+        name=meta.required_string("name"),
+        replicas=replicas,
+        revision=spec.string("revision"),
+        min_available=floor,
+        max_unavailable=spec.int_or_percent("maxUnavailable", default=IntOrPercent(1)),
+        rate_limit=_rate_limit(spec.child("rateLimit")),
+        priority=spec.integer("priority", default=0),
+        engine_selector=parse_selector(spec.child("engineSelector")),
+        labels=meta.labels("labels"),
+        resource_version=meta.string("resourceVersion", default="") or "",
+        generation=_generation(meta),
+        namespace=meta.string("namespace", default="default") or "default",
+    )
+
+
+def _auto_trip(fields: _Fields | None) -> AutoTrip | None:
+    if fields is None:
+        return None
+    return AutoTrip(
+        max_drift_ratio=_optional_ratio(fields, "maxDriftRatio"),
+        on_floor_breach=fields.boolean("onFloorBreach", default=True),
+        max_action_failure_rate=_optional_ratio(fields, "maxActionFailureRate"),
+        window=fields.duration("window", default=300.0),
+    )
+
+
+def _optional_ratio(fields: _Fields, key: str) -> float | None:
+    if fields.data.get(key) is None:
+        return None
+    return fields.number(key, default=None, low=0.0, high=1.0)
+
+
+def _approval(fields: _Fields | None) -> Approval | None:
+    if fields is None or fields.string("batch") is None:
+        return None
+    approved_by = fields.string("approvedBy")
+    if approved_by is None:
+        raise fields.error(
+            "approvedBy",
+            "is missing while batch is set",
+            "name the second person who approved the batch",
+        )
+    return Approval(fields.required_string("batch"), approved_by)
+
+
+def parse_breaker(body: Mapping[str, object]) -> BreakerSpec:
+    meta, spec, _, _ = _top(body, kind=BREAKER)
+    return BreakerSpec(
+        name=meta.required_string("name"),
+        selector=parse_selector(spec.child("selector")),
+        open=spec.boolean("open", default=False),
+        auto_trip=_auto_trip(spec.child("autoTrip")),
+        pause_threshold=spec.duration("pauseThreshold", default=300.0),
+        max_batch_after_pause=spec.integer("maxBatchAfterPause", default=3, minimum=0),
+        half_open_probes=spec.integer("halfOpenProbes", default=2, minimum=1),
+        max_plan_age=spec.duration("maxPlanAge", default=600.0),
+        rate_limit=_rate_limit(spec.child("rateLimit")),
+        approval=_approval(spec.child("approval")),
+        resource_version=meta.string("resourceVersion", default="") or "",
+        generation=_generation(meta),
+        namespace=meta.string("namespace", default="default") or "default",
+    )

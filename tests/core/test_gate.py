@@ -1,0 +1,126 @@
+"""The gate, by example: one behaviour per test. The invariants are in test_invariants.py."""
+
+from __future__ import annotations
+
+from capguard.core import breaker, gate, planner, queue
+
+from .core_fleets import breaker as breaker_spec
+from .core_fleets import model, serving_fleet
+
+V, R = gate.Verdict, gate.Reason
+
+
+def drain_plan(*, replicas: int = 8, serving: int = 10, **model_spec: object):  # type: ignore[no-untyped-def]
+    found = serving_fleet({"m": serving}, minAvailable=1, maxUnavailable=10)
+    return found.with_model(
+        model("m", replicas=replicas, minAvailable=1, maxUnavailable=10, **model_spec)
+    )
+
+
+def verdicts(decisions: list[gate.Decision]) -> list[tuple[str, str]]:
+    return [(d.verdict.value, d.reason.value) for d in decisions]
+
+
+def test_open_breaker_holds_and_naive_release_flushes_everything() -> None:
+    found = drain_plan(replicas=2)
+    q = queue.ActionQueue()
+    q.enqueue(planner.plan(found), found, 0.0)
+    cb = breaker.BreakerMachine(breaker_spec(open=True), now=0.0)
+    naive = gate.Gate(gate.GateConfig(guarded=False))
+    assert {d.reason for d in naive.triage(q, found, {"cb": cb}, 1.0)} == {R.BREAKER_OPEN}
+    cb.observe(breaker_spec(open=False), breaker.FleetSignals(), 3600.0)
+    flushed = naive.triage(q, found, {"cb": cb}, 3600.0)
+    assert len(flushed) == 8 and all(d.verdict is V.EXECUTE for d in flushed)
+
+
+def test_floor_holds_with_reason_floor() -> None:
+    planned = serving_fleet({"m": 4}).with_model(model("m", replicas=2, maxUnavailable=4))
+    q = queue.ActionQueue()
+    q.enqueue(planner.plan(planned), planned, 0.0)
+    # Demand went back up before the drains ran; nothing the drains depend on changed.
+    live = planned.with_model(model("m", replicas=4, minAvailable=4, maxUnavailable=4))
+    decisions = gate.Gate(gate.GateConfig(fleet_max_unavailable_percent=100)).triage(
+        q, live, {}, 0.0
+    )
+    assert verdicts(decisions) == [("Hold", "Floor"), ("Hold", "Floor")]
+    assert "floor protected" in decisions[0].message
+
+
+def test_disruption_budget_counts_what_this_triage_takes() -> None:
+    found = drain_plan(replicas=2).with_model(
+        model("m", replicas=2, minAvailable=1, maxUnavailable=3)
+    )
+    q = queue.ActionQueue()
+    q.enqueue(planner.plan(found), found, 0.0)
+    decisions = gate.Gate(gate.GateConfig(fleet_max_unavailable_percent=100)).triage(
+        q, found, {}, 0.0
+    )
+    assert [d.verdict for d in decisions].count(V.EXECUTE) == 3
+    assert {d.reason for d in decisions if d.verdict is V.HOLD} == {R.DISRUPTION_BUDGET}
+
+
+def test_tokens_are_spent_only_on_execute() -> None:
+    found = drain_plan(replicas=2, rateLimit={"actionsPerMinute": 6, "burst": 2})
+    q = queue.ActionQueue()
+    q.enqueue(planner.plan(found), found, 0.0)
+    g = gate.Gate(gate.GateConfig(fleet_max_unavailable_percent=100))
+    first = g.triage(q, found, {}, 0.0)
+    assert [d.reason for d in first].count(R.ALLOWED) == 2
+    assert {d.reason for d in first if d.verdict is V.HOLD} == {R.RATE_LIMITED}
+    # Ten seconds refill exactly one token (6 a minute).
+    assert [d.reason for d in g.triage(q, found, {}, 10.0)].count(R.ALLOWED) == 1
+
+
+def test_expired_and_stale_actions_are_refused() -> None:
+    found = drain_plan(replicas=9)
+    q = queue.ActionQueue(max_age=60.0)
+    q.enqueue(planner.plan(found), found, 0.0)
+    g = gate.Gate()
+    assert verdicts(g.triage(q, found, {}, 61.0)) == [("Refuse", "Expired")]
+    touched = found.bind("m-009", model="m", action_id="x", resource_version="2")
+    assert verdicts(g.triage(q, touched, {}, 1.0)) == [("Refuse", "Stale")]
+
+
+def test_half_open_lets_only_the_probes_through() -> None:
+    found = drain_plan(replicas=2)
+    q = queue.ActionQueue()
+    cb = breaker.BreakerMachine(breaker_spec(open=True, halfOpenProbes=2), now=0.0)
+    cb.observe(breaker_spec(open=False, halfOpenProbes=2), breaker.FleetSignals(), 60.0)
+    assert cb.state is breaker.BreakerState.HALF_OPEN
+    q.enqueue(planner.plan(found), found, 61.0)
+    g = gate.Gate(gate.GateConfig(fleet_max_unavailable_percent=100))
+    decisions = g.triage(q, found, {"cb": cb}, 61.0)
+    assert sum(d.probe for d in decisions) == 2
+    assert {d.reason for d in decisions if d.verdict is V.HOLD} == {R.HALF_OPEN_PROBE_LIMIT}
+
+
+def test_post_pause_backlog_is_refused_as_one_named_batch_unless_approved() -> None:
+    found = drain_plan(replicas=2)
+    q = queue.ActionQueue(max_age=7200.0)
+    spec = breaker_spec(open=True, maxPlanAge="2h")
+    cb = breaker.BreakerMachine(spec, now=0.0)
+    q.enqueue(planner.plan(found), found, 10.0)
+    g = gate.Gate()
+    plan = g.release_plan(q, found, cb, 1800.0)
+    assert plan.guarded and plan.size == 8
+    cb.observe(breaker_spec(open=False, maxPlanAge="2h"), breaker.FleetSignals(), 1800.0)
+    refused = g.triage(q, found, {"cb": cb}, 1800.0)
+    assert {(d.verdict, d.reason, d.batch) for d in refused} == {
+        (V.REFUSE, R.POST_PAUSE_BATCH, plan.batch)
+    }
+    approved = breaker_spec(
+        open=False, maxPlanAge="2h", approval={"batch": plan.batch, "approvedBy": "ana"}
+    )
+    cb.observe(approved, breaker.FleetSignals(), 1800.0)
+    decisions = gate.Gate().triage(q, found, {"cb": cb}, 1800.0)
+    assert R.POST_PAUSE_BATCH not in {d.reason for d in decisions}
+    assert sum(d.verdict is V.EXECUTE for d in decisions) == 1  # still probes and budgets
+
+
+def test_settle_keeps_only_held_actions() -> None:
+    found = drain_plan(replicas=2)
+    q = queue.ActionQueue()
+    q.enqueue(planner.plan(found), found, 0.0)
+    decisions = gate.Gate().triage(q, found, {}, 0.0)
+    gate.settle(q, decisions)
+    assert len(q) == sum(d.verdict is V.HOLD for d in decisions)

@@ -1,0 +1,93 @@
+"""The planner: desired vs observed -> intents, make before break, deterministic."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from capguard.core import fleet, planner
+
+from .core_fleets import engine, model, serving_fleet
+
+A = planner.ActionType
+
+
+def kinds(intents: list[planner.Intent]) -> list[tuple[str, str, str | None, str | None]]:
+    return [(i.kind.value, i.engine, i.model, i.from_model) for i in intents]
+
+
+def test_assigns_idle_engines_to_the_higher_priority_model_first() -> None:
+    found = fleet.Fleet.of(
+        engines=[engine("e1"), engine("e2")],
+        models=[model("low", replicas=2), model("high", replicas=1, priority=10)],
+    )
+    assert kinds(planner.plan(found)) == [
+        ("Assign", "e1", "high", None),
+        ("Assign", "e2", "low", None),
+    ]
+
+
+def test_cordoned_and_unmatched_engines_get_no_assignment() -> None:
+    found = fleet.Fleet.of(
+        engines=[engine("e1", cordoned=True), engine("e2", pool="b"), engine("e3", pool="a")],
+        models=[model("m", replicas=3, engineSelector={"matchLabels": {"pool": "a"}})],
+    )
+    assert kinds(planner.plan(found)) == [("Assign", "e3", "m", None)]
+
+
+def test_surplus_is_reassigned_to_a_model_in_need_before_it_is_drained() -> None:
+    found = serving_fleet({"a": 4, "b": 2}).with_model(model("a", replicas=3))
+    found = found.with_model(model("b", replicas=3))
+    assert kinds(planner.plan(found)) == [("Reassign", "a-003", "b", "a")]
+
+
+def test_drains_only_what_keeps_the_model_at_desired_serving() -> None:
+    found = serving_fleet({"a": 4}).with_model(model("a", replicas=2, minAvailable=1))
+    loading = dataclasses.replace(found.engines["a-000"], phase=planner.specs.Phase.LOADING)
+    found = found.with_engine(loading)
+    # a-000 is loading (costs nothing to drain); then one serving engine; two stay serving.
+    assert kinds(planner.plan(found)) == [
+        ("Drain", "a-000", None, "a"),
+        ("Drain", "a-003", None, "a"),
+    ]
+
+
+def test_refresh_plans_the_replacement_first_and_the_drain_only_with_surplus() -> None:
+    found = serving_fleet({"m": 2}, spares=1).with_model(model("m", replicas=2, revision="v2"))
+    first = planner.plan(found)
+    assert kinds(first) == [("Assign", "spare-000", "m", None), ("Assign", "m-000", "m", None)][:1]
+    # Once the replacement serves v2, the model has a serving surplus: the old one may go.
+    replaced = found.with_engine(engine("spare-000", model="m", revision="v2"))
+    assert kinds(planner.plan(replaced)) == [("Drain", "m-000", None, "m")]
+
+
+def test_engine_outside_the_selector_is_rebalanced_make_before_break() -> None:
+    found = fleet.Fleet.of(
+        engines=[engine("old", model="m", pool="a"), engine("new", pool="b")],
+        models=[model("m", replicas=1, engineSelector={"matchLabels": {"pool": "b"}})],
+    )
+    assert kinds(planner.plan(found)) == [("Assign", "new", "m", None)]
+    moved = found.with_engine(engine("new", model="m", pool="b"))
+    assert kinds(planner.plan(moved)) == [("Drain", "old", None, "m")]
+
+
+def test_bound_engine_not_yet_serving_is_refreshed_in_place() -> None:
+    found = fleet.Fleet.of(
+        engines=[engine("e", model="m", phase="Loading", revision="v1")],
+        models=[model("m", replicas=1, revision="v2")],
+    )
+    assert kinds(planner.plan(found)) == [("Reassign", "e", "m", "m")]
+
+
+def test_failed_and_orphaned_engines_are_released() -> None:
+    found = fleet.Fleet.of(
+        engines=[engine("f", model="m", phase="Failed"), engine("o", model="gone")],
+        models=[model("m", replicas=0)],
+    )
+    assert kinds(planner.plan(found)) == [("Drain", "f", None, "m"), ("Drain", "o", None, "gone")]
+
+
+def test_a_converged_fleet_plans_nothing_and_plans_are_deterministic() -> None:
+    found = serving_fleet({"a": 3, "b": 5}, spares=2)
+    assert planner.plan(found) == []
+    shifted = found.with_model(model("a", replicas=5)).with_model(model("b", replicas=2))
+    assert planner.plan(shifted) == planner.plan(shifted)
