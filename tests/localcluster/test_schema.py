@@ -388,3 +388,19 @@ def test_validating_a_small_object_takes_well_under_a_millisecond(
     for _ in range(rounds):
         widgets.validate(obj)
     assert (time.perf_counter() - started) / rounds < 0.0005
+
+
+def test_deeply_nested_input_is_handled() -> None:
+    deep: Any = "leaf"
+    for _ in range(5000):
+        deep = {"n": deep}
+    s = schema.Schema(yaml.safe_load("""
+type: object
+x-kubernetes-validations: [{rule: "has(self.spec)"}]
+properties:
+  spec: {type: object, x-kubernetes-preserve-unknown-fields: true}
+"""))
+    obj = {"spec": deep, "drop": deep}
+    pruned = s.apply_defaults(s.prune(obj))
+    assert "drop" not in pruned
+    assert [c.reason for c in s.validate(pruned, pruned)] == ["FieldValueInvalid"]

@@ -104,8 +104,23 @@ class Rule:
         return f"failed rule: {self.source}"
 
 
+_INT64: Final = range(-(2**63), 2**63)
+
+
 def to_cel(value: Any) -> Any:
-    """JSON value -> CEL value (maps, lists, ints, doubles, strings, bools, null)."""
+    """JSON value -> CEL value (maps, lists, ints, doubles, strings, bools, null).
+
+    Integers beyond int64 become doubles, as Go's JSON decoding makes them; celpy's own
+    converter raises on them.
+    """
+    if isinstance(value, bool):
+        return celtypes.BoolType(value)
+    if isinstance(value, int):
+        return celtypes.IntType(value) if value in _INT64 else celtypes.DoubleType(value)
+    if isinstance(value, dict):
+        return celtypes.MapType({celtypes.StringType(str(k)): to_cel(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return celtypes.ListType([to_cel(item) for item in value])
     return adapter.json_to_cel(value)
 
 

@@ -78,10 +78,13 @@ def _cell(column: dict[str, Any], obj: dict[str, Any], *, now: datetime.datetime
         path = compile_path(str(column.get("jsonPath", "")))
     except JSONPathError:
         return None
-    found = next(path.find(obj), _MISSING)
-    if found is _MISSING or found is None:
+    try:
+        found = next(path.find(obj), _MISSING)
+        if found is _MISSING or found is None:
+            return None
+        return format_cell(str(column.get("type", "string")), found, now=now)
+    except RecursionError:  # `..` or JSON text of a value nested beyond Python's stack
         return None
-    return format_cell(str(column.get("type", "string")), found, now=now)
 
 
 def format_cell(column_type: str, value: Any, *, now: datetime.datetime) -> Any:

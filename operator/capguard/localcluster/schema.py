@@ -14,7 +14,6 @@ JSON type before it is used, and CEL failures become causes.
 from __future__ import annotations
 
 import base64
-import copy
 import dataclasses
 import datetime
 import decimal
@@ -220,7 +219,7 @@ def _prune(value: Any, node: _Node | None, *, path: str, dropped: list[str] | No
         keep = preserving or (node is not None and node.preserve)
         items = node.items if node is not None else None
         if keep and items is None:
-            return copy.deepcopy(value)
+            return _copy_json(value)
         return [_prune(item, items, path=f"{path}[{i}]", dropped=dropped, preserving=keep)
                 for i, item in enumerate(value)]
     if node is not None and "integer" in node.types and isinstance(value, float):
@@ -236,7 +235,7 @@ def _prune_object(value: dict[str, Any], node: _Node | None, *, path: str,
     keeps_unknown = preserving or (node is not None and node.keeps_unknown)
     for key, item in value.items():
         if embedded and _kept_as_resource_field(key, item):
-            result[key] = copy.deepcopy(item)
+            result[key] = _copy_json(item)
         elif node is not None and key in node.properties:
             result[key] = _prune(item, node.properties[key], path=_child(path, key),
                                  dropped=dropped)
@@ -244,7 +243,7 @@ def _prune_object(value: dict[str, Any], node: _Node | None, *, path: str,
             result[key] = _prune(item, node.additional, path=_child(path, key),
                                  dropped=dropped)
         elif keeps_unknown:
-            result[key] = copy.deepcopy(item)
+            result[key] = _copy_json(item)
         elif dropped is not None:
             dropped.append(_child(path, key))
     return result
@@ -266,7 +265,7 @@ def _kept_as_resource_field(key: str, item: Any) -> bool:
 def _default(value: Any, node: _Node | None) -> Any:
     """A defaulted copy of `value` (pkg/apiserver/schema/defaulting/algorithm.go)."""
     if node is None:
-        return copy.deepcopy(value)
+        return _copy_json(value)
     if isinstance(value, dict):
         return _default_object(value, node)
     if isinstance(value, list):
@@ -282,7 +281,7 @@ def _default_object(value: dict[str, Any], node: _Node) -> dict[str, Any]:
             sub = node.additional
         if item is None and sub is not None and not sub.nullable:
             if sub.has_default:
-                result[key] = copy.deepcopy(sub.default)
+                result[key] = _copy_json(sub.default)
             elif key in node.properties:
                 continue  # a non-nullable null without default is dropped
             else:
@@ -291,19 +290,19 @@ def _default_object(value: dict[str, Any], node: _Node) -> dict[str, Any]:
             result[key] = item
     for key, sub in node.properties.items():
         if sub.has_default and key not in result and key not in value:
-            result[key] = copy.deepcopy(sub.default)
+            result[key] = _copy_json(sub.default)
     # Defaults of defaults apply too: recurse into the values just set.
     for key, item in result.items():
         sub = node.properties.get(key)
         if sub is None and isinstance(node.additional, _Node):
             sub = node.additional
-        result[key] = _default(item, sub) if sub is not None else copy.deepcopy(item)
+        result[key] = _default(item, sub) if sub is not None else _copy_json(item)
     return result
 
 
 def _default_item(item: Any, items: _Node | None) -> Any:
     if item is None and items is not None and not items.nullable and items.has_default:
-        item = copy.deepcopy(items.default)
+        item = _copy_json(items.default)
     return _default(item, items)
 
 
@@ -533,17 +532,29 @@ def _invalid(value: Any, detail: str, *, path: str) -> Cause:
 def _run_rules(value: Any, old: Any, node: _Node, *, path: str, causes: list[Cause],
                root: bool) -> None:
     """Evaluate the node's x-kubernetes-validations with `self` (and `oldSelf`)."""
-    self_value = cel.to_cel(_cel_json(value, node, root=root))
+    try:
+        self_value = cel.to_cel(_cel_json(value, node, root=root))
+    except RecursionError:  # nesting deeper than CEL conversion can follow
+        causes.append(Cause("FieldValueInvalid", f"Invalid value: {_go(node.cel_type)}: "
+                            "too deeply nested to evaluate validation rules", path))
+        return
     old_value = None
     for rule in node.rules:
         if rule.uses_old_self:
             if old is None:
                 continue  # transition rules run on updates that have an old value
             if old_value is None:
-                old_value = cel.to_cel(_cel_json(old, node, root=root))
+                old_value = _old_cel_value(old, node, root=root)
         outcome = rule.evaluate(self_value=self_value, old_self=old_value)
         if outcome is not None:
             causes.append(_rule_cause(outcome, node, path=_rule_path(path, rule.field_path)))
+
+
+def _old_cel_value(old: Any, node: _Node, *, root: bool) -> Any:
+    try:
+        return cel.to_cel(_cel_json(old, node, root=root))
+    except RecursionError:
+        return None  # a stored object too deep to convert: its transition rules see null
 
 
 def _rule_cause(outcome: cel.Outcome, node: _Node, *, path: str) -> Cause:
@@ -723,9 +734,33 @@ def _compact_json(value: Any) -> str:
         return repr(value)
 
 
+def _copy_json(value: Any) -> Any:
+    """A deep copy of a JSON value without recursion: any nesting a parser accepts works."""
+    if not isinstance(value, dict | list):
+        return value
+    root: Any = {} if isinstance(value, dict) else []
+    pending = [(value, root)]
+    while pending:
+        source, target = pending.pop()
+        entries = source.items() if isinstance(source, dict) else enumerate(source)
+        for key, item in entries:
+            child = item
+            if isinstance(item, dict | list):
+                child = {} if isinstance(item, dict) else []
+                pending.append((item, child))
+            if isinstance(target, dict):
+                target[key] = child
+            else:
+                target.append(child)
+    return root
+
+
 def _canonical(value: Any) -> str:
     """A key equal for equal JSON values (1 and 1.0 alike, true and 1 not)."""
-    return _compact_json(_normalize_numbers(value))
+    try:
+        return _compact_json(_normalize_numbers(value))
+    except RecursionError:
+        return f"<too deep to compare: {id(value)}>"
 
 
 def _normalize_numbers(value: Any) -> Any:

@@ -1,0 +1,234 @@
+"""x-kubernetes-validations: CEL rules as Kubernetes 1.29+ evaluates them on CRDs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from capguard.localcluster import cel, schema
+
+
+def compiled(text: str) -> schema.Schema:
+    return schema.Schema(yaml.safe_load(text))
+
+
+def causes(s: schema.Schema, obj: dict[str, Any],
+           old: dict[str, Any] | None = None) -> list[tuple[str, str, str]]:
+    return [(c.reason, c.message, c.field) for c in s.validate(obj, old)]
+
+
+REPLICAS = compiled("""
+type: object
+properties:
+  spec:
+    type: object
+    x-kubernetes-validations:
+    - rule: "!has(self.minAvailable) || self.minAvailable <= self.replicas"
+      message: minAvailable must not exceed replicas
+      fieldPath: .minAvailable
+    - rule: "self.replicas < 100"
+    - rule: "self.replicas != 13"
+      messageExpression: "'replicas ' + string(self.replicas) + ' is unlucky'"
+      reason: FieldValueForbidden
+    properties:
+      replicas: {type: integer}
+      minAvailable: {type: integer}
+""")
+
+
+def test_rule_failure_is_reported_at_the_node_as_invalid_object() -> None:
+    assert causes(REPLICAS, {"spec": {"replicas": 100}}) == [
+        ("FieldValueInvalid", 'Invalid value: "object": failed rule: self.replicas < 100',
+         "spec")]
+
+
+def test_message_and_field_path() -> None:
+    assert causes(REPLICAS, {"spec": {"replicas": 1, "minAvailable": 2}}) == [
+        ("FieldValueInvalid", 'Invalid value: "object": minAvailable must not exceed replicas',
+         "spec.minAvailable")]
+
+
+def test_message_expression_and_reason() -> None:
+    assert causes(REPLICAS, {"spec": {"replicas": 13}}) == [
+        ("FieldValueForbidden", "Forbidden: replicas 13 is unlucky", "spec")]
+
+
+def test_runtime_error_becomes_an_invalid_cause_not_a_crash() -> None:
+    # self.replicas is missing: cel-go says "no such key", and so do we.
+    assert causes(REPLICAS, {"spec": {}}) == [
+        ("FieldValueInvalid", 'Invalid value: "object": no such key: replicas', "spec"),
+        ("FieldValueInvalid", 'Invalid value: "object": no such key: replicas', "spec")]
+
+
+def test_passing_rules_give_no_causes() -> None:
+    assert causes(REPLICAS, {"spec": {"replicas": 3, "minAvailable": 2}}) == []
+
+
+TRANSITION = compiled("""
+type: object
+properties:
+  spec:
+    type: object
+    properties:
+      pool:
+        type: string
+        x-kubernetes-validations:
+        - rule: self == oldSelf
+          message: pool is immutable
+          reason: FieldValueForbidden
+      items:
+        type: array
+        items:
+          type: object
+          properties:
+            name: {type: string}
+          x-kubernetes-validations:
+          - rule: self.name.startsWith('x')
+            reason: FieldValueRequired
+            message: names start with x
+""")
+
+
+def test_transition_rule_is_skipped_on_create() -> None:
+    assert causes(TRANSITION, {"spec": {"pool": "a"}}) == []
+
+
+def test_transition_rule_runs_on_update() -> None:
+    assert causes(TRANSITION, {"spec": {"pool": "b"}}, old={"spec": {"pool": "a"}}) == [
+        ("FieldValueForbidden", "Forbidden: pool is immutable", "spec.pool")]
+    assert causes(TRANSITION, {"spec": {"pool": "a"}}, old={"spec": {"pool": "a"}}) == []
+
+
+def test_transition_rule_is_skipped_where_the_old_value_is_absent() -> None:
+    assert causes(TRANSITION, {"spec": {"pool": "b"}}, old={"spec": {}}) == []
+
+
+def test_rules_on_list_items_name_the_item() -> None:
+    assert causes(TRANSITION, {"spec": {"items": [{"name": "xa"}, {"name": "b"}]}}) == [
+        ("FieldValueRequired", "Required value: names start with x", "spec.items[1]")]
+
+
+NUMBERS = compiled("""
+type: object
+properties:
+  spec:
+    type: object
+    properties:
+      ratio:
+        type: number
+        x-kubernetes-validations: [{rule: "self >= 0.5"}]
+      floor:
+        x-kubernetes-int-or-string: true
+        x-kubernetes-validations:
+        - rule: "type(self) == string ? self.matches('^[0-9]+%$') : self >= 0"
+          message: a count of 0 or more, or a percent
+      tags:
+        type: array
+        items: {type: string}
+        x-kubernetes-validations:
+        - rule: self.isSorted() && self.all(t, t.lowerAscii() == t)
+          reason: FieldValueDuplicate
+""")
+
+
+def test_number_field_holding_an_integer_compares_with_doubles() -> None:
+    # JSON 1 under type: number is a double in CEL; cel-python alone would fail here.
+    assert causes(NUMBERS, {"spec": {"ratio": 1}}) == []
+    assert causes(NUMBERS, {"spec": {"ratio": 0.25}}) == [
+        ("FieldValueInvalid", 'Invalid value: "number": failed rule: self >= 0.5',
+         "spec.ratio")]
+
+
+@pytest.mark.parametrize(("floor", "ok"), [(3, True), ("50%", True), (-1, False),
+                                           ("half", False)])
+def test_int_or_string_rules(floor: Any, ok: bool) -> None:
+    found = causes(NUMBERS, {"spec": {"floor": floor}})
+    assert (found == []) is ok
+    if not ok:
+        assert found == [("FieldValueInvalid",
+                          'Invalid value: "": a count of 0 or more, or a percent',
+                          "spec.floor")]
+
+
+def test_kubernetes_list_and_string_extensions() -> None:
+    assert causes(NUMBERS, {"spec": {"tags": ["a", "b"]}}) == []
+    assert causes(NUMBERS, {"spec": {"tags": ["b", "a"]}}) == [
+        ("FieldValueDuplicate", 'Duplicate value: "array"', "spec.tags")]
+    assert causes(NUMBERS, {"spec": {"tags": ["A"]}}) != []
+
+
+def test_root_rule_sees_only_name_and_generate_name_of_metadata() -> None:
+    s = compiled("""
+type: object
+x-kubernetes-validations:
+- rule: "self.metadata.name.startsWith('ok-') && !has(self.metadata.labels)"
+""")
+    assert causes(s, {"metadata": {"name": "ok-1", "labels": {"a": "b"}}}) == []
+
+
+def test_rule_that_does_not_parse_is_reported_at_compile_time() -> None:
+    s = compiled("""
+type: object
+properties:
+  spec:
+    type: object
+    x-kubernetes-validations: [{rule: "self.x >"}]
+""")
+    assert [c.field for c in s.rule_errors] == ["spec.x-kubernetes-validations"]
+    assert s.validate({"spec": {}}) == []
+
+
+@pytest.mark.parametrize(("rule", "value", "holds"), [
+    ("size(self) == 2", ["a", "b"], True),
+    ("self.exists(x, x == 'b')", ["a", "b"], True),
+    ("self.sum() == 6", [1, 2, 3], True),
+    ("self.min() == 1 && self.max() == 3", [3, 1, 2], True),
+    ("self.indexOf(2) == 1 && self.lastIndexOf(9) == -1", [1, 2], True),
+    ("self.join('-') == 'a-b'", ["a", "b"], True),
+])
+def test_list_library(rule: str, value: Any, holds: bool) -> None:
+    outcome = cel.Rule({"rule": rule}).evaluate(self_value=cel.to_cel(value))
+    assert (outcome is None) is holds
+
+
+@pytest.mark.parametrize(("rule", "value"), [
+    ("self.split(',') == ['a', 'b']", "a,b"),
+    ("self.trim() == 'x'", "  x "),
+    ("self.upperAscii() == 'AB'", "ab"),
+    ("self.replace('a', 'b') == 'bb'", "ab"),
+    ("self.substring(1) == 'b' && self.charAt(0) == 'a'", "ab"),
+    ("self.find('[0-9]+') == '12' && self.findAll('[0-9]') == ['1', '2']", "a12"),
+    ("duration(self) > duration('1m')", "90s"),
+    ("int(self) == 5 && string(5) == self", "5"),
+])
+def test_string_library(rule: str, value: Any) -> None:
+    assert cel.Rule({"rule": rule}).evaluate(self_value=cel.to_cel(value)) is None
+
+
+def test_non_boolean_result_is_a_failure() -> None:
+    outcome = cel.Rule({"rule": "self + 1"}).evaluate(self_value=cel.to_cel(1))
+    assert outcome == cel.Outcome("FieldValueInvalid", "rule did not evaluate to a boolean")
+
+
+def test_unknown_reason_falls_back_to_invalid() -> None:
+    outcome = cel.Rule({"rule": "false", "reason": "Bogus"}).evaluate(self_value=None)
+    assert outcome == cel.Outcome("FieldValueInvalid", "failed rule: false")
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.recursive(st.none() | st.booleans() | st.integers() | st.floats()
+                          | st.text(max_size=5),
+                          lambda c: st.lists(c, max_size=3)
+                          | st.dictionaries(st.text(max_size=3), c, max_size=3),
+                          max_leaves=10),
+       rule=st.sampled_from(["self.x > 1", "size(self) > 0", "self.all(x, x > 0)",
+                             "self.matches('a')", "self.isSorted()", "self / 0 == 1",
+                             "self.sum() > 0", "self.split(',').size() > 1",
+                             "self.substring(5) == ''", "duration(self) > duration('1s')"]))
+def test_no_rule_raises_whatever_self_is(value: Any, rule: str) -> None:
+    outcome = cel.Rule({"rule": rule}).evaluate(self_value=cel.to_cel(value))
+    assert outcome is None or isinstance(outcome.message, str)
