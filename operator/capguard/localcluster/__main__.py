@@ -1,0 +1,3 @@
+from capguard.localcluster import main
+
+raise SystemExit(main())

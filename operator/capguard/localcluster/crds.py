@@ -1,0 +1,278 @@
+"""CustomResourceDefinitions: creating, updating and deleting them makes their resources
+appear and disappear, as the apiextensions controllers of a real server do (005, 195).
+
+On create the CRD is answered as stored (no conditions yet) and then, within the same
+request, gets `NamesAccepted` and `Established` so that `kubectl wait --for
+condition=established` returns at once. On delete it gets the `customresourcecleanup`
+finalizer and a `Terminating` condition, its instances are deleted (their own finalizers
+respected), and when the last one is gone the CRD goes and its paths answer 404.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Any, Final
+
+from capguard.localcluster import meta, objects, resources, schema, store
+
+CLEANUP_FINALIZER: Final = "customresourcecleanup.apiextensions.k8s.io"
+Causes = list[dict[str, str]]
+
+
+def storage_version_hash(group: str, version: str, kind: str) -> str:
+    digest = hashlib.sha256(f"{group}/{version}/{kind}".encode()).digest()
+    return base64.b64encode(digest[:8]).decode()
+
+
+class Controller:
+    def __init__(self, api: objects.Objects) -> None:
+        self.api = api
+        self._served: dict[str, list[resources.ResourceType]] = {}   # CRD name -> types
+        api.preparers[resources.CRDS.storage_key] = self.prepare
+        api.before_delete[resources.CRDS.storage_key] = self.before_delete
+        api.hooks.append(self.on_change)
+
+    # ---- admission ------------------------------------------------------------------------
+
+    def prepare(self, rt: resources.ResourceType, crd: dict[str, Any],
+                old: dict[str, Any] | None) -> Causes:
+        spec = crd.get("spec")
+        if not isinstance(spec, dict):
+            return [_required("spec")]
+        causes = _spec_causes(crd, spec)
+        if causes:
+            return causes
+        _default_spec(spec)
+        if old is None:
+            storage = next(v["name"] for v in spec["versions"] if v.get("storage"))
+            crd["status"] = {"conditions": None, "acceptedNames": {"plural": "", "kind": ""},
+                             "storedVersions": [storage]}
+        elif old["spec"].get("group") != spec.get("group"):
+            return [{"reason": "FieldValueInvalid", "field": "spec.group",
+                     "message": f'Invalid value: "{spec.get("group")}": field is immutable'}]
+        return causes
+
+    def before_delete(self, crd: dict[str, Any]) -> dict[str, Any]:
+        finalizers = crd["metadata"].setdefault("finalizers", [])
+        if CLEANUP_FINALIZER not in finalizers:
+            finalizers.append(CLEANUP_FINALIZER)
+        conditions = [c for c in crd["status"].get("conditions") or []
+                      if c.get("type") != "Terminating"]
+        conditions.append(_condition("Terminating", "InstanceDeletionPending",
+                                     "CustomResourceDefinition marked for deletion; "
+                                     "CustomResource deletion will begin soon"))
+        crd["status"]["conditions"] = conditions
+        return crd
+
+    # ---- reacting to changes ----------------------------------------------------------------
+
+    def on_change(self, rt: resources.ResourceType, change: store.Change) -> None:
+        if change.storage_key == resources.CRDS.storage_key:
+            self._crd_changed(change)
+        elif change.type == "DELETED":
+            self._maybe_finish_cleanup(change.storage_key)
+
+    def _crd_changed(self, change: store.Change) -> None:
+        crd = change.entry.obj
+        name = crd["metadata"]["name"]
+        if change.type == "DELETED":
+            self._unserve(name)
+        elif crd["metadata"].get("deletionTimestamp"):
+            self._delete_instances(crd)
+        else:
+            self._establish(change.entry)
+
+    def _establish(self, entry: store.Entry) -> None:
+        crd = entry.obj
+        conflict = self._names_conflict(crd)
+        if conflict is None:
+            self._serve(crd)
+        status = _desired_status(crd, conflict)
+        if status != crd.get("status"):
+            updated = entry.thaw()
+            updated["status"] = status
+            self.api.db.put(resources.CRDS.storage_key, ("", crd["metadata"]["name"]), updated)
+            self.api._after(resources.CRDS, self.api.db_last_change())
+
+    def _names_conflict(self, crd: dict[str, Any]) -> str | None:
+        names, group = crd["spec"]["names"], crd["spec"]["group"]
+        for other_name, served in self._served.items():
+            if other_name == crd["metadata"]["name"]:
+                continue
+            for rt in served:
+                if rt.group == group and rt.plural == names["plural"]:
+                    return f'"{names["plural"]}" is already in use'
+                if rt.group == group and rt.kind == names["kind"]:
+                    return f'"{names["kind"]}" is already in use'
+        for rt in resources.BUILTINS:
+            if rt.group == group and rt.plural == names["plural"]:
+                return f'"{names["plural"]}" is already in use'
+        return None
+
+    def _serve(self, crd: dict[str, Any]) -> None:
+        name = crd["metadata"]["name"]
+        served = [resource_type(crd, version) for version in crd["spec"]["versions"]
+                  if version.get("served", True)]
+        for rt in self._served.get(name, []):
+            self.api.registry.remove(rt)
+        for rt in served:
+            self.api.registry.add(rt)
+            self.api.db.start_history(rt.storage_key)
+        self._served[name] = served
+
+    def _unserve(self, name: str) -> None:
+        for rt in self._served.pop(name, []):
+            self.api.registry.remove(rt)
+            self.api.db.drop_partition(rt.storage_key)
+
+    def _delete_instances(self, crd: dict[str, Any]) -> None:
+        served = self._served.get(crd["metadata"]["name"], [])
+        if served:
+            rt = served[0]
+            for key in list(self.api.db.keys(rt.storage_key)):
+                entry = self.api.db.get(rt.storage_key, key)
+                if entry is not None:
+                    self.api._delete_entry(rt, entry)
+        self._maybe_finish_cleanup(_storage_key(crd))
+
+    def _maybe_finish_cleanup(self, storage_key: str) -> None:
+        for name, served in list(self._served.items()):
+            if not served or served[0].storage_key != storage_key:
+                continue
+            crd = self.api.db.get(resources.CRDS.storage_key, ("", name))
+            if (crd is not None and crd.obj["metadata"].get("deletionTimestamp")
+                    and self.api.db.count(storage_key) == 0):
+                self.api._remove(resources.CRDS, crd)
+            return
+        # A terminating CRD that was never served (a names conflict) has nothing to clean.
+        for key in list(self.api.db.keys(resources.CRDS.storage_key)):
+            entry = self.api.db.get(resources.CRDS.storage_key, key)
+            if (entry is not None and entry.obj["metadata"].get("deletionTimestamp")
+                    and _storage_key(entry.obj) == storage_key and key[1] not in self._served):
+                self.api._remove(resources.CRDS, entry)
+
+
+def resource_type(crd: dict[str, Any], version: dict[str, Any]) -> resources.ResourceType:
+    spec = crd["spec"]
+    names = spec["names"]
+    subresources = version.get("subresources") or {}
+    storage = next(v["name"] for v in spec["versions"] if v.get("storage"))
+    columns = version.get("additionalPrinterColumns") or [resources.AGE_COLUMN]
+    openapi = (version.get("schema") or {}).get("openAPIV3Schema") or {}
+    many_versions = len(spec["versions"]) > 1
+    api_version = f"{spec['group']}/{version['name']}"
+    return resources.ResourceType(
+        group=spec["group"], version=version["name"], plural=names["plural"],
+        kind=names["kind"], namespaced=spec.get("scope") == "Namespaced",
+        singular=names.get("singular", ""), short_names=tuple(names.get("shortNames") or ()),
+        categories=tuple(names.get("categories") or ()), verbs=resources.CUSTOM_VERBS,
+        storage_version_hash=storage_version_hash(spec["group"], storage, names["kind"]),
+        custom=True, tracks_generation=True, status_subresource="status" in subresources,
+        scale=subresources.get("scale"), printer_columns=tuple(columns),
+        schema=schema.Schema(openapi), storage=_storage_key(crd), crd_name=crd["metadata"]["name"],
+        # With conversion strategy None, serving another version only relabels apiVersion.
+        to_external=(lambda obj: {**obj, "apiVersion": api_version}) if many_versions else None,
+        to_internal=None)
+
+
+def _storage_key(crd: dict[str, Any]) -> str:
+    return f"{crd['spec']['group']}/{crd['spec']['names']['plural']}"
+
+
+def _condition(kind: str, reason: str, message: str, status: str = "True") -> dict[str, Any]:
+    return {"type": kind, "status": status, "lastTransitionTime": meta.now_rfc3339(),
+            "reason": reason, "message": message}
+
+
+def _desired_status(crd: dict[str, Any], conflict: str | None) -> dict[str, Any]:
+    status = dict(crd.get("status") or {})
+    current = {c["type"]: c for c in status.get("conditions") or []}
+    if conflict is None:
+        wanted = [_condition("NamesAccepted", "NoConflicts", "no conflicts found"),
+                  _condition("Established", "InitialNamesAccepted",
+                             "the initial names have been accepted")]
+        status["acceptedNames"] = dict(crd["spec"]["names"])
+    else:
+        wanted = [_condition("NamesAccepted", "NameConflict", conflict, "False"),
+                  _condition("Established", "NotAccepted", "not all names are accepted",
+                             "False")]
+    conditions = []
+    for condition in wanted:
+        previous = current.get(condition["type"])
+        # An unchanged condition keeps its transition time, so a CRD settles.
+        if previous and all(previous.get(k) == condition[k]
+                            for k in ("status", "reason", "message")):
+            condition = previous
+        conditions.append(condition)
+    status["conditions"] = conditions
+    storage = next(v["name"] for v in crd["spec"]["versions"] if v.get("storage"))
+    stored = list(status.get("storedVersions") or [])
+    if storage not in stored:
+        stored.append(storage)
+    status["storedVersions"] = stored
+    return status
+
+
+def _required(field: str) -> dict[str, str]:
+    return {"reason": "FieldValueRequired", "field": field, "message": "Required value"}
+
+
+def _spec_causes(crd: dict[str, Any], spec: dict[str, Any]) -> Causes:
+    causes: Causes = []
+    group, names = spec.get("group"), spec.get("names")
+    if not isinstance(group, str) or not group:
+        causes.append(_required("spec.group"))
+    if not isinstance(names, dict):
+        return [*causes, _required("spec.names")]
+    for field in ("plural", "kind"):
+        if not isinstance(names.get(field), str) or not names.get(field):
+            causes.append(_required(f"spec.names.{field}"))
+    if spec.get("scope") not in ("Namespaced", "Cluster"):
+        causes.append({"reason": "FieldValueNotSupported", "field": "spec.scope", "message": (
+            f'Unsupported value: "{spec.get("scope")}": supported values: "Cluster", '
+            '"Namespaced"')})
+    if causes:
+        return causes
+    expected = f"{names['plural']}.{group}"
+    if crd["metadata"]["name"] != expected:
+        causes.append({"reason": "FieldValueInvalid", "field": "metadata.name", "message": (
+            f'Invalid value: "{crd["metadata"]["name"]}": must be spec.names.plural+"."+'
+            "spec.group")})
+    return causes + _version_causes(spec.get("versions"))
+
+
+def _version_causes(versions: Any) -> Causes:
+    if not isinstance(versions, list) or not versions:
+        return [_required("spec.versions")]
+    causes: Causes = []
+    if sum(1 for v in versions if isinstance(v, dict) and v.get("storage")) != 1:
+        causes.append({"reason": "FieldValueInvalid", "field": "spec.versions",
+                       "message": "Invalid value: must have exactly one version marked as "
+                                  "storage version"})
+    for index, version in enumerate(versions):
+        field = f"spec.versions[{index}]"
+        if not isinstance(version, dict) or not isinstance(version.get("name"), str):
+            causes.append(_required(f"{field}.name"))
+            continue
+        openapi = (version.get("schema") or {}).get("openAPIV3Schema")
+        if not isinstance(openapi, dict):
+            causes.append({"reason": "FieldValueRequired",
+                           "field": f"{field}.schema.openAPIV3Schema",
+                           "message": "Required value: schemas are required"})
+            continue
+        try:
+            schema.Schema(openapi)
+        except Exception as error:  # a schema the engine cannot use is the client's error
+            causes.append({"reason": "FieldValueInvalid",
+                           "field": f"{field}.schema.openAPIV3Schema",
+                           "message": f"Invalid value: {error}"})
+    return causes
+
+
+def _default_spec(spec: dict[str, Any]) -> None:
+    names = spec["names"]
+    names.setdefault("singular", names["kind"].lower())
+    names.setdefault("listKind", names["kind"] + "List")
+    spec.setdefault("conversion", {"strategy": "None"})
+    for version in spec["versions"]:
+        version.setdefault("served", True)

@@ -1,0 +1,171 @@
+"""metav1.Status bodies and the exceptions that carry them to the HTTP layer.
+
+Every failure a handler can produce is an `ApiError`; the server turns it into a JSON
+Status with the same `reason`, `code` and `details` shape the real kube-apiserver uses
+(see the reference exchanges 021, 023, 030, 040, 091).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from capguard.localcluster import resources
+
+
+class ApiError(Exception):
+    """A request the API refuses: carries the Status body to answer with."""
+
+    def __init__(self, status: dict[str, Any]) -> None:
+        super().__init__(status.get("message", ""))
+        self.status = status
+
+    @property
+    def code(self) -> int:
+        return int(self.status["code"])
+
+
+class PageNotFound(Exception):
+    """A path no route serves: the real server answers plain text, not a Status (195)."""
+
+
+def status_body(
+    *, code: int, reason: str, message: str, details: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+    }
+    if details is not None:
+        body["details"] = details
+    body["code"] = code
+    return body
+
+
+def success_body(*, details: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Success", "details": details}
+
+
+def _resource_details(rt: resources.ResourceType, name: str) -> dict[str, Any]:
+    # 404/409 name the plural resource in details.kind (021); group is omitted for core.
+    details: dict[str, Any] = {"name": name}
+    if rt.group:
+        details["group"] = rt.group
+    details["kind"] = rt.plural
+    return details
+
+
+def _kind_details(rt: resources.ResourceType, name: str) -> dict[str, Any]:
+    # 422 Invalid and delete preconditions name the Kind instead (040, 091).
+    details: dict[str, Any] = {"name": name}
+    if rt.group:
+        details["group"] = rt.group
+    details["kind"] = rt.kind
+    return details
+
+
+def not_found(rt: resources.ResourceType, name: str) -> ApiError:
+    return ApiError(status_body(
+        code=404, reason="NotFound",
+        message=f'{rt.group_resource} "{name}" not found',
+        details=_resource_details(rt, name)))
+
+
+def namespace_not_found(namespace: str) -> ApiError:
+    return ApiError(status_body(
+        code=404, reason="NotFound", message=f'namespaces "{namespace}" not found',
+        details={"name": namespace, "kind": "namespaces"}))
+
+
+def already_exists(rt: resources.ResourceType, name: str) -> ApiError:
+    return ApiError(status_body(
+        code=409, reason="AlreadyExists",
+        message=f'{rt.group_resource} "{name}" already exists',
+        details=_resource_details(rt, name)))
+
+
+def conflict(rt: resources.ResourceType, name: str) -> ApiError:
+    return ApiError(status_body(
+        code=409, reason="Conflict",
+        message=(f'Operation cannot be fulfilled on {rt.group_resource} "{name}": the object '
+                 "has been modified; please apply your changes to the latest version and try "
+                 "again"),
+        details=_resource_details(rt, name)))
+
+
+def precondition_conflict(rt: resources.ResourceType, name: str, *, field: str,
+                          expected: str, actual: str) -> ApiError:
+    label = "ResourceVersion" if field == "resourceVersion" else "UID"
+    return ApiError(status_body(
+        code=409, reason="Conflict",
+        message=(f'Operation cannot be fulfilled on {rt.kind_group} "{name}": the {label} in '
+                 f"the precondition ({expected}) does not match the {label} in record "
+                 f"({actual}). The object might have been modified"),
+        details=_kind_details(rt, name)))
+
+
+def invalid(rt: resources.ResourceType, name: str, causes: list[dict[str, str]]) -> ApiError:
+    parts = [f"{cause['field']}: {cause['message']}" for cause in causes]
+    summary = parts[0] if len(parts) == 1 else "[" + ", ".join(parts) + "]"
+    details = _kind_details(rt, name)
+    details["causes"] = causes
+    return ApiError(status_body(
+        code=422, reason="Invalid", message=f'{rt.kind_group} "{name}" is invalid: {summary}',
+        details=details))
+
+
+def invalid_generic() -> ApiError:
+    # What a failing JSON-patch `test` answers: no cause, empty details (035).
+    return ApiError(status_body(
+        code=422, reason="Invalid",
+        message="the server rejected our request due to an error in our request", details={}))
+
+
+def bad_request(message: str) -> ApiError:
+    return ApiError(status_body(code=400, reason="BadRequest", message=message))
+
+
+def forbidden(message: str, *, details: dict[str, Any] | None = None) -> ApiError:
+    return ApiError(status_body(code=403, reason="Forbidden", message=message,
+                                details=details))
+
+
+def method_not_allowed(method: str) -> ApiError:
+    return ApiError(status_body(
+        code=405, reason="MethodNotAllowed",
+        message=f"the server does not allow this method on the requested resource ({method})",
+        details={}))
+
+
+PATCH_TYPES_MESSAGE = ("the body of the request was in an unknown format - accepted media "
+                       "types include: application/json-patch+json, "
+                       "application/merge-patch+json, application/apply-patch+yaml")
+
+
+def unsupported_media_type(message: str = PATCH_TYPES_MESSAGE) -> ApiError:
+    return ApiError(status_body(code=415, reason="UnsupportedMediaType", message=message))
+
+
+def not_acceptable() -> ApiError:
+    return ApiError(status_body(
+        code=406, reason="NotAcceptable",
+        message=("only the following media types are accepted: application/json, "
+                 "application/yaml, application/vnd.kubernetes.protobuf")))
+
+
+def too_large(limit: int) -> ApiError:
+    return ApiError(status_body(
+        code=413, reason="RequestEntityTooLarge",
+        message=f"Request entity too large: limit is {limit}"))
+
+
+def expired(message: str) -> ApiError:
+    return ApiError(status_body(code=410, reason="Expired", message=message))
+
+
+def internal(message: str) -> ApiError:
+    return ApiError(status_body(code=500, reason="InternalError", message=message,
+                                details={"causes": [{"message": message}]}))
