@@ -1,0 +1,283 @@
+"""Is capguard's RBAC sufficient and minimal? Checked against what the operator really did.
+
+Given the rendered RBAC objects (`kubectl kustomize deploy/`) and an audit log of the
+requests the operator made, report
+
+- the requests no rule allows (the RBAC is not sufficient: the operator would get 403), and
+- the permissions no request used (the RBAC is not minimal), one per (rule, verb, resource).
+
+The audit log is JSON lines in either of two shapes:
+
+- the embedded API server's: ``method``, ``path`` (with the query string) and, when it
+  resolved them, ``verb``, ``apiGroup``, ``resource``, ``subresource``, ``namespace``,
+  ``name``, ``userAgent`` (or ``user-agent``);
+- a Kubernetes audit event (``kind: Event`` from kind's audit backend): ``verb``,
+  ``objectRef`` and ``user.username``.
+
+Only the operator's requests count: by default those whose user agent starts with
+``kopf`` or ``capguard`` (the two HTTP clients in the operator process), or whose user
+is the operator's service account. Non-resource requests (discovery: ``/api``,
+``/apis/...``, ``/version``) are allowed to every authenticated user by the built-in
+``system:discovery`` role and are not checked against capguard's rules.
+
+    python tests/ship/rbac.py --rendered rendered.yaml --audit-log audit.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import sys
+import urllib.parse
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+OPERATOR_AGENTS: Final = re.compile(r"^(kopf|capguard)(/|\b)")
+SERVICE_ACCOUNT: Final = ("capguard-system", "capguard-operator")
+_METHOD_VERBS: Final = {"POST": "create", "PUT": "update", "PATCH": "patch"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One resource request, as the authorizer sees it."""
+
+    verb: str
+    api_group: str
+    resource: str
+    subresource: str = ""
+    namespace: str = ""  # empty: cluster-scoped, or across all namespaces
+    name: str = ""
+
+    @property
+    def full_resource(self) -> str:
+        return f"{self.resource}/{self.subresource}" if self.subresource else self.resource
+
+    def __str__(self) -> str:
+        where = f" in {self.namespace}" if self.namespace else " (cluster-wide)"
+        name = f" {self.name}" if self.name else ""
+        group = self.api_group or "core"
+        return f"{self.verb} {group}/{self.full_resource}{name}{where}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """One PolicyRule, with where its binding makes it apply ("" = every namespace)."""
+
+    source: str  # e.g. "ClusterRole/capguard-operator"
+    api_groups: tuple[str, ...]
+    resources: tuple[str, ...]
+    verbs: tuple[str, ...]
+    resource_names: tuple[str, ...] = ()
+    namespace: str = ""
+
+    def allows(self, request: Request) -> bool:
+        return (
+            request.verb in self.verbs
+            and request.api_group in self.api_groups
+            and request.full_resource in self.resources
+            and (not self.resource_names or request.name in self.resource_names)
+            and (not self.namespace or request.namespace == self.namespace)
+        )
+
+    def permissions(self) -> Iterator[tuple[str, str, str]]:
+        for group in self.api_groups:
+            for resource in self.resources:
+                for verb in self.verbs:
+                    yield group, resource, verb
+
+    def __str__(self) -> str:
+        names = f" names={list(self.resource_names)}" if self.resource_names else ""
+        where = f" in {self.namespace}" if self.namespace else ""
+        return (f"{self.source}: groups={list(self.api_groups)} resources={list(self.resources)}"
+                f" verbs={list(self.verbs)}{names}{where}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Unused:
+    rule: Rule
+    api_group: str
+    resource: str
+    verb: str
+
+    def __str__(self) -> str:
+        return f"{self.verb} {self.api_group or 'core'}/{self.resource}  ({self.rule.source})"
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    denied: tuple[Request, ...]
+    unused: tuple[Unused, ...]
+    checked: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.denied and not self.unused
+
+    def __str__(self) -> str:
+        lines = [f"{self.checked} operator requests checked"]
+        lines += [f"DENIED (no rule allows it): {request}" for request in self.denied]
+        lines += [f"UNUSED (no request needed it): {unused}" for unused in self.unused]
+        return "\n".join(lines)
+
+
+def check(*, rules: Iterable[Rule], requests: Iterable[Request]) -> Report:
+    """Every request against every rule: what is denied, and what is never used."""
+    rules = list(rules)
+    used: set[tuple[Rule, str, str, str]] = set()
+    denied: dict[Request, None] = {}
+    count = 0
+    for request in requests:
+        count += 1
+        allowing = [rule for rule in rules if rule.allows(request)]
+        if not allowing:
+            denied.setdefault(dataclasses.replace(request, name=""), None)
+        for rule in allowing:
+            used.add((rule, request.api_group, request.full_resource, request.verb))
+    unused = [
+        Unused(rule=rule, api_group=group, resource=resource, verb=verb)
+        for rule in rules
+        for group, resource, verb in rule.permissions()
+        if (rule, group, resource, verb) not in used
+    ]
+    return Report(denied=tuple(denied), unused=tuple(unused), checked=count)
+
+
+def rules_for(
+    objects: Iterable[Mapping[str, Any]], *, service_account: tuple[str, str] = SERVICE_ACCOUNT,
+) -> list[Rule]:
+    """The rules bound to the service account, each scoped as its binding scopes it."""
+    objects = list(objects)
+    roles = {(o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"]): o
+             for o in objects if o.get("kind") in ("Role", "ClusterRole")}
+    rules: list[Rule] = []
+    for binding in objects:
+        if binding.get("kind") not in ("RoleBinding", "ClusterRoleBinding"):
+            continue
+        subjects = binding.get("subjects", [])
+        if not any(_is_account(subject, service_account) for subject in subjects):
+            continue
+        binding_namespace = binding["metadata"].get("namespace", "")
+        ref = binding["roleRef"]
+        role_namespace = binding_namespace if ref["kind"] == "Role" else ""
+        role = roles.get((ref["kind"], role_namespace, ref["name"]))
+        if role is None:
+            raise ValueError(f"{binding['kind']}/{binding['metadata']['name']} refers to "
+                             f"{ref['kind']}/{ref['name']}, which is not rendered")
+        source = f"{ref['kind']}/{ref['name']}"
+        for raw in role.get("rules", []):
+            rules.append(Rule(
+                source=source,
+                api_groups=tuple(raw.get("apiGroups", ())),
+                resources=tuple(raw.get("resources", ())),
+                verbs=tuple(raw.get("verbs", ())),
+                resource_names=tuple(raw.get("resourceNames", ())),
+                namespace=binding_namespace,
+            ))
+    return rules
+
+
+def _is_account(subject: Mapping[str, Any], account: tuple[str, str]) -> bool:
+    return (subject.get("kind") == "ServiceAccount"
+            and (subject.get("namespace"), subject.get("name")) == account)
+
+
+def operator_requests(
+    records: Iterable[Mapping[str, Any]], *, agents: re.Pattern[str] = OPERATOR_AGENTS,
+    service_account: tuple[str, str] = SERVICE_ACCOUNT,
+) -> Iterator[Request]:
+    """The operator's resource requests among the audit records."""
+    username = "system:serviceaccount:{}:{}".format(*service_account)
+    for record in records:
+        agent = record.get("userAgent") or record.get("user-agent") or ""
+        user = record.get("user")
+        user = user.get("username", "") if isinstance(user, dict) else ""
+        if not (agents.match(agent) or user == username):
+            continue
+        request = parse_record(record)
+        if request is not None:
+            yield request
+
+
+def parse_record(record: Mapping[str, Any]) -> Request | None:
+    """A resource request from one audit record; None for a non-resource request."""
+    if isinstance(record.get("objectRef"), dict):  # a Kubernetes audit event
+        ref = record["objectRef"]
+        return Request(verb=record["verb"], api_group=ref.get("apiGroup", ""),
+                       resource=ref["resource"], subresource=ref.get("subresource", ""),
+                       namespace=ref.get("namespace", ""), name=ref.get("name", ""))
+    if record.get("path"):  # the request line is the ground truth, as for the real server
+        return parse_path(method=record.get("method", "GET"), path=record["path"])
+    if record.get("resource"):
+        return Request(verb=record["verb"], api_group=record.get("apiGroup") or "",
+                       resource=record["resource"], subresource=record.get("subresource") or "",
+                       namespace=record.get("namespace") or "", name=record.get("name") or "")
+    return None
+
+
+def parse_path(*, method: str, path: str) -> Request | None:
+    """Resolve a request line the way the API server's RequestInfo resolver does."""
+    url = urllib.parse.urlsplit(path)
+    query = urllib.parse.parse_qs(url.query)
+    parts = [urllib.parse.unquote(p) for p in url.path.strip("/").split("/") if p]
+    if parts[:1] == ["api"] and len(parts) >= 3:
+        group, rest = "", parts[2:]
+    elif parts[:1] == ["apis"] and len(parts) >= 4:
+        group, rest = parts[1], parts[3:]
+    else:
+        return None  # /api, /apis, /apis/group[/version], /version, /openapi: discovery
+    namespace = ""
+    if rest[0] == "namespaces" and len(rest) >= 3:
+        namespace, rest = rest[1], rest[2:]
+    resource, name, subresource = rest[0], "", ""
+    if len(rest) >= 2:
+        name = rest[1]
+    if len(rest) >= 3:
+        subresource = rest[2]
+    if resource == "namespaces" and not namespace and name:
+        # /api/v1/namespaces/NAME is the namespace object itself.
+        namespace = name
+    method = method.upper()
+    if method == "GET":
+        watching = query.get("watch", ["false"])[0] in ("true", "1")
+        verb = "watch" if watching else ("get" if name else "list")
+    elif method == "DELETE":
+        verb = "delete" if name else "deletecollection"
+    else:
+        verb = _METHOD_VERBS.get(method, method.lower())
+    return Request(verb=verb, api_group=group, resource=resource, subresource=subresource,
+                   namespace=namespace, name=name)
+
+
+def read_audit_log(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open() as lines:
+        for line in lines:
+            if line.strip():
+                yield json.loads(line)
+
+
+def read_rendered(path: Path) -> list[dict[str, Any]]:
+    with path.open() as text:
+        return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rendered", type=Path, required=True,
+                        help="the rendered manifests: kubectl kustomize deploy/ > FILE")
+    parser.add_argument("--audit-log", type=Path, required=True, help="JSON lines of requests")
+    parser.add_argument("--allow-unused", action="store_true",
+                        help="report unused permissions but do not fail on them")
+    args = parser.parse_args(argv)
+    report = check(rules=rules_for(read_rendered(args.rendered)),
+                   requests=operator_requests(read_audit_log(args.audit_log)))
+    print(report)
+    return 0 if not report.denied and (args.allow_unused or not report.unused) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
