@@ -404,3 +404,18 @@ properties:
     pruned = s.apply_defaults(s.prune(obj))
     assert "drop" not in pruned
     assert [c.reason for c in s.validate(pruned, pruned)] == ["FieldValueInvalid"]
+
+
+@pytest.mark.parametrize(("declared", "value", "message"), [
+    ("{type: integer, format: int32}", 2**31,
+     'Invalid value: "": Checked value must be of type integer with format int32 in spec.n'),
+    ("{type: integer}", 2**63,
+     'Invalid value: "": Checked value must be of type integer in spec.n'),
+    ("{type: number, format: float}", 1e39,
+     'Invalid value: "": Checked value must be of type number with format float in spec.n'),
+])
+def test_numbers_must_fit_their_format(declared: str, value: Any, message: str) -> None:
+    s = schema.Schema(yaml.safe_load(f"{{type: object, properties: {{spec: {{type: object,"
+                                     f" properties: {{n: {declared}}}}}}}}}"))
+    assert causes_of(s, {"spec": {"n": value}}) == {("FieldValueInvalid", message, "spec.n")}
+    assert causes_of(s, {"spec": {"n": 7}}) == set()

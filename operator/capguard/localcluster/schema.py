@@ -124,6 +124,7 @@ class _Checks:
         self.exclusive_minimum = raw.get("exclusiveMinimum") is True
         self.exclusive_maximum = raw.get("exclusiveMaximum") is True
         self.multiple_of = _number(raw.get("multipleOf"))
+        self.number_format, self.number_range = _number_range(raw)
         self.min_length = _count(raw.get("minLength"))
         self.max_length = _count(raw.get("maxLength"))
         self.min_items = _count(raw.get("minItems"))
@@ -140,6 +141,27 @@ class _Checks:
         keys = raw.get("x-kubernetes-list-map-keys")
         self.map_keys: tuple[str, ...] = tuple(
             k for k in keys if isinstance(k, str)) if isinstance(keys, list) else ()
+
+
+_FLOAT32_MAX: Final = 3.4028234663852886e38
+# What kube-openapi's IsValueValidAgainstRange lets each numeric type and format hold.
+_NUMBER_RANGES: Final[dict[tuple[str, str], tuple[float, float]]] = {
+    ("integer", "int32"): (-(2**31), 2**31 - 1),
+    ("integer", "uint32"): (0, 2**32 - 1),
+    ("integer", "uint64"): (0, 2**64 - 1),
+    ("integer", "int64"): (-(2**63), 2**63 - 1),
+    ("integer", ""): (-(2**63), 2**63 - 1),
+    ("number", "float"): (-_FLOAT32_MAX, _FLOAT32_MAX),
+    ("number", "float32"): (-_FLOAT32_MAX, _FLOAT32_MAX),
+}
+
+
+def _number_range(raw: dict[str, Any]) -> tuple[str, tuple[float, float] | None]:
+    declared = raw.get("format") if isinstance(raw.get("format"), str) else ""
+    key = (str(raw.get("type")), declared)
+    if key in _NUMBER_RANGES:
+        return declared, _NUMBER_RANGES[key]
+    return "", _NUMBER_RANGES.get((str(raw.get("type")), ""))
 
 
 def _types(raw: dict[str, Any]) -> tuple[str, ...]:
@@ -408,6 +430,8 @@ def _search(pattern: re.Pattern[str], value: str) -> bool:
 
 def _check_number(value: float | int, checks: _Checks, *, path: str,
                   causes: list[Cause]) -> None:
+    if checks.number_range is not None:
+        _check_range(value, checks, path=path, causes=causes)
     if checks.maximum is not None:
         over = value >= checks.maximum if checks.exclusive_maximum else value > checks.maximum
         if over:
@@ -423,6 +447,23 @@ def _check_number(value: float | int, checks: _Checks, *, path: str,
     if checks.multiple_of and not _is_multiple(value, checks.multiple_of):
         causes.append(_invalid(value, f"{path} in body should be a multiple of "
                                       f"{_go_number(checks.multiple_of)}", path=path))
+
+
+def _check_range(value: float | int, checks: _Checks, *, path: str,
+                 causes: list[Cause]) -> None:
+    """An integer must fit its format (int32 by default int64), as Go converts it.
+
+    Kubernetes reports this error without a field (its path is the root); it is given
+    at the field here, where a user can find it.
+    """
+    assert checks.number_range is not None
+    low, high = checks.number_range
+    if low <= value <= high:
+        return
+    kind = "integer" if isinstance(low, int) else "number"
+    with_format = f" with format {checks.number_format}" if checks.number_format else ""
+    causes.append(_invalid("", f"Checked value must be of type {kind}{with_format} in {path}",
+                           path=path))
 
 
 def _is_multiple(value: float | int, factor: float | int) -> bool:
