@@ -157,7 +157,7 @@ _NUMBER_RANGES: Final[dict[tuple[str, str], tuple[float, float]]] = {
 
 
 def _number_range(raw: dict[str, Any]) -> tuple[str, tuple[float, float] | None]:
-    declared = raw.get("format") if isinstance(raw.get("format"), str) else ""
+    declared = str(raw.get("format")) if isinstance(raw.get("format"), str) else ""
     key = (str(raw.get("type")), declared)
     if key in _NUMBER_RANGES:
         return declared, _NUMBER_RANGES[key]
