@@ -8,9 +8,9 @@ requests the operator made, report
 
 The audit log is JSON lines in either of two shapes:
 
-- the embedded API server's: ``method``, ``path`` (with the query string) and, when it
-  resolved them, ``verb``, ``apiGroup``, ``resource``, ``subresource``, ``namespace``,
-  ``name``, ``userAgent`` (or ``user-agent``);
+- the embedded API server's (``capguard localcluster --audit-log``): ``method``,
+  ``path``, ``query`` and ``user_agent`` (the resolved ``verb``, ``resource``, ... are
+  there too, but the request line is resolved here the way the real server does it);
 - a Kubernetes audit event (``kind: Event`` from kind's audit backend): ``verb``,
   ``objectRef`` and ``user.username``.
 
@@ -193,7 +193,8 @@ def operator_requests(
     """The operator's resource requests among the audit records."""
     username = "system:serviceaccount:{}:{}".format(*service_account)
     for record in records:
-        agent = record.get("userAgent") or record.get("user-agent") or ""
+        agent = (record.get("userAgent") or record.get("user_agent")
+                 or record.get("user-agent") or "")
         user = record.get("user")
         user = user.get("username", "") if isinstance(user, dict) else ""
         if not (agents.match(agent) or user == username):
@@ -211,7 +212,10 @@ def parse_record(record: Mapping[str, Any]) -> Request | None:
                        resource=ref["resource"], subresource=ref.get("subresource", ""),
                        namespace=ref.get("namespace", ""), name=ref.get("name", ""))
     if record.get("path"):  # the request line is the ground truth, as for the real server
-        return parse_path(method=record.get("method", "GET"), path=record["path"])
+        path = record["path"]
+        if record.get("query") and "?" not in path:
+            path = f"{path}?{record['query']}"
+        return parse_path(method=record.get("method", "GET"), path=path)
     if record.get("resource"):
         return Request(verb=record["verb"], api_group=record.get("apiGroup") or "",
                        resource=record["resource"], subresource=record.get("subresource") or "",

@@ -59,6 +59,15 @@ def test_a_kubernetes_audit_event_is_read_from_its_object_ref() -> None:
         "patch", "capguard.dev", "modelcapacities", "status", "prod", "llama")
 
 
+def test_the_embedded_servers_audit_records_are_read() -> None:
+    record = {"method": "GET", "path": "/apis/capguard.dev/v1alpha1/modelcapacities",
+              "query": "watch=true&resourceVersion=7", "user_agent": "kopf/1.45.2",
+              "verb": "watch", "apiGroup": "capguard.dev", "resource": "modelcapacities",
+              "subresource": None, "namespace": None, "name": None, "code": 200}
+    assert list(rbac.operator_requests([record])) == [
+        rbac.Request("watch", "capguard.dev", "modelcapacities")]
+
+
 def test_only_the_operators_requests_count() -> None:
     records = [
         {"method": "GET", "path": "/api/v1/pods", "userAgent": "kubectl/v1.32.4"},
