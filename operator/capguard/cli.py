@@ -7,6 +7,7 @@ aiohttp, and `capguard localcluster` never imports the operator.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -103,6 +104,71 @@ def simulate(
         click.echo(report.as_json(summaries))
     else:
         rich.console.Console().print(report.as_table(summaries))
+
+
+def _duration(_: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """Go-style durations on the command line: 3s, 120s, 2m, 1h30m (a bare number is seconds)."""
+    if value is None:
+        return None
+    from capguard.core import specs
+
+    try:
+        return float(value) if value.replace(".", "", 1).isdigit() else specs.parse_duration(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param=param) from None
+
+
+@main.command("run")
+@click.option("--namespace", "namespaces", multiple=True, metavar="NS",
+              help="Watch this namespace (repeatable). Default: all namespaces.")
+@click.option("--kubeconfig", type=click.Path(dir_okay=False), default=None,
+              help="Kubeconfig file. Default: KUBECONFIG, ~/.kube/config, or in-cluster.")
+@click.option("--metrics-port", type=int, default=8080, show_default=True,
+              help="Port of the Prometheus /metrics endpoint (every replica serves it).")
+@click.option("--metrics-host", default="0.0.0.0", show_default=True)
+@click.option("--driver", "engine_driver", type=click.Choice(["simulated", "none"]),
+              default="simulated", show_default=True,
+              help="Who moves engines through their phases: simulated, or an external agent.")
+@click.option("--load-time", default="120s", show_default=True, callback=_duration,
+              help="Simulated driver: time to load a model.")
+@click.option("--drain-time", default=None, callback=_duration,
+              help="Simulated driver: time to drain. Default: a quarter of --load-time.")
+@click.option("--failure-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Simulated driver: share of loads that fail.")
+@click.option("--seed", type=int, default=None, help="Simulated driver: random seed.")
+@click.option("--leader-election/--no-leader-election", default=True, show_default=True,
+              help="Act only while holding the capguard-leader Lease.")
+@click.option("--lease-namespace", default=None,
+              help="Namespace of the Lease. Default: POD_NAMESPACE, the pod's, or the first "
+                   "--namespace, else default.")
+@click.option("--lease-duration", default="15s", show_default=True, callback=_duration)
+@click.option("--lease-renew", default="5s", show_default=True, callback=_duration)
+@click.option("--identity", default=None, help="This replica's name in the Lease. "
+              "Default: hostname-pid.")
+@click.option("--naive", is_flag=True,
+              help="Turn the guard off (only an Open breaker holds): to watch the incident.")
+@click.option("--reconcile-interval", default="1s", show_default=True, callback=_duration,
+              help="Longest time between reconcile passes (changes trigger one sooner).")
+@click.option("--liveness", default=None, metavar="URL",
+              help="Kopf's liveness endpoint, e.g. http://0.0.0.0:8081/healthz.")
+@click.option("--connection-limit", type=int, default=32, show_default=True,
+              help="Most HTTP connections to the API server at once.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def run(**flags: Any) -> None:
+    """Run the operator against any cluster (a kubeconfig or in-cluster)."""
+    import logging
+
+    from capguard import operator
+
+    verbose = flags.pop("verbose")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        logging.getLogger("kopf").setLevel(logging.WARNING)
+    flags["namespaces"] = tuple(flags["namespaces"])
+    if flags["identity"] is None:
+        flags["identity"] = operator.default_identity()
+    operator.run(operator.Options(**flags))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,712 @@
+"""The one reconcile loop: current state in, core decisions out, results written back.
+
+Each pass reads the indexes (kept current by Kopf from the watch streams), builds one
+frozen `Fleet` per namespace, and asks the core what to do: the breaker machines
+observe, the planner plans, the queue coalesces, the gate triages. Then, and only on the
+leader, the pass writes: actions (a merge-patch carrying the resourceVersion the action
+was planned from), the simulated driver's phase changes, status, Events. Nothing is a
+replay of events: a pass after a restart is the same as any other pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final
+
+import aiohttp
+
+from capguard import metrics as metrics_
+from capguard.core import breaker, drift, gate, planner, queue, specs
+from capguard.core import fleet as fleet_
+from capguard.handlers import driver, records
+from capguard.handlers import status as status_
+from capguard.kube import client, events
+
+logger = logging.getLogger(__name__)
+
+API_VERSION: Final = "capguard.dev/v1alpha1"
+RELEASE_PLAN_SHOWN: Final = 50  # actions listed in status.releasePlan; `size` has them all
+BREAKER_STATUS_REFRESH: Final = 30.0  # secondsInState is refreshed at most this often alone
+_BREAKER_HOLDS: Final = (gate.Reason.BREAKER_OPEN, gate.Reason.HALF_OPEN_PROBE_LIMIT)
+_WRITE_ERRORS: Final = (client.ApiError, aiohttp.ClientError, OSError, TimeoutError)
+
+EngineIndex = Mapping[tuple[str, str], Iterable[records.EngineRecord]]
+ModelIndex = Mapping[str, Iterable[records.ModelRecord]]
+BreakerIndex = Mapping[str, Iterable[records.BreakerRecord]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    engine_driver: str = driver.SIMULATED
+    driver_config: driver.DriverConfig = dataclasses.field(default_factory=driver.DriverConfig)
+    guarded: bool = True
+    interval: float = 1.0
+    debounce: float = 0.02  # coalesce a burst of watch events into one pass
+    write_concurrency: int = 16
+    seed: int | None = None
+
+
+@dataclasses.dataclass
+class Indexes:
+    """The live Kopf indexes (captured at startup); empty mappings until then."""
+
+    engines: EngineIndex = dataclasses.field(default_factory=dict)
+    models: ModelIndex = dataclasses.field(default_factory=dict)
+    breakers: BreakerIndex = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class View:
+    """One namespace as the indexes show it now."""
+
+    engines: list[records.EngineRecord] = dataclasses.field(default_factory=list)
+    models: list[records.ModelRecord] = dataclasses.field(default_factory=list)
+    breakers: list[records.BreakerRecord] = dataclasses.field(default_factory=list)
+
+
+def snapshot(indexes: Indexes) -> dict[str, View]:
+    views: dict[str, View] = collections.defaultdict(View)
+    for (namespace, _), engines in list(indexes.engines.items()):
+        views[namespace].engines.extend(engines)
+    for namespace, models in list(indexes.models.items()):
+        views[namespace].models.extend(models)
+    for namespace, breakers in list(indexes.breakers.items()):
+        views[namespace].breakers.extend(breakers)
+    return dict(views)
+
+
+def build_fleet(view: View) -> fleet_.Fleet:
+    """The core's snapshot. Engines bound to a model whose spec is invalid are left out:
+    the planner would see them as orphans and drain them, and a typo must never do that."""
+    invalid_models = {r.meta.name for r in view.models if r.value is None}
+    engines = [
+        r.value for r in view.engines
+        if r.value is not None and not (
+            {r.value.spec.model_ref, r.value.model} & invalid_models)
+    ]
+    return fleet_.Fleet.of(
+        engines=engines,
+        models=[r.value for r in view.models if r.value is not None],
+        breakers=[r.value for r in view.breakers if r.value is not None],
+    )
+
+
+def restore_machine(
+    record: records.BreakerRecord, spec: specs.BreakerSpec, *, now: float
+) -> breaker.BreakerMachine:
+    """A breaker machine as its status left it: a restart keeps the pause and its length."""
+    saved = record.status
+    try:
+        state = breaker.BreakerState(saved.get("state"))
+    except ValueError:
+        return breaker.BreakerMachine(spec, now=now)
+    since = status_.parse_timestamp(saved.get("since")) or now
+    paused_since = status_.condition_since(saved, "Paused")
+    pause = since - paused_since if state is breaker.BreakerState.HALF_OPEN and paused_since else 0
+    machine = breaker.BreakerMachine(spec, now=now, state=state, since=since,
+                                     last_pause_seconds=pause)
+    if state is breaker.BreakerState.OPEN and paused_since is not None:
+        machine.opened_at = min(paused_since, since)  # a failed probe continues the old pause
+    with contextlib.suppress(ValueError):
+        machine.reason = breaker.TripReason(saved.get("reason"))
+    machine.refused = int(saved.get("refusedActions") or 0)
+    return machine
+
+
+@dataclasses.dataclass
+class Symptoms:
+    """What auto-trip may act on: a floor breach of a model that has been available, and
+    drift that has lasted a breaker's window. A fleet being brought up (or scaled up) is
+    short of its floor and drifting by design; tripping on that would hold the very
+    actions that fix it. (See NOTES-core.md: this belongs in the core.)"""
+
+    established: set[str] = dataclasses.field(default_factory=set)
+    drifting_since: dict[str, float] = dataclasses.field(default_factory=dict)
+    report: drift.DriftReport | None = None
+
+    def observe(self, report: drift.DriftReport, *, view: View, now: float) -> None:
+        self.report = report
+        for record in view.models:
+            if status_.condition_since(record.status, "Available") is not None:
+                self.established.add(record.meta.name)  # it was available before a restart
+        for name, model in report.models.items():
+            if not model.below_floor:
+                self.established.add(name)
+            if model.drift:
+                self.drifting_since.setdefault(name, now)
+            else:
+                self.drifting_since.pop(name, None)
+
+    def signals(
+        self, spec: specs.BreakerSpec, models: Iterable[str], *, now: float
+    ) -> breaker.FleetSignals:
+        if self.report is None:
+            return breaker.FleetSignals()
+        window = spec.auto_trip.window if spec.auto_trip else 0.0
+        ratio, breached = 0.0, False
+        for name in models:
+            found = self.report.models.get(name)
+            if found is None:
+                continue
+            if now - self.drifting_since.get(name, now) >= window:
+                ratio = max(ratio, found.drift_ratio)
+            breached = breached or (found.below_floor and name in self.established)
+        return breaker.FleetSignals(max_drift_ratio=ratio, floor_breached=breached)
+
+
+@dataclasses.dataclass
+class Probe:
+    """An action executed in HalfOpen, waiting for its engine to show the outcome."""
+
+    model: str | None
+    breakers: tuple[str, ...]
+
+
+@dataclasses.dataclass
+class Namespace:
+    """What a namespace's pipeline remembers between passes (all of it rebuildable)."""
+
+    queue: queue.ActionQueue
+    gate: gate.Gate
+    machines: dict[str, breaker.BreakerMachine] = dataclasses.field(default_factory=dict)
+    probes: dict[str, Probe] = dataclasses.field(default_factory=dict)
+    seen_batches: dict[str, str] = dataclasses.field(default_factory=dict)
+    held_by_breakers: int = 0  # after the last triage
+    symptoms: Symptoms = dataclasses.field(default_factory=lambda: Symptoms())
+    breaker_written_at: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class PassResult:
+    """Counts from one pass, for logs and tests."""
+
+    executed: int = 0
+    conflicts: int = 0
+    refused: int = 0
+    held: int = 0
+    transitions: int = 0
+    status_writes: int = 0
+    next_due: float | None = None
+
+
+class Reconciler:
+    def __init__(
+        self,
+        *,
+        api: client.Api,
+        recorder: events.Recorder,
+        metrics: metrics_.Metrics,
+        config: Config,
+        is_leader: Callable[[], bool],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.api = api
+        self.recorder = recorder
+        self.metrics = metrics
+        self.config = config
+        self.is_leader = is_leader
+        self.clock = clock
+        self.indexes = Indexes()
+        self.view_complete = asyncio.Event()
+        self.namespaces: dict[str, Namespace] = {}
+        self.passes = 0
+        self.last_result = PassResult()
+        self._wake = asyncio.Event()
+        self._roll = driver.make_roll(config.seed)
+        self._writes = asyncio.Semaphore(config.write_concurrency)
+        self._was_leader = False
+
+    def wake(self) -> None:
+        """Something changed in the cluster: run a pass soon (a burst makes one pass)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        # Startup waits for Kopf to list every watched kind: no action on a partial view.
+        await self.view_complete.wait()
+        logger.info("The view of the cluster is complete; reconciling.")
+        while True:
+            started = time.perf_counter()
+            try:
+                self.last_result = await self.reconcile_once()
+            except Exception:
+                # Our bug, not the user's: log it with its traceback, try again next pass.
+                logger.exception("Reconcile pass failed.")
+                self.last_result = PassResult()
+            self.metrics.reconcile_duration_seconds.observe(time.perf_counter() - started)
+            self.passes += 1
+            await self._sleep(self.last_result.next_due)
+
+    async def _sleep(self, due: float | None) -> None:
+        timeout = self.config.interval
+        if due is not None:
+            timeout = max(0.0, min(timeout, due - self.clock()))
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+            await asyncio.sleep(self.config.debounce)
+        except TimeoutError:
+            pass
+        self._wake.clear()
+
+    async def reconcile_once(self) -> PassResult:
+        now = self.clock()
+        leading = self.is_leader()
+        if leading != self._was_leader:
+            # A new leader starts from the cluster, never from a queue planned by someone else.
+            self.namespaces.clear()
+            self._was_leader = leading
+        self.metrics.leader.set(1 if leading else 0)
+        result = PassResult()
+        views = snapshot(self.indexes)
+        held = pending = 0
+        oldest = 0.0
+        stale_view = 0
+        for namespace, view in sorted(views.items()):
+            fleet = build_fleet(view)
+            if leading:
+                state = self.namespaces.setdefault(
+                    namespace, Namespace(queue.ActionQueue(),
+                                         gate.Gate(gate.GateConfig(guarded=self.config.guarded))))
+                fleet = await self._drive(namespace, view=view, fleet=fleet, now=now,
+                                          result=result)
+                report = await self._act(namespace, view=view, fleet=fleet, state=state,
+                                         now=now, result=result)
+                held_here, pending_here = _queue_states(state)
+                held += held_here
+                pending += pending_here
+                oldest = max(oldest, report.oldest_plan_age)
+                stale_view += report.stale_view_engines
+            else:
+                report = drift.measure(fleet, queue.ActionQueue(), now)
+                self._observe_breakers(namespace, view=view, now=now)
+            self._export_models(namespace, report)
+        self.metrics.forget_models_except(
+            (ns, r.meta.name) for ns, v in views.items() for r in v.models if r.value)
+        self.metrics.forget_breakers_except(
+            (ns, r.meta.name) for ns, v in views.items() for r in v.breakers)
+        self.metrics.set_queue(held=held, pending=pending, oldest_plan_age=oldest)
+        self.metrics.planner_view_stale_engines.set(stale_view)
+        return result
+
+    # -- the leader's pass over one namespace ------------------------------------------
+
+    async def _act(
+        self, namespace: str, *, view: View, fleet: fleet_.Fleet, state: Namespace,
+        now: float, result: PassResult,
+    ) -> drift.DriftReport:
+        report = drift.measure(fleet, state.queue, now)
+        state.symptoms.observe(report, view=view, now=now)
+        self._step_breakers(namespace, view=view, fleet=fleet, state=state, report=report, now=now)
+        self._settle_probes(namespace, view=view, fleet=fleet, state=state, now=now)
+        state.queue.enqueue(planner.plan(fleet), fleet, now)
+        invalid_breakers = [r for r in view.breakers if r.value is None]
+        # Publish what a release would run before anything can run (a dry run).
+        plans = {name: state.gate.release_plan(state.queue, fleet, machine, now)
+                 for name, machine in state.machines.items()
+                 if machine.state is breaker.BreakerState.OPEN}
+        if invalid_breakers:
+            # A breaker we cannot read might be someone's manual trip: act on nothing here.
+            decisions: list[gate.Decision] = []
+        else:
+            decisions = state.gate.triage(state.queue, fleet, state.machines, now)
+        await self._execute(namespace, decisions=decisions, fleet=fleet, state=state, now=now,
+                            result=result)
+        self._report_decisions(namespace, decisions=decisions, fleet=fleet, state=state)
+        gate.settle(state.queue, decisions)
+        state.held_by_breakers = sum(1 for d in decisions if d.reason in _BREAKER_HOLDS)
+        report = drift.measure(fleet, state.queue, now)
+        await self._write_model_statuses(namespace, view=view, fleet=fleet, report=report,
+                                         decisions=decisions, now=now, result=result)
+        await self._write_breaker_statuses(namespace, view=view, state=state, plans=plans,
+                                           now=now, result=result)
+        await self._report_invalid(namespace, view=view, now=now, result=result)
+        for name, machine in state.machines.items():
+            self.metrics.set_breaker(key=(namespace, name), state=machine.state.value,
+                                     seconds_in_state=now - machine.since)
+        return report
+
+    def _step_breakers(
+        self, namespace: str, *, view: View, fleet: fleet_.Fleet, state: Namespace,
+        report: drift.DriftReport, now: float,
+    ) -> None:
+        present = set()
+        for record in view.breakers:
+            spec = record.value
+            if spec is None:
+                continue
+            present.add(spec.name)
+            machine = state.machines.get(spec.name)
+            if machine is None:
+                machine = state.machines[spec.name] = restore_machine(record, spec, now=now)
+            before = machine.state
+            governed = [m.name for m in fleet.models.values() if spec.governs(m)]
+            machine.observe(spec, state.symptoms.signals(spec, governed, now=now), now)
+            self._announce_breaker(record.meta, machine=machine, before=before)
+        for gone in set(state.machines) - present:
+            del state.machines[gone]
+
+    def _announce_breaker(
+        self, meta: records.Meta, *, machine: breaker.BreakerMachine,
+        before: breaker.BreakerState,
+    ) -> None:
+        if machine.state is before:
+            return
+        reason, kind = {
+            breaker.BreakerState.OPEN: ("BreakerOpened", events.WARNING),
+            breaker.BreakerState.HALF_OPEN: ("BreakerHalfOpen", events.NORMAL),
+            breaker.BreakerState.CLOSED: ("BreakerClosed", events.NORMAL),
+        }[machine.state]
+        why = machine.reason.value if machine.reason else "probes succeeded"
+        message = f"{before.value} -> {machine.state.value} ({why})"
+        if machine.state is breaker.BreakerState.HALF_OPEN:
+            message += f" after a pause of {machine.last_pause_seconds:.0f}s"
+        self._event(meta, "CircuitBreaker", kind, reason, message)
+
+    def _settle_probes(
+        self, namespace: str, *, view: View, fleet: fleet_.Fleet, state: Namespace, now: float
+    ) -> None:
+        """A HalfOpen probe succeeds when its engine serves (or idles, for a drain)."""
+        metas = {r.meta.name: r.meta for r in view.breakers}
+        for name, probe in list(state.probes.items()):
+            engine = fleet.engines.get(name)
+            if engine is None or engine.phase is specs.Phase.FAILED:
+                outcome: bool | None = False
+            elif probe.model is None:
+                outcome = True if engine.phase is specs.Phase.IDLE else None
+            else:
+                outcome = True if engine.serves(probe.model) else None
+            if outcome is None:
+                continue
+            del state.probes[name]
+            for breaker_name in probe.breakers:
+                machine = state.machines.get(breaker_name)
+                meta = metas.get(breaker_name)
+                if machine is None or meta is None:
+                    continue
+                before = machine.state
+                machine.record_probe(outcome, now)
+                self._announce_breaker(meta, machine=machine, before=before)
+
+    async def _execute(
+        self, namespace: str, *, decisions: list[gate.Decision], fleet: fleet_.Fleet,
+        state: Namespace, now: float, result: PassResult,
+    ) -> None:
+        chosen = [d for d in decisions if d.verdict is gate.Verdict.EXECUTE]
+        outcomes = await asyncio.gather(*(
+            self._write_action(namespace, d.action, fleet=fleet, now=now) for d in chosen))
+        for decision, outcome in zip(chosen, outcomes, strict=True):
+            action = decision.action
+            kind = action.intent.kind.value.lower()
+            self.metrics.count_action(kind=kind, result=outcome)
+            governing = tuple(name for name, m in state.machines.items()
+                              if m.state is breaker.BreakerState.HALF_OPEN
+                              and _governs(m, action.intent, fleet))
+            if outcome == "executed":
+                result.executed += 1
+                if decision.probe:
+                    state.probes[action.intent.engine] = Probe(action.intent.model, governing)
+                continue
+            if decision.probe:
+                for name in governing:  # the probe never ran: give its slot back
+                    machine = state.machines[name]
+                    machine.probes_in_flight = max(0, machine.probes_in_flight - 1)
+            if outcome == "conflict":
+                result.conflicts += 1
+                self._event_engine(namespace, action.intent.engine, events.NORMAL,
+                                   "ActionConflict",
+                                   f"action {action.id} ({action.intent.kind.value}) lost to a "
+                                   f"newer write (planned from resourceVersion "
+                                   f"{action.planned_from.engine_resource_version}); re-planning")
+
+    async def _write_action(
+        self, namespace: str, action: queue.Action, *, fleet: fleet_.Fleet, now: float
+    ) -> str:
+        """Execute one action: the binding, as a patch that fails if the engine changed."""
+        if not self.is_leader():
+            return "failed"
+        intent = action.intent
+        target = fleet.models.get(intent.model) if intent.model else None
+        patch = {
+            "metadata": {
+                "resourceVersion": action.planned_from.engine_resource_version,
+                "annotations": {specs.ACTION_ID_ANNOTATION: action.id},
+            },
+            "spec": {"modelRef": intent.model, "revision": target.revision if target else None},
+        }
+        async with self._writes:
+            try:
+                await self.api.merge_patch(
+                    client.ENGINES, namespace=namespace, name=intent.engine, patch=patch)
+            except client.Conflict:
+                return "conflict"
+            except _WRITE_ERRORS as error:
+                logger.warning("Action %s on %s failed: %s", action.id, intent.engine, error)
+                return "failed"
+            last_action = {"status": {"lastAction": {
+                "id": action.id, "type": intent.kind.value,
+                "plannedFromResourceVersion": action.planned_from.engine_resource_version,
+                "time": status_.timestamp(now),
+            }}}
+            try:
+                await self.api.merge_patch(client.ENGINES, namespace=namespace, name=intent.engine,
+                                           patch=last_action, subresource="status")
+            except _WRITE_ERRORS as error:
+                # The action ran (the binding is written); only its record in status is late.
+                logger.info("Could not record lastAction on %s: %s", intent.engine, error)
+        return "executed"
+
+    def _report_decisions(
+        self, namespace: str, *, decisions: list[gate.Decision], fleet: fleet_.Fleet,
+        state: Namespace,
+    ) -> None:
+        refusals: collections.Counter[str] = collections.Counter()
+        for decision in decisions:
+            intent = decision.action.intent
+            if decision.verdict is gate.Verdict.REFUSE:
+                refusals[decision.reason.value] += 1
+                expired = decision.reason is gate.Reason.EXPIRED
+                self.metrics.count_action(kind=intent.kind.value.lower(),
+                                          result="expired" if expired else "refused")
+                if expired:
+                    self._event_engine(namespace, intent.engine, events.WARNING, "ActionExpired",
+                                       f"action {decision.action.id} ({intent.kind.value}) "
+                                       f"expired: {decision.message}")
+            elif decision.verdict is gate.Verdict.HOLD and decision.reason is gate.Reason.FLOOR:
+                model = intent.from_model or ""
+                record = fleet.models.get(model)
+                if record is not None:
+                    self._event(records.Meta(namespace, model, "", record.generation),
+                                "ModelCapacity", events.NORMAL, "FloorProtected",
+                                decision.message)
+        self.metrics.count_refusals(refusals)
+        for name, batch in state.gate.last_refused_batches.items():
+            key = f"{batch.batch}@{batch.time}"
+            if state.seen_batches.get(name) == key:
+                continue
+            state.seen_batches[name] = key
+            self.metrics.refused_batches_total.labels(namespace, name).inc()
+            self._event(records.Meta(namespace, name, "", 0), "CircuitBreaker", events.WARNING,
+                        "BatchRefused",
+                        f"refused post-pause batch {batch.batch}: {batch.size} actions, oldest "
+                        f"planned {batch.oldest_plan_age:.0f}s ago; re-planning from the cluster")
+
+    # -- status ---------------------------------------------------------------------------
+
+    async def _write_model_statuses(
+        self, namespace: str, *, view: View, fleet: fleet_.Fleet, report: drift.DriftReport,
+        decisions: list[gate.Decision], now: float, result: PassResult,
+    ) -> None:
+        held_by: dict[str, str] = {}
+        for d in decisions:
+            if d.verdict is gate.Verdict.HOLD and d.reason in _BREAKER_HOLDS:
+                for name in (d.action.intent.model, d.action.intent.from_model):
+                    if name:
+                        held_by.setdefault(name, d.message)
+        writes = []
+        for record in view.models:
+            model = record.value
+            if model is None:
+                continue
+            wanted = status_.model_status(
+                model=model, view=report.models[model.name],
+                failed=status_.failed_engines(model.name, fleet), existing=record.status,
+                held_reason=held_by.get(model.name), now=now)
+            if status_.changed(record.status, wanted):
+                writes.append(self._write_status(client.MODELS, record.meta, wanted))
+        result.status_writes += sum(await asyncio.gather(*writes))
+
+    async def _write_breaker_statuses(
+        self, namespace: str, *, view: View, state: Namespace,
+        plans: Mapping[str, gate.ReleasePlan], now: float, result: PassResult,
+    ) -> None:
+        writes = []
+        for record in view.breakers:
+            machine = state.machines.get(record.meta.name)
+            if machine is None:
+                continue
+            wanted = breaker_status(record=record, machine=machine, plan=plans.get(machine.name),
+                                    refused=state.gate.last_refused_batches.get(machine.name),
+                                    now=now)
+            last = state.breaker_written_at.get(machine.name, 0.0)
+            stale = now - last >= BREAKER_STATUS_REFRESH
+            if status_.changed(record.status, wanted) or stale:
+                state.breaker_written_at[machine.name] = now
+                writes.append(self._write_status(client.BREAKERS, record.meta, wanted))
+        result.status_writes += sum(await asyncio.gather(*writes))
+
+    async def _report_invalid(
+        self, namespace: str, *, view: View, now: float, result: PassResult
+    ) -> None:
+        """A bad spec: a False condition and one Event, never a retry storm."""
+        bad: list[tuple[client.Resource, str, records.Meta, specs.SpecError,
+                        Mapping[str, Any]]] = []
+        bad += [(client.ENGINES, "InferenceEngine", r.meta, r.error, r.status)
+                for r in view.engines if r.error]
+        bad += [(client.MODELS, "ModelCapacity", r.meta, r.error, r.status)
+                for r in view.models if r.error]
+        bad += [(client.BREAKERS, "CircuitBreaker", r.meta, r.error, r.status)
+                for r in view.breakers if r.error]
+        writes = []
+        for resource, kind, meta, error, existing in bad:
+            builder = (status_.invalid_model_status if resource is client.MODELS
+                       else status_.invalid_status)
+            wanted = builder(error=error, existing=existing, generation=meta.generation, now=now)
+            self._event(meta, kind, events.WARNING, status_.INVALID_SPEC, str(error))
+            if status_.changed(existing, wanted):
+                writes.append(self._write_status(resource, meta, wanted))
+        result.status_writes += sum(await asyncio.gather(*writes))
+
+    async def _write_status(
+        self, resource: client.Resource, meta: records.Meta, status: Mapping[str, Any]
+    ) -> bool:
+        if not self.is_leader():
+            return False
+        async with self._writes:
+            try:
+                await self.api.merge_patch(resource, namespace=meta.namespace, name=meta.name,
+                                           patch={"status": dict(status)}, subresource="status")
+            except client.NotFound:
+                return False  # deleted meanwhile
+            except _WRITE_ERRORS as error:
+                logger.warning("Status of %s/%s not written: %s", resource.plural, meta.name, error)
+                return False
+        return True
+
+    # -- the simulated driver -------------------------------------------------------------
+
+    async def _drive(
+        self, namespace: str, *, view: View, fleet: fleet_.Fleet, now: float,
+        result: PassResult,
+    ) -> fleet_.Fleet:
+        """Move engines one phase on; returns the fleet with what was written."""
+        if self.config.engine_driver != driver.SIMULATED:
+            return fleet
+        writes = []
+        for record in view.engines:
+            engine = record.value
+            if engine is None or engine.name not in fleet.engines:
+                continue
+            step = driver.transition(engine, config=self.config.driver_config, now=now,
+                                     roll=self._roll)
+            if step.due is not None:
+                result.next_due = min(step.due, result.next_due or step.due)
+            if step.transition is not None:
+                patch = driver.status_patch(
+                    step.transition, engine=engine, generation=record.meta.generation,
+                    existing_conditions=record.status.get("conditions"), now=now)
+                writes.append(self._write_engine_status(namespace, engine.name, patch))
+        for written in await asyncio.gather(*writes):
+            if written is not None:
+                result.transitions += 1
+                fleet = fleet.with_engine(written)
+        return fleet
+
+    async def _write_engine_status(
+        self, namespace: str, name: str, patch: Mapping[str, Any]
+    ) -> specs.Engine | None:
+        if not self.is_leader():
+            return None
+        async with self._writes:
+            try:
+                body = await self.api.merge_patch(client.ENGINES, namespace=namespace, name=name,
+                                                  patch=patch, subresource="status")
+            except (client.Conflict, client.NotFound):
+                return None  # the engine changed or went: the next pass sees it as it is
+            except _WRITE_ERRORS as error:
+                logger.warning("Engine %s status not written: %s", name, error)
+                return None
+        try:
+            return specs.parse_engine(body)
+        except specs.SpecError:
+            return None
+
+    # -- observing (non-leader) and exporting ---------------------------------------------
+
+    def _observe_breakers(self, namespace: str, *, view: View, now: float) -> None:
+        for record in view.breakers:
+            saved = record.status.get("state")
+            if saved in metrics_.BREAKER_STATES:
+                since = status_.parse_timestamp(record.status.get("since")) or now
+                self.metrics.set_breaker(key=(namespace, record.meta.name), state=str(saved),
+                                         seconds_in_state=max(0.0, now - since))
+
+    def _export_models(self, namespace: str, report: drift.DriftReport) -> None:
+        for name, model in report.models.items():
+            self.metrics.set_model(key=(namespace, name), desired=model.desired,
+                                   serving=model.serving, floor=model.floor)
+
+    # -- events ---------------------------------------------------------------------------
+
+    def _event(self, meta: records.Meta, kind: str, type_: str, reason: str,
+               message: str) -> None:
+        if not self.is_leader():
+            return
+        ref = events.ObjectRef(API_VERSION, kind, meta.namespace, meta.name, meta.uid)
+        self.recorder.record(events.Event(ref, type_, reason, message))
+
+    def _event_engine(self, namespace: str, engine: str, type_: str, reason: str,
+                      message: str) -> None:
+        self._event(records.Meta(namespace, engine, "", 0), "InferenceEngine", type_, reason,
+                    message)
+
+
+def _governs(machine: breaker.BreakerMachine, intent: planner.Intent,
+             fleet: fleet_.Fleet) -> bool:
+    models = [fleet.models.get(m) for m in (intent.model, intent.from_model) if m]
+    return any(m is not None and machine.spec.governs(m) for m in models)
+
+
+def _queue_states(state: Namespace) -> tuple[int, int]:
+    """(held by a breaker, pending on budgets/rates/floor) after this pass's triage."""
+    held = state.held_by_breakers
+    return held, max(0, len(state.queue) - held)
+
+
+def breaker_status(
+    *, record: records.BreakerRecord, machine: breaker.BreakerMachine,
+    plan: gate.ReleasePlan | None, refused: gate.RefusedBatch | None, now: float,
+) -> dict[str, Any]:
+    spec = machine.spec
+    paused = machine.state is not breaker.BreakerState.CLOSED
+    why = machine.reason.value if machine.reason else ""
+    if machine.state is breaker.BreakerState.HALF_OPEN:
+        paused_reason, message = "Probing", f"{machine.probes_succeeded} probes succeeded"
+    elif paused:
+        paused_reason, message = why or "Open", "capacity operations are held"
+    else:
+        paused_reason, message = "Closed", "capacity operations run"
+    conditions = [
+        status_.VALID,
+        status_.Condition("Paused", status_.TRUE if paused else status_.FALSE,
+                          paused_reason, message),
+    ]
+    wanted: dict[str, Any] = {
+        "state": machine.state.value,
+        "since": status_.timestamp(machine.since),
+        "reason": why,
+        "heldActions": machine.held,
+        "refusedActions": machine.refused,
+        "probesSucceeded": machine.probes_succeeded,
+        "secondsInState": {s.value: round(v, 1) for s, v in machine.seconds_in_state(now).items()},
+        "observedGeneration": spec.generation,
+        "releasePlan": None if plan is None else {
+            "batch": plan.batch, "size": plan.size,
+            "actions": [{"engine": a.intent.engine, "type": a.intent.kind.value,
+                         "model": a.intent.model or a.intent.from_model or ""}
+                        for a in plan.actions[:RELEASE_PLAN_SHOWN]],
+        },
+        "conditions": status_.merge_conditions(
+            record.status.get("conditions"), conditions, generation=spec.generation, now=now),
+    }
+    if refused is not None:
+        wanted["lastRefusedBatch"] = {
+            "batch": refused.batch, "size": refused.size,
+            "oldestPlanAgeSeconds": round(refused.oldest_plan_age, 1),
+            "time": status_.timestamp(refused.time),
+        }
+    return wanted

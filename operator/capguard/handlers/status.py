@@ -1,0 +1,169 @@
+"""Status and conditions, built from the core's view; pure (no I/O, time passed in).
+
+Conditions follow the Kubernetes convention: `lastTransitionTime` moves only when a
+condition's status flips, and every condition carries the generation it describes.
+`changed` decides whether a status is worth a write, so a steady fleet costs no writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final
+
+from capguard.core import drift, specs
+from capguard.core import fleet as fleet_
+
+TRUE: Final = "True"
+FALSE: Final = "False"
+INVALID_SPEC: Final = "InvalidSpec"
+
+# Fields that tick with the clock: refreshed when something else changes, never alone.
+VOLATILE: Final = frozenset({"secondsInState"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Condition:
+    type: str
+    status: str
+    reason: str
+    message: str = ""
+
+
+VALID: Final = Condition("Valid", TRUE, "SpecValid", "")
+
+
+def timestamp(epoch: float) -> str:
+    """RFC 3339 in UTC with whole seconds (metav1.Time)."""
+    moment = datetime.datetime.fromtimestamp(epoch, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def precise_timestamp(epoch: float) -> str:
+    """RFC 3339 with fractions: phase timing in compressed demos needs sub-second `since`."""
+    moment = datetime.datetime.fromtimestamp(epoch, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_timestamp(text: object) -> float | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
+def merge_conditions(
+    existing: object, wanted: Iterable[Condition], *, generation: int, now: float
+) -> list[dict[str, Any]]:
+    """The wanted conditions, keeping each one's lastTransitionTime unless its status flips."""
+    old = {c.get("type"): c for c in existing if isinstance(c, Mapping)} if isinstance(
+        existing, list) else {}
+    merged = []
+    for c in wanted:
+        before = old.get(c.type)
+        flipped = before is None or before.get("status") != c.status
+        since = "" if before is None or flipped else str(before.get("lastTransitionTime") or "")
+        merged.append({
+            "type": c.type, "status": c.status, "reason": c.reason, "message": c.message,
+            "lastTransitionTime": since or timestamp(now), "observedGeneration": generation,
+        })
+    return merged
+
+
+def changed(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
+    """Whether writing `wanted` would change anything a reader cares about."""
+    return any(current.get(k) != v for k, v in wanted.items() if k not in VOLATILE)
+
+
+def condition_since(status: Mapping[str, Any], kind: str) -> float | None:
+    """When a condition last flipped (restores what memory lost on a restart)."""
+    for c in status.get("conditions") or ():
+        if isinstance(c, Mapping) and c.get("type") == kind and c.get("status") == TRUE:
+            return parse_timestamp(c.get("lastTransitionTime"))
+    return None
+
+
+def selector_string(selector: specs.LabelSelector) -> str:
+    """A label selector as `kubectl` and the /scale subresource write it."""
+    parts = [f"{k}={v}" for k, v in selector.match_labels]
+    for r in selector.match_expressions:
+        op = r.operator
+        if op is specs.SelectorOperator.EXISTS:
+            parts.append(r.key)
+        elif op is specs.SelectorOperator.DOES_NOT_EXIST:
+            parts.append(f"!{r.key}")
+        else:
+            word = "in" if op is specs.SelectorOperator.IN else "notin"
+            parts.append(f"{r.key} {word} ({','.join(r.values)})")
+    return ",".join(parts)
+
+
+def failed_engines(model: str, fleet: fleet_.Fleet) -> int:
+    return sum(1 for e in fleet.engines.values()
+               if e.phase is specs.Phase.FAILED and e.belongs_to(model))
+
+
+def model_conditions(
+    view: drift.ModelDrift, *, failed: int, held_reason: str | None
+) -> list[Condition]:
+    numbers = f"serving {view.serving} of {view.desired} units (floor {view.floor})"
+    available = (
+        Condition("Available", FALSE, "BelowFloor", numbers) if view.below_floor
+        else Condition("Available", TRUE, "FloorMet", numbers))
+    if held_reason and view.drift:
+        progressing = Condition("Progressing", FALSE, "Held",
+                                f"actions for this model are held: {held_reason}")
+    elif view.loading or view.draining or view.drift:
+        progressing = Condition(
+            "Progressing", TRUE, "Converging",
+            f"{view.loading} engines loading, {view.draining} draining, drift {view.drift}")
+    else:
+        progressing = Condition("Progressing", FALSE, "Converged", numbers)
+    degraded = (
+        Condition("Degraded", TRUE, "EnginesFailed", f"{failed} engines failed")
+        if failed else Condition("Degraded", FALSE, "NoFailures", ""))
+    drifted = (
+        Condition("DriftDetected", TRUE, "BelowDesired",
+                  f"{view.drift} units short of {view.desired}")
+        if view.drift else Condition("DriftDetected", FALSE, "NoDrift", numbers))
+    return [VALID, available, progressing, degraded, drifted]
+
+
+def model_status(
+    *, model: specs.ModelSpec, view: drift.ModelDrift, failed: int,
+    existing: Mapping[str, Any], held_reason: str | None, now: float,
+) -> dict[str, Any]:
+    wanted = model_conditions(view, failed=failed, held_reason=held_reason)
+    return {
+        "desired": view.desired, "serving": view.serving, "loading": view.loading,
+        "draining": view.draining, "floor": view.floor, "drift": view.drift,
+        "availablePercent": view.available_percent,
+        "selector": selector_string(model.engine_selector),
+        "observedGeneration": model.generation,
+        "conditions": merge_conditions(
+            existing.get("conditions"), wanted, generation=model.generation, now=now),
+    }
+
+
+def invalid_status(
+    *, error: specs.SpecError, existing: Mapping[str, Any], generation: int, now: float,
+    extra: Sequence[Condition] = (),
+) -> dict[str, Any]:
+    """A bad spec as a status a person can act on (the message names the field and the fix)."""
+    wanted = [Condition("Valid", FALSE, INVALID_SPEC, str(error)), *extra]
+    return {
+        "observedGeneration": generation,
+        "conditions": merge_conditions(
+            existing.get("conditions"), wanted, generation=generation, now=now),
+    }
+
+
+def invalid_model_status(
+    *, error: specs.SpecError, existing: Mapping[str, Any], generation: int, now: float
+) -> dict[str, Any]:
+    unavailable = Condition("Available", FALSE, INVALID_SPEC, str(error))
+    return invalid_status(error=error, existing=existing, generation=generation, now=now,
+                          extra=[unavailable])

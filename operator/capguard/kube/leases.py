@@ -1,0 +1,161 @@
+"""Leader election on a coordination.k8s.io/v1 Lease: exactly one replica acts.
+
+The algorithm is client-go's: every write carries the Lease's resourceVersion, so two
+candidates racing for it cannot both win (one gets 409). A candidate never trusts the
+holder's clock: it takes over only after it has itself watched the record stay
+unchanged for a full lease duration. The leader trusts its leadership only for a renew
+deadline (shorter than the duration) after the start of its last successful renewal,
+so it stops acting before anyone else may start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import logging
+import time
+from collections.abc import Callable
+from typing import Final
+
+import aiohttp
+
+from capguard.kube import client
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_NAME: Final = "capguard-leader"
+DEFAULT_DURATION: Final = 15.0
+DEFAULT_RENEW: Final = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class LeaseConfig:
+    namespace: str
+    identity: str
+    name: str = DEFAULT_NAME
+    duration: float = DEFAULT_DURATION  # how long a silent holder keeps the lease
+    renew: float = DEFAULT_RENEW  # how often the holder renews (and candidates retry)
+
+    @property
+    def renew_deadline(self) -> float:
+        # The leader stops acting this long after its last successful renewal began;
+        # anyone else waits the full duration after *observing* that renewal.
+        return self.duration * 2 / 3
+
+
+def _micro_time(now: datetime.datetime) -> str:
+    return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class LeaderElector:
+    """Acquires and renews the Lease; `leading` says whether this replica may act now."""
+
+    def __init__(
+        self,
+        *,
+        api: client.Api,
+        config: LeaseConfig,
+        on_change: Callable[[bool], None] = lambda leading: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._api = api
+        self.config = config
+        self._on_change = on_change
+        self._clock = clock
+        self._leading_since_renewal: float | None = None  # clock() at the start of our last renewal
+        self._observed_record: tuple[object, ...] | None = None
+        self._observed_at = 0.0
+        self._was_leading = False
+
+    @property
+    def leading(self) -> bool:
+        started = self._leading_since_renewal
+        return started is not None and self._clock() - started < self.config.renew_deadline
+
+    async def run(self) -> None:
+        """Try to acquire, then renew, forever; release on cancellation."""
+        try:
+            while True:
+                try:
+                    await self.try_acquire_or_renew()
+                except (client.ApiError, aiohttp.ClientError, OSError, TimeoutError) as error:
+                    logger.warning("Leader election: %s", error)
+                self._notify()
+                await asyncio.sleep(self.config.renew if self.leading else self.config.renew / 2)
+        finally:
+            await asyncio.shield(self.release())
+
+    async def try_acquire_or_renew(self) -> bool:
+        started = self._clock()
+        try:
+            lease = await self._api.get(
+                client.LEASES, namespace=self.config.namespace, name=self.config.name)
+        except client.NotFound:
+            return await self._write(started=started, lease=None)
+        spec = lease.get("spec") or {}
+        holder = spec.get("holderIdentity") or ""
+        record = (holder, spec.get("renewTime"), spec.get("leaseDurationSeconds"),
+                  spec.get("leaseTransitions"))
+        if record != self._observed_record:
+            self._observed_record = record
+            self._observed_at = started
+        duration = float(spec.get("leaseDurationSeconds") or self.config.duration)
+        held_by_other = holder not in ("", self.config.identity)
+        if held_by_other and started - self._observed_at < duration:
+            self._leading_since_renewal = None
+            return False
+        return await self._write(started=started, lease=lease)
+
+    async def _write(self, *, started: float, lease: client.Body | None) -> bool:
+        now = _micro_time(datetime.datetime.now(datetime.UTC))
+        spec = dict((lease or {}).get("spec") or {})
+        taking_over = spec.get("holderIdentity") != self.config.identity
+        if taking_over:
+            spec["acquireTime"] = now
+            spec["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + (1 if lease else 0)
+        spec.update(holderIdentity=self.config.identity, renewTime=now,
+                    leaseDurationSeconds=round(self.config.duration))
+        metadata: dict[str, object] = {"name": self.config.name,
+                                       "namespace": self.config.namespace}
+        if lease is not None:
+            metadata["resourceVersion"] = lease["metadata"]["resourceVersion"]
+        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": metadata, "spec": spec}
+        try:
+            if lease is None:
+                await self._api.create(client.LEASES, namespace=self.config.namespace, body=body)
+            else:
+                await self._api.replace(client.LEASES, namespace=self.config.namespace,
+                                        name=self.config.name, body=body)
+        except client.Conflict:
+            # Someone else wrote first: they lead (or renewed); look again next round.
+            self._leading_since_renewal = None
+            return False
+        self._leading_since_renewal = started
+        return True
+
+    async def release(self) -> None:
+        """Give the lease up on a graceful stop so a standby takes over at once."""
+        if not self.leading:
+            return
+        self._leading_since_renewal = None
+        self._notify()
+        try:
+            lease = await self._api.get(
+                client.LEASES, namespace=self.config.namespace, name=self.config.name)
+            spec = lease.get("spec") or {}
+            if spec.get("holderIdentity") != self.config.identity:
+                return
+            spec.update(holderIdentity="", leaseDurationSeconds=1)
+            lease["spec"] = spec
+            await self._api.replace(client.LEASES, namespace=self.config.namespace,
+                                    name=self.config.name, body=lease)
+        except (client.ApiError, aiohttp.ClientError, OSError, TimeoutError) as error:
+            logger.info("Could not release the lease (it will expire): %s", error)
+
+    def _notify(self) -> None:
+        leading = self.leading
+        if leading != self._was_leading:
+            self._was_leading = leading
+            self._on_change(leading)

@@ -1,0 +1,147 @@
+"""Every Prometheus metric capguard exports, defined in one place.
+
+The names are a contract: the alert rules in ``deploy/`` and the dashboard are written
+against them. Base units, ``_total`` on counters, and no engine names in labels (a
+fleet has thousands of engines; it has tens or hundreds of models and breakers).
+
+Each operator owns one ``Metrics`` (with its own ``CollectorRegistry``), so two
+operators in one test process never share a counter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Final
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+ACTION_TYPES: Final = ("assign", "drain", "reassign")
+ACTION_RESULTS: Final = ("executed", "refused", "expired", "conflict", "failed")
+QUEUE_STATES: Final = ("pending", "held")
+BREAKER_STATES: Final = ("Closed", "Open", "HalfOpen")
+CONTENT_TYPE: Final = prometheus_client.CONTENT_TYPE_LATEST
+
+# Reconciles are milliseconds when healthy and seconds when the API server struggles.
+_RECONCILE_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+ModelKey = tuple[str, str]  # (namespace, model)
+BreakerKey = tuple[str, str]  # (namespace, breaker)
+
+
+class Metrics:
+    """The operator's metrics; a fresh registry per instance."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        model_labels = ("namespace", "model")
+        breaker_labels = ("namespace", "breaker")
+        self.model_desired_units = Gauge(
+            "capguard_model_desired_units", "Capacity units the model asks for (spec.replicas).",
+            model_labels, registry=r)
+        self.model_serving_units = Gauge(
+            "capguard_model_serving_units", "Capacity units serving the model now.",
+            model_labels, registry=r)
+        self.model_floor_units = Gauge(
+            "capguard_model_floor_units", "Capacity units that must stay serving (minAvailable).",
+            model_labels, registry=r)
+        self.model_drift_units = Gauge(
+            "capguard_model_drift_units", "Desired minus serving capacity units (0 or more).",
+            model_labels, registry=r)
+        self.model_serving_ratio = Gauge(
+            "capguard_model_serving_ratio", "Serving over desired units (1 when nothing desired).",
+            model_labels, registry=r)
+        self.queue_actions = Gauge(
+            "capguard_queue_actions",
+            "Queued actions: held by a breaker, or pending on rate limits, budget or floor.",
+            ("state",), registry=r)
+        self.queue_oldest_plan_age_seconds = Gauge(
+            "capguard_queue_oldest_plan_age_seconds",
+            "Age of the oldest plan still in the action queue (0 when empty).", registry=r)
+        self.actions_total = Counter(
+            "capguard_actions_total", "Actions by type and what became of them.",
+            ("type", "result"), registry=r)
+        self.refusals_total = Counter(
+            "capguard_refusals_total", "Actions the gate refused, by the core's reason.",
+            ("reason",), registry=r)
+        self.refused_batches_total = Counter(
+            "capguard_refused_batches_total",
+            "Post-pause backlogs refused as a whole on a breaker's release.",
+            breaker_labels, registry=r)
+        self.breaker_state = Gauge(
+            "capguard_breaker_state", "1 for the breaker's current state, 0 for the others.",
+            (*breaker_labels, "state"), registry=r)
+        self.breaker_state_seconds = Gauge(
+            "capguard_breaker_state_seconds", "Seconds the breaker has been in its current state.",
+            breaker_labels, registry=r)
+        self.reconcile_duration_seconds = Histogram(
+            "capguard_reconcile_duration_seconds",
+            "One reconcile pass: snapshot, plan, gate, write.",
+            buckets=_RECONCILE_BUCKETS, registry=r)
+        self.leader = Gauge(
+            "capguard_leader", "1 when this replica holds the leader lease and acts.", registry=r)
+        self.planner_view_stale_engines = Gauge(
+            "capguard_planner_view_stale_engines",
+            "Engines whose queued plan was made from a resourceVersion they no longer have.",
+            registry=r)
+        self._models: set[ModelKey] = set()
+        self._breakers: set[BreakerKey] = set()
+        # Pre-create the bounded label sets so a dashboard shows 0, not "no data".
+        for kind in ACTION_TYPES:
+            for result in ACTION_RESULTS:
+                self.actions_total.labels(type=kind, result=result)
+        for state in QUEUE_STATES:
+            self.queue_actions.labels(state=state).set(0)
+
+    def render(self) -> bytes:
+        return prometheus_client.generate_latest(self.registry)
+
+    def set_model(
+        self, *, key: ModelKey, desired: int, serving: int, floor: int
+    ) -> None:
+        namespace, model = key
+        self._models.add(key)
+        self.model_desired_units.labels(namespace, model).set(desired)
+        self.model_serving_units.labels(namespace, model).set(serving)
+        self.model_floor_units.labels(namespace, model).set(floor)
+        self.model_drift_units.labels(namespace, model).set(max(0, desired - serving))
+        ratio = serving / desired if desired > 0 else 1.0
+        self.model_serving_ratio.labels(namespace, model).set(ratio)
+
+    def forget_models_except(self, keep: Iterable[ModelKey]) -> None:
+        """Drop the series of models that are gone, so a deleted model does not alert forever."""
+        gone = self._models - set(keep)
+        for namespace, model in gone:
+            for gauge in (self.model_desired_units, self.model_serving_units,
+                          self.model_floor_units, self.model_drift_units,
+                          self.model_serving_ratio):
+                gauge.remove(namespace, model)
+        self._models -= gone
+
+    def set_breaker(self, *, key: BreakerKey, state: str, seconds_in_state: float) -> None:
+        namespace, breaker = key
+        self._breakers.add(key)
+        for known in BREAKER_STATES:
+            self.breaker_state.labels(namespace, breaker, known).set(1 if known == state else 0)
+        self.breaker_state_seconds.labels(namespace, breaker).set(seconds_in_state)
+
+    def forget_breakers_except(self, keep: Iterable[BreakerKey]) -> None:
+        gone = self._breakers - set(keep)
+        for namespace, breaker in gone:
+            for known in BREAKER_STATES:
+                self.breaker_state.remove(namespace, breaker, known)
+            self.breaker_state_seconds.remove(namespace, breaker)
+        self._breakers -= gone
+
+    def set_queue(self, *, held: int, pending: int, oldest_plan_age: float) -> None:
+        self.queue_actions.labels(state="held").set(held)
+        self.queue_actions.labels(state="pending").set(pending)
+        self.queue_oldest_plan_age_seconds.set(oldest_plan_age)
+
+    def count_action(self, *, kind: str, result: str, amount: int = 1) -> None:
+        self.actions_total.labels(type=kind, result=result).inc(amount)
+
+    def count_refusals(self, by_reason: Mapping[str, int]) -> None:
+        for reason, amount in by_reason.items():
+            self.refusals_total.labels(reason=reason).inc(amount)

@@ -1,0 +1,212 @@
+"""`capguard run`: the operator, wired — Kopf with explicit settings and registry, the
+reconcile loop, the leader elector, the Event recorder and the metrics endpoint.
+
+Importing this module starts nothing; `serve` runs one operator until stopped, so tests
+run the real thing in-process against the embedded API server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator
+from typing import Final
+
+import kopf
+from aiohttp import web
+
+from capguard import metrics as metrics_
+from capguard.handlers import driver, reconcile, registration
+from capguard.kube import client, events, leases
+
+logger = logging.getLogger(__name__)
+
+SERVICE_ACCOUNT_NAMESPACE: Final = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    namespaces: tuple[str, ...] = ()  # empty: every namespace
+    kubeconfig: str | None = None  # else KUBECONFIG, ~/.kube/config or the service account
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 8080  # 0 picks a free port (tests)
+    engine_driver: str = driver.SIMULATED
+    load_time: float = 120.0
+    drain_time: float | None = None
+    failure_rate: float = 0.0
+    seed: int | None = None
+    leader_election: bool = True
+    lease_namespace: str | None = None
+    lease_duration: float = leases.DEFAULT_DURATION
+    lease_renew: float = leases.DEFAULT_RENEW
+    identity: str = dataclasses.field(default_factory=lambda: default_identity())
+    naive: bool = False
+    reconcile_interval: float = 1.0
+    liveness: str | None = None  # e.g. http://0.0.0.0:8081/healthz (Kopf's probe server)
+    connection_limit: int = client.DEFAULT_CONNECTION_LIMIT
+
+
+def default_identity() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def lease_namespace(options: Options) -> str:
+    """Where the Lease lives: as told, else the pod's namespace, else the first watched one."""
+    if options.lease_namespace:
+        return options.lease_namespace
+    if os.environ.get("POD_NAMESPACE"):
+        return os.environ["POD_NAMESPACE"]
+    with contextlib.suppress(OSError), open(SERVICE_ACCOUNT_NAMESPACE, encoding="utf-8") as f:
+        return f.read().strip()
+    return options.namespaces[0] if options.namespaces else "default"
+
+
+def make_settings(options: Options) -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    # One replica acts by the Lease; Kopf's own peering would only pause the standbys' watches.
+    settings.peering.standalone = True
+    # No handler here stores progress, but if one ever does, it writes capguard's keys.
+    settings.persistence.finalizer = "capguard.dev/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="capguard.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="capguard.dev", key="last-handled-configuration")
+    # capguard posts its own Events with stable reasons; Kopf posts only its warnings.
+    settings.posting.level = logging.WARNING
+    settings.posting.reporting_component = "capguard"
+    settings.posting.reporting_instance = options.identity
+    settings.posting.event_name_prefix = "capguard-"
+    # Watches end server-side every few minutes and resume from the last resourceVersion.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = 60
+    settings.networking.connect_timeout = 10
+    # Idle per-object workers go away quickly: 10,000 engines, mostly quiet.
+    settings.queueing.idle_timeout = 2.0
+    return settings
+
+
+@contextlib.asynccontextmanager
+async def metrics_server(
+    metrics: metrics_.Metrics, *, host: str, port: int
+) -> AsyncIterator[int]:
+    """Serve /metrics (prometheus-client's exposition) on every replica; yields the port."""
+
+    async def render(_: web.Request) -> web.Response:
+        body = metrics.render()
+        return web.Response(body=body, headers={"Content-Type": metrics_.CONTENT_TYPE})
+
+    app = web.Application()
+    app.router.add_get("/metrics", render)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = port
+    for address in runner.addresses:
+        if isinstance(address, tuple):
+            bound = int(address[1])
+    try:
+        yield bound
+    finally:
+        await runner.cleanup()
+
+
+@dataclasses.dataclass
+class Running:
+    """Handles on a running operator (tests look inside)."""
+
+    reconciler: reconcile.Reconciler
+    elector: leases.LeaderElector | None
+    recorder: events.Recorder
+    metrics: metrics_.Metrics
+    metrics_port: int = 0
+
+
+def assemble(options: Options) -> tuple[Running, kopf.OperatorRegistry]:
+    metrics = metrics_.Metrics()
+    api = client.Api()
+    recorder = events.Recorder(api=api, instance=options.identity)
+    elector: leases.LeaderElector | None = None
+    if options.leader_election:
+        config = leases.LeaseConfig(namespace=lease_namespace(options), identity=options.identity,
+                                    duration=options.lease_duration, renew=options.lease_renew)
+
+        def announce(leading: bool) -> None:
+            metrics.leader.set(1 if leading else 0)
+            verb = "became the leader" if leading else "stopped leading"
+            logger.info("Replica %s %s.", options.identity, verb)
+            ref = events.ObjectRef("coordination.k8s.io/v1", "Lease", config.namespace,
+                                   config.name)
+            recorder.record(events.Event(ref, events.NORMAL, "LeaderChanged",
+                                         f"capguard replica {options.identity} {verb}"))
+
+        elector = leases.LeaderElector(api=api, config=config, on_change=announce)
+    leader = elector
+    reconciler = reconcile.Reconciler(
+        api=api, recorder=recorder, metrics=metrics,
+        config=reconcile.Config(
+            engine_driver=options.engine_driver,
+            driver_config=driver.DriverConfig(load_time=options.load_time,
+                                              drain_time=options.drain_time,
+                                              failure_rate=options.failure_rate),
+            guarded=not options.naive,
+            interval=options.reconcile_interval,
+            seed=options.seed,
+        ),
+        is_leader=(lambda: leader.leading) if leader is not None else (lambda: True),
+    )
+    registry = registration.build(reconciler, kubeconfig=options.kubeconfig,
+                                  connection_limit=options.connection_limit)
+    return Running(reconciler, elector, recorder, metrics), registry
+
+
+async def serve(
+    options: Options,
+    *,
+    stop_flag: asyncio.Event | None = None,
+    ready_flag: asyncio.Event | None = None,
+    running: list[Running] | None = None,
+) -> None:
+    """Run one operator until `stop_flag` is set (or SIGINT/SIGTERM in the main thread)."""
+    handles, registry = assemble(options)
+    if options.naive:
+        logger.warning("NAIVE mode: the guard is off; only an Open breaker holds actions.")
+    async with metrics_server(handles.metrics, host=options.metrics_host,
+                              port=options.metrics_port) as port:
+        handles.metrics_port = port
+        if running is not None:
+            running.append(handles)
+        logger.info("Serving /metrics on port %d.", port)
+        background = [
+            asyncio.create_task(handles.recorder.run(), name="capguard events"),
+            asyncio.create_task(handles.reconciler.run(), name="capguard reconcile"),
+        ]
+        if handles.elector is not None:
+            background.append(asyncio.create_task(handles.elector.run(), name="capguard lease"))
+        else:
+            handles.metrics.leader.set(1)
+        try:
+            await kopf.operator(
+                registry=registry,
+                settings=make_settings(options),
+                clusterwide=not options.namespaces,
+                namespaces=options.namespaces,
+                standalone=True,
+                liveness_endpoint=options.liveness,
+                stop_flag=stop_flag,
+                ready_flag=ready_flag,
+            )
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+
+
+def run(options: Options) -> None:
+    """The blocking entry point for the CLI."""
+    asyncio.run(serve(options))
