@@ -40,8 +40,11 @@ _LIST_METADATA_DESCRIPTION: Final = (
     "Standard list metadata. More info:"
     " https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md"
     "#types-kinds")
-_PATCH_TYPES: Final = ("application/json-patch+json", "application/merge-patch+json",
-                       "application/apply-patch+yaml", "application/strategic-merge-patch+json")
+# Custom resources do not take strategic merge patches (415, 036), and their documents
+# must not offer one: kubectl apply sends one whenever the OpenAPI lists it (patcher.go).
+_CUSTOM_PATCH_TYPES: Final = ("application/json-patch+json", "application/merge-patch+json",
+                              "application/apply-patch+yaml")
+_PATCH_TYPES: Final = (*_CUSTOM_PATCH_TYPES, "application/strategic-merge-patch+json")
 
 
 # --- public API ----------------------------------------------------------------------
@@ -208,7 +211,8 @@ class _Resource:
             "x-kubernetes-group-version-kind": gvk or self.gvk(),
         }
         if body is not None:
-            _add_body(operation, body, patch=action == "patch", v2=v2)
+            _add_body(operation, body, patch=action == "patch", v2=v2,
+                      patch_types=_CUSTOM_PATCH_TYPES if self.custom else _PATCH_TYPES)
         return operation
 
 _QUERY_PARAMETERS: Final[dict[str, tuple[str, ...]]] = {
@@ -273,14 +277,15 @@ def _responses(ref: str, *, created: bool, v2: bool) -> dict[str, Any]:
             for code in codes}
 
 
-def _add_body(operation: dict[str, Any], ref: str, *, patch: bool, v2: bool) -> None:
+def _add_body(operation: dict[str, Any], ref: str, *, patch: bool, v2: bool,
+              patch_types: tuple[str, ...] = _PATCH_TYPES) -> None:
     if v2:
         operation["parameters"].append({"name": "body", "in": "body", "required": True,
                                         "schema": _ref(ref, v2=True)})
         if patch:
-            operation["consumes"] = list(_PATCH_TYPES)
+            operation["consumes"] = list(patch_types)
         return
-    media = _PATCH_TYPES if patch else ("application/json", "application/yaml")
+    media = patch_types if patch else ("application/json", "application/yaml")
     operation["requestBody"] = {"required": True,
                                 "content": {m: {"schema": _ref(ref)} for m in media}}
 
