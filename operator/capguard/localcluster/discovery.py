@@ -7,10 +7,11 @@ from typing import Any, Final
 
 from capguard.localcluster import resources
 
-# The version kubectl and Kopf see; the minor decides which features clients use, and
-# the behaviour here (aggregated discovery, CEL, field validation) is that of 1.30.
+# The version kubectl and Kopf see (the one openapi.py reports too); the behaviour that
+# differs from the 1.24 reference (aggregated discovery, CEL, field validation) is that
+# of servers since 1.30.
 VERSION_INFO: Final = {
-    "major": "1", "minor": "30", "gitVersion": "v1.30.0-capguard-localcluster",
+    "major": "1", "minor": "32", "gitVersion": "v1.32.0",
     "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
     "buildDate": "2024-04-17T00:00:00Z", "goVersion": "python", "compiler": "capguard",
     "platform": "linux/amd64",

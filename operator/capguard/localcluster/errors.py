@@ -49,21 +49,14 @@ def success_body(*, details: dict[str, Any]) -> dict[str, Any]:
             "status": "Success", "details": details}
 
 
-def _resource_details(rt: resources.ResourceType, name: str) -> dict[str, Any]:
-    # 404/409 name the plural resource in details.kind (021); group is omitted for core.
+def _details(rt: resources.ResourceType, name: str, *, by_kind: bool = False
+             ) -> dict[str, Any]:
+    # 404/409 name the plural resource in details.kind (021), schema failures and delete
+    # preconditions the Kind (040, 091); the group is omitted for the core group.
     details: dict[str, Any] = {"name": name}
     if rt.group:
         details["group"] = rt.group
-    details["kind"] = rt.plural
-    return details
-
-
-def _kind_details(rt: resources.ResourceType, name: str) -> dict[str, Any]:
-    # 422 Invalid and delete preconditions name the Kind instead (040, 091).
-    details: dict[str, Any] = {"name": name}
-    if rt.group:
-        details["group"] = rt.group
-    details["kind"] = rt.kind
+    details["kind"] = rt.kind if by_kind else rt.plural
     return details
 
 
@@ -71,7 +64,7 @@ def not_found(rt: resources.ResourceType, name: str) -> ApiError:
     return ApiError(status_body(
         code=404, reason="NotFound",
         message=f'{rt.group_resource} "{name}" not found',
-        details=_resource_details(rt, name)))
+        details=_details(rt, name)))
 
 
 def namespace_not_found(namespace: str) -> ApiError:
@@ -84,7 +77,7 @@ def already_exists(rt: resources.ResourceType, name: str) -> ApiError:
     return ApiError(status_body(
         code=409, reason="AlreadyExists",
         message=f'{rt.group_resource} "{name}" already exists',
-        details=_resource_details(rt, name)))
+        details=_details(rt, name)))
 
 
 def conflict(rt: resources.ResourceType, name: str) -> ApiError:
@@ -93,7 +86,7 @@ def conflict(rt: resources.ResourceType, name: str) -> ApiError:
         message=(f'Operation cannot be fulfilled on {rt.group_resource} "{name}": the object '
                  "has been modified; please apply your changes to the latest version and try "
                  "again"),
-        details=_resource_details(rt, name)))
+        details=_details(rt, name)))
 
 
 def precondition_conflict(rt: resources.ResourceType, name: str, *, field: str,
@@ -104,16 +97,19 @@ def precondition_conflict(rt: resources.ResourceType, name: str, *, field: str,
         message=(f'Operation cannot be fulfilled on {rt.kind_group} "{name}": the {label} in '
                  f"the precondition ({expected}) does not match the {label} in record "
                  f"({actual}). The object might have been modified"),
-        details=_kind_details(rt, name)))
+        details=_details(rt, name, by_kind=True)))
 
 
-def invalid(rt: resources.ResourceType, name: str, causes: list[dict[str, str]]) -> ApiError:
+def invalid(rt: resources.ResourceType, name: str, causes: list[dict[str, str]], *,
+            by_resource: bool = False) -> ApiError:
+    """422 Invalid; checks made before the schema (031) name the resource, not the Kind."""
     parts = [f"{cause['field']}: {cause['message']}" for cause in causes]
     summary = parts[0] if len(parts) == 1 else "[" + ", ".join(parts) + "]"
-    details = _kind_details(rt, name)
+    details = _details(rt, name, by_kind=not by_resource)
     details["causes"] = causes
+    subject = rt.group_resource if by_resource else rt.kind_group
     return ApiError(status_body(
-        code=422, reason="Invalid", message=f'{rt.kind_group} "{name}" is invalid: {summary}',
+        code=422, reason="Invalid", message=f'{subject} "{name}" is invalid: {summary}',
         details=details))
 
 

@@ -227,7 +227,8 @@ class Objects:
         if not rv and rt.custom:
             raise errors.invalid(rt, name, [{
                 "reason": "FieldValueInvalid", "field": "metadata.resourceVersion",
-                "message": "Invalid value: 0x0: must be specified for an update"}])
+                "message": "Invalid value: 0x0: must be specified for an update"}],
+                by_resource=True)
         return self._write(rt, old, rt.internal(obj), rv=rv, subresource=subresource,
                            options=options)
 
@@ -446,7 +447,7 @@ class Objects:
             current = self.db.get(rt.storage_key, _key_of(entry.obj))
             if current is not None:
                 self._delete_entry(rt, current, dry_run=options.dry_run)
-        return Listing(listing.entries, self.db.revision)
+        return Listing(listing.entries, listing.rv)   # the version it was listed at (190)
 
     # ---- after a change: hooks and the garbage collector ----------------------------------
 
