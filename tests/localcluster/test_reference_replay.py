@@ -167,7 +167,7 @@ class Replay:
         details, got = recorded.get("details"), actual.get("details")
         if (details is None) != (got is None):
             self.problem(where, f"Status details: expected {details!r}, got {got!r}")
-        elif details is not None:
+        elif isinstance(details, dict) and isinstance(got, dict):
             for key in ("kind", "group", "name"):
                 if (key in details) != (key in got):
                     self.problem(where, f"details.{key}: expected {details.get(key)!r}, got "
@@ -192,8 +192,9 @@ def _identity(item: dict[str, Any]) -> str:
     if isinstance(item.get("metadata"), dict) and "name" in item["metadata"]:
         return str(item["metadata"]["name"])
     for key in ("name", "groupVersion", "version"):
-        if isinstance(item.get(key), str):
-            return item[key]
+        value = item.get(key)
+        if isinstance(value, str):
+            return value
     return json.dumps(item, sort_keys=True)
 
 
@@ -305,8 +306,8 @@ def _compare_events(replay: Replay, recorded: list[dict[str, Any]],
 
 def _adapt(case_id: str, index: int, exchange: dict[str, Any]) -> dict[str, Any]:
     """The recorded answer, changed where this server deliberately follows newer ones."""
-    response = json.loads(json.dumps(exchange["response"]))
-    body = response.get("body")
+    response: dict[str, Any] = json.loads(json.dumps(exchange["response"]))
+    body: Any = response.get("body")
     if case_id == "000":
         # Newer version.Info: compare the keys, not 1.24's values.
         response["body"] = {key: "<any>" for key in body}
