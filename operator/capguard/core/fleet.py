@@ -118,10 +118,15 @@ class Fleet:
         return sum(1 for e in self.engines.values() if _out_of_service(e))
 
     def breakers_for(self, model: str) -> tuple[specs.BreakerSpec, ...]:
-        found = self.models.get(model)
-        if found is None:
-            return ()
-        return tuple(b for _, b in sorted(self.breakers.items()) if b.governs(found))
+        return self._breakers_by_model.get(model, ())
+
+    @functools.cached_property
+    def _breakers_by_model(self) -> dict[str, tuple[specs.BreakerSpec, ...]]:
+        ordered = [b for _, b in sorted(self.breakers.items())]
+        return {
+            name: tuple(b for b in ordered if b.governs(model))
+            for name, model in self.models.items()
+        }
 
     def with_engine(self, engine: specs.Engine) -> Fleet:
         return dataclasses.replace(self, engines={**self.engines, engine.name: engine})

@@ -329,7 +329,7 @@ def _type(raw: object) -> str:
     }.get(type(raw), type(raw).__name__)
 
 
-def _top(body: Mapping[str, object], *, kind: str) -> tuple[_Fields, _Fields, _Fields, _Fields]:
+def _top(body: Mapping[str, object], *, kind: str) -> tuple[_Fields, _Fields, _Fields]:
     """Split a body into metadata, spec and status readers, naming the object for errors."""
     if not isinstance(body, Mapping):
         raise SpecError(
@@ -347,7 +347,7 @@ def _top(body: Mapping[str, object], *, kind: str) -> tuple[_Fields, _Fields, _F
     empty = {}  # type: dict[str, object]
     spec = root.child("spec") or _Fields(kind=kind, name=name, path="spec", data=empty)
     status = root.child("status") or _Fields(kind=kind, name=name, path="status", data=empty)
-    return meta, spec, status, root
+    return meta, spec, status
 
 
 def _generation(meta: _Fields) -> int:
@@ -409,7 +409,7 @@ def _timestamp(fields: _Fields, key: str) -> float | None:
 
 
 def parse_engine(body: Mapping[str, object]) -> Engine:
-    meta, spec, status, _ = _top(body, kind=ENGINE)
+    meta, spec, status = _top(body, kind=ENGINE)
     annotations = meta.labels("annotations")
     return Engine(
         name=meta.required_string("name"),
@@ -433,7 +433,7 @@ def parse_engine(body: Mapping[str, object]) -> Engine:
 
 
 def parse_model(body: Mapping[str, object]) -> ModelSpec:
-    meta, spec, _, _ = _top(body, kind=MODEL)
+    meta, spec, _ = _top(body, kind=MODEL)
     replicas = spec.integer("replicas", default=None, minimum=0)
     floor = spec.int_or_percent("minAvailable", default=IntOrPercent(90, percent=True))
     if not floor.percent and floor.value > replicas:
@@ -489,7 +489,7 @@ def _approval(fields: _Fields | None) -> Approval | None:
 
 
 def parse_breaker(body: Mapping[str, object]) -> BreakerSpec:
-    meta, spec, _, _ = _top(body, kind=BREAKER)
+    meta, spec, _ = _top(body, kind=BREAKER)
     return BreakerSpec(
         name=meta.required_string("name"),
         selector=parse_selector(spec.child("selector")),
