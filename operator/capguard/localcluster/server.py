@@ -16,6 +16,7 @@ from capguard.localcluster import (
     negotiation,
     objects,
     openapi,
+    protobuf,
     resources,
     routing,
     selectors,
@@ -54,6 +55,7 @@ class Server:
         record: dict[str, Any] = {"method": request.method, "path": request.path,
                                   "query": request.query_string,
                                   "user_agent": request.headers.get("User-Agent", ""),
+                                  "content_type": request.headers.get("Content-Type", ""),
                                   "verb": request.method.lower()}
         try:
             response = await self._route(request, record)
@@ -363,6 +365,8 @@ def _optional_str(value: Any) -> str | None:
 async def _read_object(request: web.Request, rt: resources.ResourceType | None) -> Any:
     raw = await request.read()
     content_type = request.content_type
+    if content_type == "application/vnd.kubernetes.protobuf":
+        return protobuf.decode(raw)   # what kubectl's typed clients send for built-ins
     if content_type not in (JSON_TYPE, "application/yaml", "application/octet-stream", "*/*"):
         raise errors.unsupported_media_type(
             "the body of the request was in an unknown format - accepted media types include: "
