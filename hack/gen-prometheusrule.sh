@@ -15,6 +15,9 @@ target_file=deploy/prometheus/prometheusrule.yaml
   echo "metadata:"
   echo "  name: capguard-operator"
   echo "  namespace: capguard-system"
+  echo "  labels:"
+  echo "    app.kubernetes.io/name: capguard"
+  echo "    app.kubernetes.io/component: operator"
   echo "spec:"
   sed -n '/^groups:/,$p' "$source_file" | sed 's/^\(.\)/  \1/'
 } >"$target_file"

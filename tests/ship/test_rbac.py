@@ -189,7 +189,9 @@ def _requests_the_operator_makes() -> list[rbac.Request]:
     return requests
 
 
-def test_rbac_matches_the_requests_the_operator_is_known_to_make(rendered: list[dict[str, Any]]) -> None:
+def test_rbac_matches_the_requests_the_operator_is_known_to_make(
+    rendered: list[dict[str, Any]],
+) -> None:
     report = rbac.check(rules=rbac.rules_for(rendered), requests=_requests_the_operator_makes())
     assert report.ok, str(report)
 
