@@ -387,6 +387,22 @@ def _refusal(
         if serving < action.planned_from.model_serving_units:
             planned = action.planned_from.model_serving_units
             return Reason.STALE, f"{intent.from_model} serves {serving} units, planned at {planned}"
+    return _filled_since(action, fleet=fleet)
+
+
+def _filled_since(action: queue_.Action, *, fleet: fleet_.Fleet) -> tuple[Reason, str] | None:
+    """An engine sent to fill a model's need is stale once that need was filled without it."""
+    intent = action.intent
+    planned = (
+        action.planned_from.model_serving_units
+        if intent.from_model is None
+        else action.planned_from.target_serving_units
+    )
+    if intent.model is None or planned is None:
+        return None
+    serving = fleet.serving_units(intent.model)
+    if serving > planned:
+        return Reason.STALE, f"{intent.model} serves {serving} units, planned at {planned}"
     return None
 
 

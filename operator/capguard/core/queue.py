@@ -25,6 +25,9 @@ class PlannedFrom:
     # Serving units of the model the action depends on: the one it takes capacity from
     # (DRAIN, REASSIGN) or, for an ASSIGN, the one it adds capacity to.
     model_serving_units: int
+    # For a REASSIGN to another model: that model's serving units, the need the move was
+    # planned to fill (if it has grown since, the move is no longer needed). Else None.
+    target_serving_units: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +59,11 @@ def action_id(intent: planner.Intent, *, planned_from: PlannedFrom) -> str:
             intent.from_model or "",
             planned_from.engine_resource_version,
             str(planned_from.model_serving_units),
+            *(
+                ()
+                if planned_from.target_serving_units is None
+                else (str(planned_from.target_serving_units),)
+            ),
         )
     )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -64,9 +72,13 @@ def action_id(intent: planner.Intent, *, planned_from: PlannedFrom) -> str:
 def planned_from(intent: planner.Intent, *, fleet: fleet_.Fleet) -> PlannedFrom:
     engine = fleet.engines.get(intent.engine)
     model = intent.from_model if intent.disruptive else intent.model
+    moves_to_another = intent.disruptive and intent.model not in (None, intent.from_model)
     return PlannedFrom(
         engine_resource_version=engine.resource_version if engine else "",
         model_serving_units=fleet.serving_units(model) if model else 0,
+        target_serving_units=(
+            fleet.serving_units(intent.model) if moves_to_another and intent.model else None
+        ),
     )
 
 
