@@ -171,6 +171,12 @@ class Objects:
         if not isinstance(body, dict):
             raise errors.bad_request(f"the object provided is unrecognized (must be of type "
                                      f"{rt.kind}): couldn't get version/kind; json parse error")
+        if not rt.custom:
+            # Built-in kinds decode with the URL's group/version/kind as defaults, as the
+            # real server's codec does: Kopf posts its Events without apiVersion and kind.
+            body = {"apiVersion": body.get("apiVersion") or rt.api_version,
+                    "kind": body.get("kind") or rt.kind,
+                    **{k: v for k, v in body.items() if k not in ("apiVersion", "kind")}}
         if not body.get("kind"):
             raise errors.bad_request(
                 f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: '

@@ -37,10 +37,25 @@ class Mode(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class _Planned:
-    """What the planner's view held for an action: the simulator's own staleness record."""
+    """What the planner's view held for an action: the simulator's own staleness record.
+
+    An action is stale when, at execution, the ground truth differs from this in a way
+    that undoes the plan's premises: the engine is not as the view had it (version or
+    content), its source model serves fewer units than the view said (it can no longer
+    spare the engine), or its destination serves more (the need it was sent to fill
+    is gone). Changes in the other direction only make the plan safer or more needed.
+    """
 
     engine: tuple[str, specs.Phase, str | None, str | None, str | None]
-    serving: tuple[tuple[str, int], ...]
+    source: int | None  # serving units of intent.from_model
+    target: int | None  # serving units of intent.model, when it is another model
+
+    def stale_against(self, now: _Planned) -> bool:
+        if self.engine != now.engine:
+            return True
+        if self.source is not None and now.source is not None and now.source < self.source:
+            return True
+        return self.target is not None and now.target is not None and now.target > self.target
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +76,7 @@ class CapacityManager:
         self._planned: dict[str, _Planned] = {}
         self._in_flight: dict[str, _InFlight] = {}
         self._batches: set[str] = set()
+        self._last_plan: tuple[tuple[object, ...], list[planner.Intent]] = ((), [])
 
     @property
     def breakers(self) -> dict[str, breaker_.BreakerMachine]:
@@ -71,7 +87,7 @@ class CapacityManager:
         live = self.world.fleet()
         self._observe_breaker(live, now=now)
         view = self._view(live)
-        intents = planner.plan(view)
+        intents = self._plan(view)
         if self.breaker.state is breaker_.BreakerState.OPEN:
             self._cached = _expect(view, intents)  # the incident: plans build on plans
         self._remember(self.queue.enqueue(intents, view, now), view=view)
@@ -95,8 +111,27 @@ class CapacityManager:
         if self.breaker.state is not breaker_.BreakerState.OPEN or self._cached is None:
             self._cached = live
             return live
+        if _same(self._cached.models.values(), live.models.values()):
+            return self._cached
         # Spec changes (a new revision, a new selector) still arrive: only engines go stale.
-        return dataclasses.replace(self._cached, models=live.models, breakers=live.breakers)
+        self._cached = dataclasses.replace(
+            self._cached, models=dict(live.models), breakers=live.breakers
+        )
+        return self._cached
+
+    def _plan(self, view: fleet_.Fleet) -> list[planner.Intent]:
+        """The planner's intents; a view it has already planned from is not planned again.
+
+        Only for speed: the planner is a pure function of the view (an unchanged world
+        hands back the same snapshot object), so this changes no result.
+        """
+        key = (view, *view.models.values())
+        last_key, last_intents = self._last_plan
+        if _same(key, last_key):
+            return last_intents
+        intents = planner.plan(view)
+        self._last_plan = (key, intents)
+        return intents
 
     def _remember(self, added: Iterable[queue_.Action], *, view: fleet_.Fleet) -> None:
         for action in added:
@@ -117,7 +152,8 @@ class CapacityManager:
     def _execute(self, action: queue_.Action, *, now: float) -> None:
         intent = action.intent
         before = self.world.fleet()
-        stale = self._planned.get(action.id) != _snapshot(intent, fleet=before)
+        planned = self._planned.get(action.id)
+        stale = planned is None or planned.stale_against(_snapshot(intent, fleet=before))
         guarded = self.mode is Mode.GUARDED
         written = self.world.bind(
             engine=intent.engine,
@@ -149,6 +185,12 @@ class CapacityManager:
             if outcome is not None:
                 del self._in_flight[name]
                 self.breaker.record_probe(outcome, now)
+
+
+def _same(a: Iterable[object], b: Iterable[object]) -> bool:
+    """The same objects in the same order (identity, not equality: cheap and exact)."""
+    left, right = list(a), list(b)
+    return len(left) == len(right) and all(x is y for x, y in zip(left, right, strict=True))
 
 
 def needed_disruptions(fleet: fleet_.Fleet) -> dict[str, int]:
@@ -189,9 +231,9 @@ def _expect(view: fleet_.Fleet, intents: Iterable[planner.Intent]) -> fleet_.Fle
 
 
 def _snapshot(intent: planner.Intent, *, fleet: fleet_.Fleet) -> _Planned:
-    """The engine and the serving units of every model the action touches, as ``fleet`` has them."""
+    """The engine and the serving units of the action's source and destination in ``fleet``."""
     e = fleet.engines[intent.engine]
-    touched = sorted({m for m in (intent.model, intent.from_model, e.model) if m})
+    target = intent.model if intent.model != intent.from_model else None
     return _Planned(
         engine=(
             e.resource_version.removesuffix(EXPECTED),
@@ -200,7 +242,8 @@ def _snapshot(intent: planner.Intent, *, fleet: fleet_.Fleet) -> _Planned:
             e.spec.model_ref,
             e.revision,
         ),
-        serving=tuple((m, fleet.serving_units(m)) for m in touched),
+        source=fleet.serving_units(intent.from_model) if intent.from_model else None,
+        target=fleet.serving_units(target) if target else None,
     )
 
 

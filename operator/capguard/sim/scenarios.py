@@ -172,6 +172,7 @@ MARCH_4: Final = Scenario(
         "no failures, desired capacity constant, then a release."
     ),
     refreshes=8,
+    duration=4200.0,  # the release is at 25 min; guarded needs about 32 more to converge
 )
 
 FAILURES_DURING_PAUSE: Final = Scenario(
