@@ -8,13 +8,15 @@ run the real thing in-process against the embedded API server.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import logging
 import os
 import socket
+import threading
 from collections.abc import AsyncIterator
-from typing import Final
+from typing import Any, Final
 
 import kopf
 from aiohttp import web
@@ -25,6 +27,9 @@ from capguard.kube import client, events, leases
 
 logger = logging.getLogger(__name__)
 
+# What Kopf accepts as a stop/ready flag (its own alias is private).
+StopFlag = (asyncio.Event | asyncio.Future[Any] | threading.Event
+            | concurrent.futures.Future[Any])
 SERVICE_ACCOUNT_NAMESPACE: Final = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
@@ -127,9 +132,11 @@ class Running:
     metrics_port: int = 0
 
 
-def assemble(options: Options) -> tuple[Running, kopf.OperatorRegistry]:
+def assemble(
+    options: Options, *, api: client.Api | None = None
+) -> tuple[Running, kopf.OperatorRegistry]:
     metrics = metrics_.Metrics()
-    api = client.Api()
+    api = api if api is not None else client.Api()
     recorder = events.Recorder(api=api, instance=options.identity)
     elector: leases.LeaderElector | None = None
     if options.leader_election:
@@ -168,12 +175,17 @@ def assemble(options: Options) -> tuple[Running, kopf.OperatorRegistry]:
 async def serve(
     options: Options,
     *,
-    stop_flag: asyncio.Event | None = None,
-    ready_flag: asyncio.Event | None = None,
+    stop_flag: StopFlag | None = None,
+    ready_flag: StopFlag | None = None,
     running: list[Running] | None = None,
+    api: client.Api | None = None,
 ) -> None:
-    """Run one operator until `stop_flag` is set (or SIGINT/SIGTERM in the main thread)."""
-    handles, registry = assemble(options)
+    """Run one operator until `stop_flag` is set (or SIGINT/SIGTERM in the main thread).
+
+    `running` receives the handles once started; `api` lets a test put a real concurrent
+    writer between the planner and the API server.
+    """
+    handles, registry = assemble(options, api=api)
     if options.naive:
         logger.warning("NAIVE mode: the guard is off; only an Open breaker holds actions.")
     async with metrics_server(handles.metrics, host=options.metrics_host,

@@ -343,7 +343,9 @@ class Reconciler:
             machine = state.machines.get(spec.name)
             if machine is None:
                 machine = state.machines[spec.name] = restore_machine(record, spec, now=now)
-            before = machine.state
+                before = _saved_state(record)  # what `kubectl get cb` showed until now
+            else:
+                before = machine.state
             governed = [m.name for m in fleet.models.values() if spec.governs(m)]
             machine.observe(spec, state.symptoms.signals(spec, governed, now=now), now)
             self._announce_breaker(record.meta, machine=machine, before=before)
@@ -653,6 +655,13 @@ class Reconciler:
                       message: str) -> None:
         self._event(records.Meta(namespace, engine, "", 0), "InferenceEngine", type_, reason,
                     message)
+
+
+def _saved_state(record: records.BreakerRecord) -> breaker.BreakerState:
+    try:
+        return breaker.BreakerState(record.status.get("state"))
+    except ValueError:
+        return breaker.BreakerState.CLOSED
 
 
 def _governs(machine: breaker.BreakerMachine, intent: planner.Intent,

@@ -1,0 +1,169 @@
+"""The operator end to end against the embedded API server: what a person would see."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from operator_harness import Kube, StartOperator, condition, eventually, metric
+
+from capguard.kube import client
+
+
+async def test_engines_are_assigned_and_reach_serving(
+    kube: Kube, start_operator: StartOperator
+) -> None:
+    await kube.engines("e0", "e1", "e2", "e3")
+    await kube.model("chat", 3, minAvailable=0)
+    started = await start_operator()
+
+    async def serving() -> bool:
+        phases = await kube.phases()
+        return sorted(phases.values()).count("Serving") == 3
+
+    await eventually(serving)
+    model = await eventually(lambda: _model_serving(kube, "chat", 3))
+    status = model["status"]
+    assert (status["desired"], status["serving"], status["drift"]) == (3, 3, 0)
+    assert status["observedGeneration"] == model["metadata"]["generation"]
+    assert condition(model, "Available")["status"] == "True"
+    assert condition(model, "DriftDetected")["status"] == "False"
+    engines = {e["metadata"]["name"]: e for e in await kube.items(client.ENGINES)}
+    bound = [e for e in engines.values() if e["spec"].get("modelRef") == "chat"]
+    assert len(bound) == 3
+    for engine in bound:
+        action = engine["status"]["lastAction"]
+        assert engine["metadata"]["annotations"]["capguard.dev/action-id"] == action["id"]
+        assert action["type"] == "Assign"
+    text = await started.metrics()
+    assert metric(text, "capguard_model_serving_units", namespace="default", model="chat") == 3
+    assert metric(text, "capguard_model_serving_ratio", namespace="default", model="chat") == 1
+    assert metric(text, "capguard_actions_total", type="assign", result="executed") == 3
+    assert metric(text, "capguard_leader") == 1
+    assert (metric(text, "capguard_reconcile_duration_seconds_count") or 0) > 0
+
+
+async def _model_serving(kube: Kube, name: str, serving: int) -> dict[str, Any] | None:
+    model = await kube.get(client.MODELS, name)
+    return model if (model.get("status") or {}).get("serving") == serving else None
+
+
+async def test_a_steady_fleet_costs_no_writes(kube: Kube, start_operator: StartOperator) -> None:
+    await kube.engines("e0", "e1")
+    await kube.model("chat", 2, minAvailable=0)
+    await kube.breaker("pause")
+    started = await start_operator()
+    await eventually(lambda: _model_serving(kube, "chat", 2))
+    await eventually(lambda: _all_converged(kube))
+    before = started.handles.reconciler.passes
+    versions = {e["metadata"]["name"]: e["metadata"]["resourceVersion"]
+                for e in await kube.items(client.ENGINES)}
+    model_version = (await kube.get(client.MODELS, "chat"))["metadata"]["resourceVersion"]
+    await eventually(lambda: _passes_since(started, before, 5))
+    after = {e["metadata"]["name"]: e["metadata"]["resourceVersion"]
+             for e in await kube.items(client.ENGINES)}
+    assert after == versions
+    assert (await kube.get(client.MODELS, "chat"))["metadata"]["resourceVersion"] == model_version
+
+
+async def _all_converged(kube: Kube) -> bool:
+    model = await kube.get(client.MODELS, "chat")
+    return condition(model, "Progressing").get("reason") == "Converged"
+
+
+async def _passes_since(started: Any, before: int, count: int) -> bool:
+    return bool(started.handles.reconciler.passes >= before + count)
+
+
+class RacingApi(client.Api):
+    """The API as the operator sees it, with a real concurrent writer: right before the
+    first action's PATCH, another request relabels the engine (a new resourceVersion)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.raced: list[str] = []
+
+    async def merge_patch(self, resource: client.Resource, *, namespace: str | None, name: str,
+                          patch: Any, subresource: str | None = None) -> client.Body:
+        is_action = (resource is client.ENGINES and subresource is None
+                     and "resourceVersion" in (patch.get("metadata") or {}))
+        if is_action and not self.raced:
+            self.raced.append(name)
+            await super().merge_patch(client.ENGINES, namespace=namespace, name=name,
+                                      patch={"metadata": {"labels": {"x": "y"}}})
+        return await super().merge_patch(resource, namespace=namespace, name=name, patch=patch,
+                                         subresource=subresource)
+
+
+async def test_a_stale_action_loses_with_409_and_is_replanned(
+    kube: Kube, start_operator: StartOperator
+) -> None:
+    await kube.engines("e0")
+    await kube.model("chat", 1, minAvailable=0)
+    api = RacingApi()
+    started = await start_operator(api=lambda: api)
+    await eventually(lambda: _model_serving(kube, "chat", 1))
+    assert api.raced == ["e0"]
+    text = await started.metrics()
+    assert metric(text, "capguard_actions_total", type="assign", result="conflict") == 1
+    assert metric(text, "capguard_actions_total", type="assign", result="executed") == 1
+    conflicts = await eventually(lambda: kube.events("ActionConflict"))
+    assert conflicts[0]["involvedObject"]["name"] == "e0"
+    engine = await kube.get(client.ENGINES, "e0")
+    assert engine["metadata"]["labels"] == {"x": "y"}  # the other writer's change survived
+
+
+async def test_a_breaker_holds_and_a_long_pause_is_refused_on_release(
+    kube: Kube, start_operator: StartOperator
+) -> None:
+    await kube.breaker("pause", open=True, pauseThreshold="1s", maxBatchAfterPause=1,
+                       halfOpenProbes=1)
+    await kube.engines("e0", "e1", "e2")
+    await kube.model("chat", 3, minAvailable=0, maxUnavailable=3)
+    started = await start_operator()
+
+    async def held() -> dict[str, Any] | None:
+        found = await kube.get(client.BREAKERS, "pause")
+        status = found.get("status") or {}
+        ready = status.get("heldActions") == 3 and (status.get("releasePlan") or {}).get("size")
+        return found if ready else None
+
+    breaker = await eventually(held)
+    assert breaker["status"]["state"] == "Open"
+    assert breaker["status"]["releasePlan"]["size"] == 3  # published before anything runs
+    assert condition(breaker, "Paused")["status"] == "True"
+    assert all(not e["spec"].get("modelRef") for e in await kube.items(client.ENGINES))
+    model = await kube.get(client.MODELS, "chat")
+    assert condition(model, "Progressing")["reason"] == "Held"
+    text = await started.metrics()
+    assert metric(text, "capguard_queue_actions", state="held") == 3
+    assert metric(text, "capguard_breaker_state", namespace="default", breaker="pause",
+                  state="Open") == 1
+    await asyncio.sleep(1.3)  # longer than pauseThreshold (1s) since it opened (above)
+
+    await kube.patch(client.BREAKERS, "pause", {"spec": {"open": False}})
+    refused = await eventually(lambda: kube.events("BatchRefused"))
+    assert "3 actions" in refused[0]["message"]
+    breaker = await eventually(lambda: _with_refused_batch(kube))
+    assert breaker["status"]["lastRefusedBatch"]["size"] == 3
+    assert breaker["status"]["lastRefusedBatch"]["oldestPlanAgeSeconds"] >= 1
+    text = await started.metrics()
+    assert metric(text, "capguard_refused_batches_total", namespace="default",
+                  breaker="pause") == 1
+    assert metric(text, "capguard_refusals_total", reason="PostPauseBatch") == 3
+    # Re-planned from the cluster as it is now: one probe, then Closed, then the rest.
+    await eventually(lambda: _model_serving(kube, "chat", 3), timeout=10)
+    closed = await eventually(lambda: _breaker_state(kube, "Closed"))
+    assert condition(closed, "Paused")["status"] == "False"
+    reasons = {e["reason"] for e in await kube.items(client.EVENTS)}
+    assert {"BreakerOpened", "BreakerHalfOpen", "BreakerClosed", "BatchRefused"} <= reasons
+
+
+async def _with_refused_batch(kube: Kube) -> dict[str, Any] | None:
+    found = await kube.get(client.BREAKERS, "pause")
+    return found if (found.get("status") or {}).get("lastRefusedBatch") else None
+
+
+async def _breaker_state(kube: Kube, state: str) -> dict[str, Any] | None:
+    found = await kube.get(client.BREAKERS, "pause")
+    return found if (found.get("status") or {}).get("state") == state else None

@@ -1,0 +1,141 @@
+"""The pure translation parts: conditions, status builders, driver phases, Event dedupe."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+
+from capguard.core import drift, specs
+from capguard.handlers import driver, records
+from capguard.handlers import status as status_
+from capguard.kube import client, events
+
+T0 = 1_800_000_000.0
+
+
+def test_last_transition_time_moves_only_when_the_status_flips() -> None:
+    first = status_.merge_conditions(
+        None, [status_.Condition("Available", "True", "FloorMet", "ok")], generation=1, now=T0)
+    same = status_.merge_conditions(
+        first, [status_.Condition("Available", "True", "FloorMet", "still ok")],
+        generation=2, now=T0 + 60)
+    flipped = status_.merge_conditions(
+        same, [status_.Condition("Available", "False", "BelowFloor", "short")],
+        generation=2, now=T0 + 120)
+    assert same[0]["lastTransitionTime"] == first[0]["lastTransitionTime"]
+    assert same[0]["observedGeneration"] == 2 and same[0]["message"] == "still ok"
+    assert flipped[0]["lastTransitionTime"] == status_.timestamp(T0 + 120)
+
+
+def test_an_unchanged_status_is_not_rewritten_and_ticking_seconds_do_not_count() -> None:
+    current = {"state": "Open", "secondsInState": {"Open": 10}}
+    assert not status_.changed(current, {"state": "Open", "secondsInState": {"Open": 70}})
+    assert status_.changed(current, {"state": "HalfOpen", "secondsInState": {"Open": 70}})
+
+
+def test_model_conditions_tell_held_from_converging_from_converged() -> None:
+    short = drift.ModelDrift(desired=4, serving=2, floor=3, loading=1)
+    held = status_.model_conditions(short, failed=0, held_reason="breaker pause is open")
+    by_type = {c.type: c for c in held}
+    assert (by_type["Available"].status, by_type["Available"].reason) == ("False", "BelowFloor")
+    assert (by_type["Progressing"].status, by_type["Progressing"].reason) == ("False", "Held")
+    assert by_type["DriftDetected"].status == "True"
+    moving = {c.type: c for c in status_.model_conditions(short, failed=1, held_reason=None)}
+    assert moving["Progressing"].reason == "Converging"
+    assert moving["Degraded"].status == "True"
+    done = drift.ModelDrift(desired=4, serving=4, floor=3)
+    steady = {c.type: c for c in status_.model_conditions(done, failed=0, held_reason=None)}
+    assert steady["Progressing"].reason == "Converged"
+    assert steady["DriftDetected"].status == "False"
+
+
+def test_the_scale_selector_is_written_as_kubectl_writes_it() -> None:
+    selector = specs.LabelSelector(
+        (("pool", "h100"),),
+        (specs.Requirement("tier", specs.SelectorOperator.IN, ("a", "b")),
+         specs.Requirement("spot", specs.SelectorOperator.DOES_NOT_EXIST)))
+    assert status_.selector_string(selector) == "pool=h100,tier in (a,b),!spot"
+
+
+def test_a_bad_spec_becomes_a_record_with_the_error_not_an_exception() -> None:
+    body = {"metadata": {"name": "m", "namespace": "ns", "generation": 3, "uid": "u"},
+            "spec": {"replicas": 2, "minAvailable": 5}}
+    record = records.model_record(body)
+    assert record.value is None and record.error is not None
+    wanted = status_.invalid_model_status(error=record.error, existing={}, generation=3, now=T0)
+    kinds = {c["type"]: c for c in wanted["conditions"]}
+    assert kinds["Valid"]["reason"] == kinds["Available"]["reason"] == "InvalidSpec"
+    assert "minAvailable" in kinds["Valid"]["message"]
+
+
+def _engine(phase: specs.Phase, *, since: float | None = T0, bound: str | None = "chat",
+            model: str | None = "chat") -> specs.Engine:
+    return specs.Engine(name="e", spec=specs.EngineSpec(pool="p", model_ref=bound),
+                        phase=phase, model=model, since=since, resource_version="7")
+
+
+CONFIG = driver.DriverConfig(load_time=10.0, drain_time=2.0)
+
+
+@pytest.mark.parametrize(("engine", "now", "phase"), [
+    (_engine(specs.Phase.IDLE, since=None, bound=None, model=None), T0, specs.Phase.IDLE),
+    (_engine(specs.Phase.IDLE, model=None), T0, specs.Phase.LOADING),
+    (_engine(specs.Phase.LOADING), T0 + 10, specs.Phase.SERVING),
+    (_engine(specs.Phase.LOADING, bound="other"), T0, specs.Phase.DRAINING),
+    (_engine(specs.Phase.SERVING, bound=None), T0, specs.Phase.DRAINING),
+    (_engine(specs.Phase.DRAINING, bound=None), T0 + 2, specs.Phase.IDLE),
+    (_engine(specs.Phase.FAILED), T0 + 10, specs.Phase.IDLE),
+])
+def test_the_driver_moves_one_phase_when_it_is_due(
+    engine: specs.Engine, now: float, phase: specs.Phase
+) -> None:
+    step = driver.transition(engine, config=CONFIG, now=now, roll=lambda: 1.0)
+    assert step.transition is not None and step.transition.phase is phase
+
+
+def test_the_driver_waits_for_a_load_and_may_fail_it() -> None:
+    loading = _engine(specs.Phase.LOADING)
+    waiting = driver.transition(loading, config=CONFIG, now=T0 + 3, roll=lambda: 0.0)
+    assert waiting.transition is None and waiting.due == T0 + 10
+    config = driver.DriverConfig(load_time=10.0, failure_rate=0.5)
+    failed = driver.transition(loading, config=config, now=T0 + 10, roll=lambda: 0.1)
+    assert failed.transition is not None and failed.transition.phase is specs.Phase.FAILED
+    steady = driver.transition(_engine(specs.Phase.SERVING), config=CONFIG, now=T0, roll=float)
+    assert steady == driver.Step(None, None)
+
+
+def test_a_driver_write_carries_the_resource_version_it_saw() -> None:
+    step = driver.Transition(specs.Phase.SERVING, "chat", None, "serving chat")
+    patch = driver.status_patch(step, engine=_engine(specs.Phase.LOADING), generation=4,
+                                existing_conditions=None, now=T0)
+    assert patch["metadata"] == {"resourceVersion": "7"}
+    assert patch["status"]["phase"] == "Serving" and patch["status"]["observedGeneration"] == 4
+    since = patch["status"]["since"]
+    assert datetime.datetime.fromisoformat(since).timestamp() == T0
+
+
+def test_the_same_event_is_queued_once_per_window() -> None:
+    now = [0.0]
+    recorder = events.Recorder(api=client.Api(), instance="me", dedupe_window=60,
+                               clock=lambda: now[0])
+    ref = events.ObjectRef("capguard.dev/v1alpha1", "ModelCapacity", "ns", "m", "u")
+    event = events.Event(ref, events.WARNING, "InvalidSpec", "spec.minAvailable: too high")
+    assert recorder.record(event)
+    assert not recorder.record(event)
+    assert recorder.record(events.Event(ref, events.WARNING, "InvalidSpec", "another"))
+    now[0] = 61.0
+    assert recorder.record(event)
+
+
+def test_an_event_names_its_object_for_kubectl_describe() -> None:
+    ref = events.ObjectRef("capguard.dev/v1alpha1", "CircuitBreaker", "ns", "pause", "u1")
+    body = events.render(events.Event(ref, events.WARNING, "BatchRefused", "12 actions"),
+                         component="capguard", instance="pod-1",
+                         now=datetime.datetime(2026, 3, 4, tzinfo=datetime.UTC))
+    assert body["involvedObject"] == {"apiVersion": "capguard.dev/v1alpha1",
+                                      "kind": "CircuitBreaker", "namespace": "ns",
+                                      "name": "pause", "uid": "u1"}
+    assert body["metadata"]["name"].startswith("pause.")
+    assert (body["type"], body["reason"], body["count"]) == ("Warning", "BatchRefused", 1)
+    assert body["lastTimestamp"] == "2026-03-04T00:00:00Z"
