@@ -137,8 +137,9 @@ class Scenario:
         for name in rng.sample(names, k=min(self.rebalances, len(names))):
             index = names.index(name)
             yield Rebalance(self._moment(rng), name, self.pools[(index + 1) % len(self.pools)])
-        for name in rng.sample(names, k=min(self.demand_shifts, len(names))):
-            step = rng.choice((-self.demand_step, self.demand_step))
+        shifted = rng.sample(names, k=min(self.demand_shifts, len(names)))
+        for i, name in enumerate(shifted):
+            step = self.demand_step if i % 2 == 0 else -self.demand_step  # half grow, half shrink
             yield Demand(self._moment(rng), name, max(1, self.units_per_model + step))
         for _ in range(self.failures):
             yield Failures(self._moment(rng), self.failure_size)
@@ -190,8 +191,9 @@ FAILURES_DURING_PAUSE: Final = Scenario(
 FLAPPING_BREAKER: Final = Scenario(
     name="flapping-breaker",
     summary=(
-        "The breaker opens and closes every few minutes, each pause shorter than the "
-        "pause threshold, so the batch guard never fires and the other guards must hold."
+        "The breaker opens for 4 minutes every 7, each pause shorter than the pause "
+        "threshold: the batch guard stays quiet unless HalfOpen never closes in between, "
+        "so staleness, floor, budgets and rate limits must hold on their own."
     ),
     pauses=tuple(Pause(300.0 + 420.0 * i, 300.0 + 420.0 * i + 240.0) for i in range(4)),
     refreshes=4,
@@ -201,8 +203,8 @@ FLAPPING_BREAKER: Final = Scenario(
 THUNDERING_SCALE: Final = Scenario(
     name="thundering-scale",
     summary=(
-        "A big demand shift during the pause: half the models grow, half shrink, and "
-        "the backlog moves engines between models that the view thinks are idle."
+        "A big demand shift during the pause: half the models grow by 3 units and half "
+        "shrink by 3, with only 4 spares, so the backlog moves engines between models."
     ),
     spare_engines=4,
     demand_shifts=8,
