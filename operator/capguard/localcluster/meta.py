@@ -42,6 +42,19 @@ def truncate_time(value: Any) -> Any:
     return parsed.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def micro_time(value: Any) -> Any:
+    """A metav1.MicroTime keeps microseconds and is written in UTC with a Z (103)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return value
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=datetime.UTC)
+    return parsed.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def name_problems(name: str, *, dns_label: bool = False) -> list[str]:
     """Why a name is not a valid object name, in the real server's words; empty if valid."""
     if dns_label:

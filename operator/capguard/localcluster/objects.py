@@ -188,7 +188,8 @@ class Objects:
                 if body.get("kind") == rt.kind else
                 f"{body.get('kind')} in version \"{rt.version}\" cannot be handled as a "
                 f"{rt.kind}: the kind in the data does not match {rt.kind}")
-        return body
+        checked: dict[str, Any] = body
+        return checked
 
     def _place(self, rt: resources.ResourceType, metadata: dict[str, Any],
                namespace: str) -> None:
@@ -223,9 +224,7 @@ class Objects:
                subresource: str | None, options: WriteOptions) -> Reply:
         old = self.get(rt, namespace=namespace, name=name)
         obj = self._checked_body(rt, body)
-        metadata = obj.get("metadata")
-        if not isinstance(metadata, dict):
-            metadata = obj["metadata"] = {}
+        metadata = _metadata_of(obj)
         if metadata.get("name") not in (None, name):
             raise errors.bad_request(f"the name of the object ({metadata.get('name')}) does "
                                      f"not match the name on the URL ({name})")
@@ -245,10 +244,7 @@ class Objects:
         patched = apply_patch(rt, rt.external(old.thaw()), patch, content_type=content_type)
         if not isinstance(patched, dict):
             raise errors.bad_request("the patch did not produce an object")
-        metadata = patched.get("metadata")
-        if not isinstance(metadata, dict):
-            metadata = patched["metadata"] = {}
-        rv = metadata.get("resourceVersion")
+        rv = _metadata_of(patched).get("resourceVersion")
         return self._write(rt, old, rt.internal(patched), rv=rv, subresource=subresource,
                            options=options)
 
@@ -542,6 +538,13 @@ def _decode_continue(token: str) -> tuple[int, store.Key]:
     except (ValueError, KeyError, TypeError, binascii.Error) as error:
         raise errors.bad_request("continue key is not valid: incorrect encoded start "
                                  "resourceVersion (version meta.k8s.io/v1)") from error
+
+
+def _metadata_of(obj: dict[str, Any]) -> dict[str, Any]:
+    metadata = obj.setdefault("metadata", {})
+    if not isinstance(metadata, dict):
+        raise errors.bad_request("metadata must be an object")
+    return metadata
 
 
 def _keep_server_fields(new: dict[str, Any], old: dict[str, Any]) -> None:

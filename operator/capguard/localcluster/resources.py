@@ -172,7 +172,7 @@ def core_event_normalized(obj: dict[str, Any]) -> dict[str, Any]:
         result["count"] = obj["count"]
     if obj.get("type"):
         result["type"] = obj["type"]
-    result["eventTime"] = obj.get("eventTime")
+    result["eventTime"] = meta.micro_time(obj.get("eventTime"))
     for key in ("series", "action", "related"):
         if obj.get(key):
             result[key] = obj[key]
