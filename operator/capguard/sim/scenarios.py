@@ -173,6 +173,9 @@ MARCH_4: Final = Scenario(
         "no failures, desired capacity constant, then a release."
     ),
     refreshes=8,
+    # Plans outlive the pause, as in the incident, so at the release it is the
+    # post-pause batch guard (not expiry) that stands between the backlog and the fleet.
+    max_plan_age=1800.0,
     duration=4200.0,  # the release is at 25 min; guarded needs about 32 more to converge
 )
 
