@@ -1,0 +1,220 @@
+"""The cluster, namespaces and operators of the end-to-end suite.
+
+The suite runs against an existing cluster only when asked explicitly with
+`CAPGUARD_E2E_KUBECONFIG=FILE`; `KUBECONFIG` is never read. Otherwise one embedded API
+server (`python -m capguard.localcluster`) serves the whole session. Each test gets
+its own namespace, deleted afterwards, and every operator it started is stopped, also
+when the test fails (its log is printed then).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Final
+
+import pytest
+
+from . import harness
+
+EXTERNAL_KUBECONFIG: Final = "CAPGUARD_E2E_KUBECONFIG"
+DEPLOYED_OPERATOR: Final = "deployment/capguard-operator"
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """The cluster under test."""
+
+    kubectl: harness.Kubectl  # cluster-scoped
+    embedded: bool
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.kubectl.kubeconfig
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "e2e: end-to-end: kubectl and `capguard run` on a cluster")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if Path(str(item.fspath)).parent == here:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item) -> Iterator[None]:
+    report: pytest.TestReport = yield
+    item.stash.setdefault(_FAILED, False)
+    if report.failed:
+        item.stash[_FAILED] = True
+    return report
+
+
+_FAILED: Final = pytest.StashKey[bool]()
+
+
+def _kubectl_binary() -> str:
+    found = shutil.which("kubectl")
+    if found is None:
+        pytest.skip("kubectl is not installed: the end-to-end suite drives the cluster with it")
+    return found
+
+
+@contextlib.contextmanager
+def embedded_cluster(directory: Path, *, crds: Path = harness.CRDS,
+                     binary: str = "kubectl") -> Iterator[tuple[harness.Kubectl, Path]]:
+    """An embedded API server in a subprocess, CRDs applied with kubectl as a user would.
+
+    Yields a cluster-scoped kubectl and the server's audit log (complete once the
+    server has stopped: a watch is recorded when it ends).
+    """
+    kubeconfig, audit_log = directory / "kubeconfig", directory / "audit.jsonl"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "capguard.localcluster", "--port=0",
+         f"--kubeconfig={kubeconfig}", f"--audit-log={audit_log}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=harness.clean_env())
+    try:
+        assert server.stdout is not None
+        first = server.stdout.readline()
+        assert "serving at" in first, f"the embedded API server did not start: {first}"
+        kubectl = harness.Kubectl(kubeconfig=kubeconfig, binary=binary)
+        kubectl.run("apply", f"--filename={crds}")
+        kubectl.run("wait", "--for=condition=Established", "--timeout=30s",
+                    "customresourcedefinitions", "--all")
+        kubectl.run("create", "namespace", harness.OPERATOR_NAMESPACE)
+        yield kubectl, audit_log
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+    binary = _kubectl_binary()
+    external = os.environ.get(EXTERNAL_KUBECONFIG)
+    if external:
+        path = Path(external)
+        if not path.is_file():
+            pytest.fail(f"{EXTERNAL_KUBECONFIG}={external} is not a file", pytrace=False)
+        kubectl = harness.Kubectl(kubeconfig=path.resolve(), binary=binary)
+        kubectl.run("apply", f"--filename={harness.CRDS}")
+        kubectl.run("wait", "--for=condition=Established", "--timeout=60s",
+                    *(f"customresourcedefinitions/{p}.capguard.dev"
+                      for p in ("inferenceengines", "modelcapacities", "circuitbreakers")))
+        if not kubectl.exists("namespace", harness.OPERATOR_NAMESPACE):
+            kubectl.run("create", "namespace", harness.OPERATOR_NAMESPACE)
+        with _deployed_operator_paused(kubectl):
+            yield Target(kubectl=kubectl, embedded=False)
+        return
+    with embedded_cluster(tmp_path_factory.mktemp("cluster"), binary=binary) as (kubectl, _):
+        yield Target(kubectl=kubectl, embedded=True)
+
+
+@contextlib.contextmanager
+def _deployed_operator_paused(kubectl: harness.Kubectl) -> Iterator[None]:
+    """A deployed capguard (deploy/, cluster-wide) would act on the tests' namespaces too,
+    against the operators the tests start: it is scaled to 0 for the session."""
+    system = kubectl.in_namespace(harness.OPERATOR_NAMESPACE)
+    found = system.run("get", DEPLOYED_OPERATOR, "--ignore-not-found",
+                       "--output=jsonpath={.spec.replicas}").stdout.strip()
+    if not found or found == "0":
+        yield
+        return
+    print(f"e2e: scaling {DEPLOYED_OPERATOR} in {harness.OPERATOR_NAMESPACE} from {found} to 0 "
+          "for the session", file=sys.stderr)
+    system.run("scale", DEPLOYED_OPERATOR, "--replicas=0")
+    system.run("wait", "--for=delete", "pod", "--selector=app.kubernetes.io/name=capguard",
+               "--timeout=120s", check=False)
+    try:
+        yield
+    finally:
+        system.run("scale", DEPLOYED_OPERATOR, f"--replicas={found}")
+
+
+def _namespace_name(test_name: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", test_name.lower().removeprefix("test_")).strip("-")
+    return f"e2e-{slug[:40].strip('-')}-{secrets.token_hex(2)}"
+
+
+@pytest.fixture
+def kube(target: Target, request: pytest.FixtureRequest) -> Iterator[harness.Kubectl]:
+    """kubectl in a fresh namespace of this test's own; everything in it goes afterwards."""
+    namespace = _namespace_name(request.node.name)
+    target.kubectl.run("create", "namespace", namespace)
+    kubectl = target.kubectl.in_namespace(namespace)
+    try:
+        yield kubectl
+    finally:
+        _delete_namespace(kubectl, namespace)
+
+
+def _delete_namespace(kubectl: harness.Kubectl, namespace: str) -> None:
+    kinds = "inferenceengines,modelcapacities,circuitbreakers"
+    # Foreign finalizers a test left (on failure) would keep the namespace Terminating.
+    for name in kubectl.run("get", kinds, "--output=name", check=False).stdout.split():
+        kubectl.run("patch", name, "--type=merge", "--patch",
+                    json.dumps({"metadata": {"finalizers": None}}), check=False)
+    kubectl.run("delete", kinds, "--all", "--wait=false", check=False)
+    # The embedded server has no namespace controller: the namespace stays Terminating
+    # there (empty), as on a bare kube-apiserver. A real cluster removes it.
+    kubectl.in_namespace(None).run("delete", "namespace", namespace, "--wait=false",
+                                   check=False)
+
+
+class Operators:
+    """`capguard run` subprocesses of one test, stopped when the test ends."""
+
+    def __init__(self, *, target: Target, namespace: str, log_dir: Path) -> None:
+        self.target = target
+        self.namespace = namespace
+        self.log_dir = log_dir
+        self.started: list[harness.OperatorProcess] = []
+
+    def start(self, *, identity: str = "", leader_election: bool = False,
+              cluster_wide: bool = False, flags: Sequence[str] = (),
+              kubeconfig: Path | None = None) -> harness.OperatorProcess:
+        identity = identity or f"{self.namespace}-{len(self.started)}"
+        command = harness.operator_command(
+            kubeconfig=kubeconfig or self.target.kubeconfig,
+            namespaces=() if cluster_wide else (self.namespace,), identity=identity,
+            leader_election=leader_election, flags=flags)
+        process = harness.start_operator(command, identity=identity,
+                                         log_path=self.log_dir / f"{identity}.log")
+        self.started.append(process)
+        process.port()
+        return process
+
+    def stop_all(self, *, show_logs: bool) -> None:
+        for process in self.started:
+            process.stop()
+        if show_logs:
+            for process in self.started:
+                print(f"----- operator {process.identity} (exit {process.process.returncode})"
+                      f" -----\n{process.log()[-6000:]}")
+
+
+@pytest.fixture
+def operators(target: Target, kube: harness.Kubectl, tmp_path: Path,
+              request: pytest.FixtureRequest) -> Iterator[Operators]:
+    assert kube.namespace is not None
+    started = Operators(target=target, namespace=kube.namespace, log_dir=tmp_path)
+    try:
+        yield started
+    finally:
+        started.stop_all(show_logs=request.node.stash.get(_FAILED, False))

@@ -1,0 +1,42 @@
+"""The operator brings a fleet to Serving and follows `kubectl scale` in both directions."""
+
+from __future__ import annotations
+
+from . import harness
+from .conftest import Operators
+
+SAMPLE_DESIRED = {"llama-70b-chat": 8, "mistral-7b-instruct": 4, "bge-large-embed": 4}
+
+
+def test_samples_reach_serving_and_follow_kubectl_scale(
+    kube: harness.Kubectl, operators: Operators,
+) -> None:
+    kube.run("apply", f"--filename={harness.SAMPLES}")
+    operator = operators.start()
+    harness.wait_serving(kube, SAMPLE_DESIRED)
+    for body in kube.items("mc"):
+        status = body["status"]
+        assert status["desired"] == status["serving"] == body["spec"]["replicas"]
+        assert status["drift"] == 0 and status["availablePercent"] == 100
+        assert status["observedGeneration"] == body["metadata"]["generation"]
+        available = harness.condition(body, "Available")
+        assert available is not None and available["status"] == "True"
+    for body in kube.items("ie"):
+        if body["spec"].get("modelRef"):
+            assert body["status"]["phase"] == "Serving"
+            assert body["metadata"]["annotations"][harness.ACTION_ID] == (
+                body["status"]["lastAction"]["id"])
+
+    # Down: llama gives back two 2-unit engines, one at a time (maxUnavailable 1).
+    kube.run("scale", "mc/llama-70b-chat", "--replicas=4")
+    # Up: mistral takes the freed capacity (any engine fits it).
+    kube.run("scale", "mc/mistral-7b-instruct", "--replicas=6")
+    wanted = {**SAMPLE_DESIRED, "llama-70b-chat": 4, "mistral-7b-instruct": 6}
+    harness.wait_serving(kube, wanted, timeout=30)
+    assert kube.run("get", "mc/mistral-7b-instruct", "--output=jsonpath={.status.serving}"
+                    ).stdout == "6"
+    metrics = operator.metrics()
+    assert metrics.total("capguard_model_serving_units", model="mistral-7b-instruct") == 6
+    assert metrics.total("capguard_actions_total", type="drain", result="executed") >= 1
+    assert metrics.total("capguard_actions_total", result="failed") == 0
+    assert operator.alive
