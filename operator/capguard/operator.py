@@ -164,6 +164,7 @@ def assemble(
             guarded=not options.naive,
             interval=options.reconcile_interval,
             seed=options.seed,
+            namespaces=options.namespaces,
         ),
         is_leader=(lambda: leader.leading) if leader is not None else (lambda: True),
     )

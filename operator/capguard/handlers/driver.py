@@ -62,13 +62,16 @@ def transition(
     phase = engine.phase
     since = engine.since
     if since is None:
-        # Never driven: announce it as Idle first (a half-written status is not trusted).
-        return Step(Transition(specs.Phase.IDLE, None, None, "engine registered"), None)
+        # Never driven: whatever a half-written status says, it starts from Idle.
+        phase = specs.Phase.IDLE
     if phase is specs.Phase.IDLE:
         if bound:
             return Step(Transition(specs.Phase.LOADING, bound, engine.spec.revision,
                                    f"loading {bound}"), None)
+        if since is None:
+            return Step(Transition(specs.Phase.IDLE, None, None, "engine registered"), None)
         return Step(None, None)
+    assert since is not None  # an undriven engine was handled as Idle above
     if phase is specs.Phase.LOADING:
         if bound != engine.model or engine.spec.revision != engine.revision:
             # Rebound mid-load: the old model loses the engine now (as the simulator does).

@@ -1,6 +1,6 @@
 """The one reconcile loop: current state in, core decisions out, results written back.
 
-Each pass reads the indexes (kept current by Kopf from the watch streams), builds one
+Each pass reads the index (kept current by Kopf from the watch streams), builds one
 frozen `Fleet` per namespace, and asks the core what to do: the breaker machines
 observe, the planner plans, the queue coalesces, the gate triages. Then, and only on the
 leader, the pass writes: actions (a merge-patch carrying the resourceVersion the action
@@ -24,7 +24,7 @@ import aiohttp
 from capguard import metrics as metrics_
 from capguard.core import breaker, drift, gate, planner, queue, specs
 from capguard.core import fleet as fleet_
-from capguard.handlers import driver, records
+from capguard.handlers import driver, index, records
 from capguard.handlers import status as status_
 from capguard.kube import client, events
 
@@ -36,11 +36,6 @@ BREAKER_STATUS_REFRESH: Final = 30.0  # secondsInState is refreshed at most this
 _BREAKER_HOLDS: Final = (gate.Reason.BREAKER_OPEN, gate.Reason.HALF_OPEN_PROBE_LIMIT)
 _WRITE_ERRORS: Final = (client.ApiError, aiohttp.ClientError, OSError, TimeoutError)
 
-EngineIndex = Mapping[tuple[str, str], Iterable[records.EngineRecord]]
-ModelIndex = Mapping[str, Iterable[records.ModelRecord]]
-BreakerIndex = Mapping[str, Iterable[records.BreakerRecord]]
-
-
 @dataclasses.dataclass(frozen=True)
 class Config:
     engine_driver: str = driver.SIMULATED
@@ -50,34 +45,27 @@ class Config:
     debounce: float = 0.02  # coalesce a burst of watch events into one pass
     write_concurrency: int = 16
     seed: int | None = None
-
-
-@dataclasses.dataclass
-class Indexes:
-    """The live Kopf indexes (captured at startup); empty mappings until then."""
-
-    engines: EngineIndex = dataclasses.field(default_factory=dict)
-    models: ModelIndex = dataclasses.field(default_factory=dict)
-    breakers: BreakerIndex = dataclasses.field(default_factory=dict)
+    namespaces: tuple[str, ...] = ()  # empty: every namespace
+    resync_interval: float = 300.0  # a full LIST now and then drops what a watch missed
 
 
 @dataclasses.dataclass
 class View:
-    """One namespace as the indexes show it now."""
+    """One namespace as the index shows it now."""
 
     engines: list[records.EngineRecord] = dataclasses.field(default_factory=list)
     models: list[records.ModelRecord] = dataclasses.field(default_factory=list)
     breakers: list[records.BreakerRecord] = dataclasses.field(default_factory=list)
 
 
-def snapshot(indexes: Indexes) -> dict[str, View]:
+def snapshot(found: index.Index) -> dict[str, View]:
     views: dict[str, View] = collections.defaultdict(View)
-    for (namespace, _), engines in list(indexes.engines.items()):
-        views[namespace].engines.extend(engines)
-    for namespace, models in list(indexes.models.items()):
-        views[namespace].models.extend(models)
-    for namespace, breakers in list(indexes.breakers.items()):
-        views[namespace].breakers.extend(breakers)
+    for namespace, engines in found.engines.by_namespace().items():
+        views[namespace].engines = engines
+    for namespace, models in found.models.by_namespace().items():
+        views[namespace].models = models
+    for namespace, breakers in found.breakers.by_namespace().items():
+        views[namespace].breakers = breakers
     return dict(views)
 
 
@@ -160,6 +148,15 @@ class Symptoms:
         return breaker.FleetSignals(max_drift_ratio=ratio, floor_breached=breached)
 
 
+@dataclasses.dataclass(frozen=True)
+class Executed:
+    """An action the API server accepted: the engine as written, for the rest of the pass."""
+
+    engine: specs.Engine
+    generation: int
+    last_action: dict[str, Any]
+
+
 @dataclasses.dataclass
 class Probe:
     """An action executed in HalfOpen, waiting for its engine to show the outcome."""
@@ -212,7 +209,7 @@ class Reconciler:
         self.config = config
         self.is_leader = is_leader
         self.clock = clock
-        self.indexes = Indexes()
+        self.index = index.Index()
         self.view_complete = asyncio.Event()
         self.namespaces: dict[str, Namespace] = {}
         self.passes = 0
@@ -227,10 +224,18 @@ class Reconciler:
         self._wake.set()
 
     async def run(self) -> None:
-        # Startup waits for Kopf to list every watched kind: no action on a partial view.
-        await self.view_complete.wait()
-        logger.info("The view of the cluster is complete; reconciling.")
+        # Startup waits for a full LIST of every kind: no action on a partial view.
+        await self.resync()
+        self.view_complete.set()
+        logger.info("The view of the cluster is complete (%d engines, %d models, %d breakers); "
+                    "reconciling.", len(self.index.engines), len(self.index.models),
+                    len(self.index.breakers))
+        synced_at = self.clock()
         while True:
+            if self.clock() - synced_at >= self.config.resync_interval:
+                with contextlib.suppress(*_WRITE_ERRORS):
+                    await self.resync()
+                synced_at = self.clock()
             started = time.perf_counter()
             try:
                 self.last_result = await self.reconcile_once()
@@ -241,6 +246,22 @@ class Reconciler:
             self.metrics.reconcile_duration_seconds.observe(time.perf_counter() - started)
             self.passes += 1
             await self._sleep(self.last_result.next_due)
+
+    async def resync(self) -> None:
+        """LIST every kind (paginated) into the index; drop what the LIST no longer has."""
+        kinds = ((self.index.engines, client.ENGINES), (self.index.models, client.MODELS),
+                 (self.index.breakers, client.BREAKERS))
+        namespaces: tuple[str | None, ...] = self.config.namespaces or (None,)
+        for store, resource in kinds:
+            for namespace in namespaces:
+                listed: set[index.Key] = set()
+                version = ""
+                async for page in self.api.pages(resource, namespace=namespace):
+                    version = version or str((page.get("metadata") or {}).get(
+                        "resourceVersion") or "")
+                    listed |= store.listed(page.get("items") or [])
+                store.forget_unlisted(listed, list_version=version, namespace=namespace)
+        self.wake()
 
     async def _sleep(self, due: float | None) -> None:
         timeout = self.config.interval
@@ -262,7 +283,7 @@ class Reconciler:
             self._was_leader = leading
         self.metrics.leader.set(1 if leading else 0)
         result = PassResult()
-        views = snapshot(self.indexes)
+        views = snapshot(self.index)
         held = pending = 0
         oldest = 0.0
         stale_view = 0
@@ -272,10 +293,12 @@ class Reconciler:
                 state = self.namespaces.setdefault(
                     namespace, Namespace(queue.ActionQueue(),
                                          gate.Gate(gate.GateConfig(guarded=self.config.guarded))))
-                fleet = await self._drive(namespace, view=view, fleet=fleet, now=now,
-                                          result=result)
-                report = await self._act(namespace, view=view, fleet=fleet, state=state,
-                                         now=now, result=result)
+                report, executed = await self._act(namespace, view=view, fleet=fleet,
+                                                   state=state, now=now, result=result)
+                for done in executed.values():
+                    fleet = fleet.with_engine(done.engine)
+                await self._drive(namespace, view=view, fleet=fleet, executed=executed, now=now,
+                                  result=result)
                 held_here, pending_here = _queue_states(state)
                 held += held_here
                 pending += pending_here
@@ -298,7 +321,7 @@ class Reconciler:
     async def _act(
         self, namespace: str, *, view: View, fleet: fleet_.Fleet, state: Namespace,
         now: float, result: PassResult,
-    ) -> drift.DriftReport:
+    ) -> tuple[drift.DriftReport, dict[str, Executed]]:
         report = drift.measure(fleet, state.queue, now)
         state.symptoms.observe(report, view=view, now=now)
         self._step_breakers(namespace, view=view, fleet=fleet, state=state, report=report, now=now)
@@ -314,8 +337,8 @@ class Reconciler:
             decisions: list[gate.Decision] = []
         else:
             decisions = state.gate.triage(state.queue, fleet, state.machines, now)
-        await self._execute(namespace, decisions=decisions, fleet=fleet, state=state, now=now,
-                            result=result)
+        executed = await self._execute(namespace, decisions=decisions, fleet=fleet, state=state,
+                                       now=now, result=result)
         self._report_decisions(namespace, decisions=decisions, fleet=fleet, state=state)
         gate.settle(state.queue, decisions)
         state.held_by_breakers = sum(1 for d in decisions if d.reason in _BREAKER_HOLDS)
@@ -328,7 +351,7 @@ class Reconciler:
         for name, machine in state.machines.items():
             self.metrics.set_breaker(key=(namespace, name), state=machine.state.value,
                                      seconds_in_state=now - machine.since)
-        return report
+        return report, executed
 
     def _step_breakers(
         self, namespace: str, *, view: View, fleet: fleet_.Fleet, state: Namespace,
@@ -397,19 +420,21 @@ class Reconciler:
     async def _execute(
         self, namespace: str, *, decisions: list[gate.Decision], fleet: fleet_.Fleet,
         state: Namespace, now: float, result: PassResult,
-    ) -> None:
+    ) -> dict[str, Executed]:
         chosen = [d for d in decisions if d.verdict is gate.Verdict.EXECUTE]
         outcomes = await asyncio.gather(*(
             self._write_action(namespace, d.action, fleet=fleet, now=now) for d in chosen))
-        for decision, outcome in zip(chosen, outcomes, strict=True):
+        executed: dict[str, Executed] = {}
+        for decision, (outcome, done) in zip(chosen, outcomes, strict=True):
             action = decision.action
             kind = action.intent.kind.value.lower()
             self.metrics.count_action(kind=kind, result=outcome)
             governing = tuple(name for name, m in state.machines.items()
                               if m.state is breaker.BreakerState.HALF_OPEN
                               and _governs(m, action.intent, fleet))
-            if outcome == "executed":
+            if done is not None:
                 result.executed += 1
+                executed[action.intent.engine] = done
                 if decision.probe:
                     state.probes[action.intent.engine] = Probe(action.intent.model, governing)
                 continue
@@ -424,13 +449,14 @@ class Reconciler:
                                    f"action {action.id} ({action.intent.kind.value}) lost to a "
                                    f"newer write (planned from resourceVersion "
                                    f"{action.planned_from.engine_resource_version}); re-planning")
+        return executed
 
     async def _write_action(
         self, namespace: str, action: queue.Action, *, fleet: fleet_.Fleet, now: float
-    ) -> str:
+    ) -> tuple[str, Executed | None]:
         """Execute one action: the binding, as a patch that fails if the engine changed."""
         if not self.is_leader():
-            return "failed"
+            return "failed", None
         intent = action.intent
         target = fleet.models.get(intent.model) if intent.model else None
         patch = {
@@ -442,25 +468,24 @@ class Reconciler:
         }
         async with self._writes:
             try:
-                await self.api.merge_patch(
+                body = await self.api.merge_patch(
                     client.ENGINES, namespace=namespace, name=intent.engine, patch=patch)
             except client.Conflict:
-                return "conflict"
+                return "conflict", None
             except _WRITE_ERRORS as error:
                 logger.warning("Action %s on %s failed: %s", action.id, intent.engine, error)
-                return "failed"
-            last_action = {"status": {"lastAction": {
-                "id": action.id, "type": intent.kind.value,
-                "plannedFromResourceVersion": action.planned_from.engine_resource_version,
-                "time": status_.timestamp(now),
-            }}}
-            try:
-                await self.api.merge_patch(client.ENGINES, namespace=namespace, name=intent.engine,
-                                           patch=last_action, subresource="status")
-            except _WRITE_ERRORS as error:
-                # The action ran (the binding is written); only its record in status is late.
-                logger.info("Could not record lastAction on %s: %s", intent.engine, error)
-        return "executed"
+                return "failed", None
+        last_action = {
+            "id": action.id, "type": intent.kind.value,
+            "plannedFromResourceVersion": action.planned_from.engine_resource_version,
+            "time": status_.timestamp(now),
+        }
+        try:
+            engine = specs.parse_engine(body)
+        except specs.SpecError:
+            engine = fleet.engines[intent.engine]
+        generation = int((body.get("metadata") or {}).get("generation") or 0)
+        return "executed", Executed(engine, generation, last_action)
 
     def _report_decisions(
         self, namespace: str, *, decisions: list[gate.Decision], fleet: fleet_.Fleet,
@@ -510,13 +535,14 @@ class Reconciler:
                     if name:
                         held_by.setdefault(name, d.message)
         writes = []
+        failed = status_.failed_engines(fleet)
         for record in view.models:
             model = record.value
             if model is None:
                 continue
             wanted = status_.model_status(
                 model=model, view=report.models[model.name],
-                failed=status_.failed_engines(model.name, fleet), existing=record.status,
+                failed=failed.get(model.name, 0), existing=record.status,
                 held_reason=held_by.get(model.name), now=now)
             if status_.changed(record.status, wanted):
                 writes.append(self._write_status(client.MODELS, record.meta, wanted))
@@ -582,31 +608,41 @@ class Reconciler:
     # -- the simulated driver -------------------------------------------------------------
 
     async def _drive(
-        self, namespace: str, *, view: View, fleet: fleet_.Fleet, now: float,
-        result: PassResult,
-    ) -> fleet_.Fleet:
-        """Move engines one phase on; returns the fleet with what was written."""
-        if self.config.engine_driver != driver.SIMULATED:
-            return fleet
+        self, namespace: str, *, view: View, fleet: fleet_.Fleet,
+        executed: Mapping[str, Executed], now: float, result: PassResult,
+    ) -> None:
+        """Move engines one phase on (simulated driver), recording this pass's actions in
+        the same status write; with no driver, only the actions are recorded."""
+        simulated = self.config.engine_driver == driver.SIMULATED
+        records_by_name = {r.meta.name: r for r in view.engines}
         writes = []
-        for record in view.engines:
-            engine = record.value
-            if engine is None or engine.name not in fleet.engines:
+        recorded: set[str] = set()
+        for name, engine in fleet.engines.items() if simulated else ():
+            record = records_by_name.get(name)
+            if record is None:
                 continue
             step = driver.transition(engine, config=self.config.driver_config, now=now,
                                      roll=self._roll)
             if step.due is not None:
                 result.next_due = min(step.due, result.next_due or step.due)
-            if step.transition is not None:
-                patch = driver.status_patch(
-                    step.transition, engine=engine, generation=record.meta.generation,
-                    existing_conditions=record.status.get("conditions"), now=now)
-                writes.append(self._write_engine_status(namespace, engine.name, patch))
+            if step.transition is None:
+                continue
+            done = executed.get(name)
+            patch = driver.status_patch(
+                step.transition, engine=engine,
+                generation=done.generation if done else record.meta.generation,
+                existing_conditions=record.status.get("conditions"), now=now)
+            if done is not None:
+                patch["status"]["lastAction"] = done.last_action
+                recorded.add(name)
+            writes.append(self._write_engine_status(namespace, name, patch))
+        for name, done in executed.items():
+            if name not in recorded:  # no phase change now: record the action on its own
+                writes.append(self._write_engine_status(
+                    namespace, name, {"status": {"lastAction": done.last_action}}))
         for written in await asyncio.gather(*writes):
             if written is not None:
                 result.transitions += 1
-                fleet = fleet.with_engine(written)
-        return fleet
 
     async def _write_engine_status(
         self, namespace: str, name: str, patch: Mapping[str, Any]

@@ -1,4 +1,4 @@
-"""What the operator's indexes keep per object: the parsed value, or why it did not parse.
+"""What the operator's index keeps per object: the parsed value, or why it did not parse.
 
 An index value is small and frozen: the core's parsed spec plus the few metadata and
 status fields the operator compares against (uid for Events, generation for
@@ -23,6 +23,7 @@ class Meta:
     name: str
     uid: str
     generation: int
+    resource_version: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +56,7 @@ def meta_of(body: Mapping[str, Any]) -> Meta:
         name=str(metadata.get("name") or ""),
         uid=str(metadata.get("uid") or ""),
         generation=int(metadata.get("generation") or 0),
+        resource_version=str(metadata.get("resourceVersion") or ""),
     )
 
 

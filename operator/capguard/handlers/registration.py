@@ -1,11 +1,10 @@
-"""The Kopf registrations: indexes of the three kinds, the view-complete signal, login.
+"""The Kopf registrations: the watch feed of the three kinds into the index, and login.
 
 Deliberately no `on.create/on.update/on.delete`: those make Kopf keep per-object state
-in annotations (and finalizers for deletions) and run a handler task per object, which
-for 10,000 engines costs memory and a write storm on a cold start. Indexes are enough:
-Kopf keeps them current from the watch streams, and it runs no other handler until
-every watched kind has been listed, so the first `on.event` call means the view is
-complete. The reconcile loop does the rest, level-triggered.
+in annotations (and finalizers for deletions) and run handlers per object, which for
+10,000 engines costs memory and a write storm on a cold start. And no `@kopf.index`:
+its startup barrier is quadratic in the number of objects (see `index.py`). `on.event`
+only reads; the reconcile loop does the rest, level-triggered.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from typing import Any, Final
 
 import kopf
 
-from capguard.handlers import reconcile, records
+from capguard.handlers import index, reconcile
 from capguard.kube import client
 
 GROUP: Final = "capguard.dev"
@@ -43,49 +42,31 @@ def build(
                                    default_namespace=info.default_namespace,
                                    priority=info.priority)
 
-    @kopf.index(GROUP, VERSION, "inferenceengines", registry=registry, id="engines_by_model")
-    async def engines_by_model(
-        body: kopf.Body, **_: Any
-    ) -> dict[tuple[str, str], records.EngineRecord]:
-        record = records.engine_record(body)
-        reconciler.wake()
-        return {(record.meta.namespace, records.engine_model(record)): record}
-
-    @kopf.index(GROUP, VERSION, "modelcapacities", registry=registry,
-                id="models_by_namespace")
-    async def models_by_namespace(body: kopf.Body, **_: Any) -> dict[str, records.ModelRecord]:
-        record = records.model_record(body)
-        reconciler.wake()
-        return {record.meta.namespace: record}
-
-    @kopf.index(GROUP, VERSION, "circuitbreakers", registry=registry,
-                id="breakers_by_namespace")
-    async def breakers_by_namespace(
-        body: kopf.Body, **_: Any
-    ) -> dict[str, records.BreakerRecord]:
-        record = records.breaker_record(body)
-        reconciler.wake()
-        return {record.meta.namespace: record}
-
-    def not_yet_complete(**_: Any) -> bool:
-        return not reconciler.view_complete.is_set()
-
-    for plural in ("inferenceengines", "modelcapacities", "circuitbreakers"):
-        @kopf.on.event(GROUP, VERSION, plural, registry=registry, when=not_yet_complete,
-                       id=f"view-complete-{plural}")
-        async def view_complete(**_: Any) -> None:
-            # Kopf calls this only after every indexed kind has been listed in full.
-            reconciler.view_complete.set()
-            reconciler.wake()
-
-    @kopf.on.startup(registry=registry, id="capture_indexes")
-    async def capture_indexes(**kwargs: Any) -> None:
-        # Kopf passes each index by its handler's name; they are live views, filled later.
-        reconciler.indexes = reconcile.Indexes(
-            engines=kwargs["engines_by_model"], models=kwargs["models_by_namespace"],
-            breakers=kwargs["breakers_by_namespace"])
+    stores: dict[str, index.Store[Any]] = {
+        "inferenceengines": reconciler.index.engines,
+        "modelcapacities": reconciler.index.models,
+        "circuitbreakers": reconciler.index.breakers,
+    }
+    for plural, store in stores.items():
+        register_feed(registry, reconciler, plural=plural, store=store)
 
     return registry
+
+
+def register_feed(
+    registry: kopf.OperatorRegistry, reconciler: reconcile.Reconciler, *, plural: str,
+    store: index.Store[Any],
+) -> None:
+    """Every watch event of a kind goes into the operator's index; nothing is written back."""
+
+    @kopf.on.event(GROUP, VERSION, plural, registry=registry, id=f"index-{plural}")
+    async def feed(type: str | None, body: kopf.Body, **_: Any) -> None:
+        raw = dict(body)
+        if type == "DELETED":
+            store.delete(raw)
+        else:
+            store.apply(raw)
+        reconciler.wake()
 
 
 def _credentials(kubeconfig: str | None, **kwargs: Any) -> kopf.ConnectionInfo | None:

@@ -101,9 +101,15 @@ def selector_string(selector: specs.LabelSelector) -> str:
     return ",".join(parts)
 
 
-def failed_engines(model: str, fleet: fleet_.Fleet) -> int:
-    return sum(1 for e in fleet.engines.values()
-               if e.phase is specs.Phase.FAILED and e.belongs_to(model))
+def failed_engines(fleet: fleet_.Fleet) -> dict[str, int]:
+    """Failed engines per model they belong to, in one pass over the fleet."""
+    failed: dict[str, int] = {}
+    for engine in fleet.engines.values():
+        if engine.phase is specs.Phase.FAILED:
+            for model in {engine.spec.model_ref, engine.model} - {None}:
+                assert model is not None
+                failed[model] = failed.get(model, 0) + 1
+    return failed
 
 
 def model_conditions(

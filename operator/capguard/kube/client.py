@@ -149,19 +149,27 @@ class Api:
         path = resource.path(namespace=namespace, name=name, subresource=subresource)
         return await self.request("PATCH", path, body=patch, content_type=MERGE_PATCH)
 
-    async def list(
+    async def pages(
         self, resource: Resource, *, namespace: str | None = None, page_size: int = 500
     ) -> AsyncIterator[Body]:
-        """Every object of a kind, page by page (the API server keeps pages consistent)."""
+        """A LIST, page by page (each a List body; the first one's resourceVersion is the
+        version of the whole list)."""
         params = {"limit": str(page_size)}
         while True:
             page = await self.request("GET", resource.path(namespace=namespace), params=params)
-            for item in page.get("items") or []:
-                yield item
+            yield page
             token = (page.get("metadata") or {}).get("continue")
             if not token:
                 return
             params = {"limit": str(page_size), "continue": token}
+
+    async def list(
+        self, resource: Resource, *, namespace: str | None = None, page_size: int = 500
+    ) -> AsyncIterator[Body]:
+        """Every object of a kind."""
+        async for page in self.pages(resource, namespace=namespace, page_size=page_size):
+            for item in page.get("items") or []:
+                yield item
 
 
 def _error(status: int, text: str) -> ApiError:
