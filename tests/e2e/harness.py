@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Final, TypeVar
 
+import pytest
+import yaml
 from prometheus_client import parser as prometheus_parser
 
 ROOT: Final = Path(__file__).resolve().parents[2]
@@ -69,6 +71,25 @@ def wait_until(
         time.sleep(interval)
 
 
+class Gaps:
+    """What the design asks for and the operator does not do yet (tests/e2e/NOTES.md).
+
+    A test checks everything else first, then `xfail_if_any()`: it reports the gaps as
+    an expected failure while they last and passes by itself once they are fixed.
+    """
+
+    def __init__(self) -> None:
+        self.found: list[str] = []
+
+    def expect(self, holds: bool, gap: str) -> None:
+        if not holds:
+            self.found.append(gap)
+
+    def xfail_if_any(self) -> None:
+        if self.found:
+            pytest.xfail("known gaps (tests/e2e/NOTES.md): " + "; ".join(self.found))
+
+
 # --- kubectl ---------------------------------------------------------------------------
 
 
@@ -107,8 +128,10 @@ class Kubectl:
         return json.loads(self.run(*args, "--output=json").stdout)
 
     def apply(self, *objects: Body) -> str:
-        document = {"apiVersion": "v1", "kind": "List", "items": list(objects)}
-        return self.run("apply", "--filename=-", stdin=json.dumps(document)).stdout
+        # A stream of documents, not a v1 List: kubectl validates a List against
+        # /openapi/v2 in protobuf, which the embedded server does not serve (NOTES.md).
+        stream = yaml.safe_dump_all(objects, sort_keys=False)
+        return self.run("apply", "--filename=-", stdin=stream).stdout
 
     def get(self, kind: str, name: str) -> Body:
         found: Body = self.json("get", kind, name)
