@@ -270,6 +270,46 @@ def test_delete_f_removes_what_apply_f_created(kubectl: Kubectl, fleet: str) -> 
     assert f"No resources found in {fleet} namespace." in left.stderr
 
 
+def test_apply_k_uses_the_kustomization(kubectl: Kubectl, namespace: str) -> None:
+    applied = kubectl.run("apply", "-k", str(SAMPLES), namespace=namespace).stdout
+    assert applied.count(" created") == len(MODELS) + len(ENGINES) + 1, applied
+
+
+def test_diff_shows_a_pending_change_and_changes_nothing(kubectl: Kubectl, fleet: str) -> None:
+    changed = (SAMPLES / "modelcapacities.yaml").read_text().replace("replicas: 8",
+                                                                     "replicas: 10")
+    diff = kubectl.run("diff", "-f", "-", namespace=fleet, stdin=changed, check=False)
+    assert diff.returncode == 1, describe(diff)   # 1: differences found
+    assert "-  replicas: 8\n+  replicas: 10\n" in diff.stdout
+    assert "-  generation: 1\n+  generation: 2\n" in diff.stdout
+    same = kubectl.run("diff", "-f", str(SAMPLES / "modelcapacities.yaml"), namespace=fleet)
+    assert same.stdout == ""
+    assert kubectl.json("get", "mc", "llama-70b-chat", namespace=fleet)["spec"]["replicas"] == 8
+
+
+def test_a_server_dry_run_validates_and_stores_nothing(kubectl: Kubectl, fleet: str) -> None:
+    changed = (SAMPLES / "modelcapacities.yaml").read_text().replace("replicas: 8",
+                                                                     "replicas: 10")
+    dry = kubectl.run("apply", "--dry-run=server", "-f", "-", namespace=fleet, stdin=changed)
+    assert "modelcapacity.capguard.dev/llama-70b-chat configured (server dry run)" in dry.stdout
+    assert kubectl.json("get", "mc", "llama-70b-chat", namespace=fleet)["spec"]["replicas"] == 8
+    refused = kubectl.fail("create", "--dry-run=server", "-f",
+                           str(SAMPLES / "invalid" / "mc-negative-replicas.yaml"),
+                           namespace=fleet)
+    assert "spec.replicas" in refused.stderr
+
+
+def test_server_side_apply_creates_and_updates(kubectl: Kubectl, namespace: str) -> None:
+    path = SAMPLES / "circuitbreaker.yaml"
+    first = kubectl.run("apply", "--server-side", "-f", str(path), namespace=namespace)
+    assert "circuitbreaker.capguard.dev/assistant serverside-applied" in first.stdout
+    changed = path.read_text().replace("maxBatchAfterPause: 3", "maxBatchAfterPause: 5")
+    kubectl.run("apply", "--server-side", "-f", "-", namespace=namespace, stdin=changed)
+    breaker = kubectl.json("get", "cb", "assistant", namespace=namespace)
+    assert breaker["spec"]["maxBatchAfterPause"] == 5
+    assert breaker["metadata"]["generation"] == 2
+
+
 # ---- reading ----------------------------------------------------------------------------------
 
 def test_get_prints_the_printer_columns(kubectl: Kubectl, fleet: str) -> None:
@@ -345,6 +385,20 @@ def test_get_by_label_and_field_selector(kubectl: Kubectl, fleet: str) -> None:
     one = kubectl.run("get", "ie", "--field-selector", "metadata.name=l40s-b-3", "-o", "name",
                       namespace=fleet).stdout.split()
     assert one == ["inferenceengine.capguard.dev/l40s-b-3"]
+
+
+def test_get_custom_columns_sorted_and_label_columns(kubectl: Kubectl, fleet: str) -> None:
+    output = kubectl.run("get", "mc", "--sort-by=.spec.priority", "-o",
+                         "custom-columns=NAME:.metadata.name,PRIORITY:.spec.priority",
+                         namespace=fleet).stdout
+    assert [(row["NAME"], row["PRIORITY"]) for row in rows(output)] == [
+        ("bge-large-embed", "10"), ("mistral-7b-instruct", "50"), ("llama-70b-chat", "100")]
+    labelled = by_name(kubectl.run("get", "mc", "-L", "capguard.dev/tier",
+                                   namespace=fleet).stdout)
+    assert labelled["bge-large-embed"]["TIER"] == "batch"
+    jsonpath = kubectl.run("get", "ie", "h100-a-0", "-o", "jsonpath={.spec.capacityUnits}",
+                           namespace=fleet).stdout
+    assert jsonpath == "2"
 
 
 def test_get_all_namespaces_adds_the_namespace_column(kubectl: Kubectl, fleet: str) -> None:
@@ -468,6 +522,16 @@ def test_patch_status_subresource_changes_only_status(kubectl: Kubectl, fleet: s
                 '{"status":{"serving":0}}', namespace=fleet)
     assert kubectl.json("get", "mc", "llama-70b-chat", namespace=fleet)["status"][
         "serving"] == 6
+
+
+def test_patch_without_a_type_is_refused_for_custom_resources(kubectl: Kubectl,
+                                                              fleet: str) -> None:
+    # kubectl patch defaults to a strategic merge patch; custom resources take none (036).
+    refused = kubectl.fail("patch", "mc", "llama-70b-chat", "-p", '{"spec":{"replicas":3}}',
+                           namespace=fleet)
+    assert ("application/strategic-merge-patch+json is not supported by capguard.dev/v1alpha1,"
+            " Kind=ModelCapacity" in refused.stderr)
+    assert kubectl.json("get", "mc", "llama-70b-chat", namespace=fleet)["spec"]["replicas"] == 8
 
 
 def test_scale_sets_spec_replicas_and_bumps_generation(kubectl: Kubectl, fleet: str) -> None:
@@ -621,6 +685,21 @@ def test_delete_of_a_missing_object_is_not_found(kubectl: Kubectl, namespace: st
             in refused.stderr)
     ignored = kubectl.run("delete", "cb", "nope", "--ignore-not-found", namespace=namespace)
     assert ignored.stdout == ""
+
+
+def test_delete_by_label_selector(kubectl: Kubectl, fleet: str) -> None:
+    deleted = kubectl.run("delete", "ie", "-l", "capguard.dev/pool=h100-a",
+                          namespace=fleet).stdout
+    assert deleted.count(" deleted") == 6, deleted
+    left = by_name(kubectl.run("get", "ie", namespace=fleet).stdout)
+    assert sorted(left) == [f"l40s-b-{index}" for index in range(6)]
+
+
+def test_the_protected_namespaces_cannot_be_deleted(kubectl: Kubectl, crds: CrdInstall) -> None:
+    for name in ("default", "kube-system", "kube-public"):
+        refused = kubectl.fail("delete", "namespace", name)
+        assert (f'Error from server (Forbidden): namespaces "{name}" is forbidden: this '
+                f'namespace may not be deleted' in refused.stderr)
 
 
 # ---- CRD lifecycle ------------------------------------------------------------------------------

@@ -240,6 +240,15 @@ class Objects:
     def patch(self, rt: resources.ResourceType, patch: Any, *, content_type: str,
               namespace: str, name: str, subresource: str | None,
               options: WriteOptions) -> Reply:
+        if (content_type == patching.APPLY and subresource is None and isinstance(patch, dict)
+                and self.db.get(rt.storage_key, (namespace, name)) is None):
+            # Server-side apply creates what does not exist yet (201), as the real one does.
+            metadata = _metadata_of(patch)
+            if metadata.get("name") not in (None, name):
+                raise errors.bad_request(f"the name of the object ({metadata.get('name')}) "
+                                         f"does not match the name on the URL ({name})")
+            metadata["name"] = name
+            return self.create(rt, patch, namespace=namespace, options=options)
         old = self.get(rt, namespace=namespace, name=name)
         patched = apply_patch(rt, rt.external(old.thaw()), patch, content_type=content_type)
         if not isinstance(patched, dict):
