@@ -347,6 +347,63 @@ def start_operator(command: Sequence[str], *, identity: str, log_path: Path) -> 
     return OperatorProcess(identity=identity, process=process, log_path=log_path)
 
 
+# --- a concurrent writer ----------------------------------------------------------
+
+_PROXY_ADDRESS: Final = re.compile(r"Starting to serve on ([0-9.]+:[0-9]+)")
+
+
+class Toucher:
+    """Someone else writing an engine, as fast as the API server answers: a label patch
+    in a loop through `kubectl proxy` (so it works with any kubeconfig's credentials).
+
+    Every write moves the engine's resourceVersion, so an action the operator planned a
+    moment ago carries a version that no longer holds: its write must lose with 409.
+    """
+
+    def __init__(self, kubectl: Kubectl, *, engine_name: str, writers: int = 2) -> None:
+        self._proxy = subprocess.Popen(
+            kubectl.in_namespace(None).command("proxy", "--port=0", "--address=127.0.0.1"),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env())
+        assert self._proxy.stdout is not None
+        announced = _PROXY_ADDRESS.search(self._proxy.stdout.readline())
+        assert announced, "kubectl proxy did not start"
+        self._url = (f"http://{announced.group(1)}/apis/capguard.dev/v1alpha1/namespaces/"
+                     f"{kubectl.namespace}/inferenceengines/{engine_name}")
+        self._stop = threading.Event()
+        self._count_lock = threading.Lock()
+        self.writes = 0
+        self._threads = [threading.Thread(target=self._touch, args=(n,), daemon=True)
+                         for n in range(writers)]
+        for thread in self._threads:
+            thread.start()
+
+    def _touch(self, writer: int) -> None:
+        sequence = 0
+        while not self._stop.is_set():
+            sequence += 1
+            patch = {"metadata": {"labels": {f"e2e-touch-{writer}": str(sequence)}}}
+            request = urllib.request.Request(
+                self._url, data=json.dumps(patch).encode(), method="PATCH",
+                headers={"Content-Type": "application/merge-patch+json"})
+            with urllib.request.urlopen(request, timeout=5):
+                pass
+            with self._count_lock:
+                self.writes += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._proxy.terminate()
+        self._proxy.wait(timeout=5)
+
+    def __enter__(self) -> Toucher:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
 # --- watching the fleet --------------------------------------------------------------
 
 _FIELDS: Final = (
@@ -472,3 +529,23 @@ def actions(history: Iterable[EngineState]) -> Iterator[tuple[EngineState, Engin
         if previous is not None and state.action_id != previous.action_id:
             yield previous, state
         previous = state
+
+
+def planned_from_elsewhere(watch: FleetWatch) -> list[str]:
+    """Actions whose write did not start from the version they were planned from.
+
+    For each action seen (a new `capguard.dev/action-id`), the engine's version just
+    before it must be the `lastAction.plannedFromResourceVersion` the operator recorded:
+    anything else would be a write planned from a state that no longer held.
+    """
+    problems = []
+    for name in sorted(watch.names()):
+        history = watch.history(name)
+        recorded = {s.last_action_id: s.last_action_planned_from for s in history
+                    if s.last_action_id}
+        for before, after in actions(history):
+            planned = recorded.get(after.action_id)
+            if planned is not None and planned != before.resource_version:
+                problems.append(f"{name}: action {after.action_id} planned from "
+                                f"{planned}, written over {before.resource_version}")
+    return problems
