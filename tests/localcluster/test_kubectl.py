@@ -436,9 +436,26 @@ def test_watch_output_events_shows_event_types(kubectl: Kubectl, fleet: str) -> 
              "metadata": {"name": "second"}, "spec": {"open": True}}))
         assert watching.wait_for_line(r"second").split()[0] == "ADDED"
         kubectl.run("delete", "cb", "second", namespace=fleet)
-        assert watching.wait_for_line(r"second").split()[0] in ("MODIFIED", "DELETED")
+        assert watching.wait_for_line(r"second").split()[0] == "DELETED"
     finally:
         watching.stop()
+
+
+def test_wait_for_a_status_condition(kubectl: Kubectl, fleet: str) -> None:
+    waiting = kubectl.start("wait", "--for=condition=Available", "--timeout=20s",
+                            "mc/llama-70b-chat", namespace=fleet)
+    try:
+        time.sleep(0.3)
+        condition = {"type": "Available", "status": "True", "reason": "FloorHeld",
+                     "message": "8 of 8 units serving", "observedGeneration": 1,
+                     "lastTransitionTime": "2024-01-02T03:04:05Z"}
+        kubectl.run("patch", "mc", "llama-70b-chat", "--subresource=status", "--type=merge",
+                    "-p", json.dumps({"status": {"conditions": [condition]}}), namespace=fleet)
+        finished = waiting.finish(timeout=20)
+    finally:
+        waiting.stop()
+    assert finished.returncode == 0, describe(finished)
+    assert "modelcapacity.capguard.dev/llama-70b-chat condition met" in finished.stdout
 
 
 def test_explain_shows_the_crd_descriptions(kubectl: Kubectl, crds: CrdInstall) -> None:
