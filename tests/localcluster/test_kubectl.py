@@ -362,6 +362,12 @@ def test_get_several_types_a_category_and_every_name(kubectl: Kubectl, fleet: st
                       + [f"modelcapacity.capguard.dev/{name}" for name in MODELS]
                       + ["circuitbreaker.capguard.dev/assistant"])
     assert sorted(several) == expected
+    plain = kubectl.run("get", "ie,mc,cb", namespace=fleet).stdout
+    tables = [block.splitlines() for block in plain.split("\n\n") if block.strip()]
+    assert [table[0].split()[:2] for table in tables] == [
+        ["NAME", "MODEL"], ["NAME", "DESIRED"], ["NAME", "STATE"]]
+    assert "inferenceengine.capguard.dev/h100-a-0" in tables[0][1]
+    assert tables[2][1].startswith("circuitbreaker.capguard.dev/assistant ")
     category = kubectl.run("get", "capguard", "-o", "name", namespace=fleet).stdout.split()
     assert sorted(category) == expected
     for spelling in ("mc", "modelcapacity", "modelcapacities",
