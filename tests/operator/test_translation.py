@@ -7,7 +7,7 @@ import datetime
 import pytest
 
 from capguard.core import drift, specs
-from capguard.handlers import driver, records
+from capguard.handlers import driver, index, records
 from capguard.handlers import status as status_
 from capguard.kube import client, events
 
@@ -139,3 +139,29 @@ def test_an_event_names_its_object_for_kubectl_describe() -> None:
     assert body["metadata"]["name"].startswith("pause.")
     assert (body["type"], body["reason"], body["count"]) == ("Warning", "BatchRefused", 1)
     assert body["lastTimestamp"] == "2026-03-04T00:00:00Z"
+
+
+def _body(name: str, version: str, *, replicas: int = 1) -> dict[str, object]:
+    return {"metadata": {"name": name, "namespace": "ns", "resourceVersion": version},
+            "spec": {"replicas": replicas}}
+
+
+def test_the_index_keeps_the_newest_body_and_a_late_list_cannot_resurrect() -> None:
+    store = index.Index().models
+    assert store.apply(_body("m", "10", replicas=2))
+    assert not store.apply(_body("m", "9", replicas=1))  # an older LIST page loses
+    assert store.records[("ns", "m")].value is not None
+    assert store.records[("ns", "m")].value.replicas == 2
+    store.delete(_body("gone", "12"))
+    assert not store.apply(_body("gone", "11"))  # deleted after the LIST was taken
+    assert store.apply(_body("gone", "13"))  # recreated since: a newer object
+
+
+def test_a_full_list_drops_what_a_broken_watch_missed() -> None:
+    store = index.Index().models
+    store.apply(_body("stays", "5"))
+    store.apply(_body("missed-delete", "6"))
+    store.apply(_body("created-after-list", "30"))
+    listed = store.listed([_body("stays", "5")])
+    store.forget_unlisted(listed, list_version="20", namespace=None)
+    assert set(store.records) == {("ns", "stays"), ("ns", "created-after-list")}

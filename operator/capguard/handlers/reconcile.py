@@ -47,6 +47,9 @@ class Config:
     seed: int | None = None
     namespaces: tuple[str, ...] = ()  # empty: every namespace
     resync_interval: float = 300.0  # a full LIST now and then drops what a watch missed
+    # Assigns beyond this wait in the queue for the next pass, so a cold start of 10,000
+    # idle engines still updates status and metrics every pass instead of after the storm.
+    max_assigns_per_pass: int = 1000
 
 
 @dataclasses.dataclass
@@ -337,6 +340,7 @@ class Reconciler:
             decisions: list[gate.Decision] = []
         else:
             decisions = state.gate.triage(state.queue, fleet, state.machines, now)
+            decisions = _spread_assigns(decisions, limit=self.config.max_assigns_per_pass)
         executed = await self._execute(namespace, decisions=decisions, fleet=fleet, state=state,
                                        now=now, result=result)
         self._report_decisions(namespace, decisions=decisions, fleet=fleet, state=state)
@@ -691,6 +695,21 @@ class Reconciler:
                       message: str) -> None:
         self._event(records.Meta(namespace, engine, "", 0), "InferenceEngine", type_, reason,
                     message)
+
+
+def _spread_assigns(decisions: list[gate.Decision], *, limit: int) -> list[gate.Decision]:
+    """Leave assigns over the limit out of this pass (they stay queued, still valid).
+
+    Only an assign may wait: it takes no token and no capacity, and it is not a probe;
+    everything the gate counted against a budget runs in the pass that decided it."""
+    kept, assigns = [], 0
+    for d in decisions:
+        if d.verdict is gate.Verdict.EXECUTE and not d.action.intent.disruptive and not d.probe:
+            assigns += 1
+            if assigns > limit:
+                continue
+        kept.append(d)
+    return kept
 
 
 def _saved_state(record: records.BreakerRecord) -> breaker.BreakerState:

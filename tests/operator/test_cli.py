@@ -1,0 +1,54 @@
+"""`capguard run` as a user starts it: a separate process, flags, /metrics, SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+
+import aiohttp
+from operator_harness import Kube, eventually, metric
+
+from capguard.localcluster import LocalCluster
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_capguard_run_serves_metrics_and_stops_on_sigterm(
+    cluster: LocalCluster, kube: Kube
+) -> None:
+    await kube.engines("e0", "e1")
+    await kube.model("chat", 2, minAvailable=0)
+    port = _free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "capguard.cli", "run", "--kubeconfig",
+        str(cluster.kubeconfig_path), "--namespace", "default", "--metrics-host", "127.0.0.1",
+        "--metrics-port", str(port), "--load-time", "300ms", "--reconcile-interval", "200ms",
+        "--no-leader-election", stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, env={**os.environ, "KUBECONFIG": ""})
+    try:
+        async def scraped() -> str | None:
+            try:
+                async with aiohttp.ClientSession() as session, session.get(
+                        f"http://127.0.0.1:{port}/metrics") as response:
+                    text = await response.text()
+            except aiohttp.ClientError:
+                return None
+            serving = metric(text, "capguard_model_serving_units", model="chat")
+            return text if serving == 2 else None
+
+        text = await eventually(scraped, timeout=20, interval=0.2)
+        assert metric(text, "capguard_model_desired_units", namespace="default",
+                      model="chat") == 2
+        assert metric(text, "capguard_actions_total", type="assign", result="executed") == 2
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(process.communicate(), timeout=20)
+    assert process.returncode == 0, output.decode()[-2000:]
+    assert b"Traceback" not in output, output.decode()[-2000:]
