@@ -728,8 +728,8 @@ def test_the_protected_namespaces_cannot_be_deleted(kubectl: Kubectl, crds: CrdI
 # ---- CRD lifecycle ------------------------------------------------------------------------------
 
 @pytest.mark.skipif(not WIDGET_CRD.exists(), reason=f"no {WIDGET_CRD.name} in the shared folder")
-def test_deleting_a_crd_makes_its_resources_disappear(kubectl: Kubectl, namespace: str,
-                                                      tmp_path: pathlib.Path) -> None:
+def test_a_crd_applied_then_changed_then_deleted(kubectl: Kubectl, namespace: str,
+                                                 tmp_path: pathlib.Path) -> None:
     kubectl.run("apply", "-f", str(WIDGET_CRD))
     kubectl.run("wait", "--for", "condition=established", "--timeout=20s",
                 "crd/widgets.widgets.example.dev")
@@ -740,6 +740,20 @@ def test_deleting_a_crd_makes_its_resources_disappear(kubectl: Kubectl, namespac
     assert table["w1"]["REPLICAS"] == "1"   # defaulted by the schema
     assert "widget.widgets.example.dev/w1" in kubectl.run(
         "get", "examples", "-o", "name", namespace=namespace).stdout
+
+    # A changed CRD: a new printer column and description, served at once.
+    changed = WIDGET_CRD.read_text().replace(
+        "    - name: Age\n", "    - name: Size\n      type: string\n"
+        "      jsonPath: .spec.size\n    - name: Age\n").replace(
+        "Size class of the widget.", "Size class of the widget (changed).")
+    updated = kubectl.run("apply", "-f", "-", stdin=changed)
+    assert "customresourcedefinition.apiextensions.k8s.io/widgets.widgets.example.dev " \
+           "configured" in updated.stdout
+    assert updated.stderr == "", "kubectl found the CRD's OpenAPI lacking to build its patch"
+    assert by_name(kubectl.run("get", "wd", namespace=namespace).stdout)["w1"][
+        "SIZE"] == "small"
+    assert "Size class of the widget (changed)." in kubectl.run("explain",
+                                                                "wd.spec.size").stdout
 
     kubectl.run("delete", "crd", "widgets.widgets.example.dev", "--timeout=20s")
     # With discovery cached from before, kubectl still knows the type; the server's 404

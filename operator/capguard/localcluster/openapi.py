@@ -330,6 +330,46 @@ def _free(description: str) -> dict[str, Any]:
             "x-kubernetes-preserve-unknown-fields": True}
 
 
+def _strings(description: str) -> dict[str, Any]:
+    return {"description": description, "type": "array", "items": {"type": "string"}}
+
+
+# The fields of a CRD's spec that `kubectl apply` diffs: its strategic merge patch from
+# OpenAPI v3 must find each field it changes, or it warns "unable to find api field".
+_CRD_SPEC: Final = {
+    "description": "Spec describes how the user wants the resources to appear.",
+    "type": "object",
+    "properties": {
+        "group": _string("group is the API group of the defined custom resource."),
+        "scope": _string("scope indicates whether the defined custom resource is cluster- or"
+                         " namespace-scoped. Allowed values are `Cluster` and `Namespaced`."),
+        "names": {"description": "names specify the resource and kind names for the custom"
+                                 " resource.",
+                  "type": "object",
+                  "properties": {
+                      "plural": _string("plural is the plural name of the resource to serve."),
+                      "singular": _string("singular is the singular name of the resource."),
+                      "kind": _string("kind is the serialized kind of the resource."),
+                      "listKind": _string("listKind is the serialized kind of the list for"
+                                          " this resource."),
+                      "shortNames": _strings("shortNames are short names for the resource."),
+                      "categories": _strings("categories is a list of grouped resources this"
+                                             " custom resource belongs to.")}},
+        "versions": {"description": "versions is the list of all API versions of the defined"
+                                    " custom resource.",
+                     "type": "array",
+                     "items": _free("CustomResourceDefinitionVersion describes a version for"
+                                    " CRD.")},
+        "conversion": _free("conversion defines conversion settings for the CRD."),
+        "preserveUnknownFields": {"description": "preserveUnknownFields indicates that"
+                                                 " object fields which are not specified in"
+                                                 " the OpenAPI schema should be preserved"
+                                                 " when persisting to storage.",
+                                  "type": "boolean"},
+    },
+}
+
+
 _BUILTINS: Final = (
     _builtin("", "v1", "Namespace", "namespaces", namespaced=False,
              description="Namespace provides a scope for Names.",
@@ -376,8 +416,7 @@ _BUILTINS: Final = (
              "customresourcedefinitions", namespaced=False,
              description="CustomResourceDefinition represents a resource that should be"
                          " exposed on the API server.",
-             properties={"spec": _free("Spec describes how the user wants the resources to"
-                                       " appear."),
+             properties={"spec": _CRD_SPEC,
                          "status": _free("Status indicates the actual state of the"
                                          " CustomResourceDefinition.")}),
 )
