@@ -157,7 +157,14 @@ async def test_owner_deletion_cascades_in_the_background(widgets: LocalCluster) 
     assert (await call(widgets, "GET", WIDGETS + "/child"))[0] == 404
 
 
-async def test_namespace_terminates_until_finalized(local_cluster: LocalCluster) -> None:
+async def test_namespace_terminates_until_finalized() -> None:
+    # Without the namespace controller, as a bare kube-apiserver (199); with it, see
+    # test_namespace_controller.py.
+    async with LocalCluster(namespace_controller=False) as local_cluster:
+        await _terminates_until_finalized(local_cluster)
+
+
+async def _terminates_until_finalized(local_cluster: LocalCluster) -> None:
     namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "gone"}}
     await call(local_cluster, "POST", "/api/v1/namespaces", namespace)
     status, terminating, _ = await call(local_cluster, "DELETE", "/api/v1/namespaces/gone")

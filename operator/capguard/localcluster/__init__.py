@@ -9,15 +9,26 @@ finalizers, ownerReference cascades, label and field selectors, pagination, watc
 bookmarks, Tables for `kubectl get`, schema defaulting, pruning and validation (CEL
 included), server-side field validation and dry runs; OpenAPI v2 and v3.
 
+Like kube-controller-manager, it runs a namespace lifecycle controller (`namespaces.py`):
+a deleted Namespace shows phase Terminating with the `NamespaceContentRemaining` and
+`NamespaceFinalizersRemaining` conditions while every object in it, built-in or custom,
+is deleted (objects with finalizers get a deletionTimestamp and are waited for; watchers
+see each DELETED), then its `kubernetes` finalizer is removed and it goes, so `kubectl
+delete namespace` returns as on kind. `LocalCluster(namespace_controller=False)` or
+`--no-namespace-controller` turns it off: a deleted Namespace then stays Terminating
+until its `/finalize` is called, as on a bare apiserver (reference 199).
+
 Its ground truth is `shared/k8s-reference/`, recorded from a real kube-apiserver 1.24;
 where newer servers differ (aggregated discovery, CEL, field validation) it follows them.
 
 What it deliberately does not do:
 
 - no scheduler, no kubelet, no controllers beyond those the API itself implies (CRD
-  establishment and cleanup, background garbage collection of ownerReferences); in
-  particular no namespace controller: a deleted Namespace stays Terminating until its
-  `/finalize` is called, as on a bare apiserver (reference 199);
+  establishment and cleanup, background garbage collection of ownerReferences) and the
+  namespace controller; that one only empties and finalizes: it does not honour
+  namespace finalizers other than `kubernetes` (a Namespace with others waits for whoever
+  owns them), does not wait out grace periods (there are no pods), and reports no
+  discovery or content-deletion failures beyond refusals of its own deletes;
 - no authentication, no RBAC enforcement, no admission webhooks, no conversion webhooks
   (a multi-version CRD is served with strategy None: only apiVersion changes);
 - no protobuf, no server-side apply field ownership (apply patches merge), no

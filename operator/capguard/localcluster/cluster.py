@@ -19,6 +19,7 @@ from capguard.localcluster import (
     errors,
     kinds,
     kubeconfig,
+    namespaces,
     objects,
     resources,
     server,
@@ -40,7 +41,10 @@ class LocalCluster:
                  crds_dir: str | os.PathLike[str] | None = None,
                  kubeconfig_path: str | os.PathLike[str] | None = None,
                  audit_log: str | os.PathLike[str] | None = None,
-                 window: int = store.DEFAULT_WINDOW) -> None:
+                 window: int = store.DEFAULT_WINDOW,
+                 namespace_controller: bool = True) -> None:
+        """`namespace_controller=False` leaves deleted Namespaces Terminating until their
+        `/finalize` is called, as a bare kube-apiserver without controllers does (199)."""
         self.host, self.port = host, port
         self.crds_dir = crds_dir
         self._kubeconfig_request = kubeconfig_path
@@ -52,6 +56,8 @@ class LocalCluster:
         self.api = objects.Objects(registry=registry, db=self.db)
         kinds.install(self.api)
         self.crd_controller = crds.Controller(self.api)
+        self.namespace_controller = (namespaces.Controller(self.api) if namespace_controller
+                                     else None)
         self._audit_file: IO[str] | None = None
         self.server = server.Server(api=self.api, server_address=lambda: self.address)
         self._runner: web.AppRunner | None = None
@@ -74,6 +80,8 @@ class LocalCluster:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
         await site.start()
+        if self.namespace_controller is not None:
+            self.namespace_controller.start()
         # The port the OS picked when asked for 0; aiohttp keeps the listening server private.
         listening: Any = site._server
         self.port = listening.sockets[0].getsockname()[1]
@@ -85,6 +93,8 @@ class LocalCluster:
         return self
 
     async def stop(self) -> None:
+        if self.namespace_controller is not None:
+            await self.namespace_controller.stop()
         self.db.close_watchers()
         if self._runner is not None:
             await self._runner.cleanup()

@@ -21,6 +21,10 @@ def parser() -> argparse.ArgumentParser:
     result.add_argument("--crds", default=None, help="directory of CRD YAML files to preload")
     result.add_argument("--audit-log", default=None,
                         help="append every request as a JSON line to this file")
+    result.add_argument("--no-namespace-controller", dest="namespace_controller",
+                        action="store_false",
+                        help="leave deleted namespaces Terminating until /finalize is called, "
+                             "as a bare kube-apiserver does (default: empty and finalize them)")
     return result
 
 
@@ -33,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
 
 async def _serve(args: argparse.Namespace) -> None:
     local = cluster.LocalCluster(host=args.host, port=args.port, crds_dir=args.crds,
-                                 kubeconfig_path=args.kubeconfig, audit_log=args.audit_log)
+                                 kubeconfig_path=args.kubeconfig, audit_log=args.audit_log,
+                                 namespace_controller=args.namespace_controller)
     async with local:
         print(f"capguard localcluster serving at {local.url}", flush=True)
         print(f"export KUBECONFIG={local.kubeconfig_path}", flush=True)

@@ -186,7 +186,6 @@ def _condition(kind: str, reason: str, message: str, status: str = "True") -> di
 
 def _desired_status(crd: dict[str, Any], conflict: str | None) -> dict[str, Any]:
     status = dict(crd.get("status") or {})
-    current = {c["type"]: c for c in status.get("conditions") or []}
     if conflict is None:
         wanted = [_condition("NamesAccepted", "NoConflicts", "no conflicts found"),
                   _condition("Established", "InitialNamesAccepted",
@@ -196,15 +195,7 @@ def _desired_status(crd: dict[str, Any], conflict: str | None) -> dict[str, Any]
         wanted = [_condition("NamesAccepted", "NameConflict", conflict, "False"),
                   _condition("Established", "NotAccepted", "not all names are accepted",
                              "False")]
-    conditions = []
-    for condition in wanted:
-        previous = current.get(condition["type"])
-        # An unchanged condition keeps its transition time, so a CRD settles.
-        if previous and all(previous.get(k) == condition[k]
-                            for k in ("status", "reason", "message")):
-            condition = previous
-        conditions.append(condition)
-    status["conditions"] = conditions
+    status["conditions"] = meta.settled_conditions(status.get("conditions"), wanted)
     storage = next(v["name"] for v in crd["spec"]["versions"] if v.get("storage"))
     stored = list(status.get("storedVersions") or [])
     if storage not in stored:

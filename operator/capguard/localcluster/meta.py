@@ -1,4 +1,4 @@
-"""Small metadata helpers: timestamps, uids, generated names, name validation."""
+"""Small metadata helpers: timestamps, conditions, uids, generated names, name validation."""
 from __future__ import annotations
 
 import datetime
@@ -20,6 +20,19 @@ _LABEL_VALUE: Final = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$
 def now_rfc3339() -> str:
     # metav1.Time serializes at whole seconds.
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def settled_conditions(previous: Any, wanted: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`wanted`, where a condition whose status, reason and message are unchanged keeps
+    its old transition time (and is the old dict), so an object settles."""
+    current = {c.get("type"): c for c in previous or [] if isinstance(c, dict)}
+    settled = []
+    for condition in wanted:
+        before = current.get(condition["type"])
+        if before and all(before.get(k) == condition[k] for k in ("status", "reason", "message")):
+            condition = before
+        settled.append(condition)
+    return settled
 
 
 def new_uid() -> str:
