@@ -1,0 +1,53 @@
+"""Two replicas with leader election: exactly one acts (the Lease holder); the other
+observes and serves metrics but writes nothing; it takes over when the leader dies."""
+
+from __future__ import annotations
+
+from . import harness
+from .conftest import Operators
+
+
+def _lease_holder(kube: harness.Kubectl) -> str:
+    return kube.run("get", "lease", harness.LEASE_NAME, f"--namespace={harness.OPERATOR_NAMESPACE}",
+                    "--output=jsonpath={.spec.holderIdentity}").stdout
+
+
+def test_two_replicas_exactly_one_acts_and_the_other_takes_over_when_it_dies(
+    kube: harness.Kubectl, operators: Operators,
+) -> None:
+    kube.apply(*harness.engines("e", 4), harness.model("chat", replicas=2))
+    replicas = [operators.start(identity=f"{kube.namespace}-{n}", leader_election=True)
+                for n in ("a", "b")]
+
+    def one_leader() -> harness.OperatorProcess | None:
+        leading = [r for r in replicas if r.leading()]
+        return leading[0] if len(leading) == 1 else None
+
+    # A lease left by an earlier test's killed leader expires first (3s).
+    leader = harness.wait_until(one_leader, timeout=15, what="exactly one leader")
+    follower = next(r for r in replicas if r is not leader)
+    assert _lease_holder(kube) == leader.identity
+    harness.wait_serving(kube, {"chat": 2})
+    assert not follower.leading()
+    follower_metrics, leader_metrics = follower.metrics(), leader.metrics()
+    assert follower_metrics.total("capguard_actions_total") == 0
+    assert leader_metrics.total("capguard_actions_total", result="executed") >= 2
+    # The standby still observes: its model metrics follow the cluster.
+    harness.wait_until(
+        lambda: follower.metrics().total("capguard_model_serving_units", model="chat") == 2,
+        timeout=10, what="the standby's metrics to show chat serving 2")
+    system = kube.in_namespace(harness.OPERATOR_NAMESPACE)
+    writers = {e.get("reportingInstance") for e in kube.items("events") + system.items("events")
+               if e.get("reportingComponent") == "capguard"}
+    assert leader.identity in writers and follower.identity not in writers, writers
+
+    leader.kill()
+    harness.wait_until(follower.leading, timeout=15, what="the standby to take over")
+    assert _lease_holder(kube) == follower.identity
+    kube.run("scale", "mc/chat", "--replicas=3")
+    harness.wait_serving(kube, {"chat": 3})
+    assert follower.metrics().total("capguard_actions_total", result="executed") >= 1
+    harness.wait_until(
+        lambda: [e for e in system.events(reason="LeaderChanged")
+                 if e.get("reportingInstance") == follower.identity],
+        timeout=10, what="a LeaderChanged Event from the new leader")
