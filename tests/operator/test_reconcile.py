@@ -31,6 +31,10 @@ async def test_engines_are_assigned_and_reach_serving(
     engines = {e["metadata"]["name"]: e for e in await kube.items(client.ENGINES)}
     bound = [e for e in engines.values() if e["spec"].get("modelRef") == "chat"]
     assert len(bound) == 3
+    for engine in engines.values():
+        # Kopf writes nothing on an engine: no finalizer, no progress or diff-base annotation.
+        assert not engine["metadata"].get("finalizers")
+        assert set(engine["metadata"].get("annotations") or {}) <= {"capguard.dev/action-id"}
     for engine in bound:
         action = engine["status"]["lastAction"]
         assert engine["metadata"]["annotations"]["capguard.dev/action-id"] == action["id"]
@@ -41,6 +45,27 @@ async def test_engines_are_assigned_and_reach_serving(
     assert metric(text, "capguard_actions_total", type="assign", result="executed") == 3
     assert metric(text, "capguard_leader") == 1
     assert (metric(text, "capguard_reconcile_duration_seconds_count") or 0) > 0
+
+
+async def test_with_no_driver_the_operator_binds_and_records_but_moves_no_phase(
+    kube: Kube, start_operator: StartOperator
+) -> None:
+    await kube.engines("e0", "e1")
+    await kube.model("chat", 1, minAvailable=0)
+    await start_operator(engine_driver="none")
+
+    async def recorded() -> list[dict[str, Any]]:
+        return [e for e in await kube.items(client.ENGINES)
+                if (e.get("status") or {}).get("lastAction")]
+
+    [engine] = await eventually(recorded)
+    assert engine["spec"]["modelRef"] == "chat"
+    assert "phase" not in engine["status"]  # an external agent reports phases
+    # An agent reports Serving: the model counts it.
+    await kube.patch(client.ENGINES, engine["metadata"]["name"], {"status": {
+        "phase": "Serving", "model": "chat", "since": "2026-01-01T00:00:00Z"}},
+        subresource="status")
+    await eventually(lambda: _model_serving(kube, "chat", 1))
 
 
 async def _model_serving(kube: Kube, name: str, serving: int) -> dict[str, Any] | None:

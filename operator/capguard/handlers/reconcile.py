@@ -630,6 +630,10 @@ class Reconciler:
             if step.due is not None:
                 result.next_due = min(step.due, result.next_due or step.due)
             if step.transition is None:
+                if record.status.get("observedGeneration") not in (None, record.meta.generation):
+                    # A spec change with no phase change (a cordon, say): say it was seen.
+                    writes.append(self._write_engine_status(namespace, name, {
+                        "status": {"observedGeneration": record.meta.generation}}))
                 continue
             done = executed.get(name)
             patch = driver.status_patch(
