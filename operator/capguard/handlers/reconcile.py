@@ -317,6 +317,8 @@ class Reconciler:
             (ns, r.meta.name) for ns, v in views.items() for r in v.breakers)
         self.metrics.set_queue(held=held, pending=pending, oldest_plan_age=oldest)
         self.metrics.planner_view_stale_engines.set(stale_view)
+        if result.executed or result.refused or result.conflicts or result.transitions:
+            logger.debug("Pass: %s", result)
         return result
 
     # -- the leader's pass over one namespace ------------------------------------------
@@ -344,6 +346,8 @@ class Reconciler:
         executed = await self._execute(namespace, decisions=decisions, fleet=fleet, state=state,
                                        now=now, result=result)
         self._report_decisions(namespace, decisions=decisions, fleet=fleet, state=state)
+        result.refused += sum(1 for d in decisions if d.verdict is gate.Verdict.REFUSE)
+        result.held += sum(1 for d in decisions if d.verdict is gate.Verdict.HOLD)
         gate.settle(state.queue, decisions)
         state.held_by_breakers = sum(1 for d in decisions if d.reason in _BREAKER_HOLDS)
         report = drift.measure(fleet, state.queue, now)
