@@ -725,6 +725,36 @@ def test_the_protected_namespaces_cannot_be_deleted(kubectl: Kubectl, crds: CrdI
                 f'namespace may not be deleted' in refused.stderr)
 
 
+def test_deleting_a_namespace_deletes_what_is_in_it(kubectl: Kubectl, fleet: str) -> None:
+    deleted = kubectl.run("delete", "namespace", fleet, "--timeout=20s")
+    assert f'namespace "{fleet}" deleted' in deleted.stdout
+    assert "(NotFound)" in kubectl.fail("get", "namespace", fleet).stderr
+    left = kubectl.run("get", "ie,mc,cb", namespace=fleet)
+    assert left.stdout == ""
+
+
+def test_a_finalizer_keeps_its_namespace_terminating(kubectl: Kubectl, namespace: str) -> None:
+    kubectl.run("create", "-f", "-", namespace=namespace, stdin=FINALIZED_MODEL)
+    kubectl.run("delete", "namespace", namespace, "--wait=false")
+    for _ in range(50):   # the namespace controller gets to it on its own time
+        held = kubectl.json("get", "mc", "held", namespace=namespace)
+        if held["metadata"].get("deletionTimestamp"):
+            break
+        time.sleep(0.1)
+    assert held["metadata"].get("deletionTimestamp"), "the namespace's content was not deleted"
+    status = by_name(kubectl.run("get", "namespace", namespace).stdout)[namespace]["STATUS"]
+    assert status == "Terminating"
+    refused = kubectl.fail("create", "-f", str(SAMPLES / "circuitbreaker.yaml"),
+                           namespace=namespace)
+    assert "because it is being terminated" in refused.stderr
+
+    kubectl.run("patch", "mc", "held", "--type=json", "-p",
+                '[{"op":"remove","path":"/metadata/finalizers"}]', namespace=namespace)
+    # Quiet if it is already gone, "condition met" if it had to wait: both succeed.
+    kubectl.run("wait", "--for=delete", f"namespace/{namespace}", "--timeout=20s")
+    assert "(NotFound)" in kubectl.fail("get", "namespace", namespace).stderr
+
+
 # ---- CRD lifecycle ------------------------------------------------------------------------------
 
 @pytest.mark.skipif(not WIDGET_CRD.exists(), reason=f"no {WIDGET_CRD.name} in the shared folder")
