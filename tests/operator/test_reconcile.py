@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from operator_harness import Kube, StartOperator, condition, eventually, metric
 
 from capguard.kube import client
@@ -192,3 +193,25 @@ async def _with_refused_batch(kube: Kube) -> dict[str, Any] | None:
 async def _breaker_state(kube: Kube, state: str) -> dict[str, Any] | None:
     found = await kube.get(client.BREAKERS, "pause")
     return found if (found.get("status") or {}).get("state") == state else None
+
+
+@pytest.mark.xfail(strict=True, reason="core: the gate holds orphan drains on a zero budget "
+                   "(operator/capguard/handlers/NOTES-core.md, item 6)")
+async def test_deleting_a_model_drains_its_engines_and_drops_its_series(
+    kube: Kube, start_operator: StartOperator
+) -> None:
+    await kube.engines("e0", "e1")
+    await kube.model("chat", 2, minAvailable=0, maxUnavailable=2)
+    started = await start_operator()
+    await eventually(lambda: _model_serving(kube, "chat", 2))
+    await kube.api.request("DELETE", client.MODELS.path(namespace="default", name="chat"))
+
+    async def drained() -> bool:
+        engines = await kube.items(client.ENGINES)
+        return all(not e["spec"].get("modelRef") and e["status"]["phase"] == "Idle"
+                   for e in engines)
+
+    await eventually(drained, timeout=5)
+    text = await started.metrics()
+    assert metric(text, "capguard_model_desired_units", model="chat") is None
+    assert metric(text, "capguard_actions_total", type="drain", result="executed") == 2
