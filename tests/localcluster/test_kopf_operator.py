@@ -115,12 +115,13 @@ def registry_for(calls: Calls, url: str) -> kopf.OperatorRegistry:
 class Operator:
     """`kopf.operator(...)` on an event loop of its own, in a daemon thread."""
 
-    def __init__(self, *, url: str, namespace: str, calls: Calls) -> None:
+    def __init__(self, *, url: str, namespace: str, calls: Calls,
+                 server_timeout: int = 30) -> None:
         self._stop = threading.Event()
         self._ready = threading.Event()
         self.error: BaseException | None = None
         settings = kopf.OperatorSettings()
-        settings.watching.server_timeout = 30
+        settings.watching.server_timeout = server_timeout
         self._coroutine = kopf.operator(
             registry=registry_for(calls, url), settings=settings, standalone=True,
             namespaces=[namespace], stop_flag=self._stop, ready_flag=self._ready)
@@ -353,3 +354,25 @@ def test_a_restarted_operator_does_not_repeat_the_create_handler(
         eventually(lambda: second_calls.of("update", "foxtrot"),
                    what="the restarted operator handled the update")
         assert second_calls.of("create", "foxtrot") == []
+
+
+def test_kopf_resumes_its_watch_when_the_server_ends_it(
+        cluster: localcluster.ThreadedCluster) -> None:
+    api = new_namespace(cluster, "kopf-rewatch")
+    calls = Calls()
+    running = Operator(url=cluster.url, namespace=api.namespace, calls=calls, server_timeout=1)
+    try:
+        api.create("golf", "small")
+        handled(api, "golf")
+        time.sleep(2.5)   # the server has ended Kopf's watches twice by now (timeoutSeconds=1)
+        api.merge("golf", {"spec": {"size": "large"}})
+        updates = eventually(lambda: calls.of("update", "golf"), what="the update was seen")
+        assert updates[0].details == [("change", ("spec", "size"), "small", "large")]
+        assert len(calls.of("create", "golf")) == 1
+        # The audit records a request when it ends: ended watches, each resumed from a version.
+        ended = [record for record in cluster.audit
+                 if record["verb"] == "watch" and record.get("namespace") == api.namespace]
+        assert len(ended) >= 2, "the server did not end Kopf's watches after timeoutSeconds"
+        assert all("resourceVersion=" in record["query"] for record in ended)
+    finally:
+        running.stop()
