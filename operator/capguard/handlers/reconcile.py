@@ -26,12 +26,11 @@ from capguard.core import breaker, drift, gate, planner, queue, specs
 from capguard.core import fleet as fleet_
 from capguard.handlers import driver, index, records
 from capguard.handlers import status as status_
-from capguard.kube import client, events
+from capguard.kube import actions, client, events
 
 logger = logging.getLogger(__name__)
 
 API_VERSION: Final = "capguard.dev/v1alpha1"
-RELEASE_PLAN_SHOWN: Final = 50  # actions listed in status.releasePlan; `size` has them all
 BREAKER_STATUS_REFRESH: Final = 30.0  # secondsInState is refreshed at most this often alone
 _BREAKER_HOLDS: Final = (gate.Reason.BREAKER_OPEN, gate.Reason.HALF_OPEN_PROBE_LIMIT)
 _WRITE_ERRORS: Final = (client.ApiError, aiohttp.ClientError, OSError, TimeoutError)
@@ -467,13 +466,7 @@ class Reconciler:
             return "failed", None
         intent = action.intent
         target = fleet.models.get(intent.model) if intent.model else None
-        patch = {
-            "metadata": {
-                "resourceVersion": action.planned_from.engine_resource_version,
-                "annotations": {specs.ACTION_ID_ANNOTATION: action.id},
-            },
-            "spec": {"modelRef": intent.model, "revision": target.revision if target else None},
-        }
+        patch = actions.binding_patch(action, revision=target.revision if target else None)
         async with self._writes:
             try:
                 body = await self.api.merge_patch(
@@ -483,11 +476,7 @@ class Reconciler:
             except _WRITE_ERRORS as error:
                 logger.warning("Action %s on %s failed: %s", action.id, intent.engine, error)
                 return "failed", None
-        last_action = {
-            "id": action.id, "type": intent.kind.value,
-            "plannedFromResourceVersion": action.planned_from.engine_resource_version,
-            "time": status_.timestamp(now),
-        }
+        last_action = actions.last_action(action, time=status_.timestamp(now))
         try:
             engine = specs.parse_engine(body)
         except specs.SpecError:
@@ -565,9 +554,9 @@ class Reconciler:
             machine = state.machines.get(record.meta.name)
             if machine is None:
                 continue
-            wanted = breaker_status(record=record, machine=machine, plan=plans.get(machine.name),
-                                    refused=state.gate.last_refused_batches.get(machine.name),
-                                    now=now)
+            wanted = status_.breaker_status(
+                record=record, machine=machine, plan=plans.get(machine.name),
+                refused=state.gate.last_refused_batches.get(machine.name), now=now)
             last = state.breaker_written_at.get(machine.name, 0.0)
             stale = now - last >= BREAKER_STATUS_REFRESH
             if status_.changed(record.status, wanted) or stale:
@@ -737,48 +726,3 @@ def _queue_states(state: Namespace) -> tuple[int, int]:
     """(held by a breaker, pending on budgets/rates/floor) after this pass's triage."""
     held = state.held_by_breakers
     return held, max(0, len(state.queue) - held)
-
-
-def breaker_status(
-    *, record: records.BreakerRecord, machine: breaker.BreakerMachine,
-    plan: gate.ReleasePlan | None, refused: gate.RefusedBatch | None, now: float,
-) -> dict[str, Any]:
-    spec = machine.spec
-    paused = machine.state is not breaker.BreakerState.CLOSED
-    why = machine.reason.value if machine.reason else ""
-    if machine.state is breaker.BreakerState.HALF_OPEN:
-        paused_reason, message = "Probing", f"{machine.probes_succeeded} probes succeeded"
-    elif paused:
-        paused_reason, message = why or "Open", "capacity operations are held"
-    else:
-        paused_reason, message = "Closed", "capacity operations run"
-    conditions = [
-        status_.VALID,
-        status_.Condition("Paused", status_.TRUE if paused else status_.FALSE,
-                          paused_reason, message),
-    ]
-    wanted: dict[str, Any] = {
-        "state": machine.state.value,
-        "since": status_.timestamp(machine.since),
-        "reason": why,
-        "heldActions": machine.held,
-        "refusedActions": machine.refused,
-        "probesSucceeded": machine.probes_succeeded,
-        "secondsInState": {s.value: round(v, 1) for s, v in machine.seconds_in_state(now).items()},
-        "observedGeneration": spec.generation,
-        "releasePlan": None if plan is None else {
-            "batch": plan.batch, "size": plan.size,
-            "actions": [{"engine": a.intent.engine, "type": a.intent.kind.value,
-                         "model": a.intent.model or a.intent.from_model or ""}
-                        for a in plan.actions[:RELEASE_PLAN_SHOWN]],
-        },
-        "conditions": status_.merge_conditions(
-            record.status.get("conditions"), conditions, generation=spec.generation, now=now),
-    }
-    if refused is not None:
-        wanted["lastRefusedBatch"] = {
-            "batch": refused.batch, "size": refused.size,
-            "oldestPlanAgeSeconds": round(refused.oldest_plan_age, 1),
-            "time": status_.timestamp(refused.time),
-        }
-    return wanted

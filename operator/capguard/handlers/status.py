@@ -12,8 +12,9 @@ import datetime
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
-from capguard.core import drift, specs
+from capguard.core import breaker, drift, gate, specs
 from capguard.core import fleet as fleet_
+from capguard.handlers import records
 
 TRUE: Final = "True"
 FALSE: Final = "False"
@@ -173,3 +174,51 @@ def invalid_model_status(
     unavailable = Condition("Available", FALSE, INVALID_SPEC, str(error))
     return invalid_status(error=error, existing=existing, generation=generation, now=now,
                           extra=[unavailable])
+
+
+RELEASE_PLAN_SHOWN: Final = 50  # actions listed in status.releasePlan; `size` has them all
+
+
+def breaker_status(
+    *, record: records.BreakerRecord, machine: breaker.BreakerMachine,
+    plan: gate.ReleasePlan | None, refused: gate.RefusedBatch | None, now: float,
+) -> dict[str, Any]:
+    spec = machine.spec
+    paused = machine.state is not breaker.BreakerState.CLOSED
+    why = machine.reason.value if machine.reason else ""
+    if machine.state is breaker.BreakerState.HALF_OPEN:
+        paused_reason, message = "Probing", f"{machine.probes_succeeded} probes succeeded"
+    elif paused:
+        paused_reason, message = why or "Open", "capacity operations are held"
+    else:
+        paused_reason, message = "Closed", "capacity operations run"
+    conditions = [
+        VALID,
+        Condition("Paused", TRUE if paused else FALSE,
+                          paused_reason, message),
+    ]
+    wanted: dict[str, Any] = {
+        "state": machine.state.value,
+        "since": timestamp(machine.since),
+        "reason": why,
+        "heldActions": machine.held,
+        "refusedActions": machine.refused,
+        "probesSucceeded": machine.probes_succeeded,
+        "secondsInState": {s.value: round(v, 1) for s, v in machine.seconds_in_state(now).items()},
+        "observedGeneration": spec.generation,
+        "releasePlan": None if plan is None else {
+            "batch": plan.batch, "size": plan.size,
+            "actions": [{"engine": a.intent.engine, "type": a.intent.kind.value,
+                         "model": a.intent.model or a.intent.from_model or ""}
+                        for a in plan.actions[:RELEASE_PLAN_SHOWN]],
+        },
+        "conditions": merge_conditions(
+            record.status.get("conditions"), conditions, generation=spec.generation, now=now),
+    }
+    if refused is not None:
+        wanted["lastRefusedBatch"] = {
+            "batch": refused.batch, "size": refused.size,
+            "oldestPlanAgeSeconds": round(refused.oldest_plan_age, 1),
+            "time": timestamp(refused.time),
+        }
+    return wanted
