@@ -171,5 +171,42 @@ def run(**flags: Any) -> None:
     operator.run(operator.Options(**flags))
 
 
+@main.command("demo")
+@click.option("--naive", is_flag=True,
+              help="Run the operator with the guard off, to watch the incident happen.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the measures as one JSON object, the last line of output.")
+@click.option("--plot", type=click.Path(dir_okay=False), default="out/demo-timeline.png",
+              show_default=True, help="Draw the timeline to this PNG ('' for none).")
+@click.option("--kubeconfig", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Play on this cluster (kind, say) instead of the embedded API server.")
+@click.option("--namespace", default="capguard-demo", show_default=True,
+              help="The demo's own namespace (created, and on an existing cluster removed).")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
+              help="The simulator's seed: the moments of the routine refreshes.")
+@click.option("--speed", type=click.FloatRange(10, 600), default=60.0, show_default=True,
+              help="Virtual seconds per real second (60: a minute of the incident a second).")
+@click.option("--keep", is_flag=True,
+              help="Keep the cluster and the operator running at the end (Ctrl-C stops them).")
+@click.option("--crds", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Folder of the CRDs. Default: the project's crds/.")
+def demo(
+    *, naive: bool, as_json: bool, plot: str, kubeconfig: str | None, namespace: str,
+    seed: int, speed: float, keep: bool, crds: str | None,
+) -> None:
+    """Play the march-4 incident live: embedded cluster, real operator, measured."""
+    import pathlib
+
+    from capguard import demo as demo_
+
+    options = demo_.Options(
+        naive=naive, seed=seed, speed=speed, namespace=namespace, keep=keep,
+        kubeconfig=pathlib.Path(kubeconfig) if kubeconfig else None,
+        crds=pathlib.Path(crds) if crds else demo_.default_crds(),
+        plot=pathlib.Path(plot) if plot else None,
+    )
+    sys.exit(demo_.main(options, as_json=as_json))
+
+
 if __name__ == "__main__":
     main()
