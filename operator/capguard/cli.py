@@ -208,5 +208,30 @@ def demo(
     sys.exit(demo_.main(options, as_json=as_json))
 
 
+@main.command("status")
+@click.option("--kubeconfig", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Kubeconfig file. Default: KUBECONFIG, ~/.kube/config, or in-cluster.")
+@click.option("-n", "--namespace", default=None,
+              help="Namespace. Default: the kubeconfig context's, else default.")
+@click.option("-A", "--all-namespaces", is_flag=True, help="Every namespace.")
+def status(*, kubeconfig: str | None, namespace: str | None, all_namespaces: bool) -> None:
+    """Show the fleet, its models and breakers as tables, from any cluster."""
+    import asyncio
+    import os
+
+    import rich.console
+
+    from capguard import status as status_
+
+    if kubeconfig:
+        # Kopf's kubeconfig login reads only KUBECONFIG; this process does nothing else.
+        os.environ["KUBECONFIG"] = kubeconfig
+    console = rich.console.Console()
+    if not console.is_terminal:
+        console = rich.console.Console(width=160)  # a pipe gets whole rows, not 80 columns
+    sys.exit(asyncio.run(status_.show(namespace=namespace, all_namespaces=all_namespaces,
+                                      console=console)))
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,204 @@
+"""`capguard status`: the fleet, its models and breakers as tables, from any cluster.
+
+It reads what the operator published (model and breaker status) and counts engines by
+phase itself, so it works while the operator is down and shows what a person asks
+first: is every model at its desired capacity, is a breaker holding anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import datetime
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+import kopf
+from rich import console as rich_console
+from rich import table as rich_table
+
+from capguard.core import specs
+from capguard.kube import client
+
+PHASES: Final = tuple(p.value for p in specs.Phase)
+UNASSIGNED: Final = "(unassigned)"
+BAD_WHEN_TRUE: Final = frozenset({"Degraded", "DriftDetected", "Paused"})
+
+Body = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Fleet:
+    """Every capguard object found, by kind."""
+
+    engines: list[Body]
+    models: list[Body]
+    breakers: list[Body]
+
+
+async def read(api: client.Api, *, namespace: str | None) -> Fleet:
+    """Every engine, model and breaker in ``namespace`` (None: every namespace)."""
+
+    async def every(resource: client.Resource) -> list[Body]:
+        return [body async for body in api.list(resource, namespace=namespace)]
+
+    engines, models, breakers = await asyncio.gather(
+        every(client.ENGINES), every(client.MODELS), every(client.BREAKERS))
+    return Fleet(engines, models, breakers)
+
+
+def tables(fleet: Fleet, *, all_namespaces: bool, now: datetime.datetime
+           ) -> list[rich_table.Table]:
+    return [
+        models_table(fleet.models, all_namespaces=all_namespaces),
+        breakers_table(fleet.breakers, all_namespaces=all_namespaces, now=now),
+        engines_table(fleet.engines, by="model"),
+        engines_table(fleet.engines, by="pool"),
+    ]
+
+
+def models_table(models: Iterable[Body], *, all_namespaces: bool) -> rich_table.Table:
+    table = rich_table.Table(title="models (ModelCapacity)", title_justify="left")
+    columns = ["name", "desired", "serving", "loading", "draining", "floor", "drift",
+               "available", "conditions"]
+    # desired falls back to spec.replicas: the rest is the operator's to publish.
+    for column in (["namespace"] if all_namespaces else []) + columns:
+        table.add_column(column, justify="right" if column in _NUMERIC else "left")
+    for body in _sorted(models):
+        status = body.get("status") or {}
+        serving, floor = status.get("serving"), status.get("floor")
+        style = "bold red" if _below(serving, floor) else ""
+        desired = status.get("desired", (body.get("spec") or {}).get("replicas"))
+        cells = [_name(body), _cell(desired), *(_cell(status.get(k)) for k in
+                                                ("serving", "loading", "draining", "floor",
+                                                 "drift")),
+                 _percent(status.get("availablePercent")), _conditions(status)]
+        table.add_row(*([_namespace(body)] if all_namespaces else []), *cells, style=style)
+    return table
+
+
+def breakers_table(breakers: Iterable[Body], *, all_namespaces: bool,
+                   now: datetime.datetime) -> rich_table.Table:
+    table = rich_table.Table(title="breakers (CircuitBreaker)", title_justify="left")
+    columns = ["name", "state", "since", "held", "refused", "last refused batch"]
+    for column in (["namespace"] if all_namespaces else []) + columns:
+        table.add_column(column, justify="right" if column in _NUMERIC else "left")
+    for body in _sorted(breakers):
+        status = body.get("status") or {}
+        state = str(status.get("state") or "?")
+        style = {"Open": "bold red", "HalfOpen": "bold yellow"}.get(state, "")
+        cells = [_name(body), state, _age(status.get("since"), now=now),
+                 _cell(status.get("heldActions")), _cell(status.get("refusedActions")),
+                 _refused_batch(status.get("lastRefusedBatch"), now=now)]
+        table.add_row(*([_namespace(body)] if all_namespaces else []), *cells, style=style)
+    return table
+
+
+def engines_table(engines: Iterable[Body], *, by: str) -> rich_table.Table:
+    """Engines counted by phase, one row per model (what they hold) or per pool."""
+    counts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for body in engines:
+        status, spec = body.get("status") or {}, body.get("spec") or {}
+        key = spec.get("pool") if by == "pool" else status.get("model") or spec.get("modelRef")
+        counts[str(key or UNASSIGNED)][str(status.get("phase") or "Unknown")] += 1
+    table = rich_table.Table(title=f"engines by {by} (InferenceEngine)", title_justify="left")
+    table.add_column(by)
+    phases = [*PHASES, "Unknown"] if any(c["Unknown"] for c in counts.values()) else [*PHASES]
+    for column in ["total", *phases]:
+        table.add_column(column, justify="right")
+    for key, found in sorted(counts.items()):
+        table.add_row(key, str(sum(found.values())), *(_count(found[p]) for p in phases))
+    return table
+
+
+async def show(*, namespace: str | None, all_namespaces: bool,
+               console: rich_console.Console) -> int:
+    """Log in (KUBECONFIG, ~/.kube/config or in-cluster), read, print; the exit code."""
+    info = kopf.login_with_kubeconfig(settings=kopf.OperatorSettings())
+    if info is None:
+        info = kopf.login_with_service_account(settings=kopf.OperatorSettings())
+    if info is None:
+        console.print("capguard status: no kubeconfig found; pass --kubeconfig FILE")
+        return 2
+    api = client.Api()
+    async with client.make_session(info) as session:
+        api.connect(session=session, server=info.server)
+        chosen = None if all_namespaces else namespace or info.default_namespace or "default"
+        try:
+            fleet = await read(api, namespace=chosen)
+        except client.NotFound:
+            console.print("capguard status: the capguard CRDs are not installed "
+                          "(kubectl apply -f crds/)")
+            return 1
+    if not (fleet.engines or fleet.models or fleet.breakers):
+        where = "any namespace" if chosen is None else f"namespace {chosen}"
+        console.print(f"no capguard objects in {where}")
+        return 0
+    now = datetime.datetime.now(datetime.UTC)
+    for table in tables(fleet, all_namespaces=all_namespaces, now=now):
+        console.print(table)
+    return 0
+
+
+_NUMERIC: Final = frozenset({"desired", "serving", "loading", "draining", "floor", "drift",
+                             "available", "held", "refused"})
+
+
+def _sorted(bodies: Iterable[Body]) -> list[Body]:
+    return sorted(bodies, key=lambda b: (_namespace(b), _name(b)))
+
+
+def _name(body: Mapping[str, Any]) -> str:
+    return str((body.get("metadata") or {}).get("name") or "")
+
+
+def _namespace(body: Mapping[str, Any]) -> str:
+    return str((body.get("metadata") or {}).get("namespace") or "")
+
+
+def _cell(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def _count(value: int) -> str:
+    return str(value) if value else "·"
+
+
+def _percent(value: object) -> str:
+    return "-" if value is None else f"{value}%"
+
+
+def _below(serving: object, floor: object) -> bool:
+    return isinstance(serving, int) and isinstance(floor, int) and serving < floor
+
+
+def _conditions(status: Mapping[str, Any]) -> str:
+    """The conditions that hold, by type; those that mean trouble in red."""
+    shown = []
+    for condition in status.get("conditions") or []:
+        if condition.get("status") != "True":
+            continue
+        kind = str(condition.get("type") or "")
+        shown.append(f"[red]{kind}[/red]" if kind in BAD_WHEN_TRUE else kind)
+    return " ".join(shown) or "-"
+
+
+def _age(stamp: object, *, now: datetime.datetime) -> str:
+    if not isinstance(stamp, str) or not stamp:
+        return "-"
+    try:
+        then = datetime.datetime.fromisoformat(stamp)
+    except ValueError:
+        return stamp
+    seconds = int(max(0.0, (now - then).total_seconds()))
+    if seconds < 120:
+        return f"{seconds}s"
+    return f"{seconds // 60}m" if seconds < 7200 else f"{seconds // 3600}h"
+
+
+def _refused_batch(batch: object, *, now: datetime.datetime) -> str:
+    if not isinstance(batch, Mapping) or not batch.get("batch"):
+        return "-"
+    return (f"{batch.get('batch')}: {batch.get('size')} actions, oldest plan "
+            f"{batch.get('oldestPlanAgeSeconds')}s old, {_age(batch.get('time'), now=now)} ago")
