@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from . import harness
 from .conftest import Operators
 
@@ -59,6 +61,7 @@ def test_a_tripped_breaker_holds_actions_and_metrics_show_the_drift(
         assert kube.get("cb", "maint")["status"]["refusedActions"] == 0
 
 
+@pytest.mark.slow
 def test_a_release_after_a_long_pause_refuses_the_batch_and_recovers_within_the_floor(
     kube: harness.Kubectl, operators: Operators,
 ) -> None:

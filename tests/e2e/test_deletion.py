@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from . import harness
 from .conftest import Operators
 
@@ -27,6 +29,7 @@ def _terminating(kube: harness.Kubectl, kind: str, name: str) -> bool:
     return bool(kube.get(kind, name)["metadata"].get("deletionTimestamp"))
 
 
+@pytest.mark.slow
 def test_a_deleted_model_breaker_and_engine_go_at_once_and_the_model_is_drained(
     kube: harness.Kubectl, operators: Operators,
 ) -> None:

@@ -3,6 +3,8 @@ observes and serves metrics but writes nothing; it takes over when the leader di
 
 from __future__ import annotations
 
+import pytest
+
 from . import harness
 from .conftest import Operators
 
@@ -12,6 +14,7 @@ def _lease_holder(kube: harness.Kubectl) -> str:
                     "--output=jsonpath={.spec.holderIdentity}").stdout
 
 
+@pytest.mark.slow
 def test_two_replicas_exactly_one_acts_and_the_other_takes_over_when_it_dies(
     kube: harness.Kubectl, operators: Operators,
 ) -> None:

@@ -47,6 +47,7 @@ def _scenario(kube: harness.Kubectl) -> None:
     harness.wait_serving(kube, {"chat": 2})
 
 
+@pytest.mark.slow
 def test_every_request_the_operator_made_is_allowed_by_deploy_rbac(
     target: Target, kube: harness.Kubectl, operators: Operators, tmp_path: Path,
 ) -> None:

@@ -7,10 +7,13 @@ from __future__ import annotations
 import collections
 import time
 
+import pytest
+
 from . import harness
 from .conftest import Operators
 
 
+@pytest.mark.slow
 def test_sigkill_during_a_release_then_restart_repeats_nothing_and_keeps_the_floor(
     kube: harness.Kubectl, operators: Operators,
 ) -> None:
