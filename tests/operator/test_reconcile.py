@@ -172,6 +172,9 @@ async def test_a_breaker_holds_and_a_long_pause_is_refused_on_release(
     assert "3 actions" in refused[0]["message"]
     breaker = await eventually(lambda: _with_refused_batch(kube))
     assert breaker["status"]["lastRefusedBatch"]["size"] == 3
+    assert condition(breaker, "BatchRefused")["status"] == "True"
+    # `kubectl describe cb pause` finds the Event by the breaker's uid.
+    assert refused[0]["involvedObject"]["uid"] == breaker["metadata"]["uid"]
     assert breaker["status"]["lastRefusedBatch"]["oldestPlanAgeSeconds"] >= 1
     text = await started.metrics()
     assert metric(text, "capguard_refused_batches_total", namespace="default",

@@ -165,3 +165,11 @@ def test_a_full_list_drops_what_a_broken_watch_missed() -> None:
     listed = store.listed([_body("stays", "5")])
     store.forget_unlisted(listed, list_version="20", namespace=None)
     assert set(store.records) == {("ns", "stays"), ("ns", "created-after-list")}
+
+
+def test_an_engine_on_its_way_out_gets_no_new_model() -> None:
+    body = {"metadata": {"name": "e", "namespace": "ns", "finalizers": ["someone/else"],
+                         "deletionTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"pool": "p"}}
+    record = records.engine_record(body)
+    assert record.value is not None and record.value.spec.cordoned

@@ -14,6 +14,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -58,6 +59,16 @@ class View:
     engines: list[records.EngineRecord] = dataclasses.field(default_factory=list)
     models: list[records.ModelRecord] = dataclasses.field(default_factory=list)
     breakers: list[records.BreakerRecord] = dataclasses.field(default_factory=list)
+
+    @functools.cached_property
+    def _metas(self) -> dict[tuple[str, str], records.Meta]:
+        kinds = (("InferenceEngine", self.engines), ("ModelCapacity", self.models),
+                 ("CircuitBreaker", self.breakers))
+        return {(kind, r.meta.name): r.meta for kind, found in kinds for r in found}
+
+    def meta(self, kind: str, namespace: str, name: str) -> records.Meta:
+        """An object's metadata, uid included: `kubectl describe` finds Events by uid."""
+        return self._metas.get((kind, name)) or records.Meta(namespace, name, "", 0)
 
 
 def snapshot(found: index.Index) -> dict[str, View]:
@@ -342,9 +353,10 @@ class Reconciler:
         else:
             decisions = state.gate.triage(state.queue, fleet, state.machines, now)
             decisions = _spread_assigns(decisions, limit=self.config.max_assigns_per_pass)
-        executed = await self._execute(namespace, decisions=decisions, fleet=fleet, state=state,
-                                       now=now, result=result)
-        self._report_decisions(namespace, decisions=decisions, fleet=fleet, state=state)
+        executed = await self._execute(namespace, view=view, decisions=decisions, fleet=fleet,
+                                       state=state, now=now, result=result)
+        self._report_decisions(namespace, view=view, decisions=decisions, fleet=fleet,
+                               state=state)
         result.refused += sum(1 for d in decisions if d.verdict is gate.Verdict.REFUSE)
         result.held += sum(1 for d in decisions if d.verdict is gate.Verdict.HOLD)
         gate.settle(state.queue, decisions)
@@ -425,7 +437,8 @@ class Reconciler:
                 self._announce_breaker(meta, machine=machine, before=before)
 
     async def _execute(
-        self, namespace: str, *, decisions: list[gate.Decision], fleet: fleet_.Fleet,
+        self, namespace: str, *, view: View, decisions: list[gate.Decision],
+        fleet: fleet_.Fleet,
         state: Namespace, now: float, result: PassResult,
     ) -> dict[str, Executed]:
         chosen = [d for d in decisions if d.verdict is gate.Verdict.EXECUTE]
@@ -451,11 +464,11 @@ class Reconciler:
                     machine.probes_in_flight = max(0, machine.probes_in_flight - 1)
             if outcome == "conflict":
                 result.conflicts += 1
-                self._event_engine(namespace, action.intent.engine, events.NORMAL,
-                                   "ActionConflict",
-                                   f"action {action.id} ({action.intent.kind.value}) lost to a "
-                                   f"newer write (planned from resourceVersion "
-                                   f"{action.planned_from.engine_resource_version}); re-planning")
+                self._event(view.meta("InferenceEngine", namespace, action.intent.engine),
+                            "InferenceEngine", events.NORMAL, "ActionConflict",
+                            f"action {action.id} ({action.intent.kind.value}) lost to a newer "
+                            f"write (planned from resourceVersion "
+                            f"{action.planned_from.engine_resource_version}); re-planning")
         return executed
 
     async def _write_action(
@@ -485,8 +498,8 @@ class Reconciler:
         return "executed", Executed(engine, generation, last_action)
 
     def _report_decisions(
-        self, namespace: str, *, decisions: list[gate.Decision], fleet: fleet_.Fleet,
-        state: Namespace,
+        self, namespace: str, *, view: View, decisions: list[gate.Decision],
+        fleet: fleet_.Fleet, state: Namespace,
     ) -> None:
         refusals: collections.Counter[str] = collections.Counter()
         for decision in decisions:
@@ -497,14 +510,14 @@ class Reconciler:
                 self.metrics.count_action(kind=intent.kind.value.lower(),
                                           result="expired" if expired else "refused")
                 if expired:
-                    self._event_engine(namespace, intent.engine, events.WARNING, "ActionExpired",
-                                       f"action {decision.action.id} ({intent.kind.value}) "
-                                       f"expired: {decision.message}")
+                    self._event(view.meta("InferenceEngine", namespace, intent.engine),
+                                "InferenceEngine", events.WARNING, "ActionExpired",
+                                f"action {decision.action.id} ({intent.kind.value}) "
+                                f"expired: {decision.message}")
             elif decision.verdict is gate.Verdict.HOLD and decision.reason is gate.Reason.FLOOR:
                 model = intent.from_model or ""
-                record = fleet.models.get(model)
-                if record is not None:
-                    self._event(records.Meta(namespace, model, "", record.generation),
+                if model in fleet.models:
+                    self._event(view.meta("ModelCapacity", namespace, model),
                                 "ModelCapacity", events.NORMAL, "FloorProtected",
                                 decision.message)
         self.metrics.count_refusals(refusals)
@@ -514,8 +527,8 @@ class Reconciler:
                 continue
             state.seen_batches[name] = key
             self.metrics.refused_batches_total.labels(namespace, name).inc()
-            self._event(records.Meta(namespace, name, "", 0), "CircuitBreaker", events.WARNING,
-                        "BatchRefused",
+            self._event(view.meta("CircuitBreaker", namespace, name), "CircuitBreaker",
+                        events.WARNING, "BatchRefused",
                         f"refused post-pause batch {batch.batch}: {batch.size} actions, oldest "
                         f"planned {batch.oldest_plan_age:.0f}s ago; re-planning from the cluster")
 
@@ -687,11 +700,6 @@ class Reconciler:
             return
         ref = events.ObjectRef(API_VERSION, kind, meta.namespace, meta.name, meta.uid)
         self.recorder.record(events.Event(ref, type_, reason, message))
-
-    def _event_engine(self, namespace: str, engine: str, type_: str, reason: str,
-                      message: str) -> None:
-        self._event(records.Meta(namespace, engine, "", 0), "InferenceEngine", type_, reason,
-                    message)
 
 
 def _spread_assigns(decisions: list[gate.Decision], *, limit: int) -> list[gate.Decision]:

@@ -69,7 +69,16 @@ def engine_record(body: Mapping[str, Any]) -> EngineRecord:
     # Engines keep only the status fields the driver and the invalid-spec report compare.
     status = _status(body)
     kept = {k: status[k] for k in ("observedGeneration", "conditions", "message") if k in status}
-    return _record(body, specs.parse_engine, kept)
+    return _record(body, _parse_engine, kept)
+
+
+def _parse_engine(body: Mapping[str, Any]) -> specs.Engine:
+    engine = specs.parse_engine(body)
+    if (body.get("metadata") or {}).get("deletionTimestamp") and not engine.spec.cordoned:
+        # An engine on its way out (held by a finalizer) gets no new model: as if cordoned.
+        return dataclasses.replace(
+            engine, spec=dataclasses.replace(engine.spec, cordoned=True))
+    return engine
 
 
 def model_record(body: Mapping[str, Any]) -> ModelRecord:

@@ -179,6 +179,18 @@ def invalid_model_status(
 RELEASE_PLAN_SHOWN: Final = 50  # actions listed in status.releasePlan; `size` has them all
 
 
+def batch_refused_condition(
+    machine: breaker.BreakerMachine, refused: gate.RefusedBatch | None
+) -> Condition:
+    """True when the last release met the post-pause guard: its backlog was refused."""
+    released = machine.released_at
+    if refused is not None and released is not None and refused.time >= released:
+        return Condition("BatchRefused", TRUE, "PostPauseBatch",
+                         f"batch {refused.batch} of {refused.size} actions refused after a "
+                         f"{machine.last_pause_seconds:.0f}s pause; re-planned from the cluster")
+    return Condition("BatchRefused", FALSE, "NoRefusal", "the last release ran its backlog")
+
+
 def breaker_status(
     *, record: records.BreakerRecord, machine: breaker.BreakerMachine,
     plan: gate.ReleasePlan | None, refused: gate.RefusedBatch | None, now: float,
@@ -194,8 +206,8 @@ def breaker_status(
         paused_reason, message = "Closed", "capacity operations run"
     conditions = [
         VALID,
-        Condition("Paused", TRUE if paused else FALSE,
-                          paused_reason, message),
+        Condition("Paused", TRUE if paused else FALSE, paused_reason, message),
+        batch_refused_condition(machine, refused),
     ]
     wanted: dict[str, Any] = {
         "state": machine.state.value,
