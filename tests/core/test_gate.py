@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from capguard.core import breaker, gate, planner, queue
+from capguard.core import breaker, fleet, gate, planner, queue, specs
 
 from .core_fleets import breaker as breaker_spec
 from .core_fleets import model, serving_fleet
@@ -124,3 +124,43 @@ def test_settle_keeps_only_held_actions() -> None:
     decisions = gate.Gate().triage(q, found, {}, 0.0)
     gate.settle(q, decisions)
     assert len(q) == sum(d.verdict is V.HOLD for d in decisions)
+
+
+def test_engines_of_a_deleted_model_are_drained_under_the_fleet_cap_only() -> None:
+    """An orphan drain takes capacity from nobody: no floor or budget of a departed model."""
+    found = serving_fleet({"chat": 2}, minAvailable=2, maxUnavailable=0)
+    orphaned = fleet.Fleet.of(engines=found.engines.values(), models=[])
+    q = queue.ActionQueue()
+    q.enqueue(planner.plan(orphaned), orphaned, 0.0)
+    wide = gate.Gate(gate.GateConfig(fleet_max_unavailable_percent=100))
+    assert verdicts(wide.triage(q, orphaned, {}, 0.0)) == [("Execute", "Allowed")] * 2
+    # The fleet-wide budget still applies: 10% of two engines lets one out at a time.
+    capped = gate.Gate().triage(q, orphaned, {}, 0.0)
+    assert verdicts(capped) == [("Execute", "Allowed"), ("Hold", "FleetDisruptionBudget")]
+
+
+def test_orphan_drains_spend_the_global_rate_limit() -> None:
+    found = serving_fleet({"chat": 3})
+    orphaned = fleet.Fleet.of(engines=found.engines.values(), models=[])
+    q = queue.ActionQueue()
+    q.enqueue(planner.plan(orphaned), orphaned, 0.0)
+    limit = specs.RateLimit(actions_per_minute=1.0, burst=1)
+    config = gate.GateConfig(fleet_max_unavailable_percent=100, rate_limit=limit)
+    decisions = gate.Gate(config).triage(q, orphaned, {}, 0.0)
+    assert verdicts(decisions) == [("Execute", "Allowed")] + [("Hold", "RateLimited")] * 2
+
+
+def test_a_breaker_selecting_every_model_also_pauses_orphan_drains() -> None:
+    found = serving_fleet({"chat": 1})
+    orphaned = fleet.Fleet.of(engines=found.engines.values(), models=[])
+    q = queue.ActionQueue()
+    q.enqueue(planner.plan(orphaned), orphaned, 0.0)
+    everything = breaker.BreakerMachine(breaker_spec("all", open=True), now=0.0)
+    assert verdicts(gate.Gate().triage(q, orphaned, {"all": everything}, 0.0)) == [
+        ("Hold", "BreakerOpen")
+    ]
+    labelled = breaker_spec("chat", open=True, selector={"matchLabels": {"app": "chat"}})
+    by_label = breaker.BreakerMachine(labelled, now=0.0)
+    assert verdicts(gate.Gate().triage(q, orphaned, {"chat": by_label}, 0.0)) == [
+        ("Execute", "Allowed")
+    ]

@@ -60,6 +60,11 @@ class Revise:
 
 
 @dataclasses.dataclass(frozen=True)
+class Delete:
+    model: int  # the ModelCapacity is deleted: its engines become orphans
+
+
+@dataclasses.dataclass(frozen=True)
 class Fail:
     engine: int
 
@@ -79,7 +84,7 @@ class Restart:
     """The operator dies: queue, gate and breaker memory are rebuilt from the cluster."""
 
 
-Event = Tick | Plan | Look | Demand | Revise | Fail | Trip | Approve | Restart
+Event = Tick | Plan | Look | Demand | Revise | Delete | Fail | Trip | Approve | Restart
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +132,7 @@ events = st.one_of(
     st.builds(Demand, st.integers(0, 3), st.integers(0, 8)),
     st.builds(Revise, st.integers(0, 3)),
     st.builds(Fail, st.integers(0, 40)),
+    st.builds(Delete, st.integers(0, 3)),
     st.builds(Trip, st.booleans()),
     st.just(Approve()),
     st.just(Restart()),
@@ -174,6 +180,8 @@ class World:
             case Revise(index):
                 self._revision += 1
                 self._set_model(index, revision=f"v{self._revision}")
+            case Delete(index):
+                self._delete(index)
             case Fail(index):
                 self._fail(index)
             case Trip(open_):
@@ -244,12 +252,21 @@ class World:
 
     def _set_model(self, index: int, **changes: object) -> None:
         names = sorted(self.fleet.models)
+        if not names:
+            return
         current = self.fleet.models[names[index % len(names)]]
         changed = dataclasses.replace(current, **changes)  # type: ignore[arg-type]
         if "replicas" in changes:
             floor = specs.IntOrPercent(self.shape.floor_percent, percent=True)
             changed = dataclasses.replace(changed, min_available=floor)
         self.fleet = self.fleet.with_model(changed)
+
+    def _delete(self, index: int) -> None:
+        names = sorted(self.fleet.models)
+        if len(names) > 1:  # keep one model, or the rest of the script has nothing to do
+            gone = names[index % len(names)]
+            models = {n: m for n, m in self.fleet.models.items() if n != gone}
+            self.fleet = dataclasses.replace(self.fleet, models=models)
 
     def _fail(self, index: int) -> None:
         names = sorted(self.fleet.engines)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import pytest
 from operator_harness import Kube, StartOperator, condition, eventually, metric
 
 from capguard.kube import client
@@ -198,8 +197,6 @@ async def _breaker_state(kube: Kube, state: str) -> dict[str, Any] | None:
     return found if (found.get("status") or {}).get("state") == state else None
 
 
-@pytest.mark.xfail(strict=True, reason="core: the gate holds orphan drains on a zero budget "
-                   "(operator/capguard/handlers/NOTES-core.md, item 6)")
 async def test_deleting_a_model_drains_its_engines_and_drops_its_series(
     kube: Kube, start_operator: StartOperator
 ) -> None:

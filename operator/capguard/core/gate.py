@@ -330,8 +330,11 @@ class _Governing:
         found = self._by_model.get(name)
         if found is None:
             model = self.fleet.models.get(name) if name else None
+            # A departed model (an orphan drain) is judged as unlabelled: a breaker that
+            # selects every model still pauses it; one that selects by label cannot tell.
+            labels = model.labels if model is not None else {}
             found = tuple(
-                m for _, m in sorted(self.breakers.items()) if model and m.spec.governs(model)
+                m for _, m in sorted(self.breakers.items()) if m.spec.selector.matches(labels)
             )
             self._by_model[name] = found
         return found
@@ -424,6 +427,23 @@ def _capacity_hold(
     model = action.intent.from_model
     assert model is not None
     fleet = tally.fleet
+    # An orphan drain (its model was deleted) takes capacity from nobody: no floor and no
+    # budget of a departed model applies, only the fleet-wide cap (and the rate limits).
+    if model in fleet.models:
+        hold = _model_hold(model, engine=engine, tally=tally)
+        if hold is not None:
+            return hold
+    fleet_out = fleet.out_of_service_engines + tally.extra_out_of_service
+    if fleet_out + 1 > tally.fleet_cap:
+        message = f"{fleet_out} engines out in the fleet, cap {tally.fleet_cap}"
+        return Reason.FLEET_DISRUPTION_BUDGET, message
+    return None
+
+
+def _model_hold(
+    model: str, *, engine: specs.Engine, tally: _Tally
+) -> tuple[Reason, str] | None:
+    fleet = tally.fleet
     after = fleet.serving_units(model) - tally.taken_units.get(model, 0) - engine.units
     floor = fleet.floor_units(model)
     if after < floor:
@@ -432,10 +452,6 @@ def _capacity_hold(
     budget = fleet.max_unavailable_engines(model)
     if out + 1 > budget:
         return Reason.DISRUPTION_BUDGET, f"{model} has {out} engines out, maxUnavailable {budget}"
-    fleet_out = fleet.out_of_service_engines + tally.extra_out_of_service
-    if fleet_out + 1 > tally.fleet_cap:
-        message = f"{fleet_out} engines out in the fleet, cap {tally.fleet_cap}"
-        return Reason.FLEET_DISRUPTION_BUDGET, message
     return None
 
 
