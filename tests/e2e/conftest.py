@@ -171,8 +171,6 @@ def _delete_namespace(kubectl: harness.Kubectl, namespace: str) -> None:
         kubectl.run("patch", name, "--type=merge", "--patch",
                     json.dumps({"metadata": {"finalizers": None}}), check=False)
     kubectl.run("delete", kinds, "--all", "--wait=false", check=False)
-    # The embedded server has no namespace controller: the namespace stays Terminating
-    # there (empty), as on a bare kube-apiserver. A real cluster removes it.
     kubectl.in_namespace(None).run("delete", "namespace", namespace, "--wait=false",
                                    check=False)
 

@@ -26,8 +26,8 @@ def test_two_replicas_exactly_one_acts_and_the_other_takes_over_when_it_dies(
         leading = [r for r in replicas if r.leading()]
         return leading[0] if len(leading) == 1 else None
 
-    # A lease left by an earlier test's killed leader expires first (3s).
-    leader = harness.wait_until(one_leader, timeout=15, what="exactly one leader")
+    # A Lease left by a killed leader expires first (3s here; 15s for a deployed one).
+    leader = harness.wait_until(one_leader, timeout=30, what="exactly one leader")
     follower = next(r for r in replicas if r is not leader)
     assert _lease_holder(kube) == leader.identity
     harness.wait_serving(kube, {"chat": 2})
