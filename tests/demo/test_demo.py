@@ -1,0 +1,57 @@
+"""`capguard demo` end to end, as a person runs it: a subprocess, the embedded API server,
+the real operator, the march-4 script, and the measures it prints as its last line.
+
+`--speed 180` plays the incident's 70 minutes in under 25 seconds; everything else is
+the default demo (64 engines, 8 models, the sim's timeline for seed 0).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+SPEED = "180"
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
+
+
+def demo(tmp_path: pathlib.Path, *flags: str) -> tuple[dict[str, Any], pathlib.Path, str]:
+    plot = tmp_path / "timeline.png"
+    done = subprocess.run(
+        [sys.executable, "-m", "capguard.cli", "demo", "--json", "--speed", SPEED,
+         "--plot", str(plot), *flags],
+        capture_output=True, text=True, timeout=140, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    last = done.stdout.strip().splitlines()[-1]
+    return json.loads(last), plot, done.stdout
+
+
+def test_guarded_demo_refuses_the_batch_and_holds_every_floor(tmp_path: pathlib.Path) -> None:
+    measures, plot, output = demo(tmp_path)
+    assert measures["mode"] == "guarded"
+    assert measures["min_serving_ratio"] >= measures["floor_ratio"]
+    assert measures["stale_actions_executed"] == 0
+    assert measures["floor_breaking_actions"] == 0
+    assert measures["refused_batches"] >= 1
+    assert measures["max_engines_out_of_service"] <= measures["disruption_budget"]
+    assert measures["converge_seconds"] is not None
+    assert plot.stat().st_size > 0
+    assert "BatchRefused" in output
+
+
+def test_naive_demo_reproduces_the_incident(tmp_path: pathlib.Path) -> None:
+    simulated = subprocess.run(
+        [sys.executable, "-m", "capguard.cli", "simulate", "--mode", "naive", "--json"],
+        capture_output=True, text=True, timeout=60, check=True)
+    measures, plot, _ = demo(tmp_path, "--naive")
+    assert set(measures) == set(json.loads(simulated.stdout))  # the same report
+    assert measures["mode"] == "naive"
+    assert measures["min_serving_ratio"] < measures["floor_ratio"] - 0.2
+    assert measures["max_engines_out_of_service"] > measures["disruption_budget"]
+    assert measures["floor_breaking_actions"] > 0
+    assert measures["refused_batches"] == 0
+    assert plot.stat().st_size > 0
