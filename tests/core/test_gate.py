@@ -164,3 +164,13 @@ def test_a_breaker_selecting_every_model_also_pauses_orphan_drains() -> None:
     assert verdicts(gate.Gate().triage(q, orphaned, {"chat": by_label}, 0.0)) == [
         ("Execute", "Allowed")
     ]
+
+
+def test_an_action_touching_a_model_that_became_unreadable_is_refused_as_stale() -> None:
+    found = drain_plan(replicas=9)
+    q = queue.ActionQueue()
+    q.enqueue(planner.plan(found), found, 0.0)
+    typo = fleet.Fleet.of(engines=found.engines.values(), unreadable_models={"m"})
+    decisions = gate.Gate().triage(q, typo, {}, 1.0)
+    assert verdicts(decisions) == [("Refuse", "Stale")]
+    assert "invalid spec" in decisions[0].message

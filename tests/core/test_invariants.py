@@ -69,6 +69,20 @@ def test_no_stale_action_executes(
 
 @EXAMPLES
 @given(world_.runs)
+def test_engines_of_an_unreadable_model_are_left_alone(
+    run: tuple[world_.Shape, list[world_.Event], list[bool]],
+) -> None:
+    """A typo is not a deletion: no executed action moves an engine to or from such a model."""
+    for record in play(run).triages:
+        unreadable = record.before.unreadable_models
+        for action in executed(record):
+            live = record.before.engines[action.intent.engine]
+            touched = {action.intent.model, action.intent.from_model, live.spec.model_ref}
+            assert not touched & unreadable, (action.intent, unreadable)
+
+
+@EXAMPLES
+@given(world_.runs)
 def test_no_post_pause_flush(run: tuple[world_.Shape, list[world_.Event], list[bool]]) -> None:
     """#3: after a long pause, a backlog above maxBatchAfterPause runs only if approved."""
     for record in play(run).triages:

@@ -91,3 +91,13 @@ def test_a_converged_fleet_plans_nothing_and_plans_are_deterministic() -> None:
     assert planner.plan(found) == []
     shifted = found.with_model(model("a", replicas=5)).with_model(model("b", replicas=2))
     assert planner.plan(shifted) == planner.plan(shifted)
+
+
+def test_engines_of_an_unreadable_model_are_left_alone() -> None:
+    """A typo in a ModelCapacity is not a deletion: nothing drains its engines."""
+    found = fleet.Fleet.of(
+        engines=[engine("e1", model="typo"), engine("f", model="typo", phase="Failed")],
+        models=[model("m", replicas=1)],
+        unreadable_models={"typo"},
+    )
+    assert planner.plan(found) == []  # not orphans, and not idle for m either

@@ -68,6 +68,22 @@ def test_fleet_from_bodies() -> None:
     assert [b.name for b in found.breakers_for("m")] == ["cb"]
 
 
+def test_fleet_read_keeps_an_unreadable_model_by_name_and_reports_every_error() -> None:
+    reading = fleet.Fleet.read(
+        engines=[engine_body("e1", model="typo"), {"metadata": {"name": "e2"}, "spec": {}}],
+        models=[model_body("typo", replicas=-1), model_body("ok", replicas=1)],
+        breakers=[breaker_body()],
+    )
+    assert reading.fleet.unreadable_models == {"typo"}
+    assert sorted(reading.fleet.models) == ["ok"] and sorted(reading.fleet.engines) == ["e1"]
+    assert [(e.kind, e.name, e.field) for e in reading.errors] == [
+        (specs.MODEL, "typo", "spec.replicas"),
+        (specs.ENGINE, "e2", "spec.pool"),
+    ]
+    fixed = reading.fleet.with_model(specs.parse_model(model_body("typo", replicas=1)))
+    assert fixed.unreadable_models == frozenset()
+
+
 def _with(body: dict[str, object], section: str, **fields: object) -> dict[str, object]:
     part = dict(body.get(section) or {})  # type: ignore[call-overload]
     part.update(fields)

@@ -65,6 +65,11 @@ class Delete:
 
 
 @dataclasses.dataclass(frozen=True)
+class Garble:
+    model: int  # the model's spec stops parsing (a typo), or parses again if it did not
+
+
+@dataclasses.dataclass(frozen=True)
 class Fail:
     engine: int
 
@@ -84,7 +89,9 @@ class Restart:
     """The operator dies: queue, gate and breaker memory are rebuilt from the cluster."""
 
 
-Event = Tick | Plan | Look | Demand | Revise | Delete | Fail | Trip | Approve | Restart
+Event = (
+    Tick | Plan | Look | Demand | Revise | Delete | Garble | Fail | Trip | Approve | Restart
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +140,7 @@ events = st.one_of(
     st.builds(Revise, st.integers(0, 3)),
     st.builds(Fail, st.integers(0, 40)),
     st.builds(Delete, st.integers(0, 3)),
+    st.builds(Garble, st.integers(0, 3)),
     st.builds(Trip, st.booleans()),
     st.just(Approve()),
     st.just(Restart()),
@@ -157,6 +165,7 @@ class World:
         self.executed_ids: list[str] = []
         self.outcomes: list[bool] = []
         self._revision = 1
+        self._garbled: dict[str, specs.ModelSpec] = {}  # the spec a typo hides, to restore
 
     def run(self, script: Sequence[Event], *, outcomes: Sequence[bool] = ()) -> World:
         self.outcomes = list(outcomes)
@@ -182,6 +191,8 @@ class World:
                 self._set_model(index, revision=f"v{self._revision}")
             case Delete(index):
                 self._delete(index)
+            case Garble(index):
+                self._garble(index)
             case Fail(index):
                 self._fail(index)
             case Trip(open_):
@@ -267,6 +278,19 @@ class World:
             gone = names[index % len(names)]
             models = {n: m for n, m in self.fleet.models.items() if n != gone}
             self.fleet = dataclasses.replace(self.fleet, models=models)
+
+    def _garble(self, index: int) -> None:
+        names = sorted({*self.fleet.models, *self._garbled})
+        name = names[index % len(names)]
+        if name in self._garbled:
+            self.fleet = self.fleet.with_model(self._garbled.pop(name))
+        elif len(self.fleet.models) > 1:
+            self._garbled[name] = self.fleet.models[name]
+            models = {n: m for n, m in self.fleet.models.items() if n != name}
+            unreadable = self.fleet.unreadable_models | {name}
+            self.fleet = dataclasses.replace(
+                self.fleet, models=models, unreadable_models=unreadable
+            )
 
     def _fail(self, index: int) -> None:
         names = sorted(self.fleet.engines)

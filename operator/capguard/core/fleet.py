@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import TypeVar
 
 from capguard.core import specs
+
+_Parsed = TypeVar("_Parsed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +32,9 @@ class Fleet:
     engines: Mapping[str, specs.Engine] = dataclasses.field(default_factory=dict)
     models: Mapping[str, specs.ModelSpec] = dataclasses.field(default_factory=dict)
     breakers: Mapping[str, specs.BreakerSpec] = dataclasses.field(default_factory=dict)
+    # Models that exist but whose spec does not parse: their engines are not orphans, so
+    # nothing plans or executes a move of them until the spec is fixed (a typo drains nothing).
+    unreadable_models: frozenset[str] = frozenset()
 
     @classmethod
     def from_bodies(
@@ -45,17 +51,45 @@ class Fleet:
         )
 
     @classmethod
+    def read(
+        cls,
+        *,
+        engines: Iterable[Mapping[str, object]] = (),
+        models: Iterable[Mapping[str, object]] = (),
+        breakers: Iterable[Mapping[str, object]] = (),
+    ) -> Reading:
+        """Like ``from_bodies``, but a body that does not parse is reported, not raised.
+
+        An unreadable model is kept by name in ``unreadable_models``; an unreadable engine
+        or breaker is left out. What that means for the user is the caller's to say (the
+        errors carry the field and the fix).
+        """
+        errors: list[specs.SpecError] = []
+        parsed_models = _parse_each(models, parse=specs.parse_model, errors=errors)
+        unreadable = frozenset(e.name for e in errors if e.name != "?")  # "?": no name at all
+        fleet = cls.of(
+            engines=_parse_each(engines, parse=specs.parse_engine, errors=errors),
+            models=parsed_models,
+            breakers=_parse_each(breakers, parse=specs.parse_breaker, errors=errors),
+            unreadable_models=unreadable,
+        )
+        return Reading(fleet=fleet, errors=tuple(errors))
+
+    @classmethod
     def of(
         cls,
         *,
         engines: Iterable[specs.Engine] = (),
         models: Iterable[specs.ModelSpec] = (),
         breakers: Iterable[specs.BreakerSpec] = (),
+        unreadable_models: Iterable[str] = (),
     ) -> Fleet:
+        parsed = {m.name: m for m in models}
         return cls(
             engines={e.name: e for e in engines},
-            models={m.name: m for m in models},
+            models=parsed,
             breakers={b.name: b for b in breakers},
+            unreadable_models=frozenset(unreadable_models) - set(parsed),
         )
 
     @functools.cached_property
@@ -132,7 +166,11 @@ class Fleet:
         return dataclasses.replace(self, engines={**self.engines, engine.name: engine})
 
     def with_model(self, model: specs.ModelSpec) -> Fleet:
-        return dataclasses.replace(self, models={**self.models, model.name: model})
+        return dataclasses.replace(
+            self,
+            models={**self.models, model.name: model},
+            unreadable_models=self.unreadable_models - {model.name},
+        )
 
     def with_breaker(self, breaker: specs.BreakerSpec) -> Fleet:
         return dataclasses.replace(self, breakers={**self.breakers, breaker.name: breaker})
@@ -156,7 +194,30 @@ class Fleet:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class Reading:
+    """A fleet read from bodies, with what could not be read."""
+
+    fleet: Fleet
+    errors: tuple[specs.SpecError, ...] = ()
+
+
 _NOTHING = ModelCounts()
+
+
+def _parse_each(
+    bodies: Iterable[Mapping[str, object]],
+    *,
+    parse: Callable[[Mapping[str, object]], _Parsed],
+    errors: list[specs.SpecError],
+) -> list[_Parsed]:
+    parsed = []
+    for body in bodies:
+        try:
+            parsed.append(parse(body))
+        except specs.SpecError as error:
+            errors.append(error)
+    return parsed
 
 
 def _held_models(engine: specs.Engine) -> set[str]:

@@ -383,6 +383,9 @@ def _refusal(
         return Reason.STALE, "the engine no longer exists"
     if engine.resource_version != action.planned_from.engine_resource_version:
         return Reason.STALE, "the engine changed since the plan (resourceVersion)"
+    for model in (intent.model, intent.from_model):
+        if model in fleet.unreadable_models:
+            return Reason.STALE, f"model {model} has an invalid spec; its engines wait for a fix"
     if intent.model is not None and intent.model not in fleet.models:
         return Reason.STALE, f"model {intent.model} no longer exists"
     if intent.from_model is not None:

@@ -117,10 +117,15 @@ def _bound_engines(fleet: fleet_.Fleet) -> dict[str, list[specs.Engine]]:
 
 
 def _orphan_drains(fleet: fleet_.Fleet) -> Iterator[Intent]:
-    """Release failed engines and engines bound to a model that no longer exists."""
+    """Release failed engines and engines bound to a model that no longer exists.
+
+    A model that exists but does not parse is not gone: its engines are left alone.
+    """
     for name, engine in sorted(fleet.engines.items()):
         model = engine.spec.model_ref
-        if model and (model not in fleet.models or engine.phase is specs.Phase.FAILED):
+        if not model or model in fleet.unreadable_models:
+            continue
+        if model not in fleet.models or engine.phase is specs.Phase.FAILED:
             yield Intent(ActionType.DRAIN, name, None, model)
 
 
