@@ -41,8 +41,8 @@ def panel(*, scenario: scenarios.Scenario, sample: measures.Sample | None,
         (f" {clock(sample.at)} ", "bold reverse"), "  ",
         (f"{mode} ", "bold"), "breaker ", _breaker(sample.breaker),
         f"  queued {counts.backlog}  executed {executed}  refused {counts.refused}"
-        f"  expired {counts.expired}  refused batches {counts.refused_batches}"
-        f"  engines out of service {sample.out_of_service}",
+        f" ({counts.refused_batches} batches)  expired {counts.expired}"
+        f"  engines out {sample.out_of_service}",
     )
     return Group(header, _models(scenario, sample=sample, revisions=revisions))
 
@@ -50,7 +50,7 @@ def panel(*, scenario: scenarios.Scenario, sample: measures.Sample | None,
 def _models(scenario: scenarios.Scenario, *, sample: measures.Sample,
             revisions: Mapping[str, str]) -> rich_table.Table:
     table = rich_table.Table(box=None, pad_edge=False)
-    for column in ("model", "revision", "serving / desired", "", "floor"):
+    for column in ("model", "revision", "serving / desired", "units", "floor"):
         table.add_column(column)
     for name, model in zip(scenario.model_names, sample.models, strict=False):
         table.add_row(name, revisions.get(name, ""), _bar(model),
