@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Final, TypeVar
 
-import pytest
 import yaml
 from prometheus_client import parser as prometheus_parser
 
@@ -69,25 +68,6 @@ def wait_until(
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} "
                                  f"(last seen: {last!r})")
         time.sleep(interval)
-
-
-class Gaps:
-    """What the design asks for and the operator does not do yet (tests/e2e/NOTES.md).
-
-    A test checks everything else first, then `xfail_if_any()`: it reports the gaps as
-    an expected failure while they last and passes by itself once they are fixed.
-    """
-
-    def __init__(self) -> None:
-        self.found: list[str] = []
-
-    def expect(self, holds: bool, gap: str) -> None:
-        if not holds:
-            self.found.append(gap)
-
-    def xfail_if_any(self) -> None:
-        if self.found:
-            pytest.xfail("known gaps (tests/e2e/NOTES.md): " + "; ".join(self.found))
 
 
 # --- kubectl ---------------------------------------------------------------------------
