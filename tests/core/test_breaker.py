@@ -71,3 +71,54 @@ def test_restored_from_status() -> None:
     )
     assert machine.released_at == 450.0 and machine.last_pause_seconds == 900.0
     assert machine.seconds_in_state(500.0)[S.HALF_OPEN] == 50.0
+
+
+def test_a_probe_that_never_ran_gives_its_slot_back() -> None:
+    spec = breaker_spec(open=True, halfOpenProbes=1)
+    machine = breaker.BreakerMachine(spec, now=0.0)
+    machine.observe(dataclasses.replace(spec, open=False), CALM, 60.0)
+    machine.start_probe()
+    assert machine.probe_slots() == 0
+    machine.cancel_probe()  # the write lost with 409: the probe never happened
+    assert machine.probe_slots() == 1 and machine.state is S.HALF_OPEN
+    machine.cancel_probe()  # never below zero
+    assert machine.probes_in_flight == 0
+
+
+def test_restore_continues_the_same_pause_and_the_time_per_state() -> None:
+    spec = breaker_spec(open=True, halfOpenProbes=2)
+    released = dataclasses.replace(spec, open=False)
+    original = breaker.BreakerMachine(spec, now=0.0)
+    original.observe(released, CALM, 300.0)  # HalfOpen after a 300 s pause
+    original.record_probe(False, 320.0)  # a failed probe: Open again, the same pause
+    written = original.seconds_in_state(350.0)  # secondsInState as last written
+    restored = breaker.BreakerMachine.restore(
+        released,
+        now=400.0,
+        state=original.state,
+        since=original.since,
+        reason=original.reason,
+        opened_at=original.opened_at,
+        seconds_in_state=written,
+        reported_at=350.0,
+    )
+    assert restored.seconds_in_state(400.0) == original.seconds_in_state(400.0)
+    for machine in (original, restored):
+        machine.observe(released, CALM, 620.0)  # a probe failure cools down like a trip
+        assert machine.state is S.HALF_OPEN and machine.last_pause_seconds == 620.0
+
+
+def test_restore_in_half_open_keeps_the_pause_length_and_the_probes() -> None:
+    restored = breaker.BreakerMachine.restore(
+        breaker_spec(halfOpenProbes=3),
+        now=1_000.0,
+        state=S.HALF_OPEN,
+        since=900.0,
+        opened_at=100.0,
+        probes_succeeded=2,
+        refused=7,
+    )
+    assert (restored.released_at, restored.last_pause_seconds) == (900.0, 800.0)
+    assert restored.probe_slots() == 1 and restored.refused == 7
+    restored.record_probe(False, 1_010.0)
+    assert restored.state is S.OPEN and restored.opened_at == 100.0  # the pause continues

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -250,6 +251,13 @@ def test_restart_safe(run: tuple[world_.Shape, list[world_.Event], list[bool]]) 
         machine = copy.deepcopy(played.machine)
         decisions.append(gate.Gate(played.config).triage(q, played.fleet, {"cb": machine}, now))
     assert decisions[0] == decisions[1]
+    old = played.machine
+    restored = world_.restored(old, spec=old.spec, now=now)
+    kept = ["state", "since", "reason", "last_pause_seconds", "refused"]
+    if old.state is not breaker.BreakerState.CLOSED:  # a closed pause is over: nothing to keep
+        kept += ["opened_at", "released_at", "probes_succeeded"]
+    assert [getattr(restored, k) for k in kept] == [getattr(old, k) for k in kept]
+    assert restored.seconds_in_state(now + 60) == pytest.approx(old.seconds_in_state(now + 60))
     for decision in decisions[0]:
         live = played.fleet.engines[decision.action.intent.engine]
         if live.last_action_id == decision.action.id:

@@ -238,14 +238,7 @@ class World:
         self.queue = queue.ActionQueue()
         self.gate = gate.Gate(self.config)
         self._epoch += 1
-        old = self.machine
-        self.machine = breaker.BreakerMachine(
-            self.fleet.breakers["cb"],
-            now=self.clock.now(),
-            state=old.state,
-            since=old.since,
-            last_pause_seconds=old.last_pause_seconds,
-        )
+        self.machine = restored(self.machine, spec=self.fleet.breakers["cb"], now=self.clock.now())
 
     def _execute(self, decision: gate.Decision) -> None:
         action = decision.action
@@ -308,6 +301,24 @@ class World:
         approval = specs.Approval(plan.batch, "second-person")
         spec = dataclasses.replace(self.fleet.breakers["cb"], approval=approval)
         self.fleet = self.fleet.with_breaker(spec)
+
+
+def restored(
+    old: breaker.BreakerMachine, *, spec: specs.BreakerSpec, now: float
+) -> breaker.BreakerMachine:
+    """The machine a restarted operator rebuilds from what the old one wrote in status."""
+    return breaker.BreakerMachine.restore(
+        spec,
+        now=now,
+        state=old.state,
+        since=old.since,
+        reason=old.reason,
+        opened_at=old.opened_at,
+        last_pause_seconds=old.last_pause_seconds,
+        seconds_in_state=old.seconds_in_state(now),
+        probes_succeeded=old.probes_succeeded,
+        refused=old.refused,
+    )
 
 
 def _initial_fleet(shape: Shape) -> fleet.Fleet:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
+from collections.abc import Mapping
 from typing import Final
 
 from capguard.core import specs
@@ -68,6 +69,48 @@ class BreakerMachine:
         self._seconds: dict[BreakerState, float] = dict.fromkeys(BreakerState, 0.0)
         self._outcomes: collections.deque[tuple[float, bool]] = collections.deque()
 
+    @classmethod
+    def restore(
+        cls,
+        spec: specs.BreakerSpec,
+        *,
+        now: float,
+        state: BreakerState,
+        since: float,
+        reason: TripReason | None = None,
+        opened_at: float | None = None,
+        last_pause_seconds: float | None = None,
+        seconds_in_state: Mapping[BreakerState, float] | None = None,
+        reported_at: float | None = None,
+        probes_succeeded: int = 0,
+        refused: int = 0,
+    ) -> BreakerMachine:
+        """A machine as a restarted operator finds it in status: the same pause continues.
+
+        ``opened_at`` is when the current pause began (it may precede ``since`` when a
+        failed probe reopened the breaker); in HalfOpen it is what a failed probe
+        continues, and without ``last_pause_seconds`` the pause is ``since - opened_at``.
+        ``seconds_in_state`` is ``secondsInState`` as last written, at ``reported_at``
+        (default: now, which loses only the time since that write).
+        """
+        machine = cls(spec, now=now, state=state, since=since)
+        if reason is not None:
+            machine.reason = reason
+        if opened_at is not None and state is not BreakerState.CLOSED:
+            machine.opened_at = min(opened_at, since)
+        if last_pause_seconds is None and state is BreakerState.HALF_OPEN:
+            start = machine.opened_at
+            last_pause_seconds = since - start if start is not None else 0.0
+        machine.last_pause_seconds = last_pause_seconds or 0.0
+        if seconds_in_state is not None:
+            spent = dict.fromkeys(BreakerState, 0.0) | dict(seconds_in_state)
+            current = (reported_at if reported_at is not None else now) - since
+            spent[state] = max(0.0, spent[state] - current)  # since-based again from here
+            machine._seconds = spent
+        machine.probes_succeeded = probes_succeeded if state is BreakerState.HALF_OPEN else 0
+        machine.refused = refused
+        return machine
+
     @property
     def name(self) -> str:
         return self.spec.name
@@ -110,6 +153,10 @@ class BreakerMachine:
 
     def start_probe(self) -> None:
         self.probes_in_flight += 1
+
+    def cancel_probe(self) -> None:
+        """A probe that never ran (its write lost with 409 or failed) gives its slot back."""
+        self.probes_in_flight = max(0, self.probes_in_flight - 1)
 
     def count(self, *, held: int, refused: int) -> None:
         """Held is what waits now (a gauge); refused accumulates (a counter)."""
