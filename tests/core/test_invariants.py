@@ -237,6 +237,56 @@ def test_drift_measured(run: tuple[world_.Shape, list[world_.Event], list[bool]]
 
 @EXAMPLES
 @given(world_.runs)
+def test_auto_trip_signals_follow_the_rules(
+    run: tuple[world_.Shape, list[world_.Event], list[bool]],
+) -> None:
+    """#6: a breach counts once a model was available; drift once stuck for a window."""
+    played = play(run)
+    spec = played.fleet.breakers["cb"]
+    window = spec.auto_trip.window if spec.auto_trip else 0.0
+    tracker = drift.SignalTracker()
+    history: list[tuple[float, drift.DriftReport]] = []
+    for record in played.triages:
+        report = drift.measure(record.before, queue.ActionQueue(), record.now)
+        history.append((record.now, report))
+        tracker.observe(report, now=record.now)
+        for name, found in report.models.items():
+            signals = tracker.signals(breaker=spec, models=[name], now=record.now)
+            seen = [r.models[name] for _, r in history if name in r.models]
+            assert signals.floor_breached == (found.below_floor and _was_available(history, name))
+            stuck = _stuck_since(history, name)
+            lasted = stuck is not None and record.now - stuck >= window
+            assert signals.max_drift_ratio == (found.drift_ratio if lasted else 0.0), seen
+
+
+def _was_available(history: list[tuple[float, drift.DriftReport]], name: str) -> bool:
+    """At or above its floor in some report since it last (re)appeared."""
+    for _, report in reversed(history):
+        if name not in report.models:
+            return False
+        if not report.models[name].below_floor:
+            return True
+    return False
+
+
+def _stuck_since(history: list[tuple[float, drift.DriftReport]], name: str) -> float | None:
+    """When the current run of drift without progress began (None: no drift now)."""
+    since = None
+    for (now, report), (_, earlier) in zip(
+        reversed(history), [*reversed(history[:-1]), (0.0, None)], strict=True
+    ):
+        found = report.models.get(name)
+        if found is None or not found.drift:
+            break
+        since = now
+        before = earlier.models.get(name) if earlier is not None else None
+        if before is None or found.drift < before.drift or not before.drift:
+            break
+    return since
+
+
+@EXAMPLES
+@given(world_.runs)
 def test_restart_safe(run: tuple[world_.Shape, list[world_.Event], list[bool]]) -> None:
     """#7: rebuilt from the cluster, the core decides the same and never repeats an action."""
     played = play(run)
@@ -255,7 +305,9 @@ def test_restart_safe(run: tuple[world_.Shape, list[world_.Event], list[bool]]) 
     restored = world_.restored(old, spec=old.spec, now=now)
     kept = ["state", "since", "reason", "last_pause_seconds", "refused"]
     if old.state is not breaker.BreakerState.CLOSED:  # a closed pause is over: nothing to keep
-        kept += ["opened_at", "released_at", "probes_succeeded"]
+        kept += ["opened_at"]
+    if old.state is breaker.BreakerState.HALF_OPEN:  # the release and probes of this pause
+        kept += ["released_at", "probes_succeeded"]
     assert [getattr(restored, k) for k in kept] == [getattr(old, k) for k in kept]
     assert restored.seconds_in_state(now + 60) == pytest.approx(old.seconds_in_state(now + 60))
     for decision in decisions[0]:

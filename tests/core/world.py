@@ -89,9 +89,7 @@ class Restart:
     """The operator dies: queue, gate and breaker memory are rebuilt from the cluster."""
 
 
-Event = (
-    Tick | Plan | Look | Demand | Revise | Delete | Garble | Fail | Trip | Approve | Restart
-)
+Event = Tick | Plan | Look | Demand | Revise | Delete | Garble | Fail | Trip | Approve | Restart
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +157,7 @@ class World:
         self.queue = queue.ActionQueue()
         self.gate = gate.Gate(self.config)
         self.machine = breaker.BreakerMachine(self.fleet.breakers["cb"], now=self.clock.now())
+        self.tracker = drift.SignalTracker()
         self.triages: list[Triage] = []
         self.epochs: list[int] = []  # which gate (restarts counted) made each triage
         self._epoch = 0
@@ -210,8 +209,10 @@ class World:
             moved = _physics(engine, now=now, revisions=self.fleet.models)
             if moved is not engine:
                 self.fleet = self.fleet.with_engine(moved)
-        report = drift.measure(self.fleet, self.queue, now)
-        self.machine.observe(self.fleet.breakers["cb"], report.signals(), now)
+        spec = self.fleet.breakers["cb"]
+        self.tracker.observe(drift.measure(self.fleet, self.queue, now), now=now)
+        signals = self.tracker.signals(breaker=spec, models=self.fleet.models, now=now)
+        self.machine.observe(spec, signals, now)
         self.triage()
 
     def triage(self) -> Triage:
@@ -239,6 +240,8 @@ class World:
         self.gate = gate.Gate(self.config)
         self._epoch += 1
         self.machine = restored(self.machine, spec=self.fleet.breakers["cb"], now=self.clock.now())
+        # Models said Available in status stay established; drift clocks start over.
+        self.tracker = drift.SignalTracker(established=set(self.tracker.established))
 
     def _execute(self, decision: gate.Decision) -> None:
         action = decision.action

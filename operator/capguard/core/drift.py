@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from capguard.core import breaker as breaker_
 from capguard.core import fleet as fleet_
 from capguard.core import queue as queue_
+from capguard.core import specs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +56,56 @@ class DriftReport:
             max_drift_ratio=max((d.drift_ratio for d in chosen), default=0.0),
             floor_breached=any(d.below_floor for d in chosen),
         )
+
+
+@dataclasses.dataclass
+class SignalTracker:
+    """The auto-trip signals, from reports remembered between passes (the caller keeps it).
+
+    A fleet being brought up is below every floor and fully drifted by design, and a
+    scale-up drifts at once; tripping on that would hold the very actions that fix it.
+    So a floor breach counts only for a model that has been available (at or above its
+    floor in an earlier report, or said to be by the caller, e.g. ``Available=True`` in
+    status before a restart), and drift only once it has lasted a breaker's
+    ``autoTrip.window`` with no progress (its drift units never shrank meanwhile).
+    """
+
+    established: set[str] = dataclasses.field(default_factory=set)
+    drifting_since: dict[str, float] = dataclasses.field(default_factory=dict)
+    report: DriftReport | None = None
+    _last_drift: dict[str, int] = dataclasses.field(default_factory=dict, init=False, repr=False)
+
+    def observe(self, report: DriftReport, *, now: float, available: Iterable[str] = ()) -> None:
+        self.report = report
+        self.established &= set(report.models)  # a deleted model starts over if re-created
+        self.established.update(m for m in available if m in report.models)
+        for name, model in report.models.items():
+            if not model.below_floor:
+                self.established.add(name)
+            drift, last = model.drift, self._last_drift.get(name)
+            if not drift or (last is not None and drift < last):
+                self.drifting_since.pop(name, None)  # converged, or progress: the clock restarts
+            if drift:
+                self.drifting_since.setdefault(name, now)
+        self._last_drift = {n: m.drift for n, m in report.models.items()}
+        self.drifting_since = {n: t for n, t in self.drifting_since.items() if n in report.models}
+
+    def signals(
+        self, *, breaker: specs.BreakerSpec, models: Iterable[str], now: float
+    ) -> breaker_.FleetSignals:
+        """The signals for one breaker over the models it governs, by the rules above."""
+        if self.report is None:
+            return breaker_.FleetSignals()
+        window = breaker.auto_trip.window if breaker.auto_trip else 0.0
+        ratio, breached = 0.0, False
+        for name in models:
+            found = self.report.models.get(name)
+            if found is None:
+                continue
+            if now - self.drifting_since.get(name, now) >= window and found.drift:
+                ratio = max(ratio, found.drift_ratio)
+            breached = breached or (found.below_floor and name in self.established)
+        return breaker_.FleetSignals(max_drift_ratio=ratio, floor_breached=breached)
 
 
 def measure(fleet: fleet_.Fleet, queue: queue_.ActionQueue, now: float) -> DriftReport:

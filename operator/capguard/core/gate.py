@@ -443,9 +443,7 @@ def _capacity_hold(
     return None
 
 
-def _model_hold(
-    model: str, *, engine: specs.Engine, tally: _Tally
-) -> tuple[Reason, str] | None:
+def _model_hold(model: str, *, engine: specs.Engine, tally: _Tally) -> tuple[Reason, str] | None:
     fleet = tally.fleet
     after = fleet.serving_units(model) - tally.taken_units.get(model, 0) - engine.units
     floor = fleet.floor_units(model)
