@@ -174,3 +174,15 @@ def test_an_action_touching_a_model_that_became_unreadable_is_refused_as_stale()
     decisions = gate.Gate().triage(q, typo, {}, 1.0)
     assert verdicts(decisions) == [("Refuse", "Stale")]
     assert "invalid spec" in decisions[0].message
+
+
+def test_a_plan_made_at_the_release_instant_is_not_part_of_the_backlog() -> None:
+    found = drain_plan(replicas=2)
+    spec = breaker_spec(open=True, maxPlanAge="2h")
+    cb = breaker.BreakerMachine(spec, now=0.0)
+    cb.observe(breaker_spec(open=False, maxPlanAge="2h"), breaker.FleetSignals(), 1800.0)
+    q = queue.ActionQueue(max_age=7200.0)
+    q.enqueue(planner.plan(found), found, 1800.0)  # re-planned from the fresh view
+    decisions = gate.Gate().triage(q, found, {"cb": cb}, 1800.0)
+    assert R.POST_PAUSE_BATCH not in {d.reason for d in decisions}
+    assert sum(d.probe for d in decisions) == 1  # HalfOpen probes still bound it

@@ -63,9 +63,16 @@ def test_no_stale_action_executes(
             assert live.resource_version == action.planned_from.engine_resource_version
             assert live.last_action_id != action.id
             assert not action.expired(record.now)
-            if action.intent.from_model is not None:
-                serving = record.before.serving_units(action.intent.from_model)
-                assert serving >= action.planned_from.model_serving_units
+            intent, planned = action.intent, action.planned_from
+            if intent.from_model is not None:
+                serving = record.before.serving_units(intent.from_model)
+                assert serving >= planned.model_serving_units
+            # The destination's need the move was planned to fill has not been filled since.
+            if intent.model is not None and intent.model != intent.from_model:
+                need = planned.model_serving_units if intent.from_model is None else None
+                need = planned.target_serving_units if need is None else need
+                assert need is not None, intent
+                assert record.before.serving_units(intent.model) <= need
 
 
 @EXAMPLES
@@ -92,11 +99,11 @@ def test_no_post_pause_flush(run: tuple[world_.Shape, list[world_.Event], list[b
         long_pause = record.breaker.last_pause_seconds > spec.pause_threshold
         if released is None or record.breaker.state is breaker.BreakerState.OPEN:
             continue
-        backlog = [d.action for d in record.decisions if d.action.planned_at <= released]
+        backlog = [d.action for d in record.decisions if d.action.planned_at < released]
         if not long_pause or len(backlog) <= spec.max_batch_after_pause:
             continue
         approved = spec.approval is not None and spec.approval.batch == gate.batch_id(backlog)
-        ran = [a for a in executed(record) if a.planned_at <= released]
+        ran = [a for a in executed(record) if a.planned_at < released]
         assert approved or not ran, f"{len(ran)} of a {len(backlog)}-action backlog flushed"
         reasons = {d.reason for d in record.decisions if d.action in backlog}
         assert approved or reasons == {gate.Reason.POST_PAUSE_BATCH}

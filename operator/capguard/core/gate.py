@@ -366,7 +366,12 @@ def _backlog_after_pause(
         return []
     if machine.last_pause_seconds <= machine.spec.pause_threshold:
         return []
-    return [a for a in actions if a.planned_at <= released and machine in governing.of(a)]
+    # Strictly before: a plan stamped at the release instant was made from the view of
+    # that instant (a manager that sees the release re-plans in the same pass), so it is
+    # as fresh as any later plan and no part of what piled up during the pause. Counting
+    # it would refuse the fresh re-plan together with the stale backlog. (release_plan
+    # keeps <= now: published while open, it must name what a later release will judge.)
+    return [a for a in actions if a.planned_at < released and machine in governing.of(a)]
 
 
 def _refusal(
