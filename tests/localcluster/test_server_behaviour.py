@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pathlib
 from typing import Any
 
 import aiohttp
@@ -12,7 +13,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from capguard.localcluster import LocalCluster, ThreadedCluster, resources, store
+from capguard.localcluster import (
+    LocalCluster,
+    ThreadedCluster,
+    cel,
+    openapi_protobuf,
+    protobuf,
+    resources,
+    store,
+)
 
 WIDGETS = "/apis/widgets.example.dev/v1/namespaces/default/widgets"
 JSON = {"Content-Type": "application/json"}
@@ -194,6 +203,64 @@ async def test_limits_media_types_and_unknown_paths(local_cluster: LocalCluster)
     assert response.content_type == "text/plain"
 
 
+def _named(data: bytes, number: int) -> dict[str, bytes]:
+    """The (name, value) entries of a gnostic Named* list in field `number` of `data`."""
+    found = {}
+    for field, value in protobuf._fields(data):
+        if field == number:
+            entry = dict(protobuf._fields(value))
+            found[entry[1].decode()] = entry.get(2, b"")
+    return found
+
+
+async def test_openapi_negotiates_json_or_v2_protobuf_as_real_servers(
+        widgets: LocalCluster) -> None:
+    proto_v2 = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"
+
+    async def fetch(path: str, accept: str) -> tuple[int, str, bytes]:
+        async with aiohttp.ClientSession() as session, session.get(
+                widgets.url + path, headers={"Accept": accept}) as response:
+            return response.status, response.headers["Content-Type"], await response.read()
+
+    # kubectl's only Accept for v2 (client-side validation of a List, kinds v3 lacks).
+    status, content_type, document = await fetch("/openapi/v2", proto_v2)
+    assert (status, content_type) == (200, openapi_protobuf.MEDIA_TYPE)
+    fields = dict(protobuf._fields(document))
+    assert fields[1] == b"2.0"
+    definitions = _named(fields[9], 1)
+    widget_schema = dict(protobuf._fields(definitions["dev.example.widgets.v1.Widget"]))
+    extensions = _named(definitions["dev.example.widgets.v1.Widget"], 31)
+    assert json.loads(dict(protobuf._fields(
+        extensions["x-kubernetes-group-version-kind"]))[2]) == [
+            {"group": "widgets.example.dev", "kind": "Widget", "version": "v1"}]
+    assert set(_named(widget_schema[25], 1)) >= {"apiVersion", "kind", "metadata", "spec"}
+    item = _named(fields[8], 2)[
+        "/apis/widgets.example.dev/v1/namespaces/{namespace}/widgets/{name}"]
+    patch = dict(protobuf._fields(item))[8]
+    query_names = set()
+    for number, parameter in protobuf._fields(patch):
+        if number == 8 and (non_body := dict(protobuf._fields(
+                dict(protobuf._fields(parameter))[1])).get(2)) is not None:
+            sub = dict(protobuf._fields(dict(protobuf._fields(non_body)).get(3, b"")))
+            query_names.add(sub.get(4, b"").decode())
+    assert "fieldValidation" in query_names
+
+    for accept in ("application/json", "*/*", f"application/json;q=0.9, {proto_v2};q=0.1",
+                   "application/yaml, application/json"):
+        status, content_type, body = await fetch("/openapi/v2", accept)
+        assert (status, content_type, json.loads(body)["swagger"]) == (
+            200, "application/json", "2.0"), accept
+    status, content_type, _ = await fetch("/openapi/v2", f"application/json;q=0.1, {proto_v2}")
+    assert (status, content_type) == (200, openapi_protobuf.MEDIA_TYPE)
+    for path, accept in (("/openapi/v2", "application/yaml"), ("/openapi/v2", "text/html"),
+                         ("/openapi/v3", "application/com.github.proto-openapi.spec.v3@v1.0"
+                                         "+protobuf")):
+        status, _, _ = await fetch(path, accept)
+        assert status == 406, (path, accept)
+    status, _, body = await fetch("/openapi/v3", "application/json, */*")
+    assert status == 200 and "apis/widgets.example.dev/v1" in json.loads(body)["paths"]
+
+
 async def test_watch_older_than_the_window_expires(widget_crd: dict[str, Any]) -> None:
     async with LocalCluster(window=5) as cluster:
         cluster.apply(resources.CRDS, widget_crd)
@@ -218,6 +285,70 @@ async def test_watch_delivers_changes_and_honours_the_timeout(widgets: LocalClus
     assert [e["type"] for e in events if e["type"] != "BOOKMARK"] == [
         "ADDED", "MODIFIED", "DELETED"]
     assert events[-1]["type"] == "BOOKMARK"
+
+
+async def test_the_audit_buffer_is_bounded_and_the_audit_file_gets_every_request(
+        tmp_path: pathlib.Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    async with LocalCluster(audit_buffer=5, audit_log=log) as cluster:
+        for _ in range(20):
+            await call(cluster, "GET", "/api/v1/namespaces")
+        await call(cluster, "GET", "/version")
+        assert len(cluster.audit) == 5
+        assert [record["path"] for record in cluster.audit][-2:] == [
+            "/api/v1/namespaces", "/version"]
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(records) == 21
+    assert {(r["verb"], r["resource"], r["code"]) for r in records[:20]} == {
+        ("list", "namespaces", 200)}
+
+
+async def test_a_watch_is_in_the_audit_log_while_it_streams(
+        tmp_path: pathlib.Path, widget_crd: dict[str, Any]) -> None:
+    log = tmp_path / "audit.jsonl"
+
+    def watches() -> list[dict[str, Any]]:
+        records = [json.loads(line) for line in log.read_text().splitlines()]
+        return [record for record in records if record["verb"] == "watch"]
+
+    async with LocalCluster(audit_log=log) as cluster:
+        cluster.apply(resources.CRDS, widget_crd)
+        async with aiohttp.ClientSession() as session, session.get(
+                cluster.url + WIDGETS, params={"watch": "true", "timeoutSeconds": "30",
+                                               "resourceVersion": "0"}) as response:
+            assert response.status == 200
+            for _ in range(100):
+                if watches():
+                    break
+                await asyncio.sleep(0.01)
+            [opened] = watches()
+            assert (opened["code"], opened["resource"], opened["namespace"]) == (
+                200, "widgets", "default")
+            assert "resourceVersion=0" in opened["query"]
+            assert cluster.audit[-1] == opened
+        refused, _, _ = await call(cluster, "GET", WIDGETS + "?watch=1&labelSelector=a%20b%20c")
+        assert refused == 400
+    # The ended watch is not written twice; a refused one is written with its code.
+    assert [record["code"] for record in watches()] == [200, 400]
+
+
+async def test_transition_rules_cost_nothing_on_create(
+        local_cluster: LocalCluster, widget_crd: dict[str, Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = widget_crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    spec["x-kubernetes-validations"] = [{"rule": "self.size == oldSelf.size",
+                                         "message": "size is immutable"}]
+    local_cluster.apply(resources.CRDS, widget_crd)
+    converted: list[Any] = []
+    to_cel = cel.to_cel
+    monkeypatch.setattr(cel, "to_cel", lambda value: converted.append(value) or to_cel(value))
+    status, _, _ = await call(local_cluster, "POST", WIDGETS, widget("w"))
+    assert (status, converted) == (201, [])   # no old object: no rule runs, nothing converted
+    status, body, _ = await call(local_cluster, "PATCH", WIDGETS + "/w",
+                                 {"spec": {"size": "large"}}, headers=MERGE)
+    assert status == 422
+    assert body["details"]["causes"][0]["message"] == 'Invalid value: "object": size is immutable'
+    assert converted
 
 
 async def test_crd_deletion_waits_for_instance_finalizers(widgets: LocalCluster) -> None:

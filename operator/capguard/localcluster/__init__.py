@@ -7,7 +7,8 @@ with them, Namespaces, core and events.k8s.io Events, Leases and ConfigMaps; obj
 CRUD with resourceVersion preconditions, generation, status and scale subresources,
 finalizers, ownerReference cascades, label and field selectors, pagination, watches with
 bookmarks, Tables for `kubectl get`, schema defaulting, pruning and validation (CEL
-included), server-side field validation and dry runs; OpenAPI v2 and v3.
+included), server-side field validation and dry runs; OpenAPI v3 in JSON and v2 in JSON
+or the protobuf kubectl asks for (client-side validation of a `kind: List`).
 
 Like kube-controller-manager, it runs a namespace lifecycle controller (`namespaces.py`):
 a deleted Namespace shows phase Terminating with the `NamespaceContentRemaining` and
@@ -31,8 +32,9 @@ What it deliberately does not do:
   discovery or content-deletion failures beyond refusals of its own deletes;
 - no authentication, no RBAC enforcement, no admission webhooks, no conversion webhooks
   (a multi-version CRD is served with strategy None: only apiVersion changes);
-- no protobuf, no server-side apply field ownership (apply patches merge), no
-  managedFields;
+- no protobuf beyond reading what kubectl posts for Namespaces and ConfigMaps and
+  writing the OpenAPI v2 document; no server-side apply field ownership (apply patches
+  merge), no managedFields;
 - strategic merge patch for built-ins is an approximation (see `patching.py`);
 - a `continue` token resumes after its key in the current state, not a snapshot.
 
@@ -40,6 +42,8 @@ Memory: everything lives in memory, each object once as a dict and once as its J
 bytes (about 3 KiB for a small custom resource, so 10,000 objects take tens of MiB); the
 watch window keeps the last `store.DEFAULT_WINDOW` (100,000) changes, and a watch from
 an older resourceVersion gets 410 Expired. Request bodies are limited to 3 MiB (413).
+The request audit (`LocalCluster.audit`) keeps the last `audit_buffer` requests (10,000,
+about 5.6 MB; none under `capguard localcluster`); `--audit-log FILE` gets them all.
 
 Use it as `capguard localcluster`, `python -m capguard.localcluster`, `async with
 LocalCluster(...)`, or `LocalCluster.start_in_thread(...)` from synchronous code.

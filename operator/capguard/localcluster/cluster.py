@@ -3,6 +3,7 @@ synchronous code (kubectl-driven tests, the demo)."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import pathlib
 import shutil
@@ -41,10 +42,14 @@ class LocalCluster:
                  crds_dir: str | os.PathLike[str] | None = None,
                  kubeconfig_path: str | os.PathLike[str] | None = None,
                  audit_log: str | os.PathLike[str] | None = None,
+                 audit_buffer: int = server.DEFAULT_AUDIT_BUFFER,
                  window: int = store.DEFAULT_WINDOW,
                  namespace_controller: bool = True) -> None:
         """`namespace_controller=False` leaves deleted Namespaces Terminating until their
-        `/finalize` is called, as a bare kube-apiserver without controllers does (199)."""
+        `/finalize` is called, as a bare kube-apiserver without controllers does (199).
+
+        `.audit` keeps the last `audit_buffer` requests (0 keeps none); `audit_log` is a
+        file that gets every request as a JSON line, however many."""
         self.host, self.port = host, port
         self.crds_dir = crds_dir
         self._kubeconfig_request = kubeconfig_path
@@ -59,7 +64,8 @@ class LocalCluster:
         self.namespace_controller = (namespaces.Controller(self.api) if namespace_controller
                                      else None)
         self._audit_file: IO[str] | None = None
-        self.server = server.Server(api=self.api, server_address=lambda: self.address)
+        self.server = server.Server(api=self.api, server_address=lambda: self.address,
+                                    audit_buffer=audit_buffer)
         self._runner: web.AppRunner | None = None
         self._tempdir: str | None = None
         self.kubeconfig_path: pathlib.Path | None = None
@@ -124,8 +130,9 @@ class LocalCluster:
         return f"http://{self.address}"
 
     @property
-    def audit(self) -> list[dict[str, Any]]:
-        """Every request served so far: method, path, query, verb, resource, namespace..."""
+    def audit(self) -> collections.deque[dict[str, Any]]:
+        """The last `audit_buffer` requests, oldest first: method, path, query, verb, code,
+        resource, namespace... (see `server`); a watch appears when it opens."""
         return self.server.audit
 
     def write_kubeconfig(self, path: str | os.PathLike[str]) -> pathlib.Path:
@@ -204,7 +211,7 @@ class ThreadedCluster:
         return self.cluster.kubeconfig_path
 
     @property
-    def audit(self) -> list[dict[str, Any]]:
+    def audit(self) -> collections.deque[dict[str, Any]]:
         return self.cluster.audit
 
     def call(self, function: Any, *args: Any) -> Any:

@@ -105,6 +105,9 @@ class _Node:
         self.checks = _Checks(raw)
         self.rules = _rules(raw.get("x-kubernetes-validations"), path=path,
                             rule_errors=rule_errors)
+        # Only transition rules here: without an old value there is nothing to evaluate.
+        self.transition_rules_only = bool(self.rules) and all(
+            rule.uses_old_self for rule in self.rules)
         self.cel_type = "" if self.int_or_string else (self.types[0] if self.types else "")
 
     @property
@@ -573,6 +576,8 @@ def _invalid(value: Any, detail: str, *, path: str) -> Cause:
 def _run_rules(value: Any, old: Any, node: _Node, *, path: str, causes: list[Cause],
                root: bool) -> None:
     """Evaluate the node's x-kubernetes-validations with `self` (and `oldSelf`)."""
+    if old is None and node.transition_rules_only:
+        return   # no rule runs: skip converting the value for CEL
     try:
         self_value = cel.to_cel(_cel_json(value, node, root=root))
     except RecursionError:  # nesting deeper than CEL conversion can follow

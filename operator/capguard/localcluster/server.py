@@ -1,7 +1,18 @@
 """The aiohttp application: routing requests to discovery, OpenAPI and objects, turning
-every refusal into a metav1.Status, and recording each request for audits."""
+every refusal into a metav1.Status, and recording each request for audits.
+
+The audit: one dict per request (`method`, `path`, `query`, `user_agent`, `content_type`,
+`verb`, `code`, and for resource requests `apiGroup`, `apiVersion`, `resource`,
+`subresource`, `namespace`, `name`). `Server.audit` keeps only the last `audit_buffer`
+of them (a `collections.deque`, `DEFAULT_AUDIT_BUFFER` by default, about 560 bytes each)
+so a long-running server does not grow; the audit file, when there is one, gets every
+record as a JSON line. A request is recorded when it is answered, except a watch: it is
+recorded when its stream opens, with code 200, so the log is complete while watches run
+(a watch refused before streaming, say for a bad selector, is recorded with its error).
+"""
 from __future__ import annotations
 
+import collections
 import json
 import logging
 from collections.abc import Callable
@@ -16,6 +27,7 @@ from capguard.localcluster import (
     negotiation,
     objects,
     openapi,
+    openapi_protobuf,
     protobuf,
     resources,
     routing,
@@ -33,14 +45,17 @@ JSON_TYPE: Final = "application/json"
 PATCH_TYPES: Final = ("application/merge-patch+json", "application/json-patch+json",
                       "application/strategic-merge-patch+json", "application/apply-patch+yaml")
 _TRUE: Final = ("true", "1", "True")
+# Requests `Server.audit` keeps in memory (about 5.6 MB); the audit file gets them all.
+DEFAULT_AUDIT_BUFFER: Final = 10_000
 
 
 class Server:
     def __init__(self, *, api: objects.Objects, server_address: Callable[[], str],
-                 audit_file: IO[str] | None = None) -> None:
+                 audit_file: IO[str] | None = None,
+                 audit_buffer: int = DEFAULT_AUDIT_BUFFER) -> None:
         self.api = api
         self.server_address = server_address
-        self.audit: list[dict[str, Any]] = []
+        self.audit: collections.deque[dict[str, Any]] = collections.deque(maxlen=audit_buffer)
         self.audit_file = audit_file
         self.record_audit = True
 
@@ -70,8 +85,9 @@ class Server:
             logger.exception("internal error serving %s %s", request.method, request.path)
             status = errors.internal(f"{type(error).__name__}: {error}").status
             response = _json_response(status, status=500)
-        record["code"] = response.status
-        self._record(record)
+        if "code" not in record:   # else a watch, recorded when it opened
+            record["code"] = response.status
+            self._record(record)
         return response
 
     def _record(self, record: dict[str, Any]) -> None:
@@ -122,23 +138,35 @@ class Server:
         elif len(parts) == 3 and parts[0] == "apis":
             document = discovery.api_resource_list(registry, parts[1], parts[2])
         elif parts[:1] == ["openapi"]:
-            document = self._openapi(parts[1:])
+            return self._openapi(parts[1:], accept)
         if document is None:
             raise errors.PageNotFound()
         negotiation.choose(accept)
         return _json_response(document)
 
-    def _openapi(self, parts: list[str]) -> dict[str, Any] | None:
+    def _openapi(self, parts: list[str], accept: str | None) -> web.Response:
         crds = self.established_crds()
         if parts == ["v2"]:
-            return openapi.openapi_v2(crds)
+            # kubectl asks for v2 only as protobuf (openapi_protobuf.py says when).
+            media = negotiation.choose_openapi(accept, protobuf=(
+                openapi_protobuf.MEDIA_TYPE, openapi_protobuf.MEDIA_TYPE_DEPRECATED))
+            document = openapi.openapi_v2(crds)
+            if media != negotiation.OPENAPI_JSON:
+                response = web.Response(body=openapi_protobuf.encode_document(document))
+                response.headers["Content-Type"] = media
+                return response
+            return _json_response(document)
+        found: dict[str, Any] | None = None
         if parts == ["v3"]:
-            return openapi.openapi_v3_root(crds)
-        if len(parts) == 4 and parts[:2] == ["v3", "apis"]:
-            return openapi.openapi_v3_group_version(crds, parts[2], parts[3])
-        if parts == ["v3", "api", "v1"]:
-            return openapi.openapi_v3_group_version(crds, "", "v1")
-        return None
+            found = openapi.openapi_v3_root(crds)
+        elif len(parts) == 4 and parts[:2] == ["v3", "apis"]:
+            found = openapi.openapi_v3_group_version(crds, parts[2], parts[3])
+        elif parts == ["v3", "api", "v1"]:
+            found = openapi.openapi_v3_group_version(crds, "", "v1")
+        if found is None:
+            raise errors.PageNotFound()
+        negotiation.choose_openapi(accept)   # no v3 protobuf: JSON or 406
+        return _json_response(found)
 
     def established_crds(self) -> list[dict[str, Any]]:
         db = self.api.db
@@ -169,6 +197,11 @@ class Server:
             allowed = target.rt.subresource(target.subresource)
             if allowed is None or verb not in allowed.verbs:
                 raise errors.method_not_allowed(request.method)
+        if verb == "watch":
+            def opened() -> None:
+                record["code"] = 200
+                self._record(record)
+            return await self._watch(request, target, opened=opened)
         handler = getattr(self, "_" + verb)
         result: web.StreamResponse = await handler(request, target)
         return result
@@ -195,7 +228,8 @@ class Server:
             return _json_response(body)
         return _respond(_list_bytes(rt, listing), fmt)
 
-    async def _watch(self, request: web.Request, target: routing.Target) -> web.StreamResponse:
+    async def _watch(self, request: web.Request, target: routing.Target, *,
+                     opened: Callable[[], None]) -> web.StreamResponse:
         rt, query = target.rt, request.query
         fmt = negotiation.choose(request.headers.get("Accept"), table=True)
         list_options = _list_options(request, target)
@@ -216,7 +250,7 @@ class Server:
 
         stream = watch.Stream(db=self.api.db, rt=rt, options=options, encode_object=encode,
                               raw_ok=fmt is not negotiation.Format.TABLE and not rt.to_external)
-        return await stream.serve(request)
+        return await stream.serve(request, opened=opened)
 
     async def _create(self, request: web.Request, target: routing.Target) -> web.StreamResponse:
         body = await _read_object(request, target.rt)

@@ -42,7 +42,10 @@ class Stream:
         self.encode_object = encode_object
         self.raw_ok = raw_ok
 
-    async def serve(self, request: web.Request) -> web.StreamResponse:
+    async def serve(self, request: web.Request, *, opened: Callable[[], None] | None = None
+                    ) -> web.StreamResponse:
+        """Stream until the timeout, the client leaving or the server stopping; `opened` is
+        called once the 200 and its headers are sent."""
         watcher: store.Watcher | None = self.db.subscribe(self.rt.storage_key)
         try:
             initial, last_rv = self._initial()
@@ -53,6 +56,8 @@ class Stream:
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         response.enable_chunked_encoding()
         await response.prepare(request)
+        if opened is not None:
+            opened()
         try:
             if initial:
                 await response.write(b"".join(initial))
