@@ -13,7 +13,8 @@ next to the goals of issue 4:
   handled fleet and for a start with all 10,000 engines unhandled (no status, unbound);
 - event-to-status latency p99 < 30 ms idle and < 500 ms while 1,000 engines change
   phase per minute: `spec.replicas` of an untouched model is changed and the time until
-  a watch shows its status with the new `observedGeneration` and `desired`;
+  a watch shows its status with the new `observedGeneration` and `desired` (samples
+  `SAMPLE_GAP` apart, so one sample's full pass does not delay the next);
 - >= 400 engine status events handled per second: a burst of /status writes (engines of
   200 models set Loading, then Serving again) and the time until every affected model's
   status counts show it.
@@ -52,6 +53,9 @@ NAMESPACE: Final = "bench"
 API: Final = "/apis/capguard.dev/v1alpha1"
 MERGE: Final = {"Content-Type": "application/merge-patch+json"}
 WRITERS: Final = 32
+# Between latency samples: the operator's full pass after a change (planning 10,000
+# engines) is over by then, so each sample meets an operator that is idle, or churning.
+SAMPLE_GAP: Final = 0.25
 # The server, seeded from its own thread before it listens: argv = kubeconfig, crds,
 # engines, models, state ("serving": bound and Serving; "unhandled": no status, unbound).
 SEEDED_SERVER: Final = """
@@ -328,7 +332,7 @@ async def latency(session: aiohttp.ClientSession, url: str, models: Models, *,
             lambda n=name, r=wanted: models.bodies[n]["spec"]["replicas"] == r  # type: ignore[misc]
             and models.current(n), timeout=30)
         taken.append((done - sent) * 1000)
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(SAMPLE_GAP)
     return taken
 
 

@@ -173,3 +173,41 @@ def test_an_engine_on_its_way_out_gets_no_new_model() -> None:
             "spec": {"pool": "p"}}
     record = records.engine_record(body)
     assert record.value is not None and record.value.spec.cordoned
+
+
+def _held_engine(name: str, version: str, *, bound: str | None = None,
+            serving: str | None = None) -> dict[str, object]:
+    status = {"phase": "Serving", "model": serving, "since": "2026-01-01T00:00:00Z"}
+    return {"metadata": {"name": name, "namespace": "ns", "resourceVersion": version},
+            "spec": {"pool": "p", **({"modelRef": bound} if bound else {})},
+            "status": status if serving else {}}
+
+
+def test_the_index_knows_which_models_an_engine_change_touches() -> None:
+    found = index.Index()
+    found.engines.apply(_held_engine("e", "1", bound="chat", serving="chat"))
+    assert found.take_dirty_models() == {("ns", "chat")}
+    assert [r.meta.name for r in found.engines_of("ns", "chat")] == ["e"]
+    # Rebound while still serving chat: both models' counts change, both hold it.
+    found.engines.apply(_held_engine("e", "2", bound="code", serving="chat"))
+    assert found.take_dirty_models() == {("ns", "chat"), ("ns", "code")}
+    found.engines.apply(_held_engine("e", "3", bound="code", serving="code"))
+    assert found.take_dirty_models() == {("ns", "chat"), ("ns", "code")}
+    assert found.engines_of("ns", "chat") == []
+    found.engines.delete(_held_engine("e", "4"))
+    assert found.take_dirty_models() == {("ns", "code")}
+    assert found.engines_of("ns", "code") == []
+
+
+def test_a_status_write_coming_back_is_not_a_planning_change() -> None:
+    found = index.Index()
+    found.models.apply(_body("m", "1", replicas=2))
+    versions = found.planning_versions["ns"]
+    found.planning_inputs_changed = False
+    status_only = {**_body("m", "2", replicas=2), "status": {"desired": 2}}
+    assert found.models.apply(status_only)
+    assert not found.models.apply(status_only)  # the same version again: not even parsed
+    assert (found.planning_inputs_changed, found.planning_versions["ns"]) == (False, versions)
+    assert found.take_dirty_models() == {("ns", "m")}  # its status is worth a look
+    found.models.apply(_body("m", "3", replicas=3))
+    assert found.planning_inputs_changed and found.planning_versions["ns"] == versions + 1

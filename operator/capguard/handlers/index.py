@@ -10,14 +10,20 @@ LIST and one dict insert per object.
 Newer wins by resourceVersion, compared as integers: Kubernetes calls resourceVersions
 opaque, but etcd's (and the embedded server's) are its revision counter, and a watch
 event racing the LIST must not resurrect an older body. A non-integer version is taken
-as newer (the event stream's order then decides).
+as newer (the event stream's order then decides). An equal version is the same object
+(our own write coming back on the watch, or a resync): not parsed again.
+
+The index also says what changed since the reconcile loop last looked: the models whose
+status may be out of date (their spec, or an engine holding them, changed) and whether
+anything the planner reads changed at all. That is what lets a pass be incremental.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from capguard.handlers import records
 
@@ -32,11 +38,22 @@ def _newer(candidate: str, current: str) -> bool:
         return True
 
 
+class Listener(Protocol[T]):
+    def __call__(self, key: Key, old: records.Record[T] | None,
+                 new: records.Record[T] | None) -> None: ...
+
+
+def _ignore(key: Key, old: object, new: object) -> None:
+    pass
+
+
 class Store(Generic[T]):
     """Records of one kind by (namespace, name), newest resourceVersion wins."""
 
-    def __init__(self, parse: Callable[[Mapping[str, Any]], records.Record[T]]) -> None:
+    def __init__(self, parse: Callable[[Mapping[str, Any]], records.Record[T]],
+                 *, on_change: Listener[T] = _ignore) -> None:
         self.parse = parse
+        self.on_change = on_change
         self.records: dict[Key, records.Record[T]] = {}
         # Deletions since the last LIST (so a LIST in flight cannot resurrect them).
         self._tombstones: dict[Key, str] = {}
@@ -46,24 +63,28 @@ class Store(Generic[T]):
 
     def apply(self, body: Mapping[str, Any]) -> bool:
         """Store an object's current body; False if an equal or newer one is already here."""
-        record = self.parse(body)
-        key = (record.meta.namespace, record.meta.name)
+        meta = records.meta_of(body)
+        key = (meta.namespace, meta.name)
         buried = self._tombstones.get(key)
-        if buried is not None and not _newer(record.meta.resource_version, buried):
+        if buried is not None and not _newer(meta.resource_version, buried):
             return False
         current = self.records.get(key)
-        if current is not None and not _newer(
-                record.meta.resource_version, current.meta.resource_version):
+        if current is not None and (
+                current.meta.resource_version == meta.resource_version
+                or not _newer(meta.resource_version, current.meta.resource_version)):
             return False
+        record = self.parse(body)
         self.records[key] = record
+        self.on_change(key, current, record)
         return True
 
     def delete(self, body: Mapping[str, Any]) -> None:
         meta = records.meta_of(body)
         key = (meta.namespace, meta.name)
         current = self.records.get(key)
-        if current is None or _newer(meta.resource_version, current.meta.resource_version):
-            self.records.pop(key, None)
+        if current is not None and _newer(meta.resource_version, current.meta.resource_version):
+            del self.records[key]
+            self.on_change(key, current, None)
         self._tombstones[key] = meta.resource_version  # until the next LIST is applied
 
     def listed(self, bodies: Iterable[Mapping[str, Any]]) -> set[Key]:
@@ -84,6 +105,7 @@ class Store(Generic[T]):
                 continue
             if key not in listed and not _newer(record.meta.resource_version, list_version):
                 del self.records[key]
+                self.on_change(key, record, None)
         self._tombstones.clear()
 
     def by_namespace(self) -> dict[str, list[records.Record[T]]]:
@@ -94,9 +116,72 @@ class Store(Generic[T]):
 
 
 class Index:
-    """The three kinds the reconcile loop reads."""
+    """The three kinds the reconcile loop reads, engines by the models they hold, and what
+    changed since the loop last asked."""
 
     def __init__(self) -> None:
-        self.engines = Store(records.engine_record)
-        self.models = Store(records.model_record)
-        self.breakers = Store(records.breaker_record)
+        self.engines = Store(records.engine_record, on_change=self._engine_changed)
+        self.models = Store(records.model_record, on_change=self._model_changed)
+        self.breakers = Store(records.breaker_record, on_change=self._breaker_changed)
+        self.engines_by_model: dict[Key, set[str]] = collections.defaultdict(set)
+        self.dirty_models: set[Key] = set()  # whose status may need rewriting
+        self.planning_inputs_changed = True  # anything the planner or the gate reads
+        # Per namespace, how many times that happened: equal numbers, equal plans.
+        self.planning_versions: dict[str, int] = collections.defaultdict(int)
+
+    def engines_of(self, namespace: str, model: str) -> list[records.EngineRecord]:
+        """The engines holding a model: bound to it, loading, serving or draining it."""
+        found = (self.engines.records.get((namespace, name))
+                 for name in self.engines_by_model.get((namespace, model), ()))
+        return [r for r in found if r is not None]
+
+    def take_dirty_models(self) -> set[Key]:
+        dirty, self.dirty_models = self.dirty_models, set()
+        return dirty
+
+    def _engine_changed(self, key: Key, old: records.EngineRecord | None,
+                        new: records.EngineRecord | None) -> None:
+        namespace, name = key
+        before = records.engine_models(old) if old is not None else frozenset()
+        after = records.engine_models(new) if new is not None else frozenset()
+        for model in before - after:
+            held = self.engines_by_model.get((namespace, model))
+            if held is not None:
+                held.discard(name)
+                if not held:
+                    del self.engines_by_model[(namespace, model)]
+        for model in after - before:
+            self.engines_by_model[(namespace, model)].add(name)
+        self.dirty_models.update((namespace, model) for model in before | after)
+        self._planning_input_changed(namespace)
+
+    def _model_changed(self, key: Key, old: records.ModelRecord | None,
+                       new: records.ModelRecord | None) -> None:
+        self.dirty_models.add(key)
+        if not _same_spec(old, new):
+            self._planning_input_changed(key[0])  # not for our own status write coming back
+
+    def _breaker_changed(self, key: Key, old: records.BreakerRecord | None,
+                         new: records.BreakerRecord | None) -> None:
+        if not _same_spec(old, new):
+            self._planning_input_changed(key[0])
+
+    def _planning_input_changed(self, namespace: str) -> None:
+        self.planning_inputs_changed = True
+        self.planning_versions[namespace] += 1
+
+
+def _same_spec(old: records.Record[Any] | None, new: records.Record[Any] | None) -> bool:
+    """Whether only the status changed (a parsed spec compares by value, an error by text)."""
+    if old is None or new is None:
+        return False
+    return _spec_value(old) == _spec_value(new) and str(old.error) == str(new.error)
+
+
+def _spec_value(record: records.Record[Any]) -> object:
+    """The parsed value without its resourceVersion (which every write moves; the core
+    reads it on engines only, and an engine's every change is a planning change anyway)."""
+    value = record.value
+    if dataclasses.is_dataclass(value) and hasattr(value, "resource_version"):
+        return dataclasses.replace(value, resource_version="")  # type: ignore[type-var]
+    return value

@@ -89,9 +89,10 @@ def breaker_record(body: Mapping[str, Any]) -> BreakerRecord:
     return _record(body, specs.parse_breaker, _status(body))
 
 
-def engine_model(record: EngineRecord) -> str:
-    """The model an engine belongs to for the by-model index ('' when unassigned)."""
+def engine_models(record: EngineRecord) -> frozenset[str]:
+    """The models an engine holds (bound to, or loading, serving, draining): the engines a
+    model's status counts are exactly those holding it."""
     engine = record.value
     if engine is None:
-        return ""
-    return engine.spec.model_ref or engine.model or ""
+        return frozenset()
+    return frozenset(m for m in (engine.spec.model_ref, engine.model) if m)
