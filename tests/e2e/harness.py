@@ -8,12 +8,15 @@ chosen kubeconfig explicitly, so the suite can never touch a cluster by accident
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import dataclasses
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +26,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Final, TypeVar
 
+import aiohttp
 import yaml
+from aiohttp import web
 from prometheus_client import parser as prometheus_parser
 
 ROOT: Final = Path(__file__).resolve().parents[2]
@@ -327,57 +332,154 @@ def start_operator(command: Sequence[str], *, identity: str, log_path: Path) -> 
     return OperatorProcess(identity=identity, process=process, log_path=log_path)
 
 
-# --- a concurrent writer ----------------------------------------------------------
+# --- a write between planning and execution -------------------------------------
 
 _PROXY_ADDRESS: Final = re.compile(r"Starting to serve on ([0-9.]+:[0-9]+)")
+_HOP_BY_HOP: Final = frozenset({"host", "content-length", "transfer-encoding", "connection",
+                                "keep-alive", "upgrade"})
 
 
-class Toucher:
-    """Someone else writing an engine, as fast as the API server answers: a label patch
-    in a loop through `kubectl proxy` (so it works with any kubeconfig's credentials).
+@dataclasses.dataclass(frozen=True)
+class Interception:
+    """One action write the Interposer held while another writer moved the engine."""
 
-    Every write moves the engine's resourceVersion, so an action the operator planned a
-    moment ago carries a version that no longer holds: its write must lose with 409.
+    action_id: str
+    planned_from: str  # the resourceVersion the action carried as its precondition
+    touched_to: str  # the engine's resourceVersion after the other write
+    status: int  # what the API server answered the action
+
+
+class Interposer:
+    """A proxy between an operator and the API server that puts another writer's write
+    between an action's planning and its arrival, by construction.
+
+    The operator talks to the cluster through `kubeconfig` (a `kubectl proxy` behind it
+    holds the real credentials, so it works with any cluster). The first `holds` action
+    writes to `engine_name` (a PATCH of the object itself carrying
+    `metadata.resourceVersion`, the version the action was planned from) are held while
+    the Interposer patches a label on that engine, then forwarded: the action arrives
+    carrying a version that no longer holds. Everything else, watches included, passes
+    through unchanged.
+
+    A concurrent writer racing the operator cannot do this reliably: the operator drops
+    an action whose engine changed in its own view (the gate's Stale), so only a write
+    landing inside the few milliseconds between its look and its PATCH reaches the 409.
     """
 
-    def __init__(self, kubectl: Kubectl, *, engine_name: str, writers: int = 2) -> None:
+    def __init__(self, kubectl: Kubectl, *, engine_name: str, directory: Path,
+                 holds: int = 1) -> None:
+        assert kubectl.namespace is not None
         self._proxy = subprocess.Popen(
             kubectl.in_namespace(None).command("proxy", "--port=0", "--address=127.0.0.1"),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env())
         assert self._proxy.stdout is not None
         announced = _PROXY_ADDRESS.search(self._proxy.stdout.readline())
         assert announced, "kubectl proxy did not start"
-        self._url = (f"http://{announced.group(1)}/apis/capguard.dev/v1alpha1/namespaces/"
-                     f"{kubectl.namespace}/inferenceengines/{engine_name}")
-        self._stop = threading.Event()
-        self._count_lock = threading.Lock()
-        self.writes = 0
-        self._threads = [threading.Thread(target=self._touch, args=(n,), daemon=True)
-                         for n in range(writers)]
-        for thread in self._threads:
-            thread.start()
+        self._upstream = f"http://{announced.group(1)}"
+        self._engine_path = (f"/apis/capguard.dev/v1alpha1/namespaces/{kubectl.namespace}/"
+                             f"inferenceengines/{engine_name}")
+        self._holds = holds
+        self._lock = threading.Lock()
+        self._intercepted: list[Interception] = []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="interposer",
+                                        daemon=True)
+        self._thread.start()
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(timeout=10)
+        port = self._listener.getsockname()[1]
+        self.kubeconfig = directory / "interposed.kubeconfig"
+        self.kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "interposed",
+            "clusters": [{"name": "interposed",
+                          "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+            "users": [{"name": "interposed", "user": {}}],
+            "contexts": [{"name": "interposed",
+                          "context": {"cluster": "interposed", "user": "interposed"}}],
+        }))
 
-    def _touch(self, writer: int) -> None:
-        sequence = 0
-        while not self._stop.is_set():
-            sequence += 1
-            patch = {"metadata": {"labels": {f"e2e-touch-{writer}": str(sequence)}}}
-            request = urllib.request.Request(
-                self._url, data=json.dumps(patch).encode(), method="PATCH",
-                headers={"Content-Type": "application/merge-patch+json"})
-            with urllib.request.urlopen(request, timeout=5):
-                pass
-            with self._count_lock:
-                self.writes += 1
+    @property
+    def intercepted(self) -> list[Interception]:
+        with self._lock:
+            return list(self._intercepted)
+
+    async def _serve(self) -> None:
+        self._session = aiohttp.ClientSession(
+            auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None))
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._forward)
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1)
+        await self._runner.setup()
+        await web.SockSite(self._runner, self._listener).start()
+
+    def _is_action(self, request: web.Request, body: bytes) -> bool:
+        if request.method != "PATCH" or request.path != self._engine_path:
+            return False
+        try:
+            metadata = json.loads(body).get("metadata") or {}
+        except ValueError:
+            return False
+        return bool(metadata.get("resourceVersion"))
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        assert self._session is not None
+        body = await request.read()
+        with self._lock:
+            hold = self._holds > 0 and self._is_action(request, body)
+            if hold:
+                self._holds -= 1
+        touched = await self._touch() if hold else ""
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        async with self._session.request(request.method, self._upstream + request.path_qs,
+                                         headers=headers, data=body or None,
+                                         allow_redirects=False) as upstream:
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
+                                          headers={k: v for k, v in upstream.headers.items()
+                                                   if k.lower() not in _HOP_BY_HOP})
+            if hold:
+                metadata = json.loads(body)["metadata"]
+                with self._lock:
+                    self._intercepted.append(Interception(
+                        action_id=str((metadata.get("annotations") or {}).get(ACTION_ID)),
+                        planned_from=str(metadata["resourceVersion"]), touched_to=touched,
+                        status=upstream.status))
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+
+    async def _touch(self) -> str:
+        """Another writer: a label patch, no precondition, so it always lands."""
+        assert self._session is not None
+        patch = {"metadata": {"labels": {"e2e-touch": str(len(self._intercepted) + 1)}}}
+        async with self._session.patch(
+                self._upstream + self._engine_path, data=json.dumps(patch),
+                headers={"Content-Type": "application/merge-patch+json"}) as answer:
+            written = await answer.json(content_type=None)
+            assert answer.status == 200, f"the other writer failed: {written}"
+        return str(written["metadata"]["resourceVersion"])
+
+    async def _close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
 
     def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=5)
-        self._proxy.terminate()
-        self._proxy.wait(timeout=5)
+        if self._proxy.poll() is None:
+            self._proxy.terminate()  # ends the watches in flight first
+            self._proxy.wait(timeout=5)
+        with contextlib.suppress(TimeoutError):
+            asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
 
-    def __enter__(self) -> Toucher:
+    def __enter__(self) -> Interposer:
         return self
 
     def __exit__(self, *_: object) -> None:

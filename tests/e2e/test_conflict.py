@@ -1,32 +1,51 @@
 """No stale action: a write planned from a resourceVersion that no longer holds loses
-with 409, is counted, and the engine is re-planned from what the cluster shows."""
+with 409, is counted, and the engine is re-planned from what the cluster shows.
+
+The other write lands between the operator's planning and its action's arrival by
+construction (`harness.Interposer` holds the action's PATCH while it writes the engine),
+not by racing a writer against the operator: that race was lost or won by timing alone.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from . import harness
 from .conftest import Operators
 
 
 def test_a_stale_action_loses_with_409_and_is_replanned(
-    kube: harness.Kubectl, operators: Operators,
+    kube: harness.Kubectl, operators: Operators, tmp_path: Path,
 ) -> None:
     kube.apply(harness.engine("e-0"), harness.model("chat", replicas=0))
-    operator = operators.start()
-    harness.wait_until(lambda: kube.get("ie", "e-0").get("status", {}).get("phase") == "Idle",
-                       timeout=10, what="engine e-0 Idle")
-    with harness.FleetWatch(kube) as watch, harness.Toucher(kube, engine_name="e-0") as toucher:
-        harness.wait_until(lambda: toucher.writes >= 10, timeout=10, what="the toucher writing")
-        kube.run("scale", "mc/chat", "--replicas=1")
+    with harness.Interposer(kube, engine_name="e-0", directory=tmp_path) as interposer:
+        operator = operators.start(kubeconfig=interposer.kubeconfig)
         harness.wait_until(
-            lambda: operator.metrics().total("capguard_actions_total", result="conflict") >= 1,
-            timeout=15, what="an action to lose with 409 (capguard_actions_total conflict)")
-        toucher.stop()
-        harness.wait_serving(kube, {"chat": 1})
-        assert harness.planned_from_elsewhere(watch) == []
-    conflicts = kube.events(reason="ActionConflict", name="e-0")
-    assert conflicts and "resourceVersion" in conflicts[0]["message"], conflicts
-    body = kube.get("ie", "e-0")
-    assert body["spec"]["modelRef"] == "chat" and body["status"]["phase"] == "Serving"
-    assert body["metadata"]["annotations"][harness.ACTION_ID] == body["status"]["lastAction"]["id"]
-    metrics = operator.metrics()
-    assert metrics.total("capguard_actions_total", type="assign", result="executed") == 1
+            lambda: kube.get("ie", "e-0").get("status", {}).get("phase") == "Idle",
+            timeout=10, what="engine e-0 Idle")
+        with harness.FleetWatch(kube) as watch:
+            kube.run("scale", "mc/chat", "--replicas=1")
+            [lost] = harness.wait_until(lambda: interposer.intercepted, timeout=15,
+                                        what="the operator's action on e-0")
+            assert int(lost.touched_to) > int(lost.planned_from), lost
+            assert lost.status == 409, f"a write over a changed engine was accepted: {lost}"
+            harness.wait_until(
+                lambda: operator.metrics().total("capguard_actions_total",
+                                                 result="conflict") >= 1,
+                timeout=10, what="the lost action counted (capguard_actions_total conflict)")
+            harness.wait_serving(kube, {"chat": 1})
+            assert harness.planned_from_elsewhere(watch) == []
+        body = kube.get("ie", "e-0")
+        assert body["spec"]["modelRef"] == "chat" and body["status"]["phase"] == "Serving"
+        # Re-planned: a new action, from a version at or after the other write.
+        last = body["status"]["lastAction"]
+        assert body["metadata"]["annotations"][harness.ACTION_ID] == last["id"] != lost.action_id
+        assert int(last["plannedFromResourceVersion"]) >= int(lost.touched_to), (last, lost)
+        conflicts = harness.wait_until(lambda: kube.events(reason="ActionConflict", name="e-0"),
+                                       timeout=10, what="an ActionConflict Event on e-0")
+        assert any(lost.action_id in e["message"]
+                   and f"resourceVersion {lost.planned_from}" in e["message"]
+                   for e in conflicts), conflicts
+        metrics = operator.metrics()
+        assert metrics.total("capguard_actions_total", type="assign", result="executed") == 1
+        assert len(interposer.intercepted) == 1
