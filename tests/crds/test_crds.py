@@ -95,6 +95,8 @@ CONTRACT_FIELDS = {
         "releasePlan",
         "probesSucceeded",
         "secondsInState",
+        "secondsInStateAt",
+        "pausedSince",
         "observedGeneration",
         "conditions",
     },

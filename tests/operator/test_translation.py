@@ -6,8 +6,8 @@ import datetime
 
 import pytest
 
-from capguard.core import drift, specs
-from capguard.handlers import driver, index, records
+from capguard.core import breaker, drift, planner, specs
+from capguard.handlers import driver, index, reconcile, records
 from capguard.handlers import status as status_
 from capguard.kube import client, events
 
@@ -211,3 +211,40 @@ def test_a_status_write_coming_back_is_not_a_planning_change() -> None:
     assert found.take_dirty_models() == {("ns", "m")}  # its status is worth a look
     found.models.apply(_body("m", "3", replicas=3))
     assert found.planning_inputs_changed and found.planning_versions["ns"] == versions + 1
+
+
+def test_a_restarted_operator_continues_the_pause_its_status_describes() -> None:
+    """A breaker reopened by a failed probe: the pause began before `since`, and the
+    seconds already spent in each state go on from where they were written."""
+    now = T0 + 600
+    body = {"metadata": {"name": "cb", "namespace": "ns", "generation": 1, "uid": "u"},
+            "spec": {"pauseThreshold": "5m"},
+            "status": {"state": "Open", "since": status_.timestamp(T0 + 400),
+                       "reason": "ProbeFailed", "pausedSince": status_.timestamp(T0),
+                       "secondsInState": {"Closed": 50.0, "Open": 350.0, "HalfOpen": 100.0},
+                       "secondsInStateAt": status_.precise_timestamp(T0 + 450),
+                       "refusedActions": 4}}
+    record = records.breaker_record(body)
+    assert record.value is not None
+    machine = reconcile.restore_machine(record, record.value, now=now)
+    assert machine.state is breaker.BreakerState.OPEN
+    assert machine.reason is breaker.TripReason.PROBE_FAILED
+    assert machine.opened_at == T0 and machine.refused == 4
+    assert machine.seconds_in_state(now)[breaker.BreakerState.OPEN] == 350.0 + 150.0
+    written = status_.breaker_status(record=record, machine=machine, plan=None, refused=None,
+                                     now=now)
+    assert written["pausedSince"] == status_.timestamp(T0)
+
+
+def test_engines_of_a_model_with_an_invalid_spec_stay_counted_and_unmoved() -> None:
+    def engine(name: str) -> records.EngineRecord:
+        return records.engine_record({
+            "metadata": {"name": name, "namespace": "ns", "resourceVersion": "1"},
+            "spec": {"pool": "p", "modelRef": "chat"},
+            "status": {"phase": "Serving", "model": "chat"}})
+    typo = records.model_record({"metadata": {"name": "chat", "namespace": "ns"},
+                                 "spec": {"replicas": 2, "minAvailable": 5}})
+    view = reconcile.View(engines=[engine("e1"), engine("e2")], models=[typo])
+    fleet = reconcile.build_fleet(view)
+    assert set(fleet.engines) == {"e1", "e2"} and fleet.unreadable_models == {"chat"}
+    assert planner.plan(fleet) == []

@@ -24,7 +24,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import aiohttp
@@ -96,18 +96,13 @@ def snapshot(found: index.Index) -> dict[str, View]:
 
 
 def build_fleet(view: View) -> fleet_.Fleet:
-    """The core's snapshot. Engines bound to a model whose spec is invalid are left out:
-    the planner would see them as orphans and drain them, and a typo must never do that."""
-    invalid_models = {r.meta.name for r in view.models if r.value is None}
-    engines = [
-        r.value for r in view.engines
-        if r.value is not None and not (
-            {r.value.spec.model_ref, r.value.model} & invalid_models)
-    ]
+    """The core's snapshot. A model whose spec is invalid is kept by name: its engines stay
+    in the fleet (they count fleet-wide) and nothing moves them, so a typo drains nothing."""
     return fleet_.Fleet.of(
-        engines=engines,
+        engines=[r.value for r in view.engines if r.value is not None],
         models=[r.value for r in view.models if r.value is not None],
         breakers=[r.value for r in view.breakers if r.value is not None],
+        unreadable_models=[r.meta.name for r in view.models if r.value is None],
     )
 
 
@@ -120,58 +115,24 @@ def restore_machine(
         state = breaker.BreakerState(saved.get("state"))
     except ValueError:
         return breaker.BreakerMachine(spec, now=now)
-    since = status_.parse_timestamp(saved.get("since")) or now
-    paused_since = status_.condition_since(saved, "Paused")
-    pause = since - paused_since if state is breaker.BreakerState.HALF_OPEN and paused_since else 0
-    machine = breaker.BreakerMachine(spec, now=now, state=state, since=since,
-                                     last_pause_seconds=pause)
-    if state is breaker.BreakerState.OPEN and paused_since is not None:
-        machine.opened_at = min(paused_since, since)  # a failed probe continues the old pause
+    reason = None
     with contextlib.suppress(ValueError):
-        machine.reason = breaker.TripReason(saved.get("reason"))
-    machine.refused = int(saved.get("refusedActions") or 0)
-    return machine
+        reason = breaker.TripReason(saved.get("reason"))
+    # A status written before `pausedSince` existed: the Paused condition flipped with it.
+    opened_at = (status_.parse_timestamp(saved.get("pausedSince"))
+                 or status_.condition_since(saved, "Paused"))
+    return breaker.BreakerMachine.restore(
+        spec, now=now, state=state, since=status_.parse_timestamp(saved.get("since")) or now,
+        reason=reason, opened_at=opened_at, seconds_in_state=status_.seconds_in_state(saved),
+        reported_at=status_.parse_timestamp(saved.get("secondsInStateAt")),
+        probes_succeeded=int(saved.get("probesSucceeded") or 0),
+        refused=int(saved.get("refusedActions") or 0))
 
 
-@dataclasses.dataclass
-class Symptoms:
-    """What auto-trip may act on: a floor breach of a model that has been available, and
-    drift that has lasted a breaker's window. A fleet being brought up (or scaled up) is
-    short of its floor and drifting by design; tripping on that would hold the very
-    actions that fix it. (See NOTES-core.md: this belongs in the core.)"""
-
-    established: set[str] = dataclasses.field(default_factory=set)
-    drifting_since: dict[str, float] = dataclasses.field(default_factory=dict)
-    report: drift.DriftReport | None = None
-
-    def observe(self, report: drift.DriftReport, *, view: View, now: float) -> None:
-        self.report = report
-        for record in view.models:
-            if status_.condition_since(record.status, "Available") is not None:
-                self.established.add(record.meta.name)  # it was available before a restart
-        for name, model in report.models.items():
-            if not model.below_floor:
-                self.established.add(name)
-            if model.drift:
-                self.drifting_since.setdefault(name, now)
-            else:
-                self.drifting_since.pop(name, None)
-
-    def signals(
-        self, spec: specs.BreakerSpec, models: Iterable[str], *, now: float
-    ) -> breaker.FleetSignals:
-        if self.report is None:
-            return breaker.FleetSignals()
-        window = spec.auto_trip.window if spec.auto_trip else 0.0
-        ratio, breached = 0.0, False
-        for name in models:
-            found = self.report.models.get(name)
-            if found is None:
-                continue
-            if now - self.drifting_since.get(name, now) >= window:
-                ratio = max(ratio, found.drift_ratio)
-            breached = breached or (found.below_floor and name in self.established)
-        return breaker.FleetSignals(max_drift_ratio=ratio, floor_breached=breached)
+def available_models(view: View, *, known: set[str]) -> list[str]:
+    """Models not yet known to have been available whose status says they were (a restart)."""
+    return [r.meta.name for r in view.models if r.meta.name not in known
+            and status_.condition_since(r.status, "Available") is not None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,7 +168,7 @@ class Namespace:
     # model -> (record, drift, failed, held) last found needing no write: skip rebuilding it
     status_checked: dict[str, tuple[records.ModelRecord, drift.ModelDrift, int, str | None]] = (
         dataclasses.field(default_factory=dict))
-    symptoms: Symptoms = dataclasses.field(default_factory=lambda: Symptoms())
+    signals: drift.SignalTracker = dataclasses.field(default_factory=drift.SignalTracker)
     breaker_written_at: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
@@ -311,17 +272,14 @@ class Reconciler:
             return 0
         leading = self.is_leader()
         now = self.clock()
-        invalid = {key for key, r in self.index.models.records.items() if r.value is None}
         writes = []
         for key in dirty:
             namespace, name = key
             record = self.index.models.records.get(key)
             if record is None or record.value is None:
                 continue  # gone or invalid: the full pass reports it
-            engines = [
-                r.value for r in self.index.engines_of(namespace, name)
-                if r.value is not None and not any(
-                    (namespace, m) in invalid for m in records.engine_models(r))]
+            engines = [r.value for r in self.index.engines_of(namespace, name)
+                       if r.value is not None]
             own = fleet_.Fleet.of(engines=engines, models=[record.value])
             view = drift.measure(own, queue.ActionQueue(), now).models[name]
             self._export_model(key, view)
@@ -421,7 +379,8 @@ class Reconciler:
         now: float, result: PassResult,
     ) -> tuple[drift.DriftReport, dict[str, Executed]]:
         report = drift.measure(fleet, state.queue, now)
-        state.symptoms.observe(report, view=view, now=now)
+        state.signals.observe(report, now=now,
+                              available=available_models(view, known=state.signals.established))
         self._step_breakers(namespace, view=view, fleet=fleet, state=state, report=report, now=now)
         self._settle_probes(namespace, view=view, fleet=fleet, state=state, now=now)
         version = self.index.planning_versions[namespace]
@@ -486,7 +445,8 @@ class Reconciler:
             else:
                 before = machine.state
             governed = [m.name for m in fleet.models.values() if spec.governs(m)]
-            machine.observe(spec, state.symptoms.signals(spec, governed, now=now), now)
+            machine.observe(spec, state.signals.signals(breaker=spec, models=governed, now=now),
+                            now)
             self._announce_breaker(record.meta, machine=machine, before=before)
         for gone in set(state.machines) - present:
             del state.machines[gone]
@@ -557,8 +517,7 @@ class Reconciler:
                 continue
             if decision.probe:
                 for name in governing:  # the probe never ran: give its slot back
-                    machine = state.machines[name]
-                    machine.probes_in_flight = max(0, machine.probes_in_flight - 1)
+                    state.machines[name].cancel_probe()
             if outcome == "conflict":
                 result.conflicts += 1
                 self._event(view.meta("InferenceEngine", namespace, action.intent.engine),

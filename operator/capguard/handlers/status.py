@@ -21,7 +21,7 @@ FALSE: Final = "False"
 INVALID_SPEC: Final = "InvalidSpec"
 
 # Fields that tick with the clock: refreshed when something else changes, never alone.
-VOLATILE: Final = frozenset({"secondsInState"})
+VOLATILE: Final = frozenset({"secondsInState", "secondsInStateAt"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +85,15 @@ def condition_since(status: Mapping[str, Any], kind: str) -> float | None:
         if isinstance(c, Mapping) and c.get("type") == kind and c.get("status") == TRUE:
             return parse_timestamp(c.get("lastTransitionTime"))
     return None
+
+
+def seconds_in_state(status: Mapping[str, Any]) -> dict[breaker.BreakerState, float] | None:
+    """`secondsInState` as written, keyed by state (None when there is none to restore)."""
+    saved = status.get("secondsInState")
+    if not isinstance(saved, Mapping):
+        return None
+    return {state: float(value) for state in breaker.BreakerState
+            if isinstance(value := saved.get(state.value), int | float)}
 
 
 def selector_string(selector: specs.LabelSelector) -> str:
@@ -217,6 +226,9 @@ def breaker_status(
         "refusedActions": machine.refused,
         "probesSucceeded": machine.probes_succeeded,
         "secondsInState": {s.value: round(v, 1) for s, v in machine.seconds_in_state(now).items()},
+        "secondsInStateAt": precise_timestamp(now),
+        # What a restart restores the pause from (None: the merge patch removes it).
+        "pausedSince": None if machine.opened_at is None else timestamp(machine.opened_at),
         "observedGeneration": spec.generation,
         "releasePlan": None if plan is None else {
             "batch": plan.batch, "size": plan.size,
