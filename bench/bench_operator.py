@@ -25,6 +25,7 @@ The server and the operator share this machine's cores: on 2 cores they compete,
 server's write path (a few hundred writes/s) bounds everything that needs writes.
 
     python bench/bench_operator.py [--engines 10000] [--models 1000] [--skip-unhandled]
+                                   [--idle-latency-only]
 """
 from __future__ import annotations
 
@@ -404,23 +405,17 @@ async def sample_memory(operator: Operator, peak: list[float], stop: asyncio.Eve
 
 
 async def handled_fleet(workdir: pathlib.Path, setup: Setup, rows: list[Row],
-                        samples: int) -> None:
-    """A fleet already Serving: first start, restart, latency, churn, burst, memory."""
+                        samples: int, *, idle_only: bool = False) -> None:
+    """A fleet already Serving: first start, restart, latency, churn, burst, memory
+    (with `idle_only`: one start, then the idle latency alone)."""
     server = Server(workdir, engines=setup.engines, models=setup.models, state="serving")
     print(f"seeded {setup.engines} serving engines in {server.seeded_in:.1f}s", flush=True)
     connector = aiohttp.TCPConnector(limit=WRITERS + 8)
     try:
         async with aiohttp.ClientSession(connector=connector) as session, \
                 following(session, server.url) as models:
-            # First start: every model status is written for the first time.
-            operator = Operator(server, driver="none")
-            first_pass = await operator.wait_metric(
-                session, "capguard_reconcile_duration_seconds_count", lambda v: v >= 1,
-                timeout=120)
-            all_current = await models.until(models.all_current, timeout=120) - operator.started
-            rows.append(below("first start: first reconcile pass done", first_pass, "s", 8))
-            rows.append(below("first start: every model status current", all_current, "s", 8))
-            operator.stop()
+            if not idle_only:
+                await first_start(session, server, models, rows)
             # Restart over the handled fleet: the cold start a user sees after an upgrade.
             # A spec change made meanwhile tells us when the new operator has looked at all.
             await scale(session, server.url, f"m{setup.models - 1}", setup.per_model + 1)
@@ -450,6 +445,11 @@ async def handled_fleet(workdir: pathlib.Path, setup: Setup, rows: list[Row],
                                 (sum1 - sum0) / (count1 - count0) * 1000, "ms"))
             rows.append(Row("idle: event-to-status p50", statistics.median(idle), "ms"))
             rows.append(below("idle: event-to-status p99", percentile(idle, 99), "ms", 30))
+            if idle_only:
+                stop.set()
+                await sampler
+                operator.stop()
+                return
 
             churning = asyncio.Event()
             churned = list(range(half * setup.per_model, setup.engines))
@@ -480,6 +480,18 @@ async def handled_fleet(workdir: pathlib.Path, setup: Setup, rows: list[Row],
             operator.stop()
     finally:
         server.stop()
+
+
+async def first_start(session: aiohttp.ClientSession, server: Server, models: Models,
+                      rows: list[Row]) -> None:
+    """First start: every model status is written for the first time."""
+    operator = Operator(server, driver="none")
+    first_pass = await operator.wait_metric(
+        session, "capguard_reconcile_duration_seconds_count", lambda v: v >= 1, timeout=120)
+    all_current = await models.until(models.all_current, timeout=120) - operator.started
+    rows.append(below("first start: first reconcile pass done", first_pass, "s", 8))
+    rows.append(below("first start: every model status current", all_current, "s", 8))
+    operator.stop()
 
 
 async def unhandled_fleet(workdir: pathlib.Path, setup: Setup, rows: list[Row]) -> None:
@@ -533,13 +545,16 @@ async def main() -> int:
     parser.add_argument("--samples", type=int, default=100, help="latency samples per phase")
     parser.add_argument("--skip-handled", action="store_true")
     parser.add_argument("--skip-unhandled", action="store_true")
+    parser.add_argument("--idle-latency-only", action="store_true",
+                        help="start once over the handled fleet and measure idle latency only")
     args = parser.parse_args()
     setup = Setup(args.engines, args.models)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="capguard-bench-") as workdir:
         if not args.skip_handled:
-            await handled_fleet(pathlib.Path(workdir), setup, rows, args.samples)
-        if not args.skip_unhandled:
+            await handled_fleet(pathlib.Path(workdir), setup, rows, args.samples,
+                                idle_only=args.idle_latency_only)
+        if not args.skip_unhandled and not args.idle_latency_only:
             await unhandled_fleet(pathlib.Path(workdir), setup, rows)
     print_table(rows, setup)
     return 0 if all(r.met is not False for r in rows) else 1
