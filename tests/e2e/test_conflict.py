@@ -37,6 +37,7 @@ def test_a_stale_action_loses_with_409_and_is_replanned(
             assert harness.planned_from_elsewhere(watch) == []
         body = kube.get("ie", "e-0")
         assert body["spec"]["modelRef"] == "chat" and body["status"]["phase"] == "Serving"
+        assert body["metadata"]["labels"].get("e2e-touch") == "1"  # the other write survived
         # Re-planned: a new action, from a version at or after the other write.
         last = body["status"]["lastAction"]
         assert body["metadata"]["annotations"][harness.ACTION_ID] == last["id"] != lost.action_id
