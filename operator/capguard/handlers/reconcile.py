@@ -21,6 +21,7 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import gc
 import logging
 import math
 import time
@@ -214,6 +215,9 @@ class Reconciler:
         self._quiet_until = 0.0
         self._exported: dict[metrics_.ModelKey, drift.ModelDrift] = {}
         self._fleets: dict[str, tuple[int, fleet_.Fleet]] = {}  # namespace -> (version, fleet)
+        # namespace -> (fleet, its models' drift, its failed engines per model)
+        self._measured: dict[str, tuple[fleet_.Fleet, Mapping[str, drift.ModelDrift],
+                                        dict[str, int]]] = {}
 
     def wake(self) -> None:
         """Something changed in the cluster: run a pass soon (a burst makes one pass)."""
@@ -222,6 +226,10 @@ class Reconciler:
     async def run(self) -> None:
         # Startup waits for a full LIST of every kind: no action on a partial view.
         await self.resync()
+        # The index as listed lives as long as the process: leave it out of every later
+        # collection, or each full one walks 10,000 records while an event waits.
+        gc.collect()
+        gc.freeze()
         self.view_complete.set()
         logger.info("The view of the cluster is complete (%d engines, %d models, %d breakers); "
                     "reconciling.", len(self.index.engines), len(self.index.models),
@@ -350,7 +358,7 @@ class Reconciler:
                 oldest = max(oldest, report.oldest_plan_age)
                 stale_view += report.stale_view_engines
             else:
-                report = drift.measure(fleet, queue.ActionQueue(), now)
+                report, _ = self._measure(namespace, fleet, queue.ActionQueue(), now=now)
                 self._observe_breakers(namespace, view=view, now=now)
             self._export_models(namespace, report)
         present = {(ns, r.meta.name) for ns, v in views.items() for r in v.models if r.value}
@@ -372,13 +380,26 @@ class Reconciler:
             cached = self._fleets[namespace] = (version, build_fleet(view))
         return cached[1]
 
+    def _measure(
+        self, namespace: str, fleet: fleet_.Fleet, pending: queue.ActionQueue, *, now: float
+    ) -> tuple[drift.DriftReport, dict[str, int]]:
+        """The drift report and the failed engines per model. The models' part depends on
+        the fleet only, so a steady fleet's pass reuses it; the queue's is measured anew
+        (a fleet without models measures just that)."""
+        cached = self._measured.get(namespace)
+        if cached is None or cached[0] is not fleet:
+            models = drift.measure(fleet, queue.ActionQueue(), now).models
+            cached = self._measured[namespace] = (fleet, models, status_.failed_engines(fleet))
+        queued = drift.measure(fleet_.Fleet(engines=fleet.engines), pending, now)
+        return dataclasses.replace(queued, models=cached[1]), cached[2]
+
     # -- the leader's pass over one namespace ------------------------------------------
 
     async def _act(
         self, namespace: str, *, view: View, fleet: fleet_.Fleet, state: Namespace,
         now: float, result: PassResult,
     ) -> tuple[drift.DriftReport, dict[str, Executed]]:
-        report = drift.measure(fleet, state.queue, now)
+        report, failed = self._measure(namespace, fleet, state.queue, now=now)
         state.signals.observe(report, now=now,
                               available=available_models(view, known=state.signals.established))
         self._step_breakers(namespace, view=view, fleet=fleet, state=state, report=report, now=now)
@@ -403,7 +424,7 @@ class Reconciler:
         state.held_by = _held_by_breakers(decisions)
         # Status first: it describes the fleet the decisions were made on, and a cold start's
         # thousand actions should not keep a thousand models' status waiting.
-        await self._write_model_statuses(namespace, view=view, fleet=fleet, report=report,
+        await self._write_model_statuses(namespace, view=view, report=report, failed=failed,
                                          state=state, now=now, result=result)
         executed = await self._execute(namespace, view=view, decisions=decisions, fleet=fleet,
                                        state=state, now=now, result=result)
@@ -416,10 +437,7 @@ class Reconciler:
         if len(state.queue) != queued:
             state.planned_version = None  # executed or refused: re-plan from what is left
         state.held_by_breakers = sum(1 for d in decisions if d.reason in _BREAKER_HOLDS)
-        # The models' numbers depend on the fleet only; the queue's on the settled queue (a
-        # fleet without models measures just that).
-        settled = drift.measure(fleet_.Fleet(engines=fleet.engines), state.queue, now)
-        report = dataclasses.replace(settled, models=report.models)
+        report, _ = self._measure(namespace, fleet, state.queue, now=now)  # the settled queue
         await self._write_breaker_statuses(namespace, view=view, state=state, plans=plans,
                                            now=now, result=result)
         await self._report_invalid(namespace, view=view, now=now, result=result)
@@ -592,11 +610,10 @@ class Reconciler:
     # -- status ---------------------------------------------------------------------------
 
     async def _write_model_statuses(
-        self, namespace: str, *, view: View, fleet: fleet_.Fleet, report: drift.DriftReport,
-        state: Namespace, now: float, result: PassResult,
+        self, namespace: str, *, view: View, report: drift.DriftReport,
+        failed: Mapping[str, int], state: Namespace, now: float, result: PassResult,
     ) -> None:
         writes = []
-        failed = status_.failed_engines(fleet)
         checked: dict[str, tuple[records.ModelRecord, drift.ModelDrift, int, str | None]] = {}
         for record in view.models:
             model = record.value
@@ -700,7 +717,7 @@ class Reconciler:
         do (phase moves first, then an unhandled engine's first Idle and generation-only
         notes), and the next pass comes at once for them."""
         simulated = self.config.engine_driver == driver.SIMULATED
-        records_by_name = {r.meta.name: r for r in view.engines}
+        records_by_name = {r.meta.name: r for r in view.engines} if simulated else {}
         recording: list[tuple[str, dict[str, Any]]] = []
         moves: list[tuple[str, dict[str, Any]]] = []
         notes: list[tuple[str, dict[str, Any]]] = []
