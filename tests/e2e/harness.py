@@ -344,7 +344,7 @@ class Interception:
     """One action write the Interposer held while another writer moved the engine."""
 
     action_id: str
-    planned_from: str  # the resourceVersion the action carried as its precondition
+    planned_from: str  # the resourceVersion the held write carried as its precondition
     touched_to: str  # the engine's resourceVersion after the other write
     status: int  # what the API server answered the action
 
@@ -354,12 +354,13 @@ class Interposer:
     between an action's planning and its arrival, by construction.
 
     The operator talks to the cluster through `kubeconfig` (a `kubectl proxy` behind it
-    holds the real credentials, so it works with any cluster). The first `holds` action
-    writes to `engine_name` (a PATCH of the object itself carrying
-    `metadata.resourceVersion`, the version the action was planned from) are held while
-    the Interposer patches a label on that engine, then forwarded: the action arrives
-    carrying a version that no longer holds. Everything else, watches included, passes
-    through unchanged.
+    holds the real credentials, so it works with any cluster). The first `holds` writes
+    of one kind to `engine_name` are held while the Interposer patches a label on that
+    engine, then forwarded: they arrive carrying a version that no longer holds. With
+    `hold="action"`, an action (a PATCH of the object itself carrying
+    `metadata.resourceVersion`, the version it was planned from); with `hold="record"`,
+    the /status write that records an executed action (`status.lastAction`). Everything
+    else, watches included, passes through unchanged.
 
     A concurrent writer racing the operator cannot do this reliably: the operator drops
     an action whose engine changed in its own view (the gate's Stale), so only a write
@@ -367,8 +368,10 @@ class Interposer:
     """
 
     def __init__(self, kubectl: Kubectl, *, engine_name: str, directory: Path,
-                 holds: int = 1) -> None:
+                 hold: str = "action", holds: int = 1) -> None:
         assert kubectl.namespace is not None
+        assert hold in ("action", "record"), hold
+        self._hold = hold
         self._proxy = subprocess.Popen(
             kubectl.in_namespace(None).command("proxy", "--port=0", "--address=127.0.0.1"),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env())
@@ -416,20 +419,24 @@ class Interposer:
         await self._runner.setup()
         await web.SockSite(self._runner, self._listener).start()
 
-    def _is_action(self, request: web.Request, body: bytes) -> bool:
-        if request.method != "PATCH" or request.path != self._engine_path:
+    def _is_held(self, request: web.Request, body: bytes) -> bool:
+        record = self._hold == "record"
+        path = self._engine_path + ("/status" if record else "")
+        if request.method != "PATCH" or request.path != path:
             return False
         try:
-            metadata = json.loads(body).get("metadata") or {}
+            patch = json.loads(body)
         except ValueError:
             return False
-        return bool(metadata.get("resourceVersion"))
+        if record:
+            return "lastAction" in (patch.get("status") or {})
+        return bool((patch.get("metadata") or {}).get("resourceVersion"))
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         assert self._session is not None
         body = await request.read()
         with self._lock:
-            hold = self._holds > 0 and self._is_action(request, body)
+            hold = self._holds > 0 and self._is_held(request, body)
             if hold:
                 self._holds -= 1
         touched = await self._touch() if hold else ""
@@ -441,12 +448,17 @@ class Interposer:
                                           headers={k: v for k, v in upstream.headers.items()
                                                    if k.lower() not in _HOP_BY_HOP})
             if hold:
-                metadata = json.loads(body)["metadata"]
+                patch = json.loads(body)
+                metadata = patch.get("metadata") or {}
+                if self._hold == "record":
+                    action_id = ((patch.get("status") or {}).get("lastAction") or {}).get("id")
+                else:
+                    action_id = (metadata.get("annotations") or {}).get(ACTION_ID)
                 with self._lock:
                     self._intercepted.append(Interception(
-                        action_id=str((metadata.get("annotations") or {}).get(ACTION_ID)),
-                        planned_from=str(metadata["resourceVersion"]), touched_to=touched,
-                        status=upstream.status))
+                        action_id=str(action_id),
+                        planned_from=str(metadata.get("resourceVersion") or ""),
+                        touched_to=touched, status=upstream.status))
             await response.prepare(request)
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
