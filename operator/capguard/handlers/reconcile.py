@@ -341,13 +341,15 @@ class Reconciler:
         oldest = 0.0
         stale_view = 0
         for namespace, view in sorted(views.items()):
-            fleet = self._fleet(namespace, view, version=versions.get(namespace, 0))
+            version = versions.get(namespace, 0)
+            fleet = self._fleet(namespace, view, version=version)
             if leading:
                 state = self.namespaces.setdefault(
                     namespace, Namespace(queue.ActionQueue(),
                                          gate.Gate(gate.GateConfig(guarded=self.config.guarded))))
                 report, executed = await self._act(namespace, view=view, fleet=fleet,
-                                                   state=state, now=now, result=result)
+                                                   version=version, state=state, now=now,
+                                                   result=result)
                 for done in executed.values():
                     fleet = fleet.with_engine(done.engine)
                 await self._drive(namespace, view=view, fleet=fleet, executed=executed, now=now,
@@ -396,15 +398,16 @@ class Reconciler:
     # -- the leader's pass over one namespace ------------------------------------------
 
     async def _act(
-        self, namespace: str, *, view: View, fleet: fleet_.Fleet, state: Namespace,
-        now: float, result: PassResult,
+        self, namespace: str, *, view: View, fleet: fleet_.Fleet, version: int,
+        state: Namespace, now: float, result: PassResult,
     ) -> tuple[drift.DriftReport, dict[str, Executed]]:
+        """`version` is the planning version `fleet` was built from: what came in during
+        the pass (another namespace's writes let events in) is planned next pass."""
         report, failed = self._measure(namespace, fleet, state.queue, now=now)
         state.signals.observe(report, now=now,
                               available=available_models(view, known=state.signals.established))
         self._step_breakers(namespace, view=view, fleet=fleet, state=state, report=report, now=now)
         self._settle_probes(namespace, view=view, fleet=fleet, state=state, now=now)
-        version = self.index.planning_versions[namespace]
         if state.planned_version != version:
             # The planner is a pure function of the fleet: an unchanged fleet has its plan
             # in the queue already (anything the last triage dropped re-opens planning).
