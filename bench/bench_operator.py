@@ -445,6 +445,7 @@ async def handled_fleet(workdir: pathlib.Path, setup: Setup, rows: list[Row],
                                 (sum1 - sum0) / (count1 - count0) * 1000, "ms"))
             rows.append(Row("idle: event-to-status p50", statistics.median(idle), "ms"))
             rows.append(below("idle: event-to-status p99", percentile(idle, 99), "ms", 30))
+            rows.append(Row("idle: event-to-status max", max(idle), "ms"))
             if idle_only:
                 stop.set()
                 await sampler
