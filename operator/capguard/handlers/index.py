@@ -139,6 +139,10 @@ class Index:
         dirty, self.dirty_models = self.dirty_models, set()
         return dirty
 
+    def mark_dirty(self, keys: Iterable[Key]) -> None:
+        """Have the fast path look at these models again."""
+        self.dirty_models.update(keys)
+
     def _engine_changed(self, key: Key, old: records.EngineRecord | None,
                         new: records.EngineRecord | None) -> None:
         namespace, name = key

@@ -11,7 +11,9 @@ Between full passes (at most `interval` apart, at least `plan_gap` apart while t
 change), a watch event wakes the loop for the fast path: the status of just the models
 whose spec or engines changed, each computed from its own engines (a model's counts
 depend on nothing else). So a change shows in status in milliseconds even at 10,000
-engines, and a steady fleet costs neither planning nor writes.
+engines, and a steady fleet costs neither planning nor writes. A full pass also runs the
+fast path just before and after planning, and then leaves the models it refreshed alone
+(their status is newer than the pass's snapshot).
 """
 
 from __future__ import annotations
@@ -209,6 +211,9 @@ class Reconciler:
         self.passes = 0
         self.last_result = PassResult()
         self._wake = asyncio.Event()
+        # Models whose status the fast path wrote during the current full pass: newer than
+        # the pass's snapshot, so the pass leaves them to the fast path.
+        self._refreshed: set[index.Key] = set()
         self._roll = driver.make_roll(config.seed)
         self._writes = asyncio.Semaphore(config.write_concurrency)
         self._was_leader = False
@@ -281,6 +286,7 @@ class Reconciler:
         leading = self.is_leader()
         now = self.clock()
         writes = []
+        self._refreshed |= dirty
         for key in dirty:
             namespace, name = key
             record = self.index.models.records.get(key)
@@ -336,6 +342,7 @@ class Reconciler:
         self.metrics.leader.set(1 if leading else 0)
         result = PassResult()
         views = snapshot(self.index)
+        self._refreshed = set()
         versions = dict(self.index.planning_versions)  # of this view, whatever comes during
         held = pending = 0
         oldest = 0.0
@@ -395,6 +402,13 @@ class Reconciler:
         queued = drift.measure(fleet_.Fleet(engines=fleet.engines), pending, now)
         return dataclasses.replace(queued, models=cached[1]), cached[2]
 
+    async def _let_events_in(self) -> None:
+        """Around the planner (tens of ms at 10,000 engines), let the watch events that
+        arrived into the index and rewrite the status of the models they touch, rather
+        than have them wait for the rest of the pass."""
+        await asyncio.sleep(self.config.debounce)
+        await self.refresh_statuses()
+
     # -- the leader's pass over one namespace ------------------------------------------
 
     async def _act(
@@ -411,8 +425,10 @@ class Reconciler:
         if state.planned_version != version:
             # The planner is a pure function of the fleet: an unchanged fleet has its plan
             # in the queue already (anything the last triage dropped re-opens planning).
+            await self._let_events_in()
             state.queue.enqueue(planner.plan(fleet), fleet, now)
             state.planned_version = version
+            await self._let_events_in()
         invalid_breakers = [r for r in view.breakers if r.value is None]
         # Publish what a release would run before anything can run (a dry run).
         plans = {name: state.gate.release_plan(state.queue, fleet, machine, now)
@@ -618,9 +634,16 @@ class Reconciler:
     ) -> None:
         writes = []
         checked: dict[str, tuple[records.ModelRecord, drift.ModelDrift, int, str | None]] = {}
+        refreshed = [(namespace, r.meta.name) for r in view.models
+                     if (namespace, r.meta.name) in self._refreshed]
+        if refreshed:
+            # Refreshed during this pass: newer than this pass's view, so not rewritten from
+            # it; the fast path looks again right after, with what this pass holds.
+            self.index.mark_dirty(refreshed)
+            self.wake()
         for record in view.models:
             model = record.value
-            if model is None:
+            if model is None or (namespace, record.meta.name) in self._refreshed:
                 continue
             inputs = (report.models[model.name], failed.get(model.name, 0),
                       state.held_by.get(model.name))
