@@ -427,8 +427,9 @@ async def handled_fleet(workdir: pathlib.Path, setup: Setup, rows: list[Row],
                 session, "capguard_reconcile_duration_seconds_count", lambda v: v >= 1,
                 timeout=120)
             all_current = await models.until(models.all_current, timeout=120) - operator.started
-            rows.append(below("restart: first reconcile pass done", first_pass, "s", 8))
-            rows.append(below("restart: every model status current", all_current, "s", 8))
+            start = "first start" if idle_only else "restart"
+            rows.append(below(f"{start}: first reconcile pass done", first_pass, "s", 8))
+            rows.append(below(f"{start}: every model status current", all_current, "s", 8))
             await asyncio.sleep(2)
             count0 = await operator.metric(session, "capguard_reconcile_duration_seconds_count")
             sum0 = await operator.metric(session, "capguard_reconcile_duration_seconds_sum")
