@@ -7,6 +7,7 @@ import datetime
 import pytest
 
 from capguard.core import breaker, drift, planner, specs
+from capguard.core import fleet as fleet_
 from capguard.handlers import driver, index, reconcile, records
 from capguard.handlers import status as status_
 from capguard.kube import client, events
@@ -248,3 +249,22 @@ def test_engines_of_a_model_with_an_invalid_spec_stay_counted_and_unmoved() -> N
     fleet = reconcile.build_fleet(view)
     assert set(fleet.engines) == {"e1", "e2"} and fleet.unreadable_models == {"chat"}
     assert planner.plan(fleet) == []
+
+
+def test_every_model_an_open_breaker_governs_is_held_whatever_the_pass_decided() -> None:
+    """While a breaker is Open, a pass that refused the model's actions as stale (they are
+    re-planned and held again next pass) must still call the model Held, not Converging."""
+    def model(name: str, tier: str) -> specs.ModelSpec:
+        return specs.parse_model({"metadata": {"name": name, "namespace": "ns",
+                                               "labels": {"tier": tier}},
+                                  "spec": {"replicas": 2}})
+    pause = specs.parse_breaker({"metadata": {"name": "pause", "namespace": "ns"},
+                                 "spec": {"selector": {"matchLabels": {"tier": "chat"}}}})
+    fleet = fleet_.Fleet.of(engines=[], models=[model("chat", "chat"), model("embed", "batch")],
+                            breakers=[pause])
+    closed = {"pause": breaker.BreakerMachine(pause, now=T0)}
+    opened = {"pause": breaker.BreakerMachine(pause, now=T0, state=breaker.BreakerState.OPEN,
+                                              since=T0)}
+    assert reconcile._held_by_open_breakers(fleet, machines=closed) == {}
+    assert reconcile._held_by_open_breakers(fleet, machines=opened) == {
+        "chat": "breaker pause is Open"}

@@ -440,7 +440,8 @@ class Reconciler:
         else:
             decisions = state.gate.triage(state.queue, fleet, state.machines, now)
             decisions = _spread_assigns(decisions, limit=self.config.max_assigns_per_pass)
-        state.held_by = _held_by_breakers(decisions)
+        state.held_by = _held_by_open_breakers(fleet, machines=state.machines)
+        state.held_by.update(_held_by_breakers(decisions))
         # Status first: it describes the fleet the decisions were made on, and a cold start's
         # thousand actions should not keep a thousand models' status waiting.
         await self._write_model_statuses(namespace, view=view, report=report, failed=failed,
@@ -781,11 +782,27 @@ class Reconciler:
         budget = self.config.max_engine_writes_per_pass
         if len(others) > budget:
             result.next_due = now
-        writes = [self._write_engine_status(namespace, name, patch)
-                  for name, patch in recording + others[:budget]]
+        writes = [self._record_action(namespace, name, patch) for name, patch in recording]
+        writes += [self._write_engine_status(namespace, name, patch)
+                   for name, patch in others[:budget]]
         for written in await asyncio.gather(*writes):
             if written is not None:
                 result.transitions += 1
+
+    async def _record_action(
+        self, namespace: str, name: str, patch: Mapping[str, Any]
+    ) -> specs.Engine | None:
+        """Record an executed action on its engine, even if the engine changed meanwhile.
+
+        The phase move in `patch` carries the engine's resourceVersion and may lose to
+        another write (it is re-derived next pass); the record of what ran may not be
+        lost, and it overwrites nothing but itself, so it is retried without a precondition.
+        """
+        written = await self._write_engine_status(namespace, name, patch)
+        if written is None and "metadata" in patch:
+            record = {"status": {"lastAction": patch["status"]["lastAction"]}}
+            written = await self._write_engine_status(namespace, name, record)
+        return written
 
     async def _write_engine_status(
         self, namespace: str, name: str, patch: Mapping[str, Any]
@@ -851,6 +868,25 @@ def _spread_assigns(decisions: list[gate.Decision], *, limit: int) -> list[gate.
                 continue
         kept.append(d)
     return kept
+
+
+def _held_by_open_breakers(
+    fleet: fleet_.Fleet, *, machines: Mapping[str, breaker.BreakerMachine]
+) -> dict[str, str]:
+    """Model -> why, for every model an Open breaker governs.
+
+    Level-triggered on the breaker's state rather than on this pass's decisions: while a
+    breaker is Open, an action refused as stale is re-planned and held again a pass later,
+    and the model's Progressing condition must not flap to Converging in between.
+    """
+    held: dict[str, str] = {}
+    for model in fleet.models:
+        for spec in fleet.breakers_for(model):
+            machine = machines.get(spec.name)
+            if machine is not None and machine.state is breaker.BreakerState.OPEN:
+                held[model] = f"breaker {spec.name} is Open"
+                break
+    return held
 
 
 def _held_by_breakers(decisions: list[gate.Decision]) -> dict[str, str]:
