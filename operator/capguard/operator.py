@@ -147,8 +147,9 @@ def assemble(
             metrics.leader.set(1 if leading else 0)
             verb = "became the leader" if leading else "stopped leading"
             logger.info("Replica %s %s.", options.identity, verb)
+            # With the Lease's uid, `kubectl describe lease capguard-leader` shows the Event.
             ref = events.ObjectRef("coordination.k8s.io/v1", "Lease", config.namespace,
-                                   config.name)
+                                   config.name, uid=elector.uid if elector is not None else "")
             recorder.record(events.Event(ref, events.NORMAL, "LeaderChanged",
                                          f"capguard replica {options.identity} {verb}"))
 

@@ -160,8 +160,12 @@ async def test_a_breaker_holds_and_a_long_pause_is_refused_on_release(
     assert all(not e["spec"].get("modelRef") for e in await kube.items(client.ENGINES))
     model = await kube.get(client.MODELS, "chat")
     assert condition(model, "Progressing")["reason"] == "Held"
-    text = await started.metrics()
-    assert metric(text, "capguard_queue_actions", state="held") == 3
+    # A pass writes statuses before it exports the queue's metrics: wait for the pass's end.
+    async def held_metric() -> str | None:
+        text = await started.metrics()
+        return text if metric(text, "capguard_queue_actions", state="held") == 3 else None
+
+    text = await eventually(held_metric)
     assert metric(text, "capguard_breaker_state", namespace="default", breaker="pause",
                   state="Open") == 1
     await asyncio.sleep(1.3)  # longer than pauseThreshold (1s) since it opened (above)

@@ -129,6 +129,8 @@ async def test_two_replicas_exactly_one_acts_and_the_standby_takes_over(
     assert any("became the leader" in e["message"] for e in changes)
     lease = await kube.api.get(client.LEASES, namespace="default", name="capguard-leader")
     assert lease["spec"]["holderIdentity"] == standby_name
+    # `kubectl describe lease capguard-leader` selects its Events by the Lease's uid.
+    assert {e["involvedObject"].get("uid") for e in changes} == {lease["metadata"]["uid"]}
 
 
 async def _leads(replica: Any) -> bool:

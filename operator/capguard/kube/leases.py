@@ -67,6 +67,7 @@ class LeaderElector:
         self._observed_record: tuple[object, ...] | None = None
         self._observed_at = 0.0
         self._was_leading = False
+        self.uid = ""  # the Lease's metadata.uid once seen (Events name it for kubectl describe)
 
     @property
     def leading(self) -> bool:
@@ -93,6 +94,7 @@ class LeaderElector:
                 client.LEASES, namespace=self.config.namespace, name=self.config.name)
         except client.NotFound:
             return await self._write(started=started, lease=None)
+        self._remember_uid(lease)
         spec = lease.get("spec") or {}
         holder = spec.get("holderIdentity") or ""
         record = (holder, spec.get("renewTime"), spec.get("leaseDurationSeconds"),
@@ -124,16 +126,23 @@ class LeaderElector:
                 "metadata": metadata, "spec": spec}
         try:
             if lease is None:
-                await self._api.create(client.LEASES, namespace=self.config.namespace, body=body)
+                written = await self._api.create(client.LEASES, namespace=self.config.namespace,
+                                                 body=body)
             else:
-                await self._api.replace(client.LEASES, namespace=self.config.namespace,
-                                        name=self.config.name, body=body)
+                written = await self._api.replace(client.LEASES, namespace=self.config.namespace,
+                                                  name=self.config.name, body=body)
         except client.Conflict:
             # Someone else wrote first: they lead (or renewed); look again next round.
             self._leading_since_renewal = None
             return False
+        self._remember_uid(written)
         self._leading_since_renewal = started
         return True
+
+    def _remember_uid(self, lease: client.Body) -> None:
+        uid = (lease.get("metadata") or {}).get("uid")
+        if isinstance(uid, str) and uid:
+            self.uid = uid
 
     async def release(self) -> None:
         """Give the lease up on a graceful stop so a standby takes over at once."""
