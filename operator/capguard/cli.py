@@ -92,13 +92,18 @@ def simulate(
     target = pathlib.Path(plot) if plot else None
     if target is not None and not target.parent.is_dir():
         raise _OneLineUsage(f"folder {str(target.parent)!r} for --plot does not exist; create it")
+    if target is not None and target.suffix.lower() != ".png":
+        raise _OneLineUsage(f"--plot {str(target)!r} draws a PNG file; end it in .png")
     try:
         chosen = sim.scenario_named(scenario, load_seconds=load_seconds)
         timelines = sim.replay(chosen, modes=sim.modes_named(mode), seed=seed)
     except sim.InputError as error:
         raise _OneLineUsage(str(error)) from None
     if target is not None:
-        sim_plot.draw(timelines, path=target)
+        try:
+            sim_plot.draw(timelines, path=target)
+        except OSError as error:
+            raise _OneLineUsage(f"cannot write --plot {str(target)!r}: {error.strerror}") from None
     summaries = {t.mode: t.summary() for t in timelines}
     if as_json:
         click.echo(report.as_json(summaries))

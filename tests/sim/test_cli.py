@@ -77,6 +77,7 @@ def test_list_names_every_scenario() -> None:
         (("--seed", "many"), "is not a valid integer"),
         (("--load-seconds", "0"), "use 1 to 3600"),
         (("--plot", "/no/such/folder/x.png"), "does not exist; create it"),
+        (("--plot", "timeline.txt"), "end it in .png"),
     ],
 )
 def test_bad_input_is_one_line_on_stderr_and_exit_2(args: tuple[str, ...], says: str) -> None:
@@ -84,4 +85,19 @@ def test_bad_input_is_one_line_on_stderr_and_exit_2(args: tuple[str, ...], says:
     assert result.exit_code == 2
     assert result.stdout == ""
     assert says in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_plot_that_cannot_be_written_is_one_line_and_exit_2(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from capguard.sim import plot
+
+    def refuse(*_: object, **__: object) -> None:
+        raise PermissionError(13, "Permission denied", str(tmp_path / "x.png"))
+
+    monkeypatch.setattr(plot, "draw", refuse)
+    result = simulate("--scenario", "flapping-breaker", "--plot", str(tmp_path / "x.png"))
+    assert result.exit_code == 2
+    assert "cannot write" in result.stderr and "Permission denied" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
