@@ -1,8 +1,9 @@
 """Label and field selectors, parsed once per request and matched per object.
 
 Label selectors support every operator of the real server: `=`, `==`, `!=`, `in`, `notin`,
-`key` (exists) and `!key` (does not exist). As in the real server (060), `!=` and `notin`
-also match objects that do not carry the label at all.
+`key` (exists), `!key` (does not exist), and `>`/`<` (the label exists and, as an integer,
+is greater or less than the value, which must be an integer). As in the real server (060),
+`!=` and `notin` also match objects that do not carry the label at all.
 """
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from typing import Any, Final
 
 from capguard.localcluster import errors
 
-_SET_TERM: Final = re.compile(r"^\s*([^\s!=()]+)\s+(in|notin)\s+\(([^()]*)\)\s*$")
-_EQ_TERM: Final = re.compile(r"^\s*([^\s!=()]+)\s*(==|=|!=)\s*([^\s!=(),]*)\s*$")
-_EXISTS_TERM: Final = re.compile(r"^\s*(!?)\s*([^\s!=()]+)\s*$")
+_SET_TERM: Final = re.compile(r"^\s*([^\s!=()<>]+)\s+(in|notin)\s+\(([^()]*)\)\s*$")
+_EQ_TERM: Final = re.compile(r"^\s*([^\s!=()<>]+)\s*(==|=|!=)\s*([^\s!=(),<>]*)\s*$")
+_ORDER_TERM: Final = re.compile(r"^\s*([^\s!=()<>]+)\s*([<>])\s*([^\s!=(),<>]*)\s*$")
+_EXISTS_TERM: Final = re.compile(r"^\s*(!?)\s*([^\s!=()<>]+)\s*$")
 
 Matcher = Callable[[dict[str, str]], bool]
 
@@ -64,12 +66,39 @@ def _term_matcher(term: str) -> Matcher:
         if operator == "!=":
             return lambda labels: labels.get(key) != value
         return lambda labels: labels.get(key) == value
+    if match := _ORDER_TERM.match(term):
+        key, operator, raw = match.groups()
+        bound = _integer(raw)
+        if bound is None:
+            raise errors.bad_request(
+                f'unable to parse requirement: values[0]: Invalid value: "{raw}": '
+                "for 'Gt', 'Lt' operators, the value must be an integer")
+        greater = operator == ">"
+        return lambda labels: _compares(labels.get(key), bound, greater=greater)
     if match := _EXISTS_TERM.match(term):
         negated, key = match.groups()
         if negated:
             return lambda labels: key not in labels
         return lambda labels: key in labels
     raise errors.bad_request(f"unable to parse requirement: invalid label selector: {term!r}")
+
+
+_INTEGER: Final = re.compile(r"^[+-]?[0-9]+$")
+
+
+def _integer(text: str | None) -> int | None:
+    """Go's strconv.ParseInt(text, 10, 64): no underscores or spaces, unlike int()."""
+    if text is None or not _INTEGER.match(text):
+        return None
+    number = int(text)
+    return number if -(2**63) <= number < 2**63 else None
+
+
+def _compares(value: str | None, bound: int, *, greater: bool) -> bool:
+    number = _integer(value)
+    if number is None:
+        return False
+    return number > bound if greater else number < bound
 
 
 def parse_labels(text: str | None) -> LabelSelector:
