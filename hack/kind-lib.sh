@@ -5,7 +5,8 @@
 CLUSTER="${CLUSTER:-capguard}"
 # A fixed tag (not :latest), so the Deployment uses the copy kind loaded instead of
 # pulling. It must match deploy/manager/kustomization.yaml (a test checks it).
-IMAGE="${IMAGE:-capguard:0.1.0}"
+DEFAULT_IMAGE=capguard:0.1.0
+IMAGE="${IMAGE:-$DEFAULT_IMAGE}"
 # kind writes this cluster's kubeconfig here instead of changing ~/.kube/config.
 KIND_KUBECONFIG="${KIND_KUBECONFIG:-$PWD/out/kind-$CLUSTER.kubeconfig}"
 

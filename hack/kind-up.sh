@@ -41,6 +41,10 @@ if kubectl -n capguard-system get deployment/capguard-operator >/dev/null 2>&1; 
 fi
 echo "==> deploying the operator"
 kubectl apply -k deploy/
+if [ "$IMAGE" != "$DEFAULT_IMAGE" ]; then
+  # deploy/ pins the default tag; point the Deployment at the image just loaded.
+  kubectl -n capguard-system set image deployment/capguard-operator operator="$IMAGE"
+fi
 if [ "$redeploy" = true ]; then
   # Same tag, new image: restart so the pods pick up what was just loaded.
   kubectl -n capguard-system rollout restart deployment/capguard-operator

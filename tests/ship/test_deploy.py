@@ -275,8 +275,9 @@ def test_the_deployment_runs_as_the_bound_service_account(
 def test_the_image_is_the_one_kind_up_builds(rendered: list[dict[str, Any]]) -> None:
     image = _container(rendered)["image"]
     kind_lib = (ROOT / "hack" / "kind-lib.sh").read_text()
-    built = re.search(r'^IMAGE="\$\{IMAGE:-([^}]+)\}"', kind_lib, flags=re.MULTILINE)
-    assert built, "hack/kind-lib.sh sets IMAGE=${IMAGE:-capguard:TAG}"
+    built = re.search(r"^DEFAULT_IMAGE=(\S+)$", kind_lib, flags=re.MULTILINE)
+    assert built, "hack/kind-lib.sh sets DEFAULT_IMAGE=capguard:TAG"
+    assert 'IMAGE="${IMAGE:-$DEFAULT_IMAGE}"' in kind_lib
     assert image == built.group(1)
     assert not image.endswith(":latest") and ":" in image, "a fixed tag, so kind's copy is used"
 
