@@ -31,6 +31,16 @@ def test_guarded_keeps_every_model_at_or_above_its_floor(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
+def test_guarded_refuses_the_post_pause_backlog_as_one_batch(seed: int) -> None:
+    guarded = summary("march-4", "guarded", seed)
+    scenario = scenarios.MARCH_4
+    # The backlog the pause left is larger than the breaker lets through after a long
+    # pause, so the release meets the post-pause guard (invariant 3), not the fleet.
+    assert guarded["backlog_at_release"] > scenario.max_batch_after_pause
+    assert guarded["refused_batches"] == 1
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 def test_guarded_converges_within_1_2x_what_the_rate_limits_allow(seed: int) -> None:
     run = timeline("march-4", "guarded", seed)
     converged = run.converge_seconds()

@@ -85,9 +85,13 @@ class CapacityManager:
     def tick(self, now: float) -> None:
         self._record_outcomes(now)
         live = self.world.fleet()
-        self._observe_breaker(live, now=now)
+        released = self._observe_breaker(live, now=now)
         view = self._view(live)
-        intents = self._plan(view)
+        # On the release tick the gate meets the backlog as the pause left it, as the
+        # operator's release pass does; re-planning from the cluster starts next tick.
+        # (Planning first would coalesce fresh plans over the backlog before the post-pause
+        # guard saw it: the same outcome, but no refused batch for anyone to see.)
+        intents = [] if released else self._plan(view)
         if self.breaker.state is breaker_.BreakerState.OPEN:
             self._cached = _expect(view, intents)  # the incident: plans build on plans
         self._remember(self.queue.enqueue(intents, view, now), view=view)
@@ -99,12 +103,15 @@ class CapacityManager:
                 self._execute(decision.action, now=now)
         self._planned = {a.id: self._planned[a.id] for a in self.queue.pending()}
 
-    def _observe_breaker(self, live: fleet_.Fleet, *, now: float) -> None:
+    def _observe_breaker(self, live: fleet_.Fleet, *, now: float) -> bool:
+        """Step the breaker; True when this tick released it."""
         was_open = self.breaker.state is breaker_.BreakerState.OPEN
         self.breaker.observe(self.world.breaker, breaker_.FleetSignals(), now)
-        if was_open and self.breaker.state is not breaker_.BreakerState.OPEN:
-            self.timeline.backlog_at_release = len(self.queue)
-            self.timeline.needed_after_release = needed_disruptions(live)
+        if not (was_open and self.breaker.state is not breaker_.BreakerState.OPEN):
+            return False
+        self.timeline.backlog_at_release = len(self.queue)
+        self.timeline.needed_after_release = needed_disruptions(live)
+        return True
 
     def _view(self, live: fleet_.Fleet) -> fleet_.Fleet:
         """The cluster while the breaker is closed; the cached view while it is open."""
