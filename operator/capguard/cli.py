@@ -204,6 +204,16 @@ def demo(
 
     from capguard import demo as demo_
 
+    if plot:
+        # Checked before a minute of demo, not when the timeline is drawn at its end.
+        if pathlib.Path(plot).suffix.lower() != ".png":
+            raise click.BadParameter(f"{plot!r} draws a PNG file; end it in .png",
+                                     param_hint="--plot")
+        try:
+            pathlib.Path(plot).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise click.BadParameter(f"cannot create the folder of {plot!r}: {error.strerror}",
+                                     param_hint="--plot") from None
     options = demo_.Options(
         naive=naive, seed=seed, speed=speed, namespace=namespace, keep=keep,
         kubeconfig=pathlib.Path(kubeconfig) if kubeconfig else None,

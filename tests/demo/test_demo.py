@@ -55,3 +55,15 @@ def test_naive_demo_reproduces_the_incident(tmp_path: pathlib.Path) -> None:
     assert measures["floor_breaking_actions"] > 0
     assert measures["refused_batches"] == 0
     assert plot.stat().st_size > 0
+
+
+@pytest.mark.parametrize("plot", ["timeline.txt", "not-a-folder/x.png"])
+def test_a_plot_it_cannot_draw_is_refused_before_the_demo_starts(
+    tmp_path: pathlib.Path, plot: str
+) -> None:
+    (tmp_path / "not-a-folder").write_text("a file where the folder would go")
+    done = subprocess.run(
+        [sys.executable, "-m", "capguard.cli", "demo", "--plot", str(tmp_path / plot)],
+        capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "--plot" in done.stderr and "serving at" not in done.stdout
