@@ -101,3 +101,17 @@ def test_engines_of_an_unreadable_model_are_left_alone() -> None:
         unreadable_models={"typo"},
     )
     assert planner.plan(found) == []  # not orphans, and not idle for m either
+
+
+def test_a_paused_cached_view_builds_plans_on_plans_that_never_ran() -> None:
+    live = fleet.Fleet.of(engines=[engine("e1"), engine("e2")], models=[model("m", replicas=1)])
+    cached = planner.CachedView()
+    view = cached.current(live, paused=True)
+    intents = planner.plan(view)
+    cached.assume(view, intents, paused=True)
+    assumed = cached.current(live, paused=True)
+    # e1's assign is assumed done: the next plan builds on it, though the cluster is unchanged.
+    assert assumed.engines["e1"].serves("m") and not live.engines["e1"].serves("m")
+    assert assumed.engines["e1"].resource_version.endswith(planner.EXPECTED)
+    assert planner.plan(assumed) == []
+    assert cached.current(live, paused=False) is live  # closed: the cluster again

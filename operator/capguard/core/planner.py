@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Final
 
 from capguard.core import fleet as fleet_
 from capguard.core import specs
+
+# Marks a resourceVersion in a cached view that was assumed, never observed.
+EXPECTED: Final = "+expected"
 
 
 class ActionType(enum.Enum):
@@ -187,3 +191,63 @@ def _fill(
                 return
             yield Intent(ActionType.REASSIGN, engine.name, model.name, surplus.origin[engine.name])
         need -= engine.units
+
+
+# -- the incident's view: what a naive capacity manager plans from while paused ---------
+
+
+class CachedView:
+    """The view the incident's capacity manager planned from: the cluster while the
+    breaker is closed; while it is open, the view it cached when it opened, with every
+    queued intent assumed to have run (the "expectations" any controller keeps), so each
+    plan builds on plans that never ran. Model specs still arrive (a new revision, a new
+    selector); engines go stale.
+
+    The simulator's manager plans from it in both modes (the guard must hold even against
+    this planner); the operator only with `--naive`, to be the incident's manager live.
+    """
+
+    def __init__(self) -> None:
+        self.fleet: fleet_.Fleet | None = None
+
+    def current(self, live: fleet_.Fleet, *, paused: bool) -> fleet_.Fleet:
+        """The view to plan from now."""
+        if not paused or self.fleet is None:
+            self.fleet = live
+            return live
+        if _same(self.fleet.models.values(), live.models.values()):
+            return self.fleet
+        self.fleet = dataclasses.replace(self.fleet, models=dict(live.models),
+                                         breakers=live.breakers,
+                                         unreadable_models=live.unreadable_models)
+        return self.fleet
+
+    def assume(self, view: fleet_.Fleet, intents: Iterable[Intent], *, paused: bool) -> None:
+        """Remember `view` with `intents` done, when paused (plans build on plans)."""
+        if paused:
+            self.fleet = expect(view, intents)
+
+
+def expect(view: fleet_.Fleet, intents: Iterable[Intent]) -> fleet_.Fleet:
+    """The view as a manager expects it once its intents have run (they have not)."""
+    for intent in intents:
+        engine = view.engines[intent.engine]
+        target = view.models.get(intent.model) if intent.model else None
+        revision = target.revision if target else None
+        expected = dataclasses.replace(
+            engine,
+            spec=dataclasses.replace(engine.spec, model_ref=intent.model, revision=revision),
+            phase=specs.Phase.SERVING if intent.model else specs.Phase.IDLE,
+            model=intent.model,
+            revision=revision,
+            # Assumed, not observed: a preconditioned write from this view cannot succeed.
+            resource_version=engine.resource_version.removesuffix(EXPECTED) + EXPECTED,
+        )
+        view = view.with_engine(expected)
+    return view
+
+
+def _same(a: Iterable[object], b: Iterable[object]) -> bool:
+    """The same objects in the same order (identity, not equality: cheap and exact)."""
+    left, right = list(a), list(b)
+    return len(left) == len(right) and all(x is y for x, y in zip(left, right, strict=True))

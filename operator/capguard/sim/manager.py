@@ -4,7 +4,8 @@ It drives the core's own planner, queue, gate and breaker; nothing here decides
 whether an action may run. What it adds is the incident's flaw, in both modes alike:
 while the breaker is open it does not re-read the cluster. It keeps planning from its
 cached view, and like any controller that tracks "expectations" it assumes what it
-queued has happened, so every tick plans the next step on top of steps that never ran.
+queued has happened, so every tick plans the next step on top of steps that never ran
+(`planner.CachedView`, which the operator's `--naive` mode plans from as well).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Iterable
-from typing import Final
 
 from capguard.core import breaker as breaker_
 from capguard.core import fleet as fleet_
@@ -21,9 +21,6 @@ from capguard.core import planner, specs
 from capguard.core import queue as queue_
 from capguard.sim import measures
 from capguard.sim import world as world_
-
-# Marks a resourceVersion in the cached view that the manager assumed, never observed.
-EXPECTED: Final = "+expected"
 
 
 class Mode(enum.Enum):
@@ -72,7 +69,7 @@ class CapacityManager:
         self.queue = queue_.ActionQueue(max_age=world.scenario.max_plan_age)
         self.gate = gate_.Gate(gate_.GateConfig(guarded=mode is Mode.GUARDED))
         self.breaker = breaker_.BreakerMachine(world.breaker, now=0.0)
-        self._cached: fleet_.Fleet | None = None
+        self.cached = planner.CachedView()
         self._planned: dict[str, _Planned] = {}
         self._in_flight: dict[str, _InFlight] = {}
         self._batches: set[str] = set()
@@ -86,14 +83,14 @@ class CapacityManager:
         self._record_outcomes(now)
         live = self.world.fleet()
         released = self._observe_breaker(live, now=now)
-        view = self._view(live)
+        paused = self.breaker.state is breaker_.BreakerState.OPEN
+        view = self.cached.current(live, paused=paused)
         # On the release tick the gate meets the backlog as the pause left it, as the
         # operator's release pass does; re-planning from the cluster starts next tick.
         # (Planning first would coalesce fresh plans over the backlog before the post-pause
         # guard saw it: the same outcome, but no refused batch for anyone to see.)
         intents = [] if released else self._plan(view)
-        if self.breaker.state is breaker_.BreakerState.OPEN:
-            self._cached = _expect(view, intents)  # the incident: plans build on plans
+        self.cached.assume(view, intents, paused=paused)  # the incident: plans build on plans
         self._remember(self.queue.enqueue(intents, view, now), view=view)
         decisions = self.gate.triage(self.queue, live, self.breakers, now)
         gate_.settle(self.queue, decisions)
@@ -112,19 +109,6 @@ class CapacityManager:
         self.timeline.backlog_at_release = len(self.queue)
         self.timeline.needed_after_release = needed_disruptions(live)
         return True
-
-    def _view(self, live: fleet_.Fleet) -> fleet_.Fleet:
-        """The cluster while the breaker is closed; the cached view while it is open."""
-        if self.breaker.state is not breaker_.BreakerState.OPEN or self._cached is None:
-            self._cached = live
-            return live
-        if _same(self._cached.models.values(), live.models.values()):
-            return self._cached
-        # Spec changes (a new revision, a new selector) still arrive: only engines go stale.
-        self._cached = dataclasses.replace(
-            self._cached, models=dict(live.models), breakers=live.breakers
-        )
-        return self._cached
 
     def _plan(self, view: fleet_.Fleet) -> list[planner.Intent]:
         """The planner's intents; a view it has already planned from is not planned again.
@@ -218,32 +202,13 @@ def fits(engine: specs.Engine, model: specs.ModelSpec) -> bool:
     return revision_ok and model.engine_selector.matches(engine.labels)
 
 
-def _expect(view: fleet_.Fleet, intents: Iterable[planner.Intent]) -> fleet_.Fleet:
-    """The view as the manager expects it once its intents have run (they have not)."""
-    for intent in intents:
-        engine = view.engines[intent.engine]
-        target = view.models.get(intent.model) if intent.model else None
-        revision = target.revision if target else None
-        expected = dataclasses.replace(
-            engine,
-            spec=dataclasses.replace(engine.spec, model_ref=intent.model, revision=revision),
-            phase=specs.Phase.SERVING if intent.model else specs.Phase.IDLE,
-            model=intent.model,
-            revision=revision,
-            # Assumed, not observed: a preconditioned write from this view cannot succeed.
-            resource_version=engine.resource_version.removesuffix(EXPECTED) + EXPECTED,
-        )
-        view = view.with_engine(expected)
-    return view
-
-
 def _snapshot(intent: planner.Intent, *, fleet: fleet_.Fleet) -> _Planned:
     """The engine and the serving units of the action's source and destination in ``fleet``."""
     e = fleet.engines[intent.engine]
     target = intent.model if intent.model != intent.from_model else None
     return _Planned(
         engine=(
-            e.resource_version.removesuffix(EXPECTED),
+            e.resource_version.removesuffix(planner.EXPECTED),
             e.phase,
             e.model,
             e.spec.model_ref,
