@@ -151,7 +151,9 @@ def _duration(_: click.Context, param: click.Parameter, value: str | None) -> fl
 @click.option("--identity", default=None, help="This replica's name in the Lease. "
               "Default: hostname-pid.")
 @click.option("--naive", is_flag=True,
-              help="Turn the guard off (only an Open breaker holds): to watch the incident.")
+              help="Be the incident's capacity manager: the guard off (only an Open breaker "
+              "holds), plans built on a cached view while Open, writes without a "
+              "resourceVersion precondition.")
 @click.option("--reconcile-interval", default="1s", show_default=True, callback=_duration,
               help="Longest time between reconcile passes (changes trigger one sooner).")
 @click.option("--liveness", default=None, metavar="URL",

@@ -189,7 +189,9 @@ async def serve(
     """
     handles, registry = assemble(options, api=api)
     if options.naive:
-        logger.warning("NAIVE mode: the guard is off; only an Open breaker holds actions.")
+        logger.warning("NAIVE mode, the incident's capacity manager: the guard is off, only an "
+                       "Open breaker holds actions; while one is Open plans build on a cached "
+                       "view; writes carry no resourceVersion precondition.")
     async with metrics_server(handles.metrics, host=options.metrics_host,
                               port=options.metrics_port) as port:
         handles.metrics_port = port

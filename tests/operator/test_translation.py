@@ -8,9 +8,10 @@ import pytest
 
 from capguard.core import breaker, drift, planner, specs
 from capguard.core import fleet as fleet_
+from capguard.core import queue as queue_
 from capguard.handlers import driver, index, reconcile, records
 from capguard.handlers import status as status_
-from capguard.kube import client, events
+from capguard.kube import actions, client, events
 
 T0 = 1_800_000_000.0
 
@@ -268,3 +269,15 @@ def test_every_model_an_open_breaker_governs_is_held_whatever_the_pass_decided()
     assert reconcile._held_by_open_breakers(fleet, machines=closed) == {}
     assert reconcile._held_by_open_breakers(fleet, machines=opened) == {
         "chat": "breaker pause is Open"}
+
+
+def test_only_the_naive_binding_write_goes_without_a_precondition() -> None:
+    found = fleet_.Fleet.of(engines=[_engine(specs.Phase.IDLE, bound=None)])
+    name = next(iter(found.engines))
+    pending = queue_.ActionQueue()
+    [action] = pending.enqueue([planner.Intent(planner.ActionType.ASSIGN, name, "chat")],
+                               found, 0.0)
+    guarded = actions.binding_patch(action, revision=None)
+    naive = actions.binding_patch(action, revision=None, precondition=False)
+    assert guarded["metadata"]["resourceVersion"] == found.engines[name].resource_version
+    assert "resourceVersion" not in naive["metadata"]

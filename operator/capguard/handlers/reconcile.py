@@ -167,6 +167,10 @@ class Namespace:
     held_by_breakers: int = 0  # after the last triage
     # The index's planning version the queue was last planned from; None: plan next pass.
     planned_version: int | None = None
+    planned_from: fleet_.Fleet | None = None  # the view the queue was last planned from
+    # With --naive, the incident's view, and whether a breaker held it cached last pass.
+    cached: planner.CachedView = dataclasses.field(default_factory=planner.CachedView)
+    paused: bool = False
     held_by: dict[str, str] = dataclasses.field(default_factory=dict)  # model -> why held
     # model -> (record, drift, failed, held) last found needing no write: skip rebuilding it
     status_checked: dict[str, tuple[records.ModelRecord, drift.ModelDrift, int, str | None]] = (
@@ -422,13 +426,7 @@ class Reconciler:
                               available=available_models(view, known=state.signals.established))
         self._step_breakers(namespace, view=view, fleet=fleet, state=state, report=report, now=now)
         self._settle_probes(namespace, view=view, fleet=fleet, state=state, now=now)
-        if state.planned_version != version:
-            # The planner is a pure function of the fleet: an unchanged fleet has its plan
-            # in the queue already (anything the last triage dropped re-opens planning).
-            await self._let_events_in()
-            state.queue.enqueue(planner.plan(fleet), fleet, now)
-            state.planned_version = version
-            await self._let_events_in()
+        await self._plan(fleet=fleet, version=version, state=state, now=now)
         invalid_breakers = [r for r in view.breakers if r.value is None]
         # Publish what a release would run before anything can run (a dry run).
         plans = {name: state.gate.release_plan(state.queue, fleet, machine, now)
@@ -465,6 +463,36 @@ class Reconciler:
             self.metrics.set_breaker(key=(namespace, name), state=machine.state.value,
                                      seconds_in_state=now - machine.since)
         return report, executed
+
+    async def _plan(
+        self, *, fleet: fleet_.Fleet, version: int, state: Namespace, now: float,
+    ) -> None:
+        """Queue the planner's intents: from the live fleet, or with `--naive` from the
+        incident's view (`planner.CachedView`: cached while a breaker is Open, with what
+        was queued assumed done, so plans build on plans that never ran)."""
+        naive = not self.config.guarded
+        paused = naive and any(m.state is breaker.BreakerState.OPEN
+                               for m in state.machines.values())
+        released, state.paused = state.paused and not paused, paused
+        if released:
+            # As the incident's manager did: the release meets the backlog as the pause left
+            # it (fresh plans coalesced over it first would hide the flush); re-plan next pass.
+            state.planned_version = None
+            return
+        # Guarded plans from the live, watch-fed view, always: the guard's point is that it
+        # never needs a stale view. Nothing queued runs unless the gate finds its premises
+        # still hold, and the write carries the planned resourceVersion.
+        view = state.cached.current(fleet, paused=paused) if naive else fleet
+        if state.planned_version == version and view is state.planned_from:
+            # The planner is a pure function of the view: an unchanged view has its plan in
+            # the queue already (anything the last triage dropped re-opens planning).
+            return
+        await self._let_events_in()
+        intents = planner.plan(view)
+        state.queue.enqueue(intents, view, now)
+        state.cached.assume(view, intents, paused=paused)
+        state.planned_version, state.planned_from = version, view
+        await self._let_events_in()
 
     def _step_breakers(
         self, namespace: str, *, view: View, fleet: fleet_.Fleet, state: Namespace,
@@ -573,7 +601,8 @@ class Reconciler:
             return "failed", None
         intent = action.intent
         target = fleet.models.get(intent.model) if intent.model else None
-        patch = actions.binding_patch(action, revision=target.revision if target else None)
+        patch = actions.binding_patch(action, revision=target.revision if target else None,
+                                      precondition=self.config.guarded)
         async with self._writes:
             try:
                 body = await self.api.merge_patch(
