@@ -2,31 +2,20 @@
 
 The breaker's trip and release and the routine revision refreshes are the simulator's
 own `march-4` timeline for the seed (`Scenario.timeline`), so the moments match
-`capguard simulate --seed N`.
-
-One thing is added, because the live operator plans from its watch-fed view and never
-from an aging cache (the simulator's manager does; see NOTES.md): a scale-in taken back
-while the breaker is open. A few minutes into the pause a quiet spell lets an
-autoscaler scale half the models in; traffic comes back and they are scaled out to
-where they were before the release, so desired capacity at the release is what it was
-before the pause. The drains planned for the quiet spell are still queued when the
-breaker closes: adjustments computed from a view of the fleet that no longer holds, the
-incident's exact shape. A queue that flushes runs them all at once; the guard refuses
-them as a batch.
+`capguard simulate --seed N`, and nothing is added: in both modes the refreshes alone
+make the demo meaningful. With `--naive` the operator is the incident's capacity
+manager (it plans from a cached view while the breaker is open, assuming what it queued
+has run, and writes without preconditions), so plans build on plans and the release
+flushes them all at once. Guarded, the live planner queues the refreshes' assigns of
+spares, a backlog above `maxBatchAfterPause`, which the guard refuses as a batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Iterator
-from typing import Final
 
 from capguard.sim import scenarios
-
-SCALE_IN_UNITS: Final = 3  # 7 -> 4 units: 57 % of desired once the drains run, below 90 %
-SCALE_IN_AFTER: Final = 120.0  # virtual seconds into the pause: the quiet spell
-SCALE_OUT_AFTER: Final = 720.0  # virtual seconds into the pause: traffic is back
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,29 +27,9 @@ class Step:
 
 
 def steps(scenario: scenarios.Scenario, *, seed: int) -> list[Step]:
-    """Every scripted change in time order (the sim's events first at equal times)."""
+    """Every scripted change in time order."""
     found = [Step(e, _say(e)) for e in scenario.timeline(random.Random(seed))]
-    found += list(_scale_in_and_back(scenario))
     return sorted(found, key=lambda s: s.event.at)
-
-
-def _scale_in_and_back(scenario: scenarios.Scenario) -> Iterator[Step]:
-    units = scenario.units_per_model
-    for pause in scenario.pauses:
-        if pause.closes_at - pause.opens_at <= SCALE_OUT_AFTER:
-            continue  # too short to hold a quiet spell and its end
-        quiet, back = pause.opens_at + SCALE_IN_AFTER, pause.opens_at + SCALE_OUT_AFTER
-        for name in _scaled(scenario):
-            yield Step(scenarios.Demand(quiet, name, units - SCALE_IN_UNITS),
-                       f"quiet spell: {name} scaled in to {units - SCALE_IN_UNITS} units")
-            yield Step(scenarios.Demand(back, name, units),
-                       f"traffic is back: {name} scaled out to {units} units")
-
-
-def _scaled(scenario: scenarios.Scenario) -> list[str]:
-    """Half the models, from every pool alike (model i lives in pool i % pools)."""
-    pools = len(scenario.pools)
-    return [n for i, n in enumerate(scenario.model_names) if (i // pools) % 2 == 0]
 
 
 def _say(event: scenarios.Event) -> str:
