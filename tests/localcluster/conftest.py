@@ -4,7 +4,7 @@
 - `threaded_local_cluster`: a `ThreadedCluster` serving from a background thread, for
   synchronous tests such as kubectl-driven ones (function scope); `.url`,
   `.kubeconfig_path`, `.audit`, `.stop()`.
-- `widget_crd`: the reference `widget-crd.yaml` as a dict.
+- `widget_crd`: the reference `widget-crd.yaml` as a dict; `widgets`: a cluster serving it.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from capguard.localcluster import LocalCluster, ThreadedCluster
+from capguard.localcluster import LocalCluster, ThreadedCluster, resources
 
 REFERENCE_DIR = pathlib.Path(__file__).resolve().parents[2] / ".." / "shared" / "k8s-reference"
 
@@ -36,3 +36,9 @@ def threaded_local_cluster(tmp_path: pathlib.Path) -> Iterator[ThreadedCluster]:
 def widget_crd() -> dict[str, Any]:
     document: dict[str, Any] = yaml.safe_load((REFERENCE_DIR / "widget-crd.yaml").read_text())
     return document
+
+
+@pytest.fixture
+async def widgets(local_cluster: LocalCluster, widget_crd: dict[str, Any]) -> LocalCluster:
+    local_cluster.apply(resources.CRDS, widget_crd)
+    return local_cluster

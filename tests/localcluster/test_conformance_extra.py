@@ -4,41 +4,11 @@ the fallback of clients asking for an aggregated discovery version this server l
 and malformed YAML bodies."""
 from __future__ import annotations
 
-import json
 from typing import Any
 
-import aiohttp
-import pytest
+from capguard.localcluster import LocalCluster
 
-from capguard.localcluster import LocalCluster, resources
-
-WIDGETS = "/apis/widgets.example.dev/v1/namespaces/default/widgets"
-JSON = {"Content-Type": "application/json"}
-MERGE = {"Content-Type": "application/merge-patch+json"}
-
-
-def widget(name: str, **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "widgets.example.dev/v1", "kind": "Widget",
-            "metadata": {"name": name}, "spec": {"size": "small", **spec}}
-
-
-async def call(cluster: LocalCluster, method: str, path: str, body: Any = None, *,
-               headers: dict[str, str] | None = None) -> tuple[int, Any, aiohttp.ClientResponse]:
-    data = body if isinstance(body, bytes | str) or body is None else json.dumps(body)
-    async with aiohttp.ClientSession() as session, session.request(
-            method, cluster.url + path, data=data, headers=headers or JSON) as response:
-        raw = await response.read()
-        try:
-            parsed = json.loads(raw)
-        except ValueError:
-            parsed = raw.decode()
-        return response.status, parsed, response
-
-
-@pytest.fixture
-async def widgets(local_cluster: LocalCluster, widget_crd: dict[str, Any]) -> LocalCluster:
-    local_cluster.apply(resources.CRDS, widget_crd)
-    return local_cluster
+from .widget_api import MERGE, WIDGETS, call, widget
 
 
 async def _names(cluster: LocalCluster, selector: str) -> tuple[int, Any]:

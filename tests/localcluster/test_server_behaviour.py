@@ -23,33 +23,7 @@ from capguard.localcluster import (
     store,
 )
 
-WIDGETS = "/apis/widgets.example.dev/v1/namespaces/default/widgets"
-JSON = {"Content-Type": "application/json"}
-MERGE = {"Content-Type": "application/merge-patch+json"}
-
-
-def widget(name: str, **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "widgets.example.dev/v1", "kind": "Widget",
-            "metadata": {"name": name}, "spec": {"size": "small", **spec}}
-
-
-async def call(cluster: LocalCluster, method: str, path: str, body: Any = None, *,
-               headers: dict[str, str] | None = None) -> tuple[int, Any, aiohttp.ClientResponse]:
-    data = body if isinstance(body, bytes | str) or body is None else json.dumps(body)
-    async with aiohttp.ClientSession() as session, session.request(
-            method, cluster.url + path, data=data, headers=headers or JSON) as response:
-        raw = await response.read()
-        try:
-            parsed = json.loads(raw)
-        except ValueError:
-            parsed = raw.decode()
-        return response.status, parsed, response
-
-
-@pytest.fixture
-async def widgets(local_cluster: LocalCluster, widget_crd: dict[str, Any]) -> LocalCluster:
-    local_cluster.apply(resources.CRDS, widget_crd)
-    return local_cluster
+from .widget_api import JSON, MERGE, WIDGETS, call, widget
 
 
 async def test_garbage_bodies_never_crash_or_change_the_stored_object(
