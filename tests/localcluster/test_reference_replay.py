@@ -25,10 +25,13 @@ from typing import Any
 import pytest
 
 from capguard.localcluster import LocalCluster, ThreadedCluster
+from . import reference_setup
 
 REFERENCE_DIR = pathlib.Path(__file__).resolve().parents[2] / ".." / "shared" / "k8s-reference"
 CASES = sorted(REFERENCE_DIR.glob("[0-9][0-9][0-9]-*.json"))
 RV = re.compile(r"<rv:(\d+)>")
+# 383 records its large strings as "<N bytes of 'x'>"
+BYTES = re.compile(r"<(\d+) bytes of '(.)'>")
 
 # Deliberate differences from the 1.24 recording, each following a newer server.
 ADAPTATIONS = {
@@ -86,6 +89,8 @@ class Replay:
                     if value not in ("<uid>", "<time>")}
         if isinstance(body, list):
             return [self.fill_body(item) for item in body]
+        if isinstance(body, str) and (match := BYTES.fullmatch(body)):
+            return match.group(2) * int(match.group(1))
         return self.fill(body) if isinstance(body, str) else body
 
     # ---- comparing --------------------------------------------------------------------------
@@ -142,6 +147,9 @@ class Replay:
                 self.problem(where, f"expected a value for {recorded}, got {actual!r}")
             if recorded == "<continue>" and isinstance(actual, str):
                 self.continue_token = actual
+        elif match := BYTES.fullmatch(recorded):
+            if actual != match.group(2) * int(match.group(1)):
+                self.problem(where, f"expected {recorded}, got {len(str(actual))} characters")
         elif recorded.endswith("<suffix>"):
             prefix = recorded.removesuffix("<suffix>")
             if not (isinstance(actual, str) and actual.startswith(prefix)
@@ -377,6 +385,7 @@ def test_replay(reference_cluster: ThreadedCluster, case: pathlib.Path) -> None:
     case_id = _case_id(case)
     replay = Replay(trimmed="TRIMMED" in recording["why"] or case_id in ADAPTATIONS)
     open_watch: tuple[WatchReader, dict[str, Any], str] | None = None
+    reference_setup.prepare(reference_cluster.url, case_id)
     for index, exchange in enumerate(recording["exchanges"]):
         where = f"{case.stem} #{index} {exchange['request']['method']} " \
                 f"{exchange['request']['path']}"
