@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from capguard.localcluster import LocalCluster, ThreadedCluster
+
 from . import reference_setup
 
 REFERENCE_DIR = pathlib.Path(__file__).resolve().parents[2] / ".." / "shared" / "k8s-reference"
@@ -43,6 +44,15 @@ ADAPTATIONS = {
     "111": "OpenAPI is served as application/json like newer servers",
     "112": "OpenAPI is served as application/json like newer servers; its version is "
            "this server's; ObjectMeta is not duplicated as ObjectMeta_v2",
+    "330": "a rule that does not compile is quoted with the six fields 1.30's "
+           "apiextensions.ValidationRule has (1.24 had Rule and Message)",
+    "335": "1.28+ keeps messageExpression and estimates its cost like the rule's: "
+           "'...' + string(self.min) concatenates a string cel-go cannot bound, so the CRD "
+           "is refused (its cost exceeds the budget) instead of stored without the key",
+    "336": "as 330: the rule is quoted with 1.30's six ValidationRule fields",
+    "370": "a stored version missing from spec.versions is explained as newer servers do "
+           "(\"missing from spec.versions; v1 was previously a storage version, ...\"), "
+           "not 1.24's \"must appear in spec.versions\"",
 }
 
 
@@ -199,7 +209,7 @@ class Replay:
 def _identity(item: dict[str, Any]) -> str:
     if isinstance(item.get("metadata"), dict) and "name" in item["metadata"]:
         return str(item["metadata"]["name"])
-    for key in ("name", "groupVersion", "version"):
+    for key in ("name", "groupVersion", "version", "type"):   # type: conditions
         value = item.get(key)
         if isinstance(value, str):
             return value
@@ -332,6 +342,19 @@ def _adapt(case_id: str, index: int, exchange: dict[str, Any]) -> dict[str, Any]
         response = {"status": 200, "content_type": "application/json", "body": {
             "kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2beta1",
             "metadata": {}, "items": [_aggregated_group(group) for group in groups]}}
+    if case_id in ("330", "336") and response["status"] == 422:
+        _quote_rule_as_130(body)
+    if case_id == "335":
+        response = _refused_335(index, response)
+    if case_id == "370" and response["status"] == 422:
+        # Newer apiextensions (ValidateCustomResourceDefinitionStoredVersions) says why.
+        cause = body["details"]["causes"][0]
+        cause["message"] = cause["message"].replace("must appear in spec.versions", (
+            "missing from spec.versions; v1 was previously a storage version, and must remain "
+            "in spec.versions until a storage migration ensures no data remains persisted in "
+            "v1 and removes v1 from status.storedVersions"))
+        body["message"] = body["message"].replace('Invalid value: "v1": must appear in '
+                                                  'spec.versions', cause["message"])
     if case_id == "110":
         # Not `api` (the core group's own, empty document): nothing reads it.
         served = ("api/v1", "apis/apiextensions.k8s.io/v1", "apis/coordination.k8s.io/v1",
@@ -347,6 +370,34 @@ def _adapt(case_id: str, index: int, exchange: dict[str, Any]) -> dict[str, Any]
 
 
 _GROUPS_011: list[dict[str, Any]] = []
+_RULE_FIELDS_130 = (', MessageExpression:"", Reason:(*apiextensions.FieldValueErrorReason)(nil), '
+                    'FieldPath:"", OptionalOldSelf:(*bool)(nil)}: compilation failed')
+
+
+def _quote_rule_as_130(status: dict[str, Any]) -> None:
+    """Go's %#v of a 1.30 ValidationRule: the four fields added since 1.24, unset."""
+    def widen(text: str) -> str:
+        return re.sub(r'(Message:"[^"]*")\}: compilation failed', lambda match: match.group(1)
+                      + _RULE_FIELDS_130, text)
+    status["message"] = widen(status["message"])
+    for cause in status["details"]["causes"]:
+        cause["message"] = widen(cause["message"])
+
+
+def _refused_335(index: int, response: dict[str, Any]) -> dict[str, Any]:
+    """1.30: the messageExpression's cost is over budget, so the CRD is never created."""
+    if index > 0:
+        return {"status": 404, "content_type": "text/plain", "body": "404 page not found\n"}
+    rule = ("spec.validation.openAPIV3Schema.properties[spec].x-kubernetes-validations[0]"
+            ".messageExpression")
+    causes = [{"reason": "FieldValueForbidden", "field": rule},
+              {"reason": "FieldValueForbidden", "field": rule},
+              {"reason": "FieldValueForbidden", "field": "spec.validation.openAPIV3Schema"}]
+    return {"status": 422, "content_type": "application/json", "body": {
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "<several causes>", "reason": "Invalid", "code": 422,
+        "details": {"name": "celnewers.crdref.example.dev", "group": "apiextensions.k8s.io",
+                    "kind": "CustomResourceDefinition", "causes": causes}}}
 
 
 def recording_groups(exchange: dict[str, Any]) -> list[dict[str, Any]]:

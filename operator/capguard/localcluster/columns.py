@@ -94,12 +94,19 @@ def format_cell(column_type: str, value: Any, *, now: datetime.datetime) -> Any:
     if column_type == "integer" and _is_number(value) and math.isfinite(value):
         return int(value)
     if column_type == "number" and _is_number(value):
-        return float(value)
+        return _go_float(float(value))
     if column_type == "boolean" and isinstance(value, bool):
         return value
     if column_type == "date" and isinstance(value, str):
         return _age(value, now=now)
     return None
+
+
+def _go_float(value: float) -> float | int:
+    """A float64 as Go's JSON encoder writes it: 3.0 is `3`, 2.5 stays `2.5` (351)."""
+    if value.is_integer() and abs(value) < 1e21:
+        return int(value)
+    return value
 
 
 def _is_number(value: Any) -> bool:

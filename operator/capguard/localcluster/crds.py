@@ -13,7 +13,7 @@ import base64
 import hashlib
 from typing import Any, Final
 
-from capguard.localcluster import meta, objects, resources, schema, store
+from capguard.localcluster import crdvalidation, meta, objects, resources, schema, store
 
 CLEANUP_FINALIZER: Final = "customresourcecleanup.apiextensions.k8s.io"
 Causes = list[dict[str, str]]
@@ -38,19 +38,18 @@ class Controller:
                 old: dict[str, Any] | None) -> Causes:
         spec = crd.get("spec")
         if not isinstance(spec, dict):
-            return [_required("spec")]
-        causes = _spec_causes(crd, spec)
+            return [crdvalidation.required("spec")]
+        crdvalidation.set_defaults(spec)   # the real server defaults while decoding
+        causes = (crdvalidation.create_causes(crd) if old is None
+                  else crdvalidation.update_causes(crd, old))
+        causes += _version_causes(spec.get("versions"))
         if causes:
             return causes
-        _default_spec(spec)
         if old is None:
-            storage = next(v["name"] for v in spec["versions"] if v.get("storage"))
-            crd["status"] = {"conditions": None, "acceptedNames": {"plural": "", "kind": ""},
-                             "storedVersions": [storage]}
-        elif old["spec"].get("group") != spec.get("group"):
-            return [{"reason": "FieldValueInvalid", "field": "spec.group",
-                     "message": f'Invalid value: "{spec.get("group")}": field is immutable'}]
-        return causes
+            crd["status"] = {"conditions": None, "acceptedNames": {"plural": "", "kind": ""}}
+        status = crd.setdefault("status", {})
+        status["storedVersions"] = crdvalidation.stored_versions(spec, old)
+        return []
 
     def before_delete(self, crd: dict[str, Any]) -> dict[str, Any]:
         finalizers = crd["metadata"].setdefault("finalizers", [])
@@ -156,11 +155,10 @@ def resource_type(crd: dict[str, Any], version: dict[str, Any]) -> resources.Res
     spec = crd["spec"]
     names = spec["names"]
     subresources = version.get("subresources") or {}
-    storage = next(v["name"] for v in spec["versions"] if v.get("storage"))
+    storage = crdvalidation.first_storage_version(spec) or version["name"]
     columns = version.get("additionalPrinterColumns") or [resources.AGE_COLUMN]
     openapi = (version.get("schema") or {}).get("openAPIV3Schema") or {}
-    many_versions = len(spec["versions"]) > 1
-    api_version = f"{spec['group']}/{version['name']}"
+    version_schema = schema.Schema(openapi)
     return resources.ResourceType(
         group=spec["group"], version=version["name"], plural=names["plural"],
         kind=names["kind"], namespaced=spec.get("scope") == "Namespaced",
@@ -169,10 +167,21 @@ def resource_type(crd: dict[str, Any], version: dict[str, Any]) -> resources.Res
         storage_version_hash=storage_version_hash(spec["group"], storage, names["kind"]),
         custom=True, tracks_generation=True, status_subresource="status" in subresources,
         scale=subresources.get("scale"), printer_columns=tuple(columns),
-        schema=schema.Schema(openapi), storage=_storage_key(crd), crd_name=crd["metadata"]["name"],
-        # With conversion strategy None, serving another version only relabels apiVersion.
-        to_external=(lambda obj: {**obj, "apiVersion": api_version}) if many_versions else None,
+        schema=version_schema, storage=_storage_key(crd), crd_name=crd["metadata"]["name"],
+        listing_kind=names.get("listKind", ""),
+        to_external=(_served_as(f"{spec['group']}/{version['name']}", version_schema)
+                     if len(spec["versions"]) > 1 else None),
         to_internal=None)
+
+
+def _served_as(api_version: str, version_schema: schema.Schema) -> resources.Converter:
+    """Conversion strategy None: another version only relabels apiVersion, and the object
+    is then pruned by that version's schema, as the real server's converter does (361)."""
+    def convert(stored: dict[str, Any]) -> dict[str, Any]:
+        if stored.get("apiVersion") == api_version:
+            return stored
+        return version_schema.prune({**stored, "apiVersion": api_version})
+    return convert
 
 
 def _storage_key(crd: dict[str, Any]) -> str:
@@ -204,46 +213,13 @@ def _desired_status(crd: dict[str, Any], conflict: str | None) -> dict[str, Any]
     return status
 
 
-def _required(field: str) -> dict[str, str]:
-    return {"reason": "FieldValueRequired", "field": field, "message": "Required value"}
-
-
-def _spec_causes(crd: dict[str, Any], spec: dict[str, Any]) -> Causes:
-    causes: Causes = []
-    group, names = spec.get("group"), spec.get("names")
-    if not isinstance(group, str) or not group:
-        causes.append(_required("spec.group"))
-    if not isinstance(names, dict):
-        return [*causes, _required("spec.names")]
-    for field in ("plural", "kind"):
-        if not isinstance(names.get(field), str) or not names.get(field):
-            causes.append(_required(f"spec.names.{field}"))
-    if spec.get("scope") not in ("Namespaced", "Cluster"):
-        causes.append({"reason": "FieldValueNotSupported", "field": "spec.scope", "message": (
-            f'Unsupported value: "{spec.get("scope")}": supported values: "Cluster", '
-            '"Namespaced"')})
-    if causes:
-        return causes
-    expected = f"{names['plural']}.{group}"
-    if crd["metadata"]["name"] != expected:
-        causes.append({"reason": "FieldValueInvalid", "field": "metadata.name", "message": (
-            f'Invalid value: "{crd["metadata"]["name"]}": must be spec.names.plural+"."+'
-            "spec.group")})
-    return causes + _version_causes(spec.get("versions"))
-
-
 def _version_causes(versions: Any) -> Causes:
-    if not isinstance(versions, list) or not versions:
-        return [_required("spec.versions")]
+    if not isinstance(versions, list):
+        return []   # crdvalidation reports a missing storage version
     causes: Causes = []
-    if sum(1 for v in versions if isinstance(v, dict) and v.get("storage")) != 1:
-        causes.append({"reason": "FieldValueInvalid", "field": "spec.versions",
-                       "message": "Invalid value: must have exactly one version marked as "
-                                  "storage version"})
     for index, version in enumerate(versions):
         field = f"spec.versions[{index}]"
-        if not isinstance(version, dict) or not isinstance(version.get("name"), str):
-            causes.append(_required(f"{field}.name"))
+        if not isinstance(version, dict):
             continue
         openapi = (version.get("schema") or {}).get("openAPIV3Schema")
         if not isinstance(openapi, dict):
@@ -258,12 +234,3 @@ def _version_causes(versions: Any) -> Causes:
                            "field": f"{field}.schema.openAPIV3Schema",
                            "message": f"Invalid value: {error}"})
     return causes
-
-
-def _default_spec(spec: dict[str, Any]) -> None:
-    names = spec["names"]
-    names.setdefault("singular", names["kind"].lower())
-    names.setdefault("listKind", names["kind"] + "List")
-    spec.setdefault("conversion", {"strategy": "None"})
-    for version in spec["versions"]:
-        version.setdefault("served", True)

@@ -162,6 +162,8 @@ def expired(message: str) -> ApiError:
     return ApiError(status_body(code=410, reason="Expired", message=message))
 
 
-def internal(message: str) -> ApiError:
-    return ApiError(status_body(code=500, reason="InternalError", message=message,
-                                details={"causes": [{"message": message}]}))
+def internal(error: str) -> ApiError:
+    # apierrors.NewInternalError: the message prefixes the error, the cause is the error (343).
+    return ApiError(status_body(code=500, reason="InternalError",
+                                message=f"Internal error occurred: {error}",
+                                details={"causes": [{"message": error}]}))

@@ -356,7 +356,12 @@ class Objects:
 
     def get_scale(self, rt: resources.ResourceType, *, namespace: str, name: str
                   ) -> dict[str, Any]:
-        return self._scale_of(rt, self.get(rt, namespace=namespace, name=name).obj)
+        obj = self.get(rt, namespace=namespace, name=name).obj
+        path = rt.scale["specReplicasPath"] if rt.scale else ""
+        if _read_path(obj, path) is None:
+            # The real ScaleREST builds no Scale without spec replicas: 500, not 0 (343).
+            raise errors.internal(f"the spec replicas field {json.dumps(path)} does not exist")
+        return self._scale_of(rt, obj)
 
     def _scale_of(self, rt: resources.ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
         assert rt.scale is not None

@@ -54,6 +54,7 @@ class ResourceType:
     to_external: Converter | None = None   # stored shape -> this version's shape
     to_internal: Converter | None = None   # this version's shape -> stored shape
     crd_name: str = ""
+    listing_kind: str = ""           # a CRD's spec.names.listKind; else Kind + "List"
     field_labels: frozenset[str] = frozenset()
 
     @property
@@ -72,7 +73,7 @@ class ResourceType:
 
     @property
     def list_kind(self) -> str:
-        return self.kind + "List"
+        return self.listing_kind or self.kind + "List"
 
     @property
     def storage_key(self) -> str:
