@@ -58,10 +58,12 @@ def test_message_expression_and_reason() -> None:
 
 
 def test_runtime_error_becomes_an_invalid_cause_not_a_crash() -> None:
-    # self.replicas is missing: cel-go says "no such key", and so do we.
+    # self.replicas is missing: cel-go says "no such key", and apiextensions names the rule.
     assert causes(REPLICAS, {"spec": {}}) == [
-        ("FieldValueInvalid", 'Invalid value: "object": no such key: replicas', "spec"),
-        ("FieldValueInvalid", 'Invalid value: "object": no such key: replicas', "spec")]
+        ("FieldValueInvalid", 'Invalid value: "object": no such key: replicas evaluating rule: '
+                              "self.replicas < 100", "spec"),
+        ("FieldValueInvalid", 'Invalid value: "object": no such key: replicas evaluating rule: '
+                              "self.replicas != 13", "spec")]
 
 
 def test_passing_rules_give_no_causes() -> None:

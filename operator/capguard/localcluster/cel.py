@@ -53,10 +53,20 @@ class RuleCompileError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
-    """Why one rule rejected a value: the reason and the message a user reads."""
+    """Why one rule rejected a value: the reason and the message a user reads.
+
+    `evaluation_error`: the rule could not be evaluated; Kubernetes reports that at the
+    rule's node, not at its fieldPath.
+    """
 
     reason: str
     message: str
+    evaluation_error: bool = False
+
+
+def uses_old_self(source: str) -> bool:
+    """A transition rule: it reads oldSelf, so it runs only on updates."""
+    return bool(_OLD_SELF.search(source))
 
 
 class Rule:
@@ -71,7 +81,7 @@ class Rule:
         reason = spec.get("reason")
         self.reason: str = reason if reason in REASONS else DEFAULT_REASON
         self.field_path: str = str(spec.get("fieldPath") or "")
-        self.uses_old_self: bool = bool(_OLD_SELF.search(self.source))
+        self.uses_old_self: bool = uses_old_self(self.source)
         self._program = _compile(self.source)
         message_expression = _optional_str(spec.get("messageExpression"))
         self._message_program = _compile(message_expression) if message_expression else None
@@ -89,14 +99,29 @@ class Rule:
         try:
             result = self._program.evaluate(activation)
         except Exception as error:  # celpy raises many types; none may escape
-            return Outcome(DEFAULT_REASON, _error_text(error))
+            return self._evaluation_error(error)
         if isinstance(result, Exception):  # celpy can return errors as values
-            return Outcome(DEFAULT_REASON, _error_text(result))
+            return self._evaluation_error(result)
         if not isinstance(result, celtypes.BoolType):
             return Outcome(DEFAULT_REASON, "rule did not evaluate to a boolean")
         if result:
             return None
         return Outcome(self.reason, self._failure_message(activation))
+
+    def _evaluation_error(self, error: BaseException) -> Outcome:
+        """Worded as apiextensions words a rule that fails to evaluate; celpy's own text
+        (parse-tree tokens, Python exception reprs) never reaches a user."""
+        text = _error_text(error)
+        if text is None:
+            message = ("'no such overload': call arguments did not match a supported operator, "
+                       f"function or macro signature for rule: {self._shown()}")
+        else:
+            message = f"{text} evaluating rule: {self._shown()}"
+        return Outcome(DEFAULT_REASON, message, evaluation_error=True)
+
+    def _shown(self) -> str:
+        """ruleErrorString: the rule's message if it has one, else its text."""
+        return (self.message or self.source).strip()
 
     def _failure_message(self, activation: dict[str, Any]) -> str:
         """messageExpression if it yields a non-empty string, else message, else the rule."""
@@ -145,17 +170,32 @@ def _compile(source: str) -> celpy.Runner:
         raise RuleCompileError(f"compilation failed: {first_line}") from error
 
 
-def _error_text(error: BaseException) -> str:
-    """A one-line evaluation error; celpy's own text can embed the whole activation."""
+# cel-go's words for the runtime errors celpy reports in its own: (pattern, message).
+_RUNTIME_ERRORS: Final = (
+    (re.compile(r"no such member in mapping: '([^']*)'"), "no such key: {0}"),
+    (re.compile(r"(?i)modul|remainder"), "modulus by zero"),
+    (re.compile(r"(?i)divi.*zero|zero.*divi"), "division by zero"),
+    (re.compile(r"(?i)overflow|out of range for int|too large"), "integer overflow"),
+    (re.compile(r"(?i)index.*out of range|list index"), "index out of bounds"),
+    (re.compile(r"(?i)undeclared reference to '([^']*)'"), "no such attribute: {0}"),
+)
+
+
+def _error_text(error: BaseException) -> str | None:
+    """cel-go's text for a runtime error, or None when it is a mismatched overload.
+
+    Only fixed wordings leave this function, quoting at most a key of the object:
+    celpy's text embeds parse-tree tokens, Python reprs and the whole activation.
+    """
     args = getattr(error, "args", ())
-    text = str(args[0]) if args else str(error)
-    key = re.match(r"no such member in mapping: '(.*)'", text)
-    if key:
-        return f"no such key: {key.group(1)}"
-    undeclared = re.match(r"undeclared reference to '([^']*)'", text)
-    if undeclared:
-        return f"undeclared reference to '{undeclared.group(1)}'"
-    return text.split(" (in activation")[0][:200]
+    text = " ".join(str(arg) for arg in args[:2]) if args else str(error)
+    if isinstance(error, ZeroDivisionError):
+        return "division by zero"
+    for pattern, message in _RUNTIME_ERRORS:
+        match = pattern.search(text)
+        if match:
+            return message.format(*match.groups())
+    return None
 
 
 # --- The Kubernetes CEL extension functions that CRDs commonly use -------------------

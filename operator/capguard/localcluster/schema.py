@@ -80,9 +80,52 @@ class Schema:
         `old` is the stored object on update: transition rules (using `oldSelf`) run
         only where it has a value at the same place.
         """
+        return self._check(obj, old, root=True)
+
+    def validate_value(self, value: Any) -> list[Cause]:
+        """Causes of a value checked against this schema outside a resource (a default)."""
+        return self._check(value, None, root=False)
+
+    def _check(self, value: Any, old: Any, *, root: bool) -> list[Cause]:
+        """Schema validation, then the CEL rules unless it found a blocking error.
+
+        As apiextensions' `hasBlockingErr`: rules assume the types, bounds and required
+        fields the schema promises, so they are not run on an object that breaks them.
+        """
         causes: list[Cause] = []
-        _validate(obj, old, self._root, path="", causes=causes, root=True)
+        pending: list[_PendingRules] = []
+        _validate(value, old, self._root, path="", causes=causes, root=root, pending=pending)
+        if pending and any(cause.reason in _BLOCKING for cause in causes):
+            causes.append(Cause("FieldValueInvalid", f"Invalid value: {_go(None)}: {_NOT_CHECKED}",
+                                _NIL_PATH))
+            return causes
+        for rules in pending:
+            _run_rules(rules.value, rules.old, rules.node, path=rules.path, causes=causes,
+                       root=rules.root)
         return causes
+
+
+# Schema errors after which CEL rules are not evaluated (apiextensions' hasBlockingErr).
+_BLOCKING: Final = frozenset({"FieldValueNotSupported", "FieldValueRequired", "FieldValueTooLong",
+                              "FieldValueTooMany", "FieldValueTypeInvalid"})
+_NOT_CHECKED: Final = ("some validation rules were not checked because the object was invalid; "
+                       "correct the existing errors to complete validation")
+# How Go prints an empty field.Path: the field of causes about the object as a whole.
+_NIL_PATH: Final = "<nil>"
+# Go decodes integers beyond int64 as float64, which is an integer only up to 2^53.
+_INT64: Final = range(-(2**63), 2**63)
+_FLOAT_INTEGER_LIMIT: Final = 2**53
+
+
+@dataclasses.dataclass(frozen=True)
+class _PendingRules:
+    """A node's x-kubernetes-validations, to run once the whole object passed the schema."""
+
+    value: Any
+    old: Any
+    node: _Node
+    path: str
+    root: bool
 
 
 class _Node:
@@ -249,7 +292,8 @@ def _prune(value: Any, node: _Node | None, *, path: str, dropped: list[str] | No
                 for i, item in enumerate(value)]
     if node is not None and "integer" in node.types and isinstance(value, float):
         # Go decodes 2.0 as a float that validates as integer and is written back as 2.
-        return int(value) if value.is_integer() and math.isfinite(value) else value
+        integral = math.isfinite(value) and value.is_integer()
+        return int(value) if integral and abs(value) <= _FLOAT_INTEGER_LIMIT else value
     return value
 
 
@@ -335,7 +379,7 @@ def _default_item(item: Any, items: _Node | None) -> Any:
 
 
 def _validate(value: Any, old: Any, node: _Node, *, path: str, causes: list[Cause],
-              root: bool = False) -> None:
+              pending: list[_PendingRules], root: bool = False) -> None:
     """Append the causes `value` (at `path`) has against `node`."""
     if value is None and node.nullable:
         return
@@ -344,12 +388,12 @@ def _validate(value: Any, old: Any, node: _Node, *, path: str, causes: list[Caus
     _check_value(value, node, path=path, causes=causes)
     if isinstance(value, dict):
         _validate_object(value, old if isinstance(old, dict) else None, node, path=path,
-                         causes=causes, root=root)
+                         causes=causes, pending=pending, root=root)
     elif isinstance(value, list):
         _validate_list(value, old if isinstance(old, list) else None, node, path=path,
-                       causes=causes)
+                       causes=causes, pending=pending)
     if node.rules:
-        _run_rules(value, old, node, path=path, causes=causes, root=root)
+        pending.append(_PendingRules(value, old, node, path, root))
 
 
 # bool before int: in Python True is an int, in JSON it is not a number.
@@ -359,6 +403,8 @@ _TYPE_NAMES: Final = ((bool, "boolean"), (int, "integer"), (float, "number"), (s
 
 def _type_name(value: Any) -> str:
     """The JSON type of a value as kube-openapi names it in messages."""
+    if isinstance(value, int) and not isinstance(value, bool) and value not in _INT64:
+        return "number"   # Go decodes it as a float64
     for python_type, name in _TYPE_NAMES:
         if isinstance(value, python_type):
             return name
@@ -387,7 +433,10 @@ def _number_fits(value: Any, actual: str, allowed: tuple[str, ...]) -> bool:
     """kube-openapi accepts an integral float as integer and an integer as number."""
     if actual == "integer":
         return "number" in allowed
-    return actual == "number" and "integer" in allowed and float(value).is_integer()
+    if actual != "number" or "integer" not in allowed:
+        return False
+    number = float(value)  # a JSON integer to kube-openapi: integral and within 2^53
+    return number.is_integer() and abs(number) <= _FLOAT_INTEGER_LIMIT
 
 
 def _check_value(value: Any, node: _Node, *, path: str, causes: list[Cause]) -> None:
@@ -478,7 +527,8 @@ def _is_multiple(value: float | int, factor: float | int) -> bool:
 
 
 def _validate_object(value: dict[str, Any], old: dict[str, Any] | None, node: _Node, *,
-                     path: str, causes: list[Cause], root: bool) -> None:
+                     path: str, causes: list[Cause], pending: list[_PendingRules],
+                     root: bool) -> None:
     checks = node.checks
     if node.embedded:
         _check_embedded(value, path=path, causes=causes)
@@ -499,7 +549,7 @@ def _validate_object(value: dict[str, Any], old: dict[str, Any] | None, node: _N
             sub = node.additional
         if sub is not None:
             _validate(item, old.get(key) if old else None, sub, path=_child(path, key),
-                      causes=causes)
+                      causes=causes, pending=pending)
 
 
 def _check_embedded(value: dict[str, Any], *, path: str, causes: list[Cause]) -> None:
@@ -515,7 +565,7 @@ def _check_embedded(value: dict[str, Any], *, path: str, causes: list[Cause]) ->
 
 
 def _validate_list(value: list[Any], old: list[Any] | None, node: _Node, *, path: str,
-                   causes: list[Cause]) -> None:
+                   causes: list[Cause], pending: list[_PendingRules]) -> None:
     checks = node.checks
     if checks.max_items is not None and len(value) > checks.max_items:
         causes.append(Cause("FieldValueTooMany", f"Too many: {len(value)}: must have at most "
@@ -530,7 +580,8 @@ def _validate_list(value: list[Any], old: list[Any] | None, node: _Node, *, path
         return
     olds = _correlate(value, old, checks)
     for index, item in enumerate(value):
-        _validate(item, olds[index], node.items, path=f"{path}[{index}]", causes=causes)
+        _validate(item, olds[index], node.items, path=f"{path}[{index}]", causes=causes,
+                  pending=pending)
 
 
 def _check_list_type(value: list[Any], checks: _Checks, *, path: str,
@@ -593,7 +644,8 @@ def _run_rules(value: Any, old: Any, node: _Node, *, path: str, causes: list[Cau
                 old_value = _old_cel_value(old, node, root=root)
         outcome = rule.evaluate(self_value=self_value, old_self=old_value)
         if outcome is not None:
-            causes.append(_rule_cause(outcome, node, path=_rule_path(path, rule.field_path)))
+            at = path if outcome.evaluation_error else _rule_path(path, rule.field_path)
+            causes.append(_rule_cause(outcome, node, path=at or _NIL_PATH))
 
 
 def _old_cel_value(old: Any, node: _Node, *, root: bool) -> Any:
@@ -616,6 +668,27 @@ def _rule_cause(outcome: cel.Outcome, node: _Node, *, path: str) -> Cause:
 
 
 _FIELD_PATH_PART: Final = re.compile(r"\.([A-Za-z_][A-Za-z0-9_-]*)|\['((?:[^'\\]|\\.)*)'\]")
+
+
+def field_path_exists(raw: dict[str, Any], field_path: str) -> bool:
+    """A rule's `fieldPath` names a field its node's schema declares (`.a.b`, `['x.y']`)."""
+    node: Any = raw
+    position = 0
+    while position < len(field_path):
+        match = _FIELD_PATH_PART.match(field_path, position)
+        if match is None or not isinstance(node, dict):
+            return False
+        name = match.group(1) if match.group(1) is not None else match.group(2)
+        properties = node.get("properties")
+        declared = properties if isinstance(properties, dict) else {}
+        node = declared.get(name, node.get("additionalProperties"))
+        position = match.end()
+    return isinstance(node, dict)
+
+
+def go_value(value: Any) -> str:
+    """A bad value as Go's field.Error prints it (strings quoted, numbers bare)."""
+    return _go(value)
 
 
 def _rule_path(path: str, field_path: str) -> str:
