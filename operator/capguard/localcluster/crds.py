@@ -13,7 +13,15 @@ import base64
 import hashlib
 from typing import Any, Final
 
-from capguard.localcluster import crdvalidation, meta, objects, resources, schema, store
+from capguard.localcluster import (
+    crdvalidation,
+    meta,
+    objects,
+    resources,
+    schema,
+    store,
+    structural,
+)
 
 CLEANUP_FINALIZER: Final = "customresourcecleanup.apiextensions.k8s.io"
 Causes = list[dict[str, str]]
@@ -214,23 +222,25 @@ def _desired_status(crd: dict[str, Any], conflict: str | None) -> dict[str, Any]
 
 
 def _version_causes(versions: Any) -> Causes:
+    """Every version has a schema, and apiextensions accepts each (`structural`), judged
+    once at `spec.validation` when all versions share it, as the real server reports it."""
     if not isinstance(versions, list):
         return []   # crdvalidation reports a missing storage version
     causes: Causes = []
     for index, version in enumerate(versions):
-        field = f"spec.versions[{index}]"
-        if not isinstance(version, dict):
-            continue
-        openapi = (version.get("schema") or {}).get("openAPIV3Schema")
-        if not isinstance(openapi, dict):
+        if isinstance(version, dict) and not isinstance(
+                _dict(version.get("schema")).get("openAPIV3Schema"), dict):
             causes.append({"reason": "FieldValueRequired",
-                           "field": f"{field}.schema.openAPIV3Schema",
+                           "field": f"spec.versions[{index}].schema.openAPIV3Schema",
                            "message": "Required value: schemas are required"})
-            continue
-        try:
-            schema.Schema(openapi)
-        except Exception as error:  # a schema the engine cannot use is the client's error
-            causes.append({"reason": "FieldValueInvalid",
-                           "field": f"{field}.schema.openAPIV3Schema",
-                           "message": f"Invalid value: {error}"})
+    if causes:
+        return causes
+    for path, version_schema in crdvalidation.placed({"versions": versions}, "schema"):
+        if isinstance(version_schema, dict):
+            causes += structural.schema_causes(version_schema["openAPIV3Schema"],
+                                               path=f"{path}.openAPIV3Schema")
     return causes
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
