@@ -4,8 +4,10 @@ The recorder of the CRD-admission cases works in namespace `ref-crd` and, for 37
 380-384, creates a small CRD first without recording it ("When a CRD is created only as
 set-up, only the requests that matter are recorded"). What that CRD was can be read off
 the recordings: group `crdref.example.dev`, plural = kind in lower case + `s`, one version
-`v1` whose schema has `spec.size` (a string), and a status subresource where 382 shows one
-at work. This module rebuilds exactly that, so the replay sends it before the case.
+`v1` whose schema has `spec.size` (a string), and where 382 shows them at work, a status
+subresource and `status.phase` (372 shows a schema without status; 382's NoSt keeps the
+status it is sent, which a schema without it would prune). This module rebuilds exactly
+that, so the replay sends it before the case.
 """
 from __future__ import annotations
 
@@ -17,27 +19,28 @@ from typing import Any, Final
 GROUP: Final = "crdref.example.dev"
 NAMESPACE: Final = "ref-crd"
 
-# case id -> (kind, has a status subresource) of the CRDs it needs first
-SETUP_KINDS: Final[dict[str, tuple[tuple[str, bool], ...]]] = {
-    "370": (("Stored", False),),
-    "371": (("Scoped", False),),
-    "372": (("Gener", False),),
-    "380": (("Named", False),),
-    "381": (("Unknown", False),),
-    "382": (("WithSt", True), ("NoSt", False)),
-    "383": (("Big", False),),
-    "384": (("Metas", False),),
+# case id -> (kind, has a status subresource, declares status.phase) of the CRDs it needs
+SETUP_KINDS: Final[dict[str, tuple[tuple[str, bool, bool], ...]]] = {
+    "370": (("Stored", False, False),),
+    "371": (("Scoped", False, False),),
+    "372": (("Gener", False, False),),
+    "380": (("Named", False, False),),
+    "381": (("Unknown", False, False),),
+    "382": (("WithSt", True, True), ("NoSt", False, True)),
+    "383": (("Big", False, False),),
+    "384": (("Metas", False, False),),
 }
 
 
-def set_up_crd(kind: str, *, status: bool) -> dict[str, Any]:
+def set_up_crd(kind: str, *, status: bool, status_schema: bool = False) -> dict[str, Any]:
     plural = kind.lower() + "s"
     spec_schema = {"type": "object", "properties": {"size": {"type": "string"}}}
     properties: dict[str, Any] = {"spec": spec_schema}
-    version: dict[str, Any] = {"name": "v1", "served": True, "storage": True}
-    if status:
+    if status or status_schema:
         properties["status"] = {"type": "object",
                                 "properties": {"phase": {"type": "string"}}}
+    version: dict[str, Any] = {"name": "v1", "served": True, "storage": True}
+    if status:
         version["subresources"] = {"status": {}}
     version["schema"] = {"openAPIV3Schema": {"type": "object", "properties": properties}}
     return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
@@ -54,9 +57,9 @@ def prepare(base: str, case_id: str) -> None:
         return
     _post(base, "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
                                        "metadata": {"name": NAMESPACE}}, exists_ok=True)
-    for kind, status in SETUP_KINDS.get(case_id, ()):
+    for kind, status, status_schema in SETUP_KINDS.get(case_id, ()):
         _post(base, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
-              set_up_crd(kind, status=status), exists_ok=False)
+              set_up_crd(kind, status=status, status_schema=status_schema), exists_ok=False)
 
 
 def _post(base: str, path: str, body: dict[str, Any], *, exists_ok: bool) -> None:

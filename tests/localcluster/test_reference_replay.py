@@ -50,6 +50,11 @@ ADAPTATIONS = {
            "'...' + string(self.min) concatenates a string cel-go cannot bound, so the CRD "
            "is refused (its cost exceeds the budget) instead of stored without the key",
     "336": "as 330: the rule is quoted with 1.30's six ValidationRule fields",
+    "381": "server-side field validation (GA 1.27): the default (Warn) and Warn answer 201 "
+           "with one Warning header per unknown field, Strict refuses with 400 and a strict "
+           "decoding error naming them; 1.24 pruned silently in all three",
+    "384": "server-side field validation (GA 1.27): the unknown metadata key is still dropped "
+           "and, by default (Warn), named in a Warning header",
     "370": "a stored version missing from spec.versions is explained as newer servers do "
            "(\"missing from spec.versions; v1 was previously a storage version, ...\"), "
            "not 1.24's \"must appear in spec.versions\"",
@@ -239,6 +244,7 @@ class Answer:
     status: int
     content_type: str
     body: Any
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
 
 def _send(base: str, request: dict[str, Any], replay: Replay) -> http.client.HTTPResponse:
@@ -263,7 +269,14 @@ def _answer(response: http.client.HTTPResponse) -> Answer:
         body: Any = json.loads(raw)
     except ValueError:
         body = raw.decode(errors="replace")
-    return Answer(response.status, content_type, body)
+    warnings = [_warning_text(header) for header in response.headers.get_all("Warning") or []]
+    return Answer(response.status, content_type, body, warnings)
+
+
+def _warning_text(header: str) -> str:
+    """The text of a `299 - "..."` Warning header (Go quotes it as JSON does)."""
+    match = re.fullmatch(r'\d{3} \S+ (".*")', header)
+    return str(json.loads(match.group(1))) if match else header
 
 
 class WatchReader:
@@ -296,6 +309,10 @@ def _compare_answer(replay: Replay, recorded: dict[str, Any], actual: Answer, wh
         replay.problem(where, f"content type {actual.content_type!r}, expected {wanted_type!r}")
     if "body" in recorded:
         replay.compare(recorded["body"], actual.body, where + " body")
+    # The recorder of 300-384 keeps `warnings` when there are any; none means none.
+    if case_id >= "300" and recorded.get("warnings", []) != actual.warnings:
+        replay.problem(where, f"warnings {actual.warnings}, expected "
+                       f"{recorded.get('warnings', [])}")
 
 
 def _compare_events(replay: Replay, recorded: list[dict[str, Any]],
@@ -346,6 +363,10 @@ def _adapt(case_id: str, index: int, exchange: dict[str, Any]) -> dict[str, Any]
         _quote_rule_as_130(body)
     if case_id == "335":
         response = _refused_335(index, response)
+    if case_id == "381":
+        response = _field_validation_381(index, response)
+    if case_id == "384" and index == 0:
+        response["warnings"] = ['unknown field "metadata.madeUp"']
     if case_id == "370" and response["status"] == 422:
         # Newer apiextensions (ValidateCustomResourceDefinitionStoredVersions) says why.
         cause = body["details"]["causes"][0]
@@ -398,6 +419,17 @@ def _refused_335(index: int, response: dict[str, Any]) -> dict[str, Any]:
         "message": "<several causes>", "reason": "Invalid", "code": 422,
         "details": {"name": "celnewers.crdref.example.dev", "group": "apiextensions.k8s.io",
                     "kind": "CustomResourceDefinition", "causes": causes}}}
+
+
+def _field_validation_381(index: int, response: dict[str, Any]) -> dict[str, Any]:
+    """1.27+: Warn (also the default) warns about each unknown field, Strict refuses."""
+    unknown = ['unknown field "extra"', 'unknown field "spec.colour"']
+    if index != 1:
+        return {**response, "warnings": unknown}
+    return {"status": 400, "content_type": "application/json", "body": {
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": 'Unknown in version "v1" cannot be handled as a Unknown: strict decoding '
+                   "error: " + ", ".join(unknown), "reason": "BadRequest", "code": 400}}
 
 
 def recording_groups(exchange: dict[str, Any]) -> list[dict[str, Any]]:

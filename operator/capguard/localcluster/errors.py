@@ -6,6 +6,7 @@ Status with the same `reason`, `code` and `details` shape the real kube-apiserve
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from capguard.localcluster import resources
@@ -36,8 +37,9 @@ def status_body(
         "metadata": {},
         "status": "Failure",
         "message": message,
-        "reason": reason,
     }
+    if reason:   # StatusReasonUnknown is omitted
+        body["reason"] = reason
     if details is not None:
         body["details"] = details
     body["code"] = code
@@ -120,6 +122,22 @@ def invalid_generic() -> ApiError:
         message="the server rejected our request due to an error in our request", details={}))
 
 
+def strict_decoding(rt: resources.ResourceType, problems: list[str]) -> ApiError:
+    """What a body with unknown or duplicate fields answers under fieldValidation=Strict."""
+    return bad_request(f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: '
+                       "strict decoding error: " + ", ".join(problems))
+
+
+def strict_patch(patched: str, problems: list[str]) -> ApiError:
+    """A patch whose result is not strictly decodable: 422 on `patch`, naming no kind
+    (the real patcher's errors.NewInvalid(schema.GroupKind{}, "", ...))."""
+    cause = {"reason": "FieldValueInvalid", "field": "patch", "message": (
+        f"Invalid value: {json.dumps(patched)}: strict decoding error: " + ", ".join(problems))}
+    return ApiError(status_body(
+        code=422, reason="Invalid", message=f' "" is invalid: patch: {cause["message"]}',
+        details={"causes": [cause]}))
+
+
 def bad_request(message: str) -> ApiError:
     return ApiError(status_body(code=400, reason="BadRequest", message=message))
 
@@ -156,6 +174,18 @@ def too_large(limit: int) -> ApiError:
     return ApiError(status_body(
         code=413, reason="RequestEntityTooLarge",
         message=f"Request entity too large: limit is {limit}"))
+
+
+def timeout() -> ApiError:
+    # WithTimeoutForNonLongRunningRequests: the request outlived --request-timeout.
+    return ApiError(status_body(
+        code=504, reason="Timeout", details={},
+        message="Timeout: request did not complete within the allotted timeout"))
+
+
+def etcd_too_large() -> ApiError:
+    # etcd's own error passed through as it is: a 500 with no reason (383).
+    return ApiError(status_body(code=500, reason="", message="etcdserver: request is too large"))
 
 
 def expired(message: str) -> ApiError:

@@ -17,6 +17,23 @@ _QUALIFIED_NAME: Final = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$
 _LABEL_VALUE: Final = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
+# The fields of metav1.ObjectMeta as 1.30 decodes them (clusterName went in 1.25).
+OBJECT_META_FIELDS: Final = frozenset((
+    "name", "generateName", "namespace", "selfLink", "uid", "resourceVersion", "generation",
+    "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "labels",
+    "annotations", "ownerReferences", "finalizers", "managedFields"))
+
+
+def unknown_metadata(metadata: dict[str, Any]) -> list[str]:
+    """Paths of the keys ObjectMeta does not have, as strict decoding names them (384)."""
+    return [f"metadata.{key}" for key in metadata if key not in OBJECT_META_FIELDS]
+
+
+def known_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The metadata an ObjectMeta round trip keeps: unknown keys are dropped (384)."""
+    return {key: value for key, value in metadata.items() if key in OBJECT_META_FIELDS}
+
+
 def now_rfc3339() -> str:
     # metav1.Time serializes at whole seconds.
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

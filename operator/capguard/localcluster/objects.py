@@ -18,7 +18,15 @@ import json
 from collections.abc import Callable
 from typing import Any, Final
 
-from capguard.localcluster import errors, meta, patching, resources, selectors, store
+from capguard.localcluster import (
+    decoding,
+    errors,
+    meta,
+    patching,
+    resources,
+    selectors,
+    store,
+)
 
 _SERVER_FIELDS: Final = ("uid", "resourceVersion", "creationTimestamp", "deletionTimestamp",
                          "deletionGracePeriodSeconds", "generation", "selfLink",
@@ -31,6 +39,7 @@ _GO_TYPES: Final = {str: "string", bool: "bool", float: "float64", list: "[]inte
 class WriteOptions:
     dry_run: bool = False
     field_validation: str = "Warn"   # newer servers' default (GA 1.27); 1.24 had none
+    decode_problems: tuple[str, ...] = ()   # what reading the body found (duplicate keys)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,17 +264,18 @@ class Objects:
             raise errors.bad_request("the patch did not produce an object")
         rv = _metadata_of(patched).get("resourceVersion")
         return self._write(rt, old, rt.internal(patched), rv=rv, subresource=subresource,
-                           options=options)
+                           options=options, patched=True)
 
     def _write(self, rt: resources.ResourceType, old: store.Entry, new: dict[str, Any], *,
-               rv: Any, subresource: str | None, options: WriteOptions) -> Reply:
+               rv: Any, subresource: str | None, options: WriteOptions,
+               patched: bool = False) -> Reply:
         name = old.obj["metadata"]["name"]
         if rv and str(rv) != str(old.rv):
             raise errors.conflict(rt, name)
         new = self._scoped_to_subresource(rt, old.obj, new, subresource)
         _keep_server_fields(new["metadata"], old.obj["metadata"])
         self._check_finalizers(rt, old.obj, new)
-        new, warnings = self._admit(rt, new, old.obj, options)
+        new, warnings = self._admit(rt, new, old.obj, options, patched=patched)
         if _same(old.obj, new):
             return Reply(200, entry=old, warnings=warnings)   # no-op keeps the rv (029, 051)
         if rt.tracks_generation and _spec_changed(rt, old.obj, new):
@@ -328,20 +338,13 @@ class Objects:
                  "field": "metadata.finalizers"}])
 
     def _admit(self, rt: resources.ResourceType, obj: dict[str, Any], old: dict[str, Any] | None,
-               options: WriteOptions) -> tuple[dict[str, Any], tuple[str, ...]]:
+               options: WriteOptions, *, patched: bool = False
+               ) -> tuple[dict[str, Any], tuple[str, ...]]:
         """Prune, default and validate: the admission a custom resource gets (020, 040-045)."""
-        warnings: tuple[str, ...] = ()
+        warnings = self._field_validation(rt, obj, options, patched=patched)
+        obj["metadata"] = meta.known_metadata(obj["metadata"])   # ObjectMeta drops the rest
         causes = _metadata_causes(rt, obj)
         if rt.schema is not None:
-            unknown = rt.schema.unknown_fields(obj)
-            if unknown and options.field_validation == "Strict":
-                # What servers since 1.27 answer (1.24 pruned silently, 020).
-                raise errors.bad_request(
-                    f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: '
-                    "strict decoding error: "
-                    + ", ".join(f'unknown field "{path}"' for path in unknown))
-            if unknown and options.field_validation == "Warn":
-                warnings = tuple(f'unknown field "{path}"' for path in unknown)
             obj = rt.schema.apply_defaults(rt.schema.prune(obj))
             causes += [dataclasses.asdict(cause) for cause in rt.schema.validate(obj, old)]
         causes += _scale_causes(rt, obj)
@@ -351,6 +354,23 @@ class Objects:
         if causes:
             raise errors.invalid(rt, obj["metadata"].get("name", ""), causes)
         return obj, warnings
+
+    def _field_validation(self, rt: resources.ResourceType, obj: dict[str, Any],
+                          options: WriteOptions, *, patched: bool) -> tuple[str, ...]:
+        """Server-side field validation (GA 1.27; 1.24 pruned silently, 020, 381): duplicate
+        and unknown fields refuse the write under Strict and are warnings under Warn."""
+        if options.field_validation == "Ignore":
+            return ()
+        unknown = meta.unknown_metadata(obj["metadata"])
+        if rt.schema is not None:
+            unknown += rt.schema.unknown_fields(obj)
+        problems = [*options.decode_problems, *(f'unknown field "{path}"' for path in unknown)]
+        if problems and options.field_validation == "Strict":
+            if patched:
+                raise errors.strict_patch(json.dumps(rt.external(obj), sort_keys=True,
+                                                     separators=(",", ":")), problems)
+            raise errors.strict_decoding(rt, problems)
+        return decoding.warnings(tuple(problems))
 
     # ---- scale subresource (052) ---------------------------------------------------------
 

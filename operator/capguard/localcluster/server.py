@@ -12,6 +12,7 @@ recorded when its stream opens, with code 200, so the log is complete while watc
 """
 from __future__ import annotations
 
+import asyncio
 import collections
 import json
 import logging
@@ -22,6 +23,7 @@ import yaml
 from aiohttp import web
 
 from capguard.localcluster import (
+    decoding,
     discovery,
     errors,
     negotiation,
@@ -45,6 +47,9 @@ JSON_TYPE: Final = "application/json"
 PATCH_TYPES: Final = ("application/merge-patch+json", "application/json-patch+json",
                       "application/strategic-merge-patch+json", "application/apply-patch+yaml")
 _TRUE: Final = ("true", "1", "True")
+# The real server's --request-timeout: a request that is not a watch (one whose body never
+# arrives in full, say) is answered 504 after it, and its connection closed.
+REQUEST_TIMEOUT: Final = 60.0
 # Requests `Server.audit` keeps in memory (about 5.6 MB); the audit file gets them all.
 DEFAULT_AUDIT_BUFFER: Final = 10_000
 
@@ -58,6 +63,7 @@ class Server:
         self.audit: collections.deque[dict[str, Any]] = collections.deque(maxlen=audit_buffer)
         self.audit_file = audit_file
         self.record_audit = True
+        self.request_timeout = REQUEST_TIMEOUT
 
     def application(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
@@ -73,7 +79,14 @@ class Server:
                                   "content_type": request.headers.get("Content-Type", ""),
                                   "verb": request.method.lower()}
         try:
-            response = await self._route(request, record)
+            async with asyncio.timeout(None if _long_running(request) else self.request_timeout):
+                response = await self._route(request, record)
+        except TimeoutError:
+            # The handler may still be reading a body: answer, and close the connection.
+            response = _json_response(errors.timeout().status, status=504)
+            response.force_close()
+        except store.RequestTooLarge:
+            response = _json_response(errors.etcd_too_large().status, status=500)
         except errors.ApiError as error:
             response = _json_response(error.status, status=error.code)
         except errors.PageNotFound:
@@ -255,15 +268,16 @@ class Server:
     async def _create(self, request: web.Request, target: routing.Target) -> web.StreamResponse:
         body = await _read_object(request, target.rt)
         fmt = negotiation.choose(request.headers.get("Accept"), table=True)
-        reply = self.api.create(target.rt, body, namespace=target.scope_namespace,
-                                options=_write_options(request))
+        reply = self.api.create(target.rt, body.value, namespace=target.scope_namespace,
+                                options=_write_options(request, body.problems))
         return self._render(request, target.rt, reply, fmt)
 
     async def _update(self, request: web.Request, target: routing.Target) -> web.StreamResponse:
         rt, name = target.rt, target.name or ""
-        body = await _read_object(request, rt if target.subresource != "scale" else None)
+        decoded = await _read_object(request, rt if target.subresource != "scale" else None)
         fmt = negotiation.choose(request.headers.get("Accept"), table=True)
-        options = _write_options(request)
+        options = _write_options(request, decoded.problems)
+        body = decoded.value
         if target.subresource == "scale":
             reply = self.api.update_scale(rt, body, namespace=target.scope_namespace, name=name,
                                           options=options)
@@ -277,9 +291,10 @@ class Server:
         content_type = request.content_type
         if content_type not in PATCH_TYPES:
             raise errors.unsupported_media_type()
-        patch = await _read_patch(request)
+        decoded = await _read_patch(request)
         fmt = negotiation.choose(request.headers.get("Accept"), table=True)
-        options = _write_options(request)
+        options = _write_options(request, decoded.problems)
+        patch = decoded.value
         if target.subresource == "scale":
             reply = self.api.update_scale(rt, patch, namespace=target.scope_namespace,
                                           name=name, options=options, patch_type=content_type)
@@ -361,7 +376,13 @@ def _list_options(request: web.Request, target: routing.Target) -> objects.ListO
         resource_version_match=query.get("resourceVersionMatch", ""))
 
 
-def _write_options(request: web.Request) -> objects.WriteOptions:
+def _long_running(request: web.Request) -> bool:
+    """Watches stream for as long as they are asked to: no request timeout (as in Go)."""
+    return request.method == "GET" and request.query.get("watch") in _TRUE
+
+
+def _write_options(request: web.Request, problems: tuple[str, ...] = ()
+                   ) -> objects.WriteOptions:
     query = request.query
     dry_run = query.getall("dryRun", [])
     if any(value != "All" for value in dry_run):
@@ -370,14 +391,15 @@ def _write_options(request: web.Request) -> objects.WriteOptions:
     if validation not in ("Ignore", "Warn", "Strict"):
         raise errors.bad_request(f"fieldValidation must be one of Ignore, Warn, Strict, got "
                                  f"{validation!r}")
-    return objects.WriteOptions(dry_run=bool(dry_run), field_validation=validation)
+    return objects.WriteOptions(dry_run=bool(dry_run), field_validation=validation,
+                                decode_problems=problems)
 
 
 async def _delete_options(request: web.Request) -> objects.DeleteOptions:
     body: Any = {}
     raw = await request.read()
     if raw.strip():
-        body = _decode(raw, request.content_type, what="DeleteOptions")
+        body = _decode(raw, request.content_type, what="DeleteOptions").value
     if not isinstance(body, dict):
         raise errors.bad_request("the body of a delete must be DeleteOptions")
     preconditions = body.get("preconditions") or {}
@@ -396,11 +418,12 @@ def _optional_str(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-async def _read_object(request: web.Request, rt: resources.ResourceType | None) -> Any:
+async def _read_object(request: web.Request, rt: resources.ResourceType | None
+                       ) -> decoding.Decoded:
     raw = await request.read()
     content_type = request.content_type
     if content_type == "application/vnd.kubernetes.protobuf":
-        return protobuf.decode(raw)   # what kubectl's typed clients send for built-ins
+        return decoding.Decoded(protobuf.decode(raw))   # kubectl's typed clients, built-ins
     if content_type not in (JSON_TYPE, "application/yaml", "application/octet-stream", "*/*"):
         raise errors.unsupported_media_type(
             "the body of the request was in an unknown format - accepted media types include: "
@@ -408,22 +431,17 @@ async def _read_object(request: web.Request, rt: resources.ResourceType | None) 
     return _decode(raw, content_type, what=rt.kind if rt else "Scale")
 
 
-async def _read_patch(request: web.Request) -> Any:
+async def _read_patch(request: web.Request) -> decoding.Decoded:
     raw = await request.read()
     yaml_body = request.content_type == "application/apply-patch+yaml"
     return _decode(raw, "application/yaml" if yaml_body else JSON_TYPE, what="patch")
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"invalid character '{name[0]}' looking for beginning of value")
-
-
-def _decode(raw: bytes, content_type: str, *, what: str) -> Any:
+def _decode(raw: bytes, content_type: str, *, what: str) -> decoding.Decoded:
     try:
         if content_type == "application/yaml":
-            # Round-trip through JSON: YAML may hold dates or non-string keys JSON cannot.
-            return json.loads(json.dumps(yaml.safe_load(raw.decode()), default=str))
-        return json.loads(raw, parse_constant=_reject_constant)
+            return decoding.loads_yaml(raw.decode())
+        return decoding.loads_json(raw)
     except (ValueError, UnicodeDecodeError, RecursionError, yaml.YAMLError) as error:
         preview = raw[:30].decode(errors="replace")
         raise errors.bad_request(

@@ -21,6 +21,9 @@ assert DEFAULT_WINDOW > 0
 # A watcher that falls this far behind is dropped rather than let memory grow unbounded.
 MAX_WATCHER_BACKLOG: Final = 200_000
 
+# etcd's --max-request-bytes (1.5 MiB): a write whose key and value exceed it is refused.
+MAX_REQUEST_BYTES: Final = 1536 * 1024
+
 Key = tuple[str, str]  # (namespace or "", name)
 
 
@@ -46,6 +49,10 @@ class Change:
     rv: int
     entry: Entry           # the new state; for DELETED the last state at the deletion rv
     prev: Entry | None     # the state before, for selector watches (082)
+
+
+class RequestTooLarge(Exception):
+    """The write is larger than etcd takes in one request (383: ~2 MB is refused)."""
 
 
 class TooOld(Exception):
@@ -95,9 +102,12 @@ class Store:
 
     def put(self, storage_key: str, key: Key, obj: dict[str, Any]) -> Entry:
         """Store `obj` (which the store now owns) at a new revision; ADDED or MODIFIED."""
+        obj["metadata"]["resourceVersion"] = str(self.revision + 1)
+        raw = dumps(obj)
+        if len(raw) + len(storage_key) + len(key[0]) + len(key[1]) > MAX_REQUEST_BYTES:
+            raise RequestTooLarge()
         self.revision += 1
-        obj["metadata"]["resourceVersion"] = str(self.revision)
-        entry = Entry(obj=obj, raw=dumps(obj), rv=self.revision)
+        entry = Entry(obj=obj, raw=raw, rv=self.revision)
         partition = self._partitions.setdefault(storage_key, {})
         prev = partition.get(key)
         partition[key] = entry
