@@ -145,3 +145,82 @@ async def test_unknown_metadata_is_dropped_on_update_too(widgets: LocalCluster) 
                                            headers=JSON)
     assert status == 200 and "clusterName" not in updated["metadata"]
     assert warnings_of(response) == ['unknown field "metadata.clusterName"']
+
+
+# ---- metadata a real server refuses (ValidateObjectMeta) ----------------------------------
+
+def with_metadata(name: str, **metadata: Any) -> dict[str, Any]:
+    body = widget(name)
+    body["metadata"].update(metadata)
+    return body
+
+
+async def refusal(cluster: LocalCluster, body: dict[str, Any]) -> set[tuple[str, str]]:
+    status, answer, _ = await call(cluster, "POST", WIDGETS, body)
+    assert status == 422 and answer["reason"] == "Invalid", answer
+    return {(cause["field"], cause["message"]) for cause in answer["details"]["causes"]}
+
+
+async def test_label_keys_need_a_valid_prefix_too(widgets: LocalCluster) -> None:
+    causes = await refusal(widgets, with_metadata("l", labels={"Bad_Prefix/app": "x"}))
+    assert causes == {("metadata.labels", 'Invalid value: "Bad_Prefix/app": prefix part a '
+                       "lowercase RFC 1123 subdomain must consist of lower case alphanumeric "
+                       "characters, '-' or '.', and must start and end with an alphanumeric "
+                       "character (e.g. 'example.com', regex used for validation is "
+                       "'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')")}
+    causes = await refusal(widgets, with_metadata("l", labels={"a/b/c": "x", "ok": "-x"}))
+    assert {message.split(": ", 2)[1] for _, message in causes} == {'"a/b/c"', '"-x"'}
+
+
+async def test_annotation_keys_and_their_total_size(widgets: LocalCluster) -> None:
+    # Case does not matter in annotation keys; the shape of a qualified name does.
+    status, _, _ = await call(widgets, "POST", WIDGETS,
+                              with_metadata("a", annotations={"Example.COM/Note": "x"}))
+    assert status == 201
+    causes = await refusal(widgets, with_metadata("b", annotations={"no spaces": "x"}))
+    assert [field for field, _ in causes] == ["metadata.annotations"]
+    status, answer, _ = await call(widgets, "POST", WIDGETS, with_metadata(
+        "c", annotations={"big": "x" * (256 * 1024)}))
+    assert status == 422
+    assert answer["details"]["causes"] == [{
+        "reason": "FieldValueTooLong", "field": "metadata.annotations",
+        "message": "Too long: must have at most 262144 bytes"}]
+
+
+async def test_finalizers_must_be_qualified_names(widgets: LocalCluster) -> None:
+    causes = await refusal(widgets, with_metadata("f", finalizers=["example.com/ok", "not ok"]))
+    assert [(field, message.split(": ", 2)[1]) for field, message in causes] == [
+        ("metadata.finalizers", '"not ok"')]
+
+
+async def test_generate_name_is_validated_as_a_prefix(widgets: LocalCluster) -> None:
+    assert (await call(widgets, "POST", WIDGETS, with_metadata("", generateName="ok-")))[0] \
+        == 201
+    causes = await refusal(widgets, with_metadata("", generateName="Bad_"))
+    assert {field for field, _ in causes} == {"metadata.generateName", "metadata.name"}
+
+
+async def test_owner_references_need_version_kind_name_and_uid(widgets: LocalCluster) -> None:
+    causes = await refusal(widgets, with_metadata("o", ownerReferences=[
+        {"apiVersion": "a/b/c", "kind": "", "name": "owner"}]))
+    assert causes == {
+        ("metadata.ownerReferences.apiVersion",
+         'Invalid value: "a/b/c": version must not be empty'),
+        ("metadata.ownerReferences.kind", 'Invalid value: "": kind must not be empty'),
+        ("metadata.ownerReferences.uid", 'Invalid value: "": uid must not be empty')}
+
+
+async def test_a_different_uid_is_a_failed_precondition_or_immutable(
+        widgets: LocalCluster) -> None:
+    status, created, _ = await call(widgets, "POST", WIDGETS, widget("u"))
+    uid = created["metadata"]["uid"]
+    created["metadata"]["uid"] = "0000"
+    status, answer, _ = await call(widgets, "PUT", WIDGETS + "/u", created)
+    assert status == 409 and answer["message"] == (
+        'Operation cannot be fulfilled on widgets.widgets.example.dev "u": Precondition '
+        f"failed: UID in precondition: 0000, UID in object meta: {uid}")
+    status, answer, _ = await call(widgets, "PATCH", WIDGETS + "/u",
+                                   {"metadata": {"uid": "0000"}}, headers=MERGE)
+    assert status == 422 and answer["details"]["causes"] == [{
+        "reason": "FieldValueInvalid", "field": "metadata.uid",
+        "message": 'Invalid value: "0000": field is immutable'}]

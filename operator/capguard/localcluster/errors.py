@@ -82,12 +82,14 @@ def already_exists(rt: resources.ResourceType, name: str) -> ApiError:
         details=_details(rt, name)))
 
 
-def conflict(rt: resources.ResourceType, name: str) -> ApiError:
+_MODIFIED = ("the object has been modified; please apply your changes to the latest version "
+             "and try again")
+
+
+def conflict(rt: resources.ResourceType, name: str, why: str = _MODIFIED) -> ApiError:
     return ApiError(status_body(
         code=409, reason="Conflict",
-        message=(f'Operation cannot be fulfilled on {rt.group_resource} "{name}": the object '
-                 "has been modified; please apply your changes to the latest version and try "
-                 "again"),
+        message=f'Operation cannot be fulfilled on {rt.group_resource} "{name}": {why}',
         details=_details(rt, name)))
 
 

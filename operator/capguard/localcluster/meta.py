@@ -85,42 +85,98 @@ def micro_time(value: Any) -> Any:
     return parsed.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def name_problems(name: str, *, dns_label: bool = False) -> list[str]:
-    """Why a name is not a valid object name, in the real server's words; empty if valid."""
-    if dns_label:
-        if len(name) > 63:
-            return ["must be no more than 63 characters"]
-        if not _DNS_LABEL.match(name):
-            return ["a lowercase RFC 1123 label must consist of lower case alphanumeric "
-                    "characters or '-', and must start and end with an alphanumeric character "
-                    "(e.g. 'my-name',  or '123-abc', regex used for validation is "
-                    "'[a-z0-9]([-a-z0-9]*[a-z0-9])?')"]
-        return []
-    if len(name) > 253:
-        return ["must be no more than 253 characters"]
-    if not _DNS_SUBDOMAIN.match(name):
-        return ["a lowercase RFC 1123 subdomain must consist of lower case alphanumeric "
-                "characters, '-' or '.', and must start and end with an alphanumeric character "
-                "(e.g. 'example.com', regex used for validation is "
-                "'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"]
-    return []
+def _regex_error(message: str, regex: str, *examples: str) -> str:
+    """apimachinery's RegexError: the rule, examples, and the regular expression."""
+    shown = ",  or ".join(f"'{example}'" for example in examples)
+    return f"{message} (e.g. {shown}, regex used for validation is '{regex}')"
 
 
-def label_problems(labels: Any) -> list[tuple[str, str, str]]:
-    """(field, value, message) for each label key or value the server would refuse."""
-    if labels is None:
-        return []
-    if not isinstance(labels, dict):
-        return [("metadata.labels", "", "must be a map of strings")]
+_DNS_SUBDOMAIN_ERROR: Final = _regex_error(
+    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' "
+    "or '.', and must start and end with an alphanumeric character",
+    "[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*", "example.com")
+_DNS_LABEL_ERROR: Final = _regex_error(
+    "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', "
+    "and must start and end with an alphanumeric character",
+    "[a-z0-9]([-a-z0-9]*[a-z0-9])?", "my-name", "123-abc")
+_QUALIFIED_NAME_ERROR: Final = _regex_error(
+    "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an "
+    "alphanumeric character", "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]",
+    "MyName", "my.name", "123-abc")
+_LABEL_VALUE_ERROR: Final = _regex_error(
+    "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or "
+    "'.', and must start and end with an alphanumeric character",
+    "(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?", "MyValue", "my_value", "12345")
+# The total size of keys and values of a object's annotations (TotalAnnotationSizeLimitB).
+MAX_ANNOTATIONS_BYTES: Final = 256 * 1024
+
+
+def name_problems(name: str, *, dns_label: bool = False, prefix: bool = False) -> list[str]:
+    """Why a name (or with `prefix`, a generateName) is not valid, in the real server's
+    words; empty if valid. A generateName may end in '-' (maskTrailingDash)."""
+    if prefix and len(name) > 1 and name.endswith("-"):
+        name = name[:-1] + "a"
+    if not dns_label:
+        return _subdomain_problems(name)
+    problems = ["must be no more than 63 characters"] if len(name) > 63 else []
+    return problems + ([] if _DNS_LABEL.match(name) else [_DNS_LABEL_ERROR])
+
+
+def _subdomain_problems(name: str) -> list[str]:
+    problems = ["must be no more than 253 characters"] if len(name) > 253 else []
+    return problems + ([] if _DNS_SUBDOMAIN.match(name) else [_DNS_SUBDOMAIN_ERROR])
+
+
+def qualified_name_problems(value: str) -> list[str]:
+    """IsQualifiedName: an optional DNS subdomain prefix and '/', then a name part."""
+    parts = value.split("/")
+    if len(parts) > 2:
+        return ["a qualified name " + _QUALIFIED_NAME_ERROR + " with an optional DNS "
+                "subdomain prefix and '/' (e.g. 'example.com/MyName')"]
+    problems = []
+    if len(parts) == 2:
+        if not parts[0]:
+            problems.append("prefix part must be non-empty")
+        else:
+            problems += ["prefix part " + problem for problem in _subdomain_problems(parts[0])]
+    name = parts[-1]
+    if not name:
+        problems.append("name part must be non-empty")
+    elif len(name) > 63:
+        problems.append("name part must be no more than 63 characters")
+    if not _QUALIFIED_NAME.match(name):
+        problems.append("name part " + _QUALIFIED_NAME_ERROR)
+    return problems
+
+
+def label_problems(labels: dict[str, Any]) -> list[tuple[str, str]]:
+    """(value, message) for each label key or value the server would refuse."""
     problems = []
     for key, value in labels.items():
-        name = key.rsplit("/", 1)[-1]
-        if not name or len(name) > 63 or not _QUALIFIED_NAME.match(name):
-            problems.append(("metadata.labels", key, "name part must consist of alphanumeric "
-                             "characters, '-', '_' or '.', and must start and end with an "
-                             "alphanumeric character"))
-        if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
-            problems.append(("metadata.labels", str(value), "a valid label must be an empty "
-                             "string or consist of alphanumeric characters, '-', '_' or '.', "
-                             "and must start and end with an alphanumeric character"))
+        problems += [(key, problem) for problem in qualified_name_problems(key)]
+        if len(value) > 63:
+            problems.append((value, "must be no more than 63 characters"))
+        if not _LABEL_VALUE.match(value):
+            problems.append((value, _LABEL_VALUE_ERROR))
     return problems
+
+
+def annotation_problems(annotations: dict[str, Any]) -> list[tuple[str, str]]:
+    """(key, message) per invalid key (case does not matter); ("", ...) when too large."""
+    problems = [(key, problem) for key in annotations
+                for problem in qualified_name_problems(key.lower())]
+    size = sum(len(key) + len(value) for key, value in annotations.items())
+    if size > MAX_ANNOTATIONS_BYTES:
+        problems.append(("", f"must have at most {MAX_ANNOTATIONS_BYTES} bytes"))
+    return problems
+
+
+def owner_reference_problems(reference: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(field, value, message) for an ownerReference missing what makes it one."""
+    api_version = reference.get("apiVersion") or ""
+    version = api_version if api_version.count("/") == 0 else (
+        api_version.split("/")[1] if api_version.count("/") == 1 else "")
+    wanted = {"apiVersion": ("version", version), "kind": ("kind", reference.get("kind")),
+              "name": ("name", reference.get("name")), "uid": ("uid", reference.get("uid"))}
+    return [(field, str(reference.get(field) or ""), f"{label} must not be empty")
+            for field, (label, present) in wanted.items() if not present]

@@ -237,6 +237,11 @@ class Objects:
         if metadata.get("name") not in (None, name):
             raise errors.bad_request(f"the name of the object ({metadata.get('name')}) does "
                                      f"not match the name on the URL ({name})")
+        uid = metadata.get("uid")
+        if uid and uid != old.obj["metadata"]["uid"]:
+            # The uid sent is a precondition of the update (defaultUpdatedObjectInfo).
+            raise errors.conflict(rt, name, "Precondition failed: UID in precondition: "
+                                  f"{uid}, UID in object meta: {old.obj['metadata']['uid']}")
         rv = metadata.get("resourceVersion")
         if not rv and rt.custom:
             raise errors.invalid(rt, name, [{
@@ -273,6 +278,9 @@ class Objects:
         if rv and str(rv) != str(old.rv):
             raise errors.conflict(rt, name)
         new = self._scoped_to_subresource(rt, old.obj, new, subresource)
+        uid = new["metadata"].get("uid")
+        if uid and uid != old.obj["metadata"]["uid"]:   # a patch changing it
+            raise errors.invalid(rt, name, [_invalid("metadata.uid", uid, "field is immutable")])
         _keep_server_fields(new["metadata"], old.obj["metadata"])
         self._check_finalizers(rt, old.obj, new)
         new, warnings = self._admit(rt, new, old.obj, options, patched=patched)
@@ -619,26 +627,58 @@ def _owner_uids(obj: dict[str, Any] | None) -> list[str]:
 
 
 def _metadata_causes(rt: resources.ResourceType, obj: dict[str, Any]) -> list[dict[str, str]]:
+    """ValidateObjectMeta: what a real server refuses in any object's metadata."""
     metadata = obj["metadata"]
+    causes = _shape_causes(metadata)
+    generate_name = metadata.get("generateName")
+    if isinstance(generate_name, str) and generate_name:
+        causes += [_invalid("metadata.generateName", generate_name, problem) for problem in
+                   meta.name_problems(generate_name, dns_label=rt is resources.NAMESPACES,
+                                      prefix=True)]
+    causes += [_invalid("metadata.name", metadata["name"], problem) for problem in
+               meta.name_problems(metadata["name"], dns_label=rt is resources.NAMESPACES)]
+    if _is_string_map(metadata.get("labels")):
+        causes += [_invalid("metadata.labels", value, problem)
+                   for value, problem in meta.label_problems(metadata["labels"])]
+    if _is_string_map(metadata.get("annotations")):
+        causes += [_invalid("metadata.annotations", key, problem) if key else {
+            "reason": "FieldValueTooLong", "field": "metadata.annotations",
+            "message": f"Too long: {problem}"}
+            for key, problem in meta.annotation_problems(metadata["annotations"])]
+    for finalizer in metadata.get("finalizers") or []:
+        causes += [_invalid("metadata.finalizers", str(finalizer), problem)
+                   for problem in meta.qualified_name_problems(str(finalizer))]
+    for reference in metadata.get("ownerReferences") or []:
+        causes += [_invalid(f"metadata.ownerReferences.{field}", value, problem)
+                   for field, value, problem in meta.owner_reference_problems(reference)]
+    return causes
+
+
+def _shape_causes(metadata: dict[str, Any]) -> list[dict[str, str]]:
     causes = []
-    for problem in meta.name_problems(metadata["name"], dns_label=rt is resources.NAMESPACES):
-        causes.append({"reason": "FieldValueInvalid", "field": "metadata.name",
-                       "message": f"Invalid value: {json.dumps(metadata['name'])}: {problem}"})
-    for field, value, problem in meta.label_problems(metadata.get("labels")):
-        causes.append({"reason": "FieldValueInvalid", "field": field,
-                       "message": f"Invalid value: {json.dumps(value)}: {problem}"})
     for key in ("annotations", "labels"):
         value = metadata.get(key)
-        if value is not None and (not isinstance(value, dict) or not all(
-                isinstance(v, str) for v in value.values())):
+        if value is not None and not _is_string_map(value):
             causes.append({"reason": "FieldValueInvalid", "field": f"metadata.{key}",
                            "message": "Invalid value: must be a map of strings"})
     for key in ("finalizers", "ownerReferences"):
         value = metadata.get(key)
-        if value is not None and not isinstance(value, list):
+        wanted = str if key == "finalizers" else dict
+        if value is not None and not (isinstance(value, list) and all(
+                isinstance(item, wanted) for item in value)):
             causes.append({"reason": "FieldValueInvalid", "field": f"metadata.{key}",
                            "message": "Invalid value: must be a list"})
+            metadata.pop(key)   # checked no further
     return causes
+
+
+def _is_string_map(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(item, str) for item in value.values())
+
+
+def _invalid(field: str, value: str, problem: str) -> dict[str, str]:
+    return {"reason": "FieldValueInvalid", "field": field,
+            "message": f"Invalid value: {json.dumps(value)}: {problem}"}
 
 
 def _read_path(obj: dict[str, Any], path: str | None) -> Any:
