@@ -224,3 +224,24 @@ async def test_a_different_uid_is_a_failed_precondition_or_immutable(
     assert status == 422 and answer["details"]["causes"] == [{
         "reason": "FieldValueInvalid", "field": "metadata.uid",
         "message": 'Invalid value: "0000": field is immutable'}]
+
+
+# ---- query options (ValidateCreateOptions and its kin) -----------------------------------
+
+async def test_unsupported_options_are_invalid_options_objects(widgets: LocalCluster) -> None:
+    status, answer, _ = await call(widgets, "POST", WIDGETS + "?dryRun=Some", widget("d"))
+    assert status == 422 and answer["details"]["kind"] == "CreateOptions"
+    assert answer["message"] == ('CreateOptions.meta.k8s.io "" is invalid: dryRun: Unsupported '
+                                 'value: []string{"Some"}: supported values: "All"')
+    status, answer, _ = await call(widgets, "PATCH", WIDGETS + "/d?fieldValidation=strict",
+                                   {}, headers=MERGE)
+    assert status == 422 and answer["details"] == {
+        "group": "meta.k8s.io", "kind": "PatchOptions", "causes": [{
+            "reason": "FieldValueNotSupported", "field": "fieldValidation",
+            "message": 'Unsupported value: "strict": supported values: "", "Ignore", '
+                       '"Strict", "Warn"'}]}
+    status, _, _ = await call(widgets, "POST", WIDGETS + "?fieldManager=" + "m" * 129,
+                              widget("d"))
+    assert status == 422
+    # Unknown query parameters are ignored, as the real parameter codec ignores them.
+    assert (await call(widgets, "POST", WIDGETS + "?noSuchOption=1", widget("d")))[0] == 201

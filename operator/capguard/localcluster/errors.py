@@ -107,14 +107,26 @@ def precondition_conflict(rt: resources.ResourceType, name: str, *, field: str,
 def invalid(rt: resources.ResourceType, name: str, causes: list[dict[str, str]], *,
             by_resource: bool = False) -> ApiError:
     """422 Invalid; checks made before the schema (031) name the resource, not the Kind."""
-    parts = [f"{cause['field']}: {cause['message']}" for cause in causes]
-    summary = parts[0] if len(parts) == 1 else "[" + ", ".join(parts) + "]"
     details = _details(rt, name, by_kind=not by_resource)
     details["causes"] = causes
     subject = rt.group_resource if by_resource else rt.kind_group
     return ApiError(status_body(
-        code=422, reason="Invalid", message=f'{subject} "{name}" is invalid: {summary}',
-        details=details))
+        code=422, reason="Invalid",
+        message=f'{subject} "{name}" is invalid: {_summary(causes)}', details=details))
+
+
+def _summary(causes: list[dict[str, str]]) -> str:
+    """errors.NewInvalid's message: one cause as it is, several as a bracketed list."""
+    parts = [f"{cause['field']}: {cause['message']}" for cause in causes]
+    return parts[0] if len(parts) == 1 else "[" + ", ".join(parts) + "]"
+
+
+def invalid_options(kind: str, causes: list[dict[str, str]]) -> ApiError:
+    """Query options a real server refuses: 422 on e.g. CreateOptions.meta.k8s.io."""
+    return ApiError(status_body(
+        code=422, reason="Invalid",
+        message=f'{kind}.meta.k8s.io "" is invalid: {_summary(causes)}',
+        details={"group": "meta.k8s.io", "kind": kind, "causes": causes}))
 
 
 def invalid_generic() -> ApiError:

@@ -383,15 +383,28 @@ def _long_running(request: web.Request) -> bool:
 
 def _write_options(request: web.Request, problems: tuple[str, ...] = ()
                    ) -> objects.WriteOptions:
+    """Create/Update/PatchOptions from the query, refused as ValidateCreateOptions does."""
     query = request.query
     dry_run = query.getall("dryRun", [])
+    validation = query.get("fieldValidation", "")
+    manager = query.get("fieldManager", "")
+    causes = []
     if any(value != "All" for value in dry_run):
-        raise errors.bad_request(f"Invalid dry run value: {dry_run}; supported values: All")
-    validation = query.get("fieldValidation") or "Warn"
-    if validation not in ("Ignore", "Warn", "Strict"):
-        raise errors.bad_request(f"fieldValidation must be one of Ignore, Warn, Strict, got "
-                                 f"{validation!r}")
-    return objects.WriteOptions(dry_run=bool(dry_run), field_validation=validation,
+        shown = "[]string{" + ", ".join(json.dumps(value) for value in dry_run) + "}"
+        causes.append({"reason": "FieldValueNotSupported", "field": "dryRun",
+                       "message": f'Unsupported value: {shown}: supported values: "All"'})
+    if validation not in ("", "Ignore", "Warn", "Strict"):
+        causes.append({"reason": "FieldValueNotSupported", "field": "fieldValidation",
+                       "message": f"Unsupported value: {json.dumps(validation)}: supported "
+                                  'values: "", "Ignore", "Strict", "Warn"'})
+    if len(manager) > 128:
+        causes.append({"reason": "FieldValueTooLong", "field": "fieldManager",
+                       "message": "Too long: must have at most 128 bytes"})
+    if causes:
+        kind = {"POST": "CreateOptions", "PUT": "UpdateOptions"}.get(request.method,
+                                                                     "PatchOptions")
+        raise errors.invalid_options(kind, causes)
+    return objects.WriteOptions(dry_run=bool(dry_run), field_validation=validation or "Warn",
                                 decode_problems=problems)
 
 
