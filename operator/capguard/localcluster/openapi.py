@@ -563,9 +563,33 @@ def _to_v3(schema: Any) -> Any:
             converted[key] = _to_v3(value)
         else:
             converted[key] = value
-    if converted.get("x-kubernetes-int-or-string") is True and "anyOf" not in converted:
-        converted["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    if converted.get("x-kubernetes-int-or-string") is True:
+        _unfold_int_or_string(converted)
     return converted
+
+
+_INT_OR_STRING: Final = ({"type": "integer"}, {"type": "string"})
+
+
+def _unfold_int_or_string(schema: dict[str, Any]) -> None:
+    """apiextensions' Structural.Unfold: an int-or-string node publishes the anyOf of its
+    two types, or, when it has an anyOf of its own, an allOf put in front that holds it.
+    kubectl explain still shows such a node as <Object> (it reads only `type`), as it does
+    against a real server (kubernetes/kubernetes#130946)."""
+    all_of = schema.get("allOf")
+    first = all_of[0] if isinstance(all_of, list) and all_of else {}
+    if _is_int_or_string(schema.get("anyOf")) or (
+            isinstance(first, dict) and _is_int_or_string(first.get("anyOf"))):
+        return
+    unfolded = [dict(branch) for branch in _INT_OR_STRING]
+    if "anyOf" not in schema:
+        schema["anyOf"] = unfolded
+    else:
+        schema["allOf"] = [{"anyOf": unfolded}, *(all_of or [])]
+
+
+def _is_int_or_string(any_of: Any) -> bool:
+    return isinstance(any_of, list) and tuple(any_of) == _INT_OR_STRING
 
 
 _V2_DROPPED: Final = ("default", "nullable", "anyOf", "allOf", "oneOf", "not",
