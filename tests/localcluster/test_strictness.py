@@ -245,3 +245,18 @@ async def test_unsupported_options_are_invalid_options_objects(widgets: LocalClu
     assert status == 422
     # Unknown query parameters are ignored, as the real parameter codec ignores them.
     assert (await call(widgets, "POST", WIDGETS + "?noSuchOption=1", widget("d")))[0] == 201
+
+
+async def test_duplicates_inside_json_patch_operations_are_named_so(
+        widgets: LocalCluster) -> None:
+    assert (await call(widgets, "POST", WIDGETS, widget("j")))[0] == 201
+    patch = '[{"op": "add", "path": "/spec/color", "path": "/spec/size", "value": "large"}]'
+    status, answer, _ = await call(widgets, "PATCH", WIDGETS + "/j" + STRICT, patch,
+                                   headers={"Content-Type": "application/json-patch+json"})
+    assert status == 422 and answer["details"]["causes"][0]["message"].endswith(
+        'strict decoding error: json patch duplicate field "[0].path"')
+    status, patched, response = await call(
+        widgets, "PATCH", WIDGETS + "/j", patch,
+        headers={"Content-Type": "application/json-patch+json"})
+    assert status == 200 and patched["spec"]["size"] == "large"
+    assert warnings_of(response) == ['json patch duplicate field "[0].path"']

@@ -447,7 +447,12 @@ async def _read_object(request: web.Request, rt: resources.ResourceType | None
 async def _read_patch(request: web.Request) -> decoding.Decoded:
     raw = await request.read()
     yaml_body = request.content_type == "application/apply-patch+yaml"
-    return _decode(raw, "application/yaml" if yaml_body else JSON_TYPE, what="patch")
+    decoded = _decode(raw, "application/yaml" if yaml_body else JSON_TYPE, what="patch")
+    if request.content_type == "application/json-patch+json":
+        # Duplicates inside the operations themselves, as the real patcher words them.
+        return decoding.Decoded(decoded.value, tuple(f"json patch {problem}"
+                                                     for problem in decoded.problems))
+    return decoded
 
 
 def _decode(raw: bytes, content_type: str, *, what: str) -> decoding.Decoded:
