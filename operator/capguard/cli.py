@@ -148,8 +148,8 @@ def _duration(_: click.Context, param: click.Parameter, value: str | None) -> fl
                    "--namespace, else default.")
 @click.option("--lease-duration", default="15s", show_default=True, callback=_duration)
 @click.option("--lease-renew", default="5s", show_default=True, callback=_duration)
-@click.option("--identity", default=None, help="This replica's name in the Lease. "
-              "Default: hostname-pid.")
+@click.option("--identity", default=None, help="This replica's name in the Lease and to "
+              "Kopf. Default: POD_NAME, else hostname-pid.")
 @click.option("--naive", is_flag=True,
               help="Be the incident's capacity manager: the guard off (only an Open breaker "
               "holds), plans built on a cached view while Open, writes without a "

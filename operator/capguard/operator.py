@@ -20,6 +20,7 @@ from typing import Any, Final
 
 import kopf
 from aiohttp import web
+from kopf._core.engines import peering
 
 from capguard import metrics as metrics_
 from capguard.handlers import driver, reconcile, registration
@@ -56,7 +57,12 @@ class Options:
 
 
 def default_identity() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
+    """The Pod's name (POD_NAME, from the downward API), else hostname-pid.
+
+    Never the user's name: the image runs as a numeric uid with no passwd entry, where
+    `getpass.getuser()` (Kopf's own default) raises.
+    """
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
 
 
 def lease_namespace(options: Options) -> str:
@@ -213,6 +219,8 @@ async def serve(
                 clusterwide=not options.namespaces,
                 namespaces=options.namespaces,
                 standalone=True,
+                # Kopf's default identity is getpass.getuser(): no passwd entry, no start.
+                identity=peering.Identity(options.identity),
                 liveness_endpoint=options.liveness,
                 stop_flag=stop_flag,
                 ready_flag=ready_flag,

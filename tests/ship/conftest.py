@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from . import pod
 from .manifests import ROOT, kustomize
 
 
@@ -33,3 +35,9 @@ def rendered_with_prometheus(tmp_path_factory: pytest.TempPathFactory) -> list[d
         "resources: [../deploy]\ncomponents: [../deploy/prometheus]\n")
     return kustomize(overlay)
 
+
+
+@pytest.fixture(scope="session")
+def capguard_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The capguard wheel, built once per session as the Dockerfile builds it."""
+    return pod.build_wheel(tmp_path_factory.mktemp("wheel"))

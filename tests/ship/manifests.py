@@ -31,3 +31,29 @@ def kustomize(directory: Path) -> list[dict[str, Any]]:
 
 def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [o for o in objects if o.get("kind") == kind]
+
+
+def single(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = by_kind(objects, kind)
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def operator_container(rendered: list[dict[str, Any]]) -> dict[str, Any]:
+    """The one container of the operator's Deployment."""
+    (container,) = single(rendered, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+def writable_mounts(pod: dict[str, Any]) -> list[str]:
+    """Where the operator's container may write: its emptyDir mounts not marked readOnly."""
+    (container,) = pod["containers"]
+    empty_dirs = {v["name"] for v in pod.get("volumes", []) if "emptyDir" in v}
+    return [m["mountPath"] for m in container.get("volumeMounts", [])
+            if m["name"] in empty_dirs and not m.get("readOnly")]
+
+
+def security_context(rendered: list[dict[str, Any]]) -> dict[str, Any]:
+    """The operator container's effective securityContext: the pod's, overridden by its own."""
+    pod = single(rendered, "Deployment")["spec"]["template"]["spec"]
+    return {**pod.get("securityContext", {}), **operator_container(rendered)["securityContext"]}

@@ -21,22 +21,20 @@ from typing import Any
 import pytest
 import yaml
 
-from .manifests import ROOT, by_kind, require_tool
+from . import dockerfile
+from .manifests import (
+    ROOT,
+    by_kind,
+    operator_container,
+    require_tool,
+    security_context,
+    single,
+    writable_mounts,
+)
 
 NAMESPACE = "capguard-system"
 KUBERNETES_VERSION = "1.32"
 PROMETHEUS_OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
-
-
-def _single(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    found = by_kind(objects, kind)
-    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
-    return found[0]
-
-
-def _container(rendered: list[dict[str, Any]]) -> dict[str, Any]:
-    (container,) = _single(rendered, "Deployment")["spec"]["template"]["spec"]["containers"]
-    return container
 
 
 def _flag(container: dict[str, Any], name: str) -> str:
@@ -99,7 +97,7 @@ def test_the_schema_check_catches_a_typo(rendered: list[dict[str, Any]]) -> None
 
     import kubernetes_validate
 
-    deployment = copy.deepcopy(_single(rendered, "Deployment"))
+    deployment = copy.deepcopy(single(rendered, "Deployment"))
     deployment["spec"]["template"]["spec"]["containers"][0]["securityContext"][
         "readOnlyRootFileSystem"] = True  # the real field is readOnlyRootFilesystem
     with pytest.raises(kubernetes_validate.ValidationError):
@@ -171,8 +169,8 @@ def test_the_embedded_server_accepts_every_kind_it_serves(
 # --- the operator's Deployment ------------------------------------------------------------
 
 def test_the_operator_runs_locked_down(rendered: list[dict[str, Any]]) -> None:
-    pod = _single(rendered, "Deployment")["spec"]["template"]["spec"]
-    container = _container(rendered)
+    pod = single(rendered, "Deployment")["spec"]["template"]["spec"]
+    container = operator_container(rendered)
     security = container["securityContext"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert isinstance(pod["securityContext"]["runAsUser"], int)
@@ -184,21 +182,18 @@ def test_the_operator_runs_locked_down(rendered: list[dict[str, Any]]) -> None:
     assert security["seccompProfile"] == {"type": "RuntimeDefault"}
     assert "hostNetwork" not in pod and "hostPID" not in pod
     assert pod.get("automountServiceAccountToken", True), "the operator needs its token"
-    # A read-only root needs a writable /tmp (HOME and MPLCONFIGDIR point there).
-    tmp = next(m for m in container["volumeMounts"] if m["mountPath"] == "/tmp")
-    volume = next(v for v in pod["volumes"] if v["name"] == tmp["name"])
-    assert "emptyDir" in volume
+    # A read-only root and one writable place, /tmp (HOME and MPLCONFIGDIR point there);
+    # test_image_runtime runs the wheel under exactly these conditions.
+    assert writable_mounts(pod) == ["/tmp"]
 
 
 def test_the_image_user_matches_the_pod_user(rendered: list[dict[str, Any]]) -> None:
-    dockerfile = (ROOT / "operator" / "Dockerfile").read_text()
-    users = re.findall(r"^USER\s+(\d+)", dockerfile, flags=re.MULTILINE)
-    pod = _single(rendered, "Deployment")["spec"]["template"]["spec"]
-    assert users and int(users[-1]) == pod["securityContext"]["runAsUser"]
+    security = security_context(rendered)
+    assert (security["runAsUser"], security["runAsGroup"]) == dockerfile.final_user()
 
 
 def test_resources_are_bounded(rendered: list[dict[str, Any]]) -> None:
-    resources = _container(rendered)["resources"]
+    resources = operator_container(rendered)["resources"]
     assert {"cpu", "memory"} <= resources["requests"].keys()
     assert "memory" in resources["limits"]
 
@@ -206,7 +201,7 @@ def test_resources_are_bounded(rendered: list[dict[str, Any]]) -> None:
 def test_probes_hit_the_liveness_endpoint_the_operator_serves(
     rendered: list[dict[str, Any]],
 ) -> None:
-    container = _container(rendered)
+    container = operator_container(rendered)
     liveness = re.fullmatch(r"http://0\.0\.0\.0:(\d+)(/\S*)", _flag(container, "liveness"))
     assert liveness, "--liveness must listen on all addresses so the kubelet reaches it"
     port, path = int(liveness.group(1)), liveness.group(2)
@@ -221,15 +216,15 @@ def test_the_metrics_service_reaches_the_metrics_port(
     rendered_with_prometheus: list[dict[str, Any]],
 ) -> None:
     rendered = rendered_with_prometheus
-    container = _container(rendered)
-    pod_labels = _single(rendered, "Deployment")["spec"]["template"]["metadata"]["labels"]
-    service = _single(rendered, "Service")
+    container = operator_container(rendered)
+    pod_labels = single(rendered, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    service = single(rendered, "Service")
     metrics_port = int(_flag(container, "metrics-port"))
     (port,) = service["spec"]["ports"]
     container_ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert container_ports[port["targetPort"]] == metrics_port
     assert service["spec"]["selector"].items() <= pod_labels.items()
-    monitor = _single(rendered, "ServiceMonitor")
+    monitor = single(rendered, "ServiceMonitor")
     assert monitor["spec"]["selector"]["matchLabels"].items() <= (
         service["metadata"]["labels"].items())
     (endpoint,) = monitor["spec"]["endpoints"]
@@ -239,7 +234,7 @@ def test_the_metrics_service_reaches_the_metrics_port(
 
 
 def test_leader_election_is_wired(rendered: list[dict[str, Any]]) -> None:
-    container = _container(rendered)
+    container = operator_container(rendered)
     assert "--leader-election" in container["args"]
     assert _flag(container, "lease-namespace") == "$(POD_NAMESPACE)"
     assert _flag(container, "identity") == "$(POD_NAME)"
@@ -250,7 +245,7 @@ def test_leader_election_is_wired(rendered: list[dict[str, Any]]) -> None:
 def test_a_disruption_budget_exactly_when_there_are_replicas_to_spare(
     rendered: list[dict[str, Any]],
 ) -> None:
-    deployment = _single(rendered, "Deployment")
+    deployment = single(rendered, "Deployment")
     budgets = by_kind(rendered, "PodDisruptionBudget")
     if deployment["spec"]["replicas"] > 1:
         (budget,) = budgets
@@ -264,8 +259,8 @@ def test_a_disruption_budget_exactly_when_there_are_replicas_to_spare(
 def test_the_deployment_runs_as_the_bound_service_account(
     rendered: list[dict[str, Any]],
 ) -> None:
-    account = _single(rendered, "ServiceAccount")["metadata"]["name"]
-    pod = _single(rendered, "Deployment")["spec"]["template"]["spec"]
+    account = single(rendered, "ServiceAccount")["metadata"]["name"]
+    pod = single(rendered, "Deployment")["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == account
     for binding in by_kind(rendered, "ClusterRoleBinding") + by_kind(rendered, "RoleBinding"):
         assert binding["subjects"] == [
@@ -273,7 +268,7 @@ def test_the_deployment_runs_as_the_bound_service_account(
 
 
 def test_the_image_is_the_one_kind_up_builds(rendered: list[dict[str, Any]]) -> None:
-    image = _container(rendered)["image"]
+    image = operator_container(rendered)["image"]
     kind_lib = (ROOT / "hack" / "kind-lib.sh").read_text()
     built = re.search(r"^DEFAULT_IMAGE=(\S+)$", kind_lib, flags=re.MULTILINE)
     assert built, "hack/kind-lib.sh sets DEFAULT_IMAGE=capguard:TAG"
@@ -289,7 +284,7 @@ def test_the_deployment_args_are_flags_capguard_run_accepts(
                           capture_output=True, text=True, check=False, cwd=ROOT)
     if done.returncode != 0:
         pytest.skip(f"`capguard run` is not there yet: {done.stderr.strip()[-200:]}")
-    container = _container(rendered)
+    container = operator_container(rendered)
     assert container["args"][0] == "run"
     for arg in container["args"][1:]:
         flag = arg.split("=", 1)[0]
@@ -302,8 +297,8 @@ def test_the_deployment_args_are_flags_capguard_run_accepts(
 def test_the_prometheus_operator_objects_have_their_shape(
     rendered_with_prometheus: list[dict[str, Any]],
 ) -> None:
-    monitor = _single(rendered_with_prometheus, "ServiceMonitor")
-    rule = _single(rendered_with_prometheus, "PrometheusRule")
+    monitor = single(rendered_with_prometheus, "ServiceMonitor")
+    rule = single(rendered_with_prometheus, "PrometheusRule")
     for obj in (monitor, rule):
         assert obj["apiVersion"] == "monitoring.coreos.com/v1"
         assert set(obj) == {"apiVersion", "kind", "metadata", "spec"}

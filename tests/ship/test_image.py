@@ -14,26 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from . import dockerfile
+from .dockerfile import DOCKERFILE
 from .manifests import ROOT
 
-DOCKERFILE = ROOT / "operator" / "Dockerfile"
 BUILD_TOOLS = re.compile(r"\b(gcc|g\+\+|clang|cc|make|build-essential|python3?-dev|"
                          r"libc6?-dev|cmake|rustc|cargo)\b")
-
-
-def _stages() -> list[list[str]]:
-    """The Dockerfile's instructions (continuations joined), split by FROM."""
-    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
-    stages: list[list[str]] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.upper().startswith("FROM "):
-            stages.append([])
-        if stages:
-            stages[-1].append(line)
-    return stages
 
 
 def test_hadolint_finds_nothing() -> None:
@@ -47,7 +33,7 @@ def test_hadolint_finds_nothing() -> None:
 
 
 def test_the_build_is_multi_stage_on_a_pinned_slim_python() -> None:
-    stages = _stages()
+    stages = dockerfile.stages()
     assert len(stages) >= 2
     base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", DOCKERFILE.read_text(), flags=re.MULTILINE)
     assert base and re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?", base.group(1)), (
@@ -56,15 +42,12 @@ def test_the_build_is_multi_stage_on_a_pinned_slim_python() -> None:
 
 
 def test_the_final_stage_runs_as_a_numeric_non_root_user() -> None:
-    final = _stages()[-1]
-    users = [line.split()[1] for line in final if line.upper().startswith("USER ")]
-    assert users, "the final stage sets no USER"
-    uid = users[-1].split(":")[0]
-    assert uid.isdigit() and int(uid) != 0, f"USER {users[-1]} is not a numeric non-root uid"
+    uid, gid = dockerfile.final_user()
+    assert uid != 0 and gid != 0, "the image runs as root"
 
 
 def test_the_final_stage_has_no_build_tools() -> None:
-    final = _stages()[-1]
+    final = dockerfile.stages()[-1]
     for line in final:
         if line.upper().startswith("RUN "):
             assert not BUILD_TOOLS.search(line), line
@@ -73,7 +56,7 @@ def test_the_final_stage_has_no_build_tools() -> None:
 
 
 def test_the_final_stage_is_fit_for_a_read_only_root() -> None:
-    final = " ".join(_stages()[-1])
+    final = " ".join(dockerfile.stages()[-1])
     for setting in ("PYTHONDONTWRITEBYTECODE=1", "HOME=/tmp", "MPLCONFIGDIR=/tmp"):
         assert setting in final
     assert 'ENTRYPOINT ["capguard"]' in final
@@ -110,11 +93,7 @@ def _ignored(path: str, patterns: list[str]) -> bool:
 def test_the_build_context_holds_what_the_dockerfile_copies() -> None:
     patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
                 if line.strip() and not line.startswith("#")]
-    sources = []
-    for stage in _stages():
-        for line in stage:
-            if line.upper().startswith("COPY ") and "--from=" not in line:
-                sources += line.split()[1:-1]
+    sources = [source for stage in dockerfile.stages() for source in dockerfile.copied(stage)]
     assert sources
     for source in sources:
         assert (ROOT / source).exists(), f"COPY {source}: not in the repository"

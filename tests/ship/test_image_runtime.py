@@ -1,0 +1,242 @@
+"""The image's runtime conditions, tested without Docker (see `pod.py` for how).
+
+`capguard run` with the Deployment's args and env, as the Deployment's uid with no passwd
+entry, no HOME, a read-only root and /tmp its only writable place, against an embedded API
+server: it must become Ready, take the Lease, reconcile the samples and serve /metrics.
+Then every other command a user may run in the container.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+
+from . import dockerfile, pod
+from .manifests import (
+    ROOT,
+    operator_container,
+    require_tool,
+    security_context,
+    single,
+    writable_mounts,
+)
+
+POD_NAME: Final = "capguard-operator-6f9c8d7b5-x2k4q"
+SAMPLES_NAMESPACE: Final = "samples"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _eventually(check: Callable[[], Any], *, timeout: float,
+                what: str) -> Any:
+    """The first truthy result of `check`, polled until `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"within {timeout:.0f}s: {what}")
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except (urllib.error.URLError, ConnectionError) as error:
+        return 0, str(error)
+
+
+def _downward(rendered: list[dict[str, Any]]) -> dict[str, str]:
+    """The container's env as the kubelet fills it in for pod POD_NAME."""
+    metadata = {"metadata.name": POD_NAME,
+                "metadata.namespace": single(rendered, "Deployment")["metadata"]["namespace"]}
+    env = {}
+    for entry in operator_container(rendered).get("env", []):
+        env[entry["name"]] = (entry["value"] if "value" in entry
+                              else metadata[entry["valueFrom"]["fieldRef"]["fieldPath"]])
+    return env
+
+
+@pytest.fixture(scope="module")
+def the_pod(rendered: list[dict[str, Any]], capguard_wheel: Path,
+            tmp_path_factory: pytest.TempPathFactory) -> pod.Pod:
+    """The Deployment's conditions, as far as `pod.LOCK_DOWN` reproduces them."""
+    spec = single(rendered, "Deployment")["spec"]["template"]["spec"]
+    security = security_context(rendered)
+    assert security["readOnlyRootFilesystem"] is True, "LOCK_DOWN makes every mount read-only"
+    assert writable_mounts(spec) == ["/tmp"], "LOCK_DOWN has one writable place, /tmp"
+    pod.require_isolation()
+    stage = tmp_path_factory.mktemp("image")
+    stage.chmod(0o755)
+    bin_dir = pod.install(stage, wheel=capguard_wheel)
+    return pod.Pod(stage=stage, hold=tmp_path_factory.mktemp("new-tmp"),
+                   uid=security["runAsUser"], gid=security["runAsGroup"],
+                   env=_downward(rendered), capguard=bin_dir / "capguard")
+
+
+@pytest.fixture(scope="module")
+def kubeconfig(the_pod: pod.Pod) -> Iterator[Path]:
+    """An embedded API server on loopback with the CRDs; its kubeconfig, readable by all."""
+    path = the_pod.stage / "kubeconfig"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "capguard.localcluster", "--host=127.0.0.1", "--port=0",
+         f"--crds={ROOT / 'crds'}", f"--kubeconfig={path}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert server.stdout is not None
+        first = server.stdout.readline()
+        assert "serving at" in first, f"the embedded API server did not start: {first}"
+        path.chmod(0o644)
+        yield path
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _kubectl(kubeconfig: Path, *args: str) -> str:
+    kubectl = require_tool("kubectl", install="kubectl >= 1.28")
+    done = subprocess.run([kubectl, f"--kubeconfig={kubeconfig}", *args], capture_output=True,
+                          text=True, check=False, timeout=30)
+    assert done.returncode == 0, f"kubectl {' '.join(args)}: {done.stderr}"
+    return done.stdout
+
+
+def _args(rendered: list[dict[str, Any]], *, metrics: int, liveness: int,
+          kubeconfig: Path) -> list[str]:
+    """The Deployment's args, $(VAR)s expanded as the kubelet does, on free ports, and the
+    kubeconfig in place of the service account's token."""
+    env = _downward(rendered)
+    args = [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], arg)
+            for arg in operator_container(rendered)["args"]]
+    args = [re.sub(r"^(--metrics-port=)\d+$", rf"\g<1>{metrics}", arg) for arg in args]
+    args = [re.sub(r"^(--liveness=http://[^:/]+:)\d+", rf"\g<1>{liveness}", arg) for arg in args]
+    return [*args, f"--kubeconfig={kubeconfig}"]
+
+
+def _samples_reconciled(kubeconfig: Path) -> bool:
+    listed = _kubectl(kubeconfig, "get", "modelcapacities", "-n", SAMPLES_NAMESPACE,
+                      "-o", "jsonpath={range .items[*]}{.metadata.generation}="
+                      "{.status.observedGeneration} {end}")
+    pairs = [pair.split("=") for pair in listed.split()]
+    return bool(pairs) and all(seen == generation for generation, seen in pairs)
+
+
+@pytest.mark.slow
+def test_capguard_run_as_the_pod_runs_it(
+    rendered: list[dict[str, Any]], the_pod: pod.Pod, kubeconfig: Path, tmp_path: Path,
+) -> None:
+    namespace = _downward(rendered)["POD_NAMESPACE"]
+    _kubectl(kubeconfig, "create", "namespace", namespace)
+    _kubectl(kubeconfig, "create", "namespace", SAMPLES_NAMESPACE)
+    _kubectl(kubeconfig, "apply", "-k", str(ROOT / "deploy" / "samples"),
+             "-n", SAMPLES_NAMESPACE)
+    metrics, liveness = _free_port(), _free_port()
+    log = tmp_path / "capguard-run.log"
+    process = the_pod.start([str(the_pod.capguard), *_args(
+        rendered, metrics=metrics, liveness=liveness, kubeconfig=kubeconfig)], log=log)
+
+    def alive_and(check: Callable[[], bool]) -> Callable[[], bool]:
+        def checked() -> bool:
+            if process.poll() is not None:
+                pytest.fail(f"capguard run exited with {process.returncode}:\n"
+                            f"{log.read_text()[-3000:]}", pytrace=False)
+            return check()
+        return checked
+
+    lease = ("get", "lease", "capguard-leader", "-n", namespace, "--ignore-not-found",
+             "-o", "jsonpath={.spec.holderIdentity}")
+    try:
+        _eventually(alive_and(lambda: _get(f"http://127.0.0.1:{liveness}/healthz")[0] == 200),
+                    timeout=30, what="the probe endpoint answers 200 (Ready)")
+        _eventually(alive_and(lambda: _kubectl(kubeconfig, *lease) == POD_NAME),
+                    timeout=20, what=f"the Lease capguard-leader is held by {POD_NAME}")
+        _eventually(alive_and(lambda: _samples_reconciled(kubeconfig)), timeout=20,
+                    what="every sample ModelCapacity has status.observedGeneration")
+        status, text = _get(f"http://127.0.0.1:{metrics}/metrics")
+        assert status == 200, text
+        assert re.search(r"^capguard_leader 1\.0$", text, flags=re.MULTILINE), text[:2000]
+        assert re.search(r'^capguard_model_desired_units\{.*model="llama-70b-chat".*\} 8\.0$',
+                         text, flags=re.MULTILINE), text[:2000]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    output = log.read_text()
+    assert process.returncode == 0, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+
+
+@pytest.mark.parametrize("argv", [
+    ["--version"], ["--help"], ["run", "--help"], ["status", "--help"],
+    ["simulate", "--list"], ["simulate", "--json", "--plot", "/tmp/timeline.png"],
+    ["localcluster", "--help"], ["demo", "--help"],
+], ids=" ".join)
+def test_every_command_runs_as_the_pod_runs_it(the_pod: pod.Pod, argv: list[str]) -> None:
+    done = the_pod.run([str(the_pod.capguard), *argv])
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+
+
+def test_the_image_env_gives_matplotlib_a_home(the_pod: pod.Pod) -> None:
+    """Without HOME matplotlib works but warns; the image's ENV makes it quiet."""
+    image_env = {name: value for name, value in dockerfile.final_env().items()
+                 if "$" not in value}  # PATH extends the base image's
+    in_image = dataclasses.replace(the_pod, env={**image_env, **the_pod.env})
+    done = in_image.run([str(the_pod.capguard), "simulate", "--plot", "/tmp/timeline.png"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr == ""
+
+
+def test_capguard_status_reads_the_cluster_as_the_pod_runs_it(
+    the_pod: pod.Pod, kubeconfig: Path,
+) -> None:
+    done = the_pod.run([str(the_pod.capguard), "status", f"--kubeconfig={kubeconfig}", "-A"])
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+
+
+def test_the_restricted_process_is_locked_down(the_pod: pod.Pod, kubeconfig: Path) -> None:
+    """What the tests above run under: no passwd entry, no HOME, writes only to /tmp."""
+    python = str(the_pod.capguard.parent / "python")
+    probe = (
+        "import os, pwd, sys\n"
+        "def writable(path):\n"
+        "    try:\n"
+        "        open(os.path.join(path, '.probe'), 'w').close()\n"
+        "    except OSError:\n"
+        "        return False\n"
+        "    return True\n"
+        "try:\n"
+        "    pwd.getpwuid(os.getuid())\n"
+        "    entry = True\n"
+        "except KeyError:\n"
+        "    entry = False\n"
+        # Python itself sets LC_CTYPE when the locale is C (PEP 538).
+        "print(os.getuid(), os.getgid(), os.getgroups(), entry, sorted(set(os.environ) - "
+        "{'LC_CTYPE'}))\n"
+        "print([p for p in sys.argv[1:] if writable(p)])\n"
+        "import capguard\n"
+        "print(capguard.__file__)\n"
+    )
+    places = ["/", "/tmp", "/dev/shm", str(the_pod.stage), str(kubeconfig.parent), str(ROOT)]
+    done = the_pod.run([python, "-c", probe, *places])
+    assert done.returncode == 0, done.stderr
+    identity, writable, imported = done.stdout.splitlines()
+    assert identity == f"{the_pod.uid} {the_pod.gid} [] False {sorted(the_pod.env)}"
+    assert writable == "['/tmp']"
+    assert imported.startswith(str(the_pod.stage)), "capguard comes from the wheel"
