@@ -14,8 +14,9 @@ cluster_exists || die "no kind cluster named $CLUSTER: run hack/kind-up.sh first
 [ -x .venv/bin/python ] || die "no .venv: run hack/setup.sh first"
 mkdir -p "$(dirname "$KIND_KUBECONFIG")"
 kind export kubeconfig --name "$CLUSTER" --kubeconfig "$KIND_KUBECONFIG" >/dev/null
-KUBECONFIG="$KIND_KUBECONFIG" kubectl -n capguard-system rollout status \
-  deployment/capguard-operator --timeout=120s
+export KUBECONFIG="$KIND_KUBECONFIG"
+need_supported_cluster
+kubectl -n capguard-system rollout status deployment/capguard-operator --timeout=120s
 
 echo "==> e2e against kind cluster $CLUSTER"
 CAPGUARD_E2E_KUBECONFIG="$KIND_KUBECONFIG" .venv/bin/python -m pytest tests/e2e "$@"

@@ -9,6 +9,13 @@ DEFAULT_IMAGE=capguard:0.1.0
 IMAGE="${IMAGE:-$DEFAULT_IMAGE}"
 # kind writes this cluster's kubeconfig here instead of changing ~/.kube/config.
 KIND_KUBECONFIG="${KIND_KUBECONFIG:-$PWD/out/kind-$CLUSTER.kubeconfig}"
+# The oldest Kubernetes capguard supports, for the cluster and for kubectl: the CRDs' CEL
+# rules use messageExpression (1.27) and reason and fieldPath (1.28). The one source of the
+# minimum: README.md, docs/deploy.md and the node image hack/kind-config.yaml pins are
+# checked against it (tests/ship/test_kubernetes_versions.py).
+MIN_KUBERNETES_VERSION=1.28
+# The kind release that built the node image hack/kind-config.yaml pins.
+MIN_KIND_VERSION=0.23.0
 
 die() {
   echo "error: $*" >&2
@@ -26,12 +33,54 @@ need_docker() {
     || die "docker is installed but its daemon does not answer (is Docker running, and may this user use it?)"
 }
 
+# version_at_least HAVE WANT: whether version HAVE (v1.30.0, 1.29+, 0.23.0) is WANT or newer.
+version_at_least() {
+  local -a have want
+  local i part
+  IFS=. read -r -a have <<<"${1#v}"
+  IFS=. read -r -a want <<<"${2#v}"
+  for i in "${!want[@]}"; do
+    part=${have[i]:-0}
+    part=${part%%[!0-9]*}  # 29+ on some managed clusters, 0-rc.1
+    if ((10#${part:-0} > 10#${want[i]})); then return 0; fi
+    if ((10#${part:-0} < 10#${want[i]})); then return 1; fi
+  done
+  return 0
+}
+
+# need_version WHAT VERSION MINIMUM HOW: die unless VERSION is MINIMUM or newer.
+need_version() {
+  local what=$1 version=$2 minimum=$3 how=$4
+  [ -n "$version" ] || die "cannot tell which version $what is. $how"
+  version_at_least "$version" "$minimum" \
+    || die "$what is $version; capguard needs $minimum or newer. $how"
+}
+
+# The first "gitVersion" of a Kubernetes version.Info in JSON (kubectl's, the API server's).
+git_version() {
+  sed -n 's/.*"gitVersion": *"\([^"]*\)".*/\1/p' | head -n 1
+}
+
 need_kind() {
-  need_tool kind "Install kind >= 0.20 (https://kind.sigs.k8s.io/docs/user/quick-start/#installation), e.g. 'go install sigs.k8s.io/kind@latest'."
+  local how="Install kind >= $MIN_KIND_VERSION (https://kind.sigs.k8s.io/docs/user/quick-start/#installation), e.g. 'go install sigs.k8s.io/kind@v$MIN_KIND_VERSION'."
+  need_tool kind "$how"
+  local _ version
+  read -r _ version _ <<<"$(kind version 2>/dev/null)"
+  need_version kind "$version" "$MIN_KIND_VERSION" "$how"
 }
 
 need_kubectl() {
-  need_tool kubectl "Install kubectl >= 1.27 (https://kubernetes.io/docs/tasks/tools/)."
+  local how="Install kubectl >= $MIN_KUBERNETES_VERSION (https://kubernetes.io/docs/tasks/tools/)."
+  need_tool kubectl "$how"
+  need_version kubectl "$(kubectl version --client --output=json 2>/dev/null | git_version)" \
+    "$MIN_KUBERNETES_VERSION" "$how"
+}
+
+# The cluster KUBECONFIG points at runs a supported Kubernetes.
+need_supported_cluster() {
+  need_version "the cluster's Kubernetes" "$(kubectl get --raw /version | git_version)" \
+    "$MIN_KUBERNETES_VERSION" \
+    "Recreate it with the node image hack/kind-config.yaml pins: hack/kind-down.sh, then hack/kind-up.sh."
 }
 
 cluster_exists() {

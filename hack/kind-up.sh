@@ -22,6 +22,7 @@ else
     --kubeconfig "$KIND_KUBECONFIG" --wait 120s
 fi
 export KUBECONFIG="$KIND_KUBECONFIG"
+need_supported_cluster
 
 echo "==> building $IMAGE"
 docker build --tag "$IMAGE" --file operator/Dockerfile .

@@ -22,7 +22,7 @@ def require_tool(name: str, *, install: str) -> str:
 
 
 def kustomize(directory: Path) -> list[dict[str, Any]]:
-    kubectl = require_tool("kubectl", install="kubectl >= 1.27 with its built-in kustomize")
+    kubectl = require_tool("kubectl", install="kubectl >= 1.28 with its built-in kustomize")
     done = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True,
                           check=False)
     assert done.returncode == 0, f"kubectl kustomize {directory} failed:\n{done.stderr}"

@@ -109,7 +109,7 @@ def embedded_kubeconfig() -> Iterator[Path]:
     """A throwaway embedded API server with no CRDs preloaded; its kubeconfig."""
     if importlib.util.find_spec("capguard.localcluster.__main__") is None:
         pytest.skip("the embedded API server (python -m capguard.localcluster) is not there yet")
-    require_tool("kubectl", install="kubectl >= 1.27")
+    require_tool("kubectl", install="kubectl >= 1.28")
     with tempfile.TemporaryDirectory() as scratch:
         kubeconfig = Path(scratch) / "kubeconfig"
         server = subprocess.Popen(
