@@ -22,7 +22,7 @@ import sys
 import sysconfig
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import pytest
 
@@ -140,7 +140,8 @@ def install(stage: Path, *, wheel: Path) -> Path:
                     "install", "--quiet", "--no-deps", "--no-index", str(wheel)], check=True)
     purelib = subprocess.run([venv / "bin" / "python", "-c", PURELIB], capture_output=True,
                              text=True, check=True).stdout.strip()
-    # After the venv's own site-packages: the wheel's capguard wins over the editable one.
+    # A path line adds the folder after the venv's own site-packages and processes none of
+    # its .pth files, so the tests' editable capguard stays out: `import capguard` is the wheel.
     (Path(purelib) / "capguard-dependencies.pth").write_text(f"{site_packages}\n")
     return venv / "bin"
 
@@ -162,9 +163,9 @@ class Pod:
                 "lock-down", str(self.stage), str(self.hold), str(self.uid), str(self.gid),
                 *assignments, *argv]
 
-    def run(self, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    def run(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.command(argv), capture_output=True, text=True, check=False,
-                              cwd="/", timeout=60, **kwargs)
+                              cwd="/", timeout=60)
 
     def start(self, argv: Sequence[str], *, log: Path) -> subprocess.Popen[bytes]:
         # unshare, sh, setpriv and env all exec: the process is the command itself.
