@@ -261,7 +261,12 @@ EVENTS_V1: Final = ResourceType(
     printer_columns=({"name": "Type", "type": "string", "jsonPath": ".type"},
                      {"name": "Reason", "type": "string", "jsonPath": ".reason"},
                      {"name": "Note", "type": "string", "jsonPath": ".note"},
-                     AGE_COLUMN))
+                     AGE_COLUMN),
+    # The field labels of events.k8s.io/v1 (its names for the core ones), matched on this view.
+    field_labels=frozenset({"regarding.kind", "regarding.name", "regarding.uid",
+                            "regarding.namespace", "regarding.apiVersion",
+                            "regarding.resourceVersion", "regarding.fieldPath",
+                            "reportingController", "reason", "type"}))
 LEASES: Final = ResourceType(
     group="coordination.k8s.io", version="v1", plural="leases", kind="Lease", namespaced=True,
     storage_version_hash="gqkMMb/YqFM=",
