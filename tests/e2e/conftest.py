@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Final
 
 import pytest
+from kubernetes import client
 
-from . import harness
+from . import harness, kube_client
 
 EXTERNAL_KUBECONFIG: Final = "CAPGUARD_E2E_KUBECONFIG"
 DEPLOYED_OPERATOR: Final = "deployment/capguard-operator"
@@ -162,6 +163,20 @@ def kube(target: Target, request: pytest.FixtureRequest) -> Iterator[harness.Kub
         yield kubectl
     finally:
         _delete_namespace(kubectl, namespace)
+
+
+@pytest.fixture(scope="session")
+def kube_api(target: Target) -> Iterator[client.ApiClient]:
+    """The official `kubernetes` client on the same cluster, a second client next to kubectl."""
+    with kube_client.connect(target.kubeconfig) as api:
+        yield api
+
+
+@pytest.fixture
+def custom(kube_api: client.ApiClient, kube: harness.Kubectl) -> kube_client.Custom:
+    """capguard's objects in this test's namespace, through the `kubernetes` client."""
+    assert kube.namespace is not None
+    return kube_client.Custom(api=kube_api, namespace=kube.namespace)
 
 
 def _delete_namespace(kubectl: harness.Kubectl, namespace: str) -> None:
