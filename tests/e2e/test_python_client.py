@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime
 
 import pytest
-from kubernetes import client
+from kubernetes import client, dynamic
 
 from . import harness, kube_client
 from .conftest import Operators
@@ -49,6 +49,11 @@ def test_the_crds_and_their_discovery_read_back_typed(kube_api: client.ApiClient
     scale = resources["modelcapacities/scale"]
     assert (scale.group, scale.version, scale.kind) == ("autoscaling", "v1", "Scale")
     assert "circuitbreakers/scale" not in resources
+
+    # The dynamic client finds the kind and its subresources by discovery.
+    found = dynamic.DynamicClient(kube_api).resources.get(api_version=f"{GROUP}/{VERSION}",
+                                                          kind="ModelCapacity")
+    assert set(found.subresources) == {"scale", "status"}
 
     # A watch starts with the current objects, each one a typed CRD.
     watched = kube_client.first(
