@@ -30,9 +30,11 @@ from . import dockerfile
 from .manifests import ROOT
 
 # Run by root in the new mount namespace, then exec'd into the restricted command:
-#   $1 the staged directory (virtualenv, kubeconfig), $2 an empty directory to mount the
-#   new /tmp on first, $3 uid, $4 gid; the rest is the command.
-# The stage stays visible, read-only, at its own path; when it lies under /tmp it is bound
+#   $1 the directories to keep visible, ':'-separated (the stage with the virtualenv and
+#   kubeconfig, and the tests' site-packages the virtualenv's .pth points at), $2 an empty
+#   directory to mount the new /tmp on first, $3 uid, $4 gid; the rest is the command.
+# They stay visible, read-only, at their own paths; one that lies under /tmp (a checkout
+# there, say) is bound
 # into the new tmpfs before that replaces /tmp, the way the image's /opt/capguard sits
 # beside its emptyDir.
 LOCK_DOWN: Final = r"""
@@ -47,13 +49,17 @@ for target in $(cut -d' ' -f5 /proc/self/mountinfo | sort -u); do
   esac
 done
 mount -n -t tmpfs -o mode=1777,size=64m tmpfs "$hold"
-case $stage in
-  /tmp/*)
-    mkdir -p "$hold${stage#/tmp}"
-    mount -n --bind "$stage" "$hold${stage#/tmp}"
-    mount -n -o remount,bind,ro "$hold${stage#/tmp}"
-    ;;
-esac
+IFS=:
+for keep in $stage; do
+  case $keep in
+    /tmp/*)
+      mkdir -p "$hold${keep#/tmp}"
+      mount -n --bind "$keep" "$hold${keep#/tmp}"
+      mount -n -o remount,bind,ro "$hold${keep#/tmp}"
+      ;;
+  esac
+done
+unset IFS
 mount -n --move "$hold" /tmp
 exec setpriv --reuid "$uid" --regid "$gid" --clear-groups env -i "$@"
 """
@@ -130,7 +136,7 @@ def base_python() -> str:
 
 def install(stage: Path, *, wheel: Path) -> Path:
     """A fresh virtualenv in `stage` with the wheel; returns its `bin/`."""
-    site_packages = Path(sysconfig.get_paths()["purelib"])
+    site_packages = _dependencies()
     if not readable_by_anyone(site_packages):
         pytest.skip(f"the installed dependencies ({site_packages}) are not readable by "
                     "an unprivileged uid")
@@ -160,7 +166,8 @@ class Pod:
     def command(self, argv: Sequence[str]) -> list[str]:
         assignments = [f"{name}={value}" for name, value in self.env.items()]
         return ["unshare", "--mount", "--propagation", "private", "sh", "-c", LOCK_DOWN,
-                "lock-down", str(self.stage), str(self.hold), str(self.uid), str(self.gid),
+                "lock-down", f"{self.stage}:{_dependencies()}", str(self.hold),
+                str(self.uid), str(self.gid),
                 *assignments, *argv]
 
     def run(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
@@ -172,3 +179,8 @@ class Pod:
         with log.open("wb") as sink:
             return subprocess.Popen(self.command(argv), stdout=sink, stderr=subprocess.STDOUT,
                                     cwd="/")
+
+
+def _dependencies() -> Path:
+    """The site-packages the virtualenv's .pth file points at (see `install`)."""
+    return Path(sysconfig.get_paths()["purelib"])
