@@ -143,3 +143,18 @@ def test_an_unbounded_nested_loop_is_over_budget_and_bounds_bring_it_under() -> 
         "schema", "schema.properties[names].x-kubernetes-validations[0].rule"}
     assert "more than 100x" in refused[0]["message"]
     assert structural.schema_causes(bounded, path="schema") == []
+
+
+def test_a_pattern_that_does_not_compile_is_refused(empty_cluster: ThreadedCluster) -> None:
+    # apiextensions compiles every `pattern` when the CRD is written; accepting "[" would
+    # leave each CR of that field unchecked here and the CRD refused on a real cluster.
+    crd = shipped(ROOT / "crds" / "inferenceengines.capguard.dev.yaml")
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    spec["properties"]["pool"]["pattern"] = "["
+    status, body = send(empty_cluster.url, "POST", CRDS_PATH, crd)
+    assert status == 422, body
+    (cause,) = body["details"]["causes"]
+    assert cause["reason"] == "FieldValueInvalid"
+    assert cause["field"] == ("spec.validation.openAPIV3Schema.properties[spec]"
+                              ".properties[pool].pattern")
+    assert "must be a valid regular expression" in cause["message"]

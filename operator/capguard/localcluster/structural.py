@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Any, Final
 
 from capguard.localcluster import cel, celcheck, schema
@@ -29,6 +30,8 @@ Causes = list[dict[str, str]]
 PER_RULE_COST_LIMIT: Final = 10_000_000           # StaticEstimatedCostLimit
 SCHEMA_COST_LIMIT: Final = 100_000_000            # StaticEstimatedCRDCostLimit
 _TYPES: Final = ("array", "boolean", "integer", "number", "object", "string")
+# RE2 syntax Python's `re` cannot read: a pattern using it is not judged (never refused).
+_RE2_ONLY: Final = re.compile(r"\\[pPzC]|\[\[:")
 _REASONS: Final = ("FieldValueDuplicate", "FieldValueForbidden", "FieldValueInvalid",
                    "FieldValueRequired")
 _RESOURCE_FIELDS: Final = ("metadata", "kind", "apiVersion")
@@ -467,7 +470,19 @@ def _keyword_causes(node: dict[str, Any], *, path: str, context: _Context) -> Ca
     if node.get("x-kubernetes-preserve-unknown-fields") is False:
         causes.append(_invalid(f"{path}.x-kubernetes-preserve-unknown-fields", False,
                                "must be true or undefined"))
-    return causes
+    return causes + _pattern_causes(node.get("pattern"), path=path)
+
+
+def _pattern_causes(pattern: Any, *, path: str) -> Causes:
+    """A pattern must compile (Go's regexp.Compile), or no CR could be checked against it."""
+    if not isinstance(pattern, str) or not pattern or _RE2_ONLY.search(pattern):
+        return []
+    try:
+        re.compile(pattern)
+    except (re.error, RecursionError, OverflowError) as error:
+        return [_invalid(f"{path}.pattern", pattern, "must be a valid regular expression, "
+                         f"but isn't: error parsing regexp: {error}")]
+    return []
 
 
 def _list_and_map_causes(node: dict[str, Any], *, path: str) -> Causes:
