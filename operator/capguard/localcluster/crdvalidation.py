@@ -13,11 +13,12 @@ same value. A single-version CRD's scale paths are therefore reported at
 """
 from __future__ import annotations
 
-import functools
 import json
 import re
 import urllib.parse
 from typing import Any, Final
+
+from capguard.localcluster import meta, schema
 
 Cause = dict[str, str]
 Causes = list[Cause]
@@ -31,28 +32,14 @@ COLUMN_FORMATS: Final = ("byte", "date", "date-time", "double", "float", "int32"
                          "password")
 MAX_SELECTABLE_FIELDS: Final = 8
 APPROVAL_ANNOTATION: Final = "api-approved.kubernetes.io"
-_DNS1035: Final = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
-_DNS1123_SUBDOMAIN: Final = re.compile(
-    r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _SIMPLE_FIELD_PATH: Final = re.compile(r"(\.[A-Za-z_][A-Za-z0-9_-]*)+")
 _APPROVAL_HELP: Final = "see https://github.com/kubernetes/enhancements/pull/1111"
 
 
 # ---- causes in the words of k8s.io/apimachinery/pkg/util/validation/field ----------------
 
-def go_value(value: Any) -> str:
-    """A value as field.Invalid prints it: strings quoted, scalars bare."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if value is None:
-        return "null"
-    return str(value)
-
-
 def invalid(field: str, value: Any, detail: str) -> Cause:
-    rendered = value if isinstance(value, _Rendered) else go_value(value)
+    rendered = value if isinstance(value, _Rendered) else schema.go_value(value)
     return {"reason": "FieldValueInvalid", "field": field,
             "message": f"Invalid value: {rendered}: {detail}"}
 
@@ -66,36 +53,14 @@ def forbidden(field: str, detail: str) -> Cause:
     return {"reason": "FieldValueForbidden", "field": field, "message": f"Forbidden: {detail}"}
 
 
-def not_supported(field: str, value: str, supported: tuple[str, ...]) -> Cause:
+def not_supported(field: str, value: Any, supported: tuple[str, ...]) -> Cause:
     listed = ", ".join(json.dumps(option) for option in supported)
-    return {"reason": "FieldValueNotSupported", "field": field,
-            "message": f"Unsupported value: {json.dumps(value)}: supported values: {listed}"}
+    return {"reason": "FieldValueNotSupported", "field": field, "message":
+            f"Unsupported value: {schema.go_value(value)}: supported values: {listed}"}
 
 
 class _Rendered(str):
     """A value already in Go's %#v form (a struct or slice), printed as it is."""
-
-
-def _pattern_problems(value: str, *, pattern: re.Pattern[str], limit: int,
-                      message: str) -> list[str]:
-    # Both problems are reported, joined by "," by the caller, as k8s validation does.
-    problems = [f"must be no more than {limit} characters"] if len(value) > limit else []
-    if not pattern.fullmatch(value):
-        problems.append(message)
-    return problems
-
-
-dns1035_problems: Final = functools.partial(
-    _pattern_problems, pattern=_DNS1035, limit=63, message=(
-        "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start "
-        "with an alphabetic character, and end with an alphanumeric character (e.g. "
-        "'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')"))
-dns1123_subdomain_problems: Final = functools.partial(
-    _pattern_problems, pattern=_DNS1123_SUBDOMAIN, limit=253, message=(
-        "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, "
-        "'-' or '.', and must start and end with an alphanumeric character (e.g. "
-        "'example.com', regex used for validation is "
-        "'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"))
 
 
 def _text(value: Any) -> str:
@@ -216,7 +181,7 @@ def group_causes(group: Any) -> Causes:
     group = _text(group)
     if not group:
         return [required("spec.group")]
-    if problems := dns1123_subdomain_problems(group):
+    if problems := meta.subdomain_problems(group):
         return [invalid("spec.group", group, ",".join(problems))]
     if "." not in group:
         return [invalid("spec.group", group, "should be a domain with at least one dot")]
@@ -239,7 +204,7 @@ def version_list_causes(spec: dict[str, Any]) -> Causes:
     causes: Causes = []
     for index, version in enumerate(versions):
         name = _text(version.get("name"))
-        if problems := dns1035_problems(name):
+        if problems := meta.dns1035_problems(name):
             causes.append(invalid(f"spec.versions[{index}].name", name, ",".join(problems)))
         causes += deprecation_causes(version, f"spec.versions[{index}].deprecationWarning")
     names = [_text(version.get("name")) for version in versions]
@@ -302,9 +267,9 @@ def go_versions(spec: dict[str, Any]) -> _Rendered:
     items = []
     for version in _versions(spec):
         fields = [f"Name:{json.dumps(_text(version.get('name')))}",
-                  f"Served:{go_value(version.get('served') is True)}",
-                  f"Storage:{go_value(version.get('storage') is True)}",
-                  f"Deprecated:{go_value(version.get('deprecated') is True)}",
+                  f"Served:{schema.go_value(version.get('served') is True)}",
+                  f"Storage:{schema.go_value(version.get('storage') is True)}",
+                  f"Deprecated:{schema.go_value(version.get('deprecated') is True)}",
                   "DeprecationWarning:" + _go_pointer("string", version.get(
                       "deprecationWarning"))]
         for key, go_type in (("schema", "*apiextensions.CustomResourceValidation"),
@@ -321,7 +286,7 @@ def go_versions(spec: dict[str, Any]) -> _Rendered:
 
 
 def _go_pointer(go_type: str, value: Any) -> str:
-    return f"(*{go_type})(nil)" if value is None else f"(*{go_type})({go_value(value)})"
+    return f"(*{go_type})(nil)" if value is None else f"(*{go_type})({schema.go_value(value)})"
 
 
 def _go_field(key: str) -> str:
@@ -337,16 +302,16 @@ def name_causes(names: Any) -> Causes:
                                                         "listKind") if not _text(names.get(key))]
     for key in ("plural", "singular"):
         value = _text(names.get(key))
-        if value and (problems := dns1035_problems(value)):
+        if value and (problems := meta.dns1035_problems(value)):
             causes.append(invalid(f"spec.names.{key}", value, ",".join(problems)))
     for key in ("kind", "listKind"):
         value = _text(names.get(key))
-        if value and (problems := dns1035_problems(value.lower())):
+        if value and (problems := meta.dns1035_problems(value.lower())):
             causes.append(invalid(f"spec.names.{key}", value, "may have mixed case, but should "
                                   "otherwise match: " + ",".join(problems)))
     for key in ("shortNames", "categories"):
         for index, value in enumerate(names.get(key) or []):
-            if problems := dns1035_problems(_text(value)):
+            if problems := meta.dns1035_problems(_text(value)):
                 causes.append(invalid(f"spec.names.{key}[{index}]", value, ",".join(problems)))
     if _text(names.get("kind")) and names.get("kind") == names.get("listKind"):
         causes.append(invalid("spec.names.listKind", names["listKind"],
@@ -575,7 +540,7 @@ def _review_version_causes(versions: Any, field: str) -> Causes:
             causes.append(invalid(f"{field}[{index}]", version, "duplicate version"))
             continue
         causes += [invalid(f"{field}[{index}]", version, problem)
-                   for problem in dns1035_problems(version)]
+                   for problem in meta.dns1035_problems(version)]
     if not {"v1", "v1beta1"} & {_text(version) for version in versions}:
         causes.append(invalid(field, _go_strings([_text(v) for v in versions]),
                               "must include at least one of v1, v1beta1"))

@@ -13,6 +13,7 @@ _SUFFIX_ALPHABET: Final = "bcdfghjklmnpqrstvwxz2456789"
 _DNS_SUBDOMAIN: Final = re.compile(
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DNS_LABEL: Final = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_1035: Final = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _QUALIFIED_NAME: Final = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _LABEL_VALUE: Final = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
@@ -99,6 +100,10 @@ _DNS_LABEL_ERROR: Final = _regex_error(
     "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', "
     "and must start and end with an alphanumeric character",
     "[a-z0-9]([-a-z0-9]*[a-z0-9])?", "my-name", "123-abc")
+_DNS_1035_ERROR: Final = _regex_error(
+    "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with "
+    "an alphabetic character, and end with an alphanumeric character",
+    "[a-z]([-a-z0-9]*[a-z0-9])?", "my-name", "abc-123")
 _QUALIFIED_NAME_ERROR: Final = _regex_error(
     "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an "
     "alphanumeric character", "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]",
@@ -117,14 +122,21 @@ def name_problems(name: str, *, dns_label: bool = False, prefix: bool = False) -
     if prefix and len(name) > 1 and name.endswith("-"):
         name = name[:-1] + "a"
     if not dns_label:
-        return _subdomain_problems(name)
+        return subdomain_problems(name)
     problems = ["must be no more than 63 characters"] if len(name) > 63 else []
-    return problems + ([] if _DNS_LABEL.match(name) else [_DNS_LABEL_ERROR])
+    return problems + ([] if _DNS_LABEL.fullmatch(name) else [_DNS_LABEL_ERROR])
 
 
-def _subdomain_problems(name: str) -> list[str]:
+def subdomain_problems(name: str) -> list[str]:
+    """IsDNS1123Subdomain, in the real server's words; empty if valid."""
     problems = ["must be no more than 253 characters"] if len(name) > 253 else []
-    return problems + ([] if _DNS_SUBDOMAIN.match(name) else [_DNS_SUBDOMAIN_ERROR])
+    return problems + ([] if _DNS_SUBDOMAIN.fullmatch(name) else [_DNS_SUBDOMAIN_ERROR])
+
+
+def dns1035_problems(name: str) -> list[str]:
+    """IsDNS1035Label (CRD names and versions), in the real server's words; empty if valid."""
+    problems = ["must be no more than 63 characters"] if len(name) > 63 else []
+    return problems + ([] if _DNS_1035.fullmatch(name) else [_DNS_1035_ERROR])
 
 
 def qualified_name_problems(value: str) -> list[str]:
@@ -138,13 +150,13 @@ def qualified_name_problems(value: str) -> list[str]:
         if not parts[0]:
             problems.append("prefix part must be non-empty")
         else:
-            problems += ["prefix part " + problem for problem in _subdomain_problems(parts[0])]
+            problems += ["prefix part " + problem for problem in subdomain_problems(parts[0])]
     name = parts[-1]
     if not name:
         problems.append("name part must be non-empty")
     elif len(name) > 63:
         problems.append("name part must be no more than 63 characters")
-    if not _QUALIFIED_NAME.match(name):
+    if not _QUALIFIED_NAME.fullmatch(name):
         problems.append("name part " + _QUALIFIED_NAME_ERROR)
     return problems
 
@@ -156,7 +168,7 @@ def label_problems(labels: dict[str, Any]) -> list[tuple[str, str]]:
         problems += [(key, problem) for problem in qualified_name_problems(key)]
         if len(value) > 63:
             problems.append((value, "must be no more than 63 characters"))
-        if not _LABEL_VALUE.match(value):
+        if not _LABEL_VALUE.fullmatch(value):
             problems.append((value, _LABEL_VALUE_ERROR))
     return problems
 

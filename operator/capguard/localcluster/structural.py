@@ -19,11 +19,10 @@ Field paths are Go's `field.Path` strings: `properties[spec].items.default`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from typing import Any, Final
 
-from capguard.localcluster import cel, celcheck, schema
+from capguard.localcluster import cel, celcheck, crdvalidation, schema
 
 Causes = list[dict[str, str]]
 
@@ -43,26 +42,15 @@ _JUNCTORS: Final = ("allOf", "anyOf", "oneOf")
 _NOT_STRUCTURAL: Final = frozenset({"example", "externalDocs", "$schema", "id"})
 
 
+# field.Error constructors, one definition for all of apiextensions' admission.
+_forbidden: Final = crdvalidation.forbidden
+_required: Final = crdvalidation.required
+_invalid: Final = crdvalidation.invalid
+_not_supported: Final = crdvalidation.not_supported
+
+
 def _cause(reason: str, field: str, message: str) -> dict[str, str]:
     return {"reason": reason, "field": field, "message": message}
-
-
-def _forbidden(field: str, detail: str) -> dict[str, str]:
-    return _cause("FieldValueForbidden", field, f"Forbidden: {detail}")
-
-
-def _required(field: str, detail: str) -> dict[str, str]:
-    return _cause("FieldValueRequired", field, f"Required value: {detail}")
-
-
-def _invalid(field: str, value: Any, detail: str) -> dict[str, str]:
-    return _cause("FieldValueInvalid", field, f"Invalid value: {schema.go_value(value)}: {detail}")
-
-
-def _not_supported(field: str, value: Any, supported: tuple[str, ...]) -> dict[str, str]:
-    allowed = ", ".join(json.dumps(item) for item in supported)
-    return _cause("FieldValueNotSupported", field,
-                  f"Unsupported value: {schema.go_value(value)}: supported values: {allowed}")
 
 
 def _key(path: str, name: str) -> str:
