@@ -71,11 +71,11 @@ def bench_decision() -> tuple[float, float]:
     for _ in range(15):
         g = gate.Gate(config)  # fresh buckets: every decision walks every check
         start = time.perf_counter()
-        decisions = g.triage(q, found, {}, 0.0)
+        decisions = g.triage(q, found, {}, 0.0).decisions
         per_action.append((time.perf_counter() - start) / len(decisions))
     # A single decision, measured alone, for the distribution's tail.
     one = q.pending()[:1]
-    singles = timed(lambda: gate.Gate(config).triage(one, found, {}, 0.0), repeat=5_000)
+    singles = timed(lambda: gate.Gate(config).triage(one, found, {}, 0.0).decisions, repeat=5_000)
     return statistics.median(per_action) * 1e6, _p99(singles) * 1e6
 
 
@@ -89,7 +89,7 @@ def bench_post_pause() -> tuple[float, int]:
     def release_and_triage() -> list[gate.Decision]:
         cb = breaker.BreakerMachine(spec, now=0.0)
         cb.observe(released, breaker.FleetSignals(), 1_800.0)
-        return gate.Gate().triage(q, found, {"cb": cb}, 1_800.0)
+        return gate.Gate().triage(q, found, {"cb": cb}, 1_800.0).decisions
 
     decisions = release_and_triage()
     refused = sum(d.reason is gate.Reason.POST_PAUSE_BATCH for d in decisions)

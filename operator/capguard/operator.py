@@ -23,6 +23,7 @@ from aiohttp import web
 from kopf._core.engines import peering
 
 from capguard import metrics as metrics_
+from capguard.core import engines
 from capguard.handlers import driver, reconcile, registration
 from capguard.kube import client, events, leases
 
@@ -41,7 +42,7 @@ class Options:
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 8080  # 0 picks a free port (tests)
     engine_driver: str = driver.SIMULATED
-    load_time: float = 120.0
+    load_time: float = engines.LOAD_SECONDS
     drain_time: float | None = None
     failure_rate: float = 0.0
     seed: int | None = None
@@ -165,9 +166,9 @@ def assemble(
         api=api, recorder=recorder, metrics=metrics,
         config=reconcile.Config(
             engine_driver=options.engine_driver,
-            driver_config=driver.DriverConfig(load_time=options.load_time,
-                                              drain_time=options.drain_time,
-                                              failure_rate=options.failure_rate),
+            driver_config=driver.DriverConfig(
+                engines.Timing(load=options.load_time, drain=options.drain_time),
+                failure_rate=options.failure_rate),
             guarded=not options.naive,
             interval=options.reconcile_interval,
             seed=options.seed,

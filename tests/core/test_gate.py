@@ -27,9 +27,9 @@ def test_open_breaker_holds_and_naive_release_flushes_everything() -> None:
     q.enqueue(planner.plan(found), found, 0.0)
     cb = breaker.BreakerMachine(breaker_spec(open=True), now=0.0)
     naive = gate.Gate(gate.GateConfig(guarded=False))
-    assert {d.reason for d in naive.triage(q, found, {"cb": cb}, 1.0)} == {R.BREAKER_OPEN}
+    assert {d.reason for d in naive.triage(q, found, {"cb": cb}, 1.0).decisions} == {R.BREAKER_OPEN}
     cb.observe(breaker_spec(open=False), breaker.FleetSignals(), 3600.0)
-    flushed = naive.triage(q, found, {"cb": cb}, 3600.0)
+    flushed = naive.triage(q, found, {"cb": cb}, 3600.0).decisions
     assert len(flushed) == 8 and all(d.verdict is V.EXECUTE for d in flushed)
 
 
@@ -41,7 +41,7 @@ def test_floor_holds_with_reason_floor() -> None:
     live = planned.with_model(model("m", replicas=4, minAvailable=4, maxUnavailable=4))
     decisions = gate.Gate(gate.GateConfig(fleet_max_unavailable_percent=100)).triage(
         q, live, {}, 0.0
-    )
+    ).decisions
     assert verdicts(decisions) == [("Hold", "Floor"), ("Hold", "Floor")]
     assert "floor protected" in decisions[0].message
 
@@ -54,7 +54,7 @@ def test_disruption_budget_counts_what_this_triage_takes() -> None:
     q.enqueue(planner.plan(found), found, 0.0)
     decisions = gate.Gate(gate.GateConfig(fleet_max_unavailable_percent=100)).triage(
         q, found, {}, 0.0
-    )
+    ).decisions
     assert [d.verdict for d in decisions].count(V.EXECUTE) == 3
     assert {d.reason for d in decisions if d.verdict is V.HOLD} == {R.DISRUPTION_BUDGET}
 
@@ -64,11 +64,11 @@ def test_tokens_are_spent_only_on_execute() -> None:
     q = queue.ActionQueue()
     q.enqueue(planner.plan(found), found, 0.0)
     g = gate.Gate(gate.GateConfig(fleet_max_unavailable_percent=100))
-    first = g.triage(q, found, {}, 0.0)
+    first = g.triage(q, found, {}, 0.0).decisions
     assert [d.reason for d in first].count(R.ALLOWED) == 2
     assert {d.reason for d in first if d.verdict is V.HOLD} == {R.RATE_LIMITED}
     # Ten seconds refill exactly one token (6 a minute).
-    assert [d.reason for d in g.triage(q, found, {}, 10.0)].count(R.ALLOWED) == 1
+    assert [d.reason for d in g.triage(q, found, {}, 10.0).decisions].count(R.ALLOWED) == 1
 
 
 def test_expired_and_stale_actions_are_refused() -> None:
@@ -76,9 +76,9 @@ def test_expired_and_stale_actions_are_refused() -> None:
     q = queue.ActionQueue(max_age=60.0)
     q.enqueue(planner.plan(found), found, 0.0)
     g = gate.Gate()
-    assert verdicts(g.triage(q, found, {}, 61.0)) == [("Refuse", "Expired")]
+    assert verdicts(g.triage(q, found, {}, 61.0).decisions) == [("Refuse", "Expired")]
     touched = found.bind("m-009", model="m", action_id="x", resource_version="2")
-    assert verdicts(g.triage(q, touched, {}, 1.0)) == [("Refuse", "Stale")]
+    assert verdicts(g.triage(q, touched, {}, 1.0).decisions) == [("Refuse", "Stale")]
 
 
 def test_half_open_lets_only_the_probes_through() -> None:
@@ -89,7 +89,7 @@ def test_half_open_lets_only_the_probes_through() -> None:
     assert cb.state is breaker.BreakerState.HALF_OPEN
     q.enqueue(planner.plan(found), found, 61.0)
     g = gate.Gate(gate.GateConfig(fleet_max_unavailable_percent=100))
-    decisions = g.triage(q, found, {"cb": cb}, 61.0)
+    decisions = g.triage(q, found, {"cb": cb}, 61.0).decisions
     assert sum(d.probe for d in decisions) == 2
     assert {d.reason for d in decisions if d.verdict is V.HOLD} == {R.HALF_OPEN_PROBE_LIMIT}
 
@@ -104,7 +104,7 @@ def test_post_pause_backlog_is_refused_as_one_named_batch_unless_approved() -> N
     plan = g.release_plan(q, found, cb, 1800.0)
     assert plan.guarded and plan.size == 8
     cb.observe(breaker_spec(open=False, maxPlanAge="2h"), breaker.FleetSignals(), 1800.0)
-    refused = g.triage(q, found, {"cb": cb}, 1800.0)
+    refused = g.triage(q, found, {"cb": cb}, 1800.0).decisions
     assert {(d.verdict, d.reason, d.batch) for d in refused} == {
         (V.REFUSE, R.POST_PAUSE_BATCH, plan.batch)
     }
@@ -112,7 +112,7 @@ def test_post_pause_backlog_is_refused_as_one_named_batch_unless_approved() -> N
         open=False, maxPlanAge="2h", approval={"batch": plan.batch, "approvedBy": "ana"}
     )
     cb.observe(approved, breaker.FleetSignals(), 1800.0)
-    decisions = gate.Gate().triage(q, found, {"cb": cb}, 1800.0)
+    decisions = gate.Gate().triage(q, found, {"cb": cb}, 1800.0).decisions
     assert R.POST_PAUSE_BATCH not in {d.reason for d in decisions}
     assert sum(d.verdict is V.EXECUTE for d in decisions) == 1  # still probes and budgets
 
@@ -121,7 +121,7 @@ def test_settle_keeps_only_held_actions() -> None:
     found = drain_plan(replicas=2)
     q = queue.ActionQueue()
     q.enqueue(planner.plan(found), found, 0.0)
-    decisions = gate.Gate().triage(q, found, {}, 0.0)
+    decisions = gate.Gate().triage(q, found, {}, 0.0).decisions
     gate.settle(q, decisions)
     assert len(q) == sum(d.verdict is V.HOLD for d in decisions)
 
@@ -133,9 +133,9 @@ def test_engines_of_a_deleted_model_are_drained_under_the_fleet_cap_only() -> No
     q = queue.ActionQueue()
     q.enqueue(planner.plan(orphaned), orphaned, 0.0)
     wide = gate.Gate(gate.GateConfig(fleet_max_unavailable_percent=100))
-    assert verdicts(wide.triage(q, orphaned, {}, 0.0)) == [("Execute", "Allowed")] * 2
+    assert verdicts(wide.triage(q, orphaned, {}, 0.0).decisions) == [("Execute", "Allowed")] * 2
     # The fleet-wide budget still applies: 10% of two engines lets one out at a time.
-    capped = gate.Gate().triage(q, orphaned, {}, 0.0)
+    capped = gate.Gate().triage(q, orphaned, {}, 0.0).decisions
     assert verdicts(capped) == [("Execute", "Allowed"), ("Hold", "FleetDisruptionBudget")]
 
 
@@ -146,7 +146,7 @@ def test_orphan_drains_spend_the_global_rate_limit() -> None:
     q.enqueue(planner.plan(orphaned), orphaned, 0.0)
     limit = specs.RateLimit(actions_per_minute=1.0, burst=1)
     config = gate.GateConfig(fleet_max_unavailable_percent=100, rate_limit=limit)
-    decisions = gate.Gate(config).triage(q, orphaned, {}, 0.0)
+    decisions = gate.Gate(config).triage(q, orphaned, {}, 0.0).decisions
     assert verdicts(decisions) == [("Execute", "Allowed")] + [("Hold", "RateLimited")] * 2
 
 
@@ -156,12 +156,12 @@ def test_a_breaker_selecting_every_model_also_pauses_orphan_drains() -> None:
     q = queue.ActionQueue()
     q.enqueue(planner.plan(orphaned), orphaned, 0.0)
     everything = breaker.BreakerMachine(breaker_spec("all", open=True), now=0.0)
-    assert verdicts(gate.Gate().triage(q, orphaned, {"all": everything}, 0.0)) == [
+    assert verdicts(gate.Gate().triage(q, orphaned, {"all": everything}, 0.0).decisions) == [
         ("Hold", "BreakerOpen")
     ]
     labelled = breaker_spec("chat", open=True, selector={"matchLabels": {"app": "chat"}})
     by_label = breaker.BreakerMachine(labelled, now=0.0)
-    assert verdicts(gate.Gate().triage(q, orphaned, {"chat": by_label}, 0.0)) == [
+    assert verdicts(gate.Gate().triage(q, orphaned, {"chat": by_label}, 0.0).decisions) == [
         ("Execute", "Allowed")
     ]
 
@@ -171,7 +171,7 @@ def test_an_action_touching_a_model_that_became_unreadable_is_refused_as_stale()
     q = queue.ActionQueue()
     q.enqueue(planner.plan(found), found, 0.0)
     typo = fleet.Fleet.of(engines=found.engines.values(), unreadable_models={"m"})
-    decisions = gate.Gate().triage(q, typo, {}, 1.0)
+    decisions = gate.Gate().triage(q, typo, {}, 1.0).decisions
     assert verdicts(decisions) == [("Refuse", "Stale")]
     assert "invalid spec" in decisions[0].message
 
@@ -183,6 +183,6 @@ def test_a_plan_made_at_the_release_instant_is_not_part_of_the_backlog() -> None
     cb.observe(breaker_spec(open=False, maxPlanAge="2h"), breaker.FleetSignals(), 1800.0)
     q = queue.ActionQueue(max_age=7200.0)
     q.enqueue(planner.plan(found), found, 1800.0)  # re-planned from the fresh view
-    decisions = gate.Gate().triage(q, found, {"cb": cb}, 1800.0)
+    decisions = gate.Gate().triage(q, found, {"cb": cb}, 1800.0).decisions
     assert R.POST_PAUSE_BATCH not in {d.reason for d in decisions}
     assert sum(d.probe for d in decisions) == 1  # HalfOpen probes still bound it

@@ -137,6 +137,17 @@ def test_bounded_rate_and_half_open_probes(
 
 
 @EXAMPLES
+@given(world_.runs)
+def test_every_probe_slot_taken_is_tracked(
+    run: tuple[world_.Shape, list[world_.Event], list[bool]],
+) -> None:
+    """#4: a probe slot a breaker counts as taken belongs to an action whose outcome the
+    pipeline waits for (a slot nobody settles or gives back holds the breaker for good)."""
+    for record in play(run).triages:
+        assert record.probes_counted == record.probes_tracked, record.now
+
+
+@EXAMPLES
 @given(
     rate=st.sampled_from([0.5, 1.0, 6.0, 30.0]),
     burst=st.integers(1, 4),
@@ -154,7 +165,7 @@ def test_bounded_rate_token_buckets(rate: float, burst: int, steps: list[float])
     for step in steps:
         now += step
         q.enqueue(planner.plan(found), found, now)
-        decisions = g.triage(q, found, {}, now)
+        decisions = g.triage(q, found, {}, now).decisions
         for d in decisions:
             if d.verdict is V.EXECUTE:
                 found = found.bind(
@@ -306,17 +317,19 @@ def test_restart_safe(run: tuple[world_.Shape, list[world_.Event], list[bool]]) 
         q.enqueue(planner.plan(stale_view), stale_view, now)
         q.enqueue(planner.plan(played.fleet), played.fleet, now)
         machine = copy.deepcopy(played.machine)
-        decisions.append(gate.Gate(played.config).triage(q, played.fleet, {"cb": machine}, now))
+        triage = gate.Gate(played.config).triage(q, played.fleet, {"cb": machine}, now)
+        decisions.append(triage.decisions)
     assert decisions[0] == decisions[1]
     old = played.machine
     restored = world_.restored(old, spec=old.spec, now=now)
-    kept = ["state", "since", "reason", "last_pause_seconds", "refused"]
+    kept = ["state", "since", "reason", "refused"]
     if old.state is not breaker.BreakerState.CLOSED:  # a closed pause is over: nothing to keep
         kept += ["opened_at"]
     if old.state is breaker.BreakerState.HALF_OPEN:  # the release and probes of this pause
-        kept += ["released_at", "probes_succeeded"]
+        kept += ["released_at", "last_pause_seconds", "probes_succeeded"]
     assert [getattr(restored, k) for k in kept] == [getattr(old, k) for k in kept]
-    assert restored.seconds_in_state(now + 60) == pytest.approx(old.seconds_in_state(now + 60))
+    later = restored.seconds_in_state(now + 60)
+    assert later == pytest.approx(old.seconds_in_state(now + 60), abs=0.1)  # status rounds
     for decision in decisions[0]:
         live = played.fleet.engines[decision.action.intent.engine]
         if live.last_action_id == decision.action.id:
@@ -329,7 +342,7 @@ def test_an_action_recorded_on_the_engine_is_not_executed_again() -> None:
     q = queue.ActionQueue()
     (action,) = q.enqueue(planner.plan(found), found, 0.0)
     written = dataclasses.replace(found.engines[action.intent.engine], last_action_id=action.id)
-    decisions = gate.Gate().triage(q, found.with_engine(written), {}, 1.0)
+    decisions = gate.Gate().triage(q, found.with_engine(written), {}, 1.0).decisions
     assert [d.reason for d in decisions] == [gate.Reason.ALREADY_EXECUTED]
 
 
@@ -348,7 +361,7 @@ def test_naive_release_breaks_the_floor_guarded_does_not() -> None:
         cb = breaker.BreakerMachine(spec, now=0.0)
         cb.observe(dataclasses.replace(spec, open=False), breaker.FleetSignals(), 1_800.0)
         config = gate.GateConfig(guarded=guarded)
-        decisions = gate.Gate(config).triage(q, live, {"cb": cb}, 1_800.0)
+        decisions = gate.Gate(config).triage(q, live, {"cb": cb}, 1_800.0).decisions
         after = live
         for d in decisions:
             if d.verdict is V.EXECUTE:

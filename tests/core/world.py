@@ -1,8 +1,10 @@
-"""A small world for property tests: a fleet, engine physics, a breaker and the core.
+"""A small world for property tests: a fleet, engine physics, and the core's pipeline.
 
-Not the simulator (that is ``capguard.sim``): just enough physics to let hypothesis
-attack the core with pauses, demand changes, failures, stale views and restarts, and
-a record of every triage so each invariant test can check its own property.
+Not the simulator (that is ``capguard.sim``): just enough of a cluster to let hypothesis
+attack the code users run (`capguard.core.pipeline`, the step the operator and the
+simulator run; `capguard.core.engines`, the phase machine of every driver) with pauses,
+demand changes, failures, stale views and restarts, and a record of every triage so
+each invariant test can check its own property.
 """
 
 from __future__ import annotations
@@ -12,10 +14,9 @@ from collections.abc import Sequence
 
 from hypothesis import strategies as st
 
-from capguard.core import breaker, clock, drift, fleet, gate, planner, queue, specs
+from capguard.core import breaker, clock, engines, fleet, gate, pipeline, queue, specs
 
-LOAD_SECONDS = 120.0
-DRAIN_SECONDS = 30.0
+TIMING = engines.Timing(load=120.0, drain=30.0, repair=600.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,21 +94,16 @@ Event = Tick | Plan | Look | Demand | Revise | Delete | Garble | Fail | Trip | A
 
 
 @dataclasses.dataclass(frozen=True)
-class BreakerBefore:
-    state: breaker.BreakerState
-    probe_slots: int
-    released_at: float | None
-    last_pause_seconds: float
-
-
-@dataclasses.dataclass(frozen=True)
 class Triage:
     now: float
     before: fleet.Fleet
     after: fleet.Fleet
     decisions: tuple[gate.Decision, ...]
-    breaker: BreakerBefore
+    breaker: breaker.Snapshot  # as the gate saw it
     config: gate.GateConfig
+    # Probe slots each breaker counts as taken, and the probes the pipeline tracks.
+    probes_counted: dict[str, int]
+    probes_tracked: dict[str, int]
 
 
 shapes = st.builds(
@@ -154,17 +150,27 @@ class World:
         self.config = gate.GateConfig(guarded=guarded, fleet_max_unavailable_percent=50)
         self.fleet = _initial_fleet(shape)
         self.view = self.fleet
-        self.queue = queue.ActionQueue()
-        self.gate = gate.Gate(self.config)
-        self.machine = breaker.BreakerMachine(self.fleet.breakers["cb"], now=self.clock.now())
-        self.tracker = drift.SignalTracker()
+        self.pipeline = pipeline.Pipeline(pipeline.Config(gate=self.config))
+        self.saved: dict[str, dict[str, object]] = {}  # each breaker's status as written
+        self._available: frozenset[str] = frozenset()  # Available=True in status (restarts)
         self.triages: list[Triage] = []
-        self.epochs: list[int] = []  # which gate (restarts counted) made each triage
+        self.epochs: list[int] = []  # which pipeline (restarts counted) made each triage
         self._epoch = 0
         self.executed_ids: list[str] = []
         self.outcomes: list[bool] = []
         self._revision = 1
         self._garbled: dict[str, specs.ModelSpec] = {}  # the spec a typo hides, to restore
+
+    @property
+    def queue(self) -> queue.ActionQueue:
+        return self.pipeline.queue
+
+    @property
+    def machine(self) -> breaker.BreakerMachine:
+        """The breaker's machine (as a restart would restore it, before the first step)."""
+        found = self.pipeline.machines.get("cb")
+        spec = self.fleet.breakers["cb"]
+        return found or breaker.restore(spec, self.saved.get("cb", {}), now=self.clock.now())
 
     def run(self, script: Sequence[Event], *, outcomes: Sequence[bool] = ()) -> World:
         self.outcomes = list(outcomes)
@@ -179,8 +185,7 @@ class World:
             case Plan(from_stale_view):
                 # A stale view: engines as last looked at, desired capacity as it is now.
                 seen = dataclasses.replace(self.fleet, engines=self.view.engines)
-                seen = seen if from_stale_view else self.fleet
-                self.queue.enqueue(planner.plan(seen), seen, self.clock.now())
+                self.step(plan=True, view=seen if from_stale_view else None)
             case Look():
                 self.view = self.fleet
             case Demand(index, replicas):
@@ -206,45 +211,50 @@ class World:
         self.clock.advance(seconds)
         now = self.clock.now()
         for engine in list(self.fleet.engines.values()):
-            moved = _physics(engine, now=now, revisions=self.fleet.models)
+            moved = _drive(engine, now=now)
             if moved is not engine:
                 self.fleet = self.fleet.with_engine(moved)
-        spec = self.fleet.breakers["cb"]
-        self.tracker.observe(drift.measure(self.fleet, self.queue, now), now=now)
-        signals = self.tracker.signals(breaker=spec, models=self.fleet.models, now=now)
-        self.machine.observe(spec, signals, now)
-        self.triage()
+        self.step(plan=False)
 
-    def triage(self) -> Triage:
+    def step(self, *, plan: bool, view: fleet.Fleet | None = None) -> Triage:
+        """One pipeline step on the world as it is now; the world executes its writes."""
         now = self.clock.now()
         before = self.fleet
-        state = BreakerBefore(
-            self.machine.state,
-            self.machine.probe_slots(),
-            self.machine.released_at,
-            self.machine.last_pause_seconds,
+        observed = pipeline.Observed(
+            before,
+            saved_breakers=self.saved,
+            available_models=self._available,
+            plan=plan,
+            view=view,
         )
-        decisions = self.gate.triage(self.queue, before, {"cb": self.machine}, now)
-        for decision in decisions:
-            if decision.verdict is gate.Verdict.EXECUTE:
-                self._execute(decision)
-        gate.settle(self.queue, decisions)
-        record = Triage(now, before, self.fleet, tuple(decisions), state, self.config)
+        result = self.pipeline.step(observed, now)
+        self._available = frozenset()
+        for execution in result.executions:
+            self._execute(execution)
+        self.saved = {n: breaker.saved_status(b, now=now) for n, b in result.breakers.items()}
+        record = Triage(
+            now,
+            before,
+            self.fleet,
+            result.decisions,
+            result.judged_by["cb"],
+            self.config,
+            {n: m.probes_in_flight for n, m in self.pipeline.machines.items()},
+            {n: self.pipeline.probes_in_flight(n) for n in self.pipeline.machines},
+        )
         self.triages.append(record)
         self.epochs.append(self._epoch)
         return record
 
     def restart(self) -> None:
         """Everything in memory is lost; the breaker comes back from its status."""
-        self.queue = queue.ActionQueue()
-        self.gate = gate.Gate(self.config)
-        self._epoch += 1
-        self.machine = restored(self.machine, spec=self.fleet.breakers["cb"], now=self.clock.now())
         # Models said Available in status stay established; drift clocks start over.
-        self.tracker = drift.SignalTracker(established=set(self.tracker.established))
+        self._available = frozenset(self.pipeline.signals.established)
+        self.pipeline = pipeline.Pipeline(self.pipeline.config)
+        self._epoch += 1
 
-    def _execute(self, decision: gate.Decision) -> None:
-        action = decision.action
+    def _execute(self, execution: pipeline.Execution) -> None:
+        action = execution.action
         self.executed_ids.append(action.id)
         engine = self.fleet.engines[action.intent.engine]
         self.fleet = self.fleet.bind(
@@ -253,9 +263,13 @@ class World:
             action_id=action.id,
             resource_version=_bump(engine.resource_version),
         )
-        if decision.probe:
-            success = self.outcomes.pop(0) if self.outcomes else True
-            self.machine.record_probe(success, self.clock.now())
+        success = self.outcomes.pop(0) if execution.probes and self.outcomes else True
+        if not success:  # the probe's engine fails: the next step sees it and reopens
+            bound = self.fleet.engines[engine.name]
+            self.fleet = self.fleet.with_engine(
+                engines.fail(bound, now=self.clock.now(), resource_version=_bump(
+                    bound.resource_version))
+            )
 
     def _set_model(self, index: int, **changes: object) -> None:
         names = sorted(self.fleet.models)
@@ -291,16 +305,15 @@ class World:
     def _fail(self, index: int) -> None:
         names = sorted(self.fleet.engines)
         engine = self.fleet.engines[names[index % len(names)]]
-        failed = dataclasses.replace(
-            engine,
-            phase=specs.Phase.FAILED,
-            since=self.clock.now(),
-            resource_version=_bump(engine.resource_version),
+        failed = engines.fail(
+            engine, now=self.clock.now(), resource_version=_bump(engine.resource_version)
         )
         self.fleet = self.fleet.with_engine(failed)
 
     def _approve(self) -> None:
-        plan = self.gate.release_plan(self.queue, self.fleet, self.machine, self.clock.now())
+        plan = self.pipeline.gate.release_plan(
+            self.queue, self.fleet, self.machine, self.clock.now()
+        )
         approval = specs.Approval(plan.batch, "second-person")
         spec = dataclasses.replace(self.fleet.breakers["cb"], approval=approval)
         self.fleet = self.fleet.with_breaker(spec)
@@ -310,18 +323,7 @@ def restored(
     old: breaker.BreakerMachine, *, spec: specs.BreakerSpec, now: float
 ) -> breaker.BreakerMachine:
     """The machine a restarted operator rebuilds from what the old one wrote in status."""
-    return breaker.BreakerMachine.restore(
-        spec,
-        now=now,
-        state=old.state,
-        since=old.since,
-        reason=old.reason,
-        opened_at=old.opened_at,
-        last_pause_seconds=old.last_pause_seconds,
-        seconds_in_state=old.seconds_in_state(now),
-        probes_succeeded=old.probes_succeeded,
-        refused=old.refused,
-    )
+    return breaker.restore(spec, breaker.saved_status(old.snapshot(now), now=now), now=now)
 
 
 def _initial_fleet(shape: Shape) -> fleet.Fleet:
@@ -378,36 +380,12 @@ def _bump(resource_version: str) -> str:
     return str(int(resource_version) + 1)
 
 
-def _physics(
-    engine: specs.Engine, *, now: float, revisions: dict[str, specs.ModelSpec] | object
-) -> specs.Engine:
-    """One step of the engine driver: Idle -> Loading -> Serving -> Draining -> Idle."""
-    elapsed = now - (engine.since or 0.0)
-    bound = engine.spec.model_ref
-    P = specs.Phase
-    nxt: tuple[specs.Phase, str | None] | None = None
-    if engine.phase is P.FAILED:
-        nxt = (P.IDLE, None) if bound is None and elapsed >= DRAIN_SECONDS else None
-    elif engine.phase is P.SERVING and (
-        bound != engine.model or engine.spec.revision != engine.revision
-    ):
-        nxt = (P.DRAINING, engine.model)
-    elif engine.phase is P.DRAINING and elapsed >= DRAIN_SECONDS:
-        nxt = (P.LOADING, bound) if bound else (P.IDLE, None)
-    elif engine.phase is P.IDLE and bound:
-        nxt = (P.LOADING, bound)
-    elif engine.phase is P.LOADING and bound != engine.model:
-        nxt = (P.LOADING, bound) if bound else (P.IDLE, None)
-    elif engine.phase is P.LOADING and elapsed >= LOAD_SECONDS:
-        nxt = (P.SERVING, bound)
-    if nxt is None:
-        return engine
-    phase, model = nxt
-    return dataclasses.replace(
-        engine,
-        phase=phase,
-        model=model,
-        revision=engine.spec.revision if phase is not P.IDLE else None,
-        since=now,
-        resource_version=_bump(engine.resource_version),
-    )
+def _drive(engine: specs.Engine, *, now: float) -> specs.Engine:
+    """The engine driver: the core's phase machine, every move due at ``now``."""
+    for _ in range(engines.MAX_MOVES_AT_ONCE):
+        move = engines.step(engine, timing=TIMING, now=now).transition
+        if move is None:
+            break
+        engine = engines.moved(engine, move, now=now, resource_version=_bump(
+            engine.resource_version))
+    return engine

@@ -115,3 +115,34 @@ def test_a_release_after_a_long_pause_refuses_the_batch_and_recovers_within_the_
     conditions = kube.get("cb", "maint")["status"].get("conditions") or []
     refused_condition = harness.condition(kube.get("cb", "maint"), "BatchRefused")
     assert refused_condition is not None and refused_condition["status"] == "True", conditions
+
+
+def test_an_orphan_drain_probes_a_half_open_breaker_and_it_closes(
+    kube: harness.Kubectl, operators: Operators,
+) -> None:
+    """A breaker over every model governs the drain of a deleted model's engines too: the
+    drain is its one HalfOpen probe, the probe's outcome is recorded, and it closes. (A
+    second copy of the governing rule in the operator once lost that probe: the slot stayed
+    taken and the breaker held everything it governs, for good.)"""
+    kube.apply(*harness.engines("e", 3), harness.model("chat", replicas=2),
+               harness.model("code", replicas=1),
+               harness.breaker("all", pause_threshold="10m", half_open_probes=1))
+    operators.start()
+    harness.wait_serving(kube, {"chat": 2, "code": 1})
+    orphan = next(e["metadata"]["name"] for e in kube.items("ie")
+                  if e["spec"].get("modelRef") == "code")
+    _trip(kube, "all")
+    kube.run("delete", "mc", "code")
+
+    def held() -> bool:
+        return bool(kube.get("cb", "all")["status"].get("heldActions", 0) >= 1)
+
+    harness.wait_until(held, timeout=10, what="the orphan drain held by the open breaker")
+    assert kube.get("ie", orphan)["spec"].get("modelRef") == "code"
+    kube.patch("cb", "all", {"spec": {"open": False}})
+    harness.wait_until(lambda: _breaker_state(kube, "all") == "Closed", timeout=20,
+                       what="breaker Closed after its orphan-drain probe")
+    engine = kube.get("ie", orphan)
+    assert engine["spec"].get("modelRef") is None and engine["status"]["phase"] == "Idle"
+    assert kube.events(reason="BreakerClosed", name="all")
+    assert harness.serving(kube, "chat") == 2

@@ -6,7 +6,7 @@ import datetime
 
 import pytest
 
-from capguard.core import breaker, drift, planner, specs
+from capguard.core import breaker, drift, engines, pipeline, planner, specs
 from capguard.core import fleet as fleet_
 from capguard.core import queue as queue_
 from capguard.handlers import driver, index, reconcile, records
@@ -77,7 +77,7 @@ def _engine(phase: specs.Phase, *, since: float | None = T0, bound: str | None =
                         phase=phase, model=model, since=since, resource_version="7")
 
 
-CONFIG = driver.DriverConfig(load_time=10.0, drain_time=2.0)
+CONFIG = driver.DriverConfig(engines.Timing(load=10.0, drain=2.0))
 
 
 @pytest.mark.parametrize(("engine", "now", "phase"), [
@@ -100,15 +100,15 @@ def test_the_driver_waits_for_a_load_and_may_fail_it() -> None:
     loading = _engine(specs.Phase.LOADING)
     waiting = driver.transition(loading, config=CONFIG, now=T0 + 3, roll=lambda: 0.0)
     assert waiting.transition is None and waiting.due == T0 + 10
-    config = driver.DriverConfig(load_time=10.0, failure_rate=0.5)
+    config = driver.DriverConfig(engines.Timing(load=10.0), failure_rate=0.5)
     failed = driver.transition(loading, config=config, now=T0 + 10, roll=lambda: 0.1)
     assert failed.transition is not None and failed.transition.phase is specs.Phase.FAILED
     steady = driver.transition(_engine(specs.Phase.SERVING), config=CONFIG, now=T0, roll=float)
-    assert steady == driver.Step(None, None)
+    assert steady == engines.Step(None, None)
 
 
 def test_a_driver_write_carries_the_resource_version_it_saw() -> None:
-    step = driver.Transition(specs.Phase.SERVING, "chat", None, "serving chat")
+    step = engines.Transition(specs.Phase.SERVING, "chat", None, "serving chat")
     patch = driver.status_patch(step, engine=_engine(specs.Phase.LOADING), generation=4,
                                 existing_conditions=None, now=T0)
     assert patch["metadata"] == {"resourceVersion": "7"}
@@ -228,13 +228,13 @@ def test_a_restarted_operator_continues_the_pause_its_status_describes() -> None
                        "refusedActions": 4}}
     record = records.breaker_record(body)
     assert record.value is not None
-    machine = reconcile.restore_machine(record, record.value, now=now)
+    machine = breaker.restore(record.value, record.status, now=now)
     assert machine.state is breaker.BreakerState.OPEN
     assert machine.reason is breaker.TripReason.PROBE_FAILED
     assert machine.opened_at == T0 and machine.refused == 4
     assert machine.seconds_in_state(now)[breaker.BreakerState.OPEN] == 350.0 + 150.0
-    written = status_.breaker_status(record=record, machine=machine, plan=None, refused=None,
-                                     now=now)
+    written = status_.breaker_status(record=record, snapshot=machine.snapshot(now), plan=None,
+                                     refused=None, now=now)
     assert written["pausedSince"] == status_.timestamp(T0)
 
 
@@ -266,8 +266,8 @@ def test_every_model_an_open_breaker_governs_is_held_whatever_the_pass_decided()
     closed = {"pause": breaker.BreakerMachine(pause, now=T0)}
     opened = {"pause": breaker.BreakerMachine(pause, now=T0, state=breaker.BreakerState.OPEN,
                                               since=T0)}
-    assert reconcile._held_by_open_breakers(fleet, machines=closed) == {}
-    assert reconcile._held_by_open_breakers(fleet, machines=opened) == {
+    assert pipeline.held_by_open_breakers(fleet, machines=closed) == {}
+    assert pipeline.held_by_open_breakers(fleet, machines=opened) == {
         "chat": "breaker pause is Open"}
 
 

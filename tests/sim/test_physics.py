@@ -33,9 +33,10 @@ def test_a_bound_idle_engine_loads_for_the_load_time_then_serves() -> None:
     stamp = Versions()
     loading = step(idle(model_ref="m"), 0.0, stamp)
     assert (loading.engine.phase, loading.engine.model) == (specs.Phase.LOADING, "m")
-    assert 90.0 <= loading.phase_ends_at <= 110.0
-    assert step(loading, loading.phase_ends_at - 1, stamp) is loading  # nothing due yet
-    serving = step(loading, loading.phase_ends_at, stamp)
+    assert 90.0 <= loading.load_seconds <= 110.0
+    ends_at = loading.engine.since + loading.load_seconds
+    assert step(loading, ends_at - 1, stamp) is loading  # nothing due yet
+    serving = step(loading, ends_at, stamp)
     assert serving.engine.serves("m")
 
 
@@ -63,7 +64,7 @@ def test_every_status_change_is_a_new_resource_version() -> None:
 def test_a_failed_engine_is_repaired_idle_and_reloads_if_still_bound() -> None:
     stamp = Versions()
     serving = step(step(idle(model_ref="m"), 0.0, stamp), 200.0, stamp)
-    failed = physics.fail(serving, now=300.0, physics=PHYSICS, stamp=stamp)
+    failed = physics.fail(serving, now=300.0, stamp=stamp)
     assert failed.engine.phase is specs.Phase.FAILED
     back = step(failed, 300.0 + PHYSICS.repair_seconds, stamp)
     assert back.engine.phase is specs.Phase.LOADING

@@ -8,12 +8,13 @@ state, held and refused actions, and probe results, for status and metrics.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import enum
 from collections.abc import Mapping
-from typing import Final
+from typing import Any, Final
 
-from capguard.core import specs
+from capguard.core import clock, specs
 
 # A failure rate over two outcomes says little; below this many we never trip on it.
 MIN_OUTCOMES_FOR_RATE: Final = 5
@@ -131,12 +132,19 @@ class BreakerMachine:
             if trip is not None:
                 self._open(trip, now=now)
 
-    def record_probe(self, success: bool, now: float) -> None:
-        """The outcome of an executed action; in HalfOpen it decides open or closed."""
+    def record_outcome(self, success: bool, now: float) -> None:
+        """How an executed action ended: what `maxActionFailureRate` is measured on."""
         self._outcomes.append((now, success))
+
+    def record_probe(self, success: bool, now: float) -> None:
+        """The outcome of an action executed as a probe; in HalfOpen it decides the state.
+
+        The probe's slot is free again whatever the state now: a probe that outlives its
+        HalfOpen (tripped meanwhile) holds its slot into the next one until it ends."""
+        self.record_outcome(success, now)
+        self.probes_in_flight = max(0, self.probes_in_flight - 1)
         if self.state is not BreakerState.HALF_OPEN:
             return
-        self.probes_in_flight = max(0, self.probes_in_flight - 1)
         if not success:
             self._open(TripReason.PROBE_FAILED, now=now)
             return
@@ -162,6 +170,24 @@ class BreakerMachine:
         """Held is what waits now (a gauge); refused accumulates (a counter)."""
         self.held = held
         self.refused += refused
+
+    def snapshot(self, now: float) -> Snapshot:
+        return Snapshot(
+            name=self.name,
+            generation=self.spec.generation,
+            state=self.state,
+            since=self.since,
+            reason=self.reason,
+            opened_at=self.opened_at,
+            released_at=self.released_at,
+            last_pause_seconds=self.last_pause_seconds,
+            probes_in_flight=self.probes_in_flight,
+            probes_succeeded=self.probes_succeeded,
+            probe_slots=self.probe_slots(),
+            held=self.held,
+            refused=self.refused,
+            seconds_in_state=self.seconds_in_state(now),
+        )
 
     def seconds_in_state(self, now: float) -> dict[BreakerState, float]:
         spent = dict(self._seconds)
@@ -205,7 +231,6 @@ class BreakerMachine:
     def _release(self, now: float) -> None:
         self.released_at = now
         self.last_pause_seconds = now - (self.opened_at if self.opened_at is not None else now)
-        self.probes_in_flight = 0
         self.probes_succeeded = 0
         self._move(BreakerState.HALF_OPEN, now=now)
 
@@ -215,3 +240,83 @@ class BreakerMachine:
         self.since = now
         if state is BreakerState.CLOSED:
             self.opened_at = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """A machine at one moment, as a value: for status, metrics and tests."""
+
+    name: str
+    generation: int
+    state: BreakerState
+    since: float
+    reason: TripReason | None
+    opened_at: float | None
+    released_at: float | None
+    last_pause_seconds: float
+    probes_in_flight: int
+    probes_succeeded: int
+    probe_slots: int
+    held: int
+    refused: int
+    seconds_in_state: Mapping[BreakerState, float]
+
+
+# -- the status format: what is written to a CircuitBreaker's status and read back -----
+
+
+def saved_status(snapshot: Snapshot, *, now: float) -> dict[str, Any]:
+    """The machine's part of `status`: everything a restarted operator restores it from."""
+    return {
+        "state": snapshot.state.value,
+        "since": clock.timestamp(snapshot.since),
+        "reason": snapshot.reason.value if snapshot.reason else "",
+        "heldActions": snapshot.held,
+        "refusedActions": snapshot.refused,
+        "probesSucceeded": snapshot.probes_succeeded,
+        "secondsInState": {s.value: round(v, 1) for s, v in snapshot.seconds_in_state.items()},
+        "secondsInStateAt": clock.precise_timestamp(now),
+        # Where the current pause began (None: the merge patch removes it).
+        "pausedSince": None if snapshot.opened_at is None else clock.timestamp(snapshot.opened_at),
+    }
+
+
+def saved_state(status: Mapping[str, Any]) -> BreakerState | None:
+    """The state `status` shows (what `kubectl get cb` showed), None when it shows none."""
+    try:
+        return BreakerState(status.get("state"))
+    except ValueError:
+        return None
+
+
+def restore(spec: specs.BreakerSpec, status: Mapping[str, Any], *, now: float) -> BreakerMachine:
+    """A machine as `saved_status` left it: a restart keeps the pause and its length."""
+    state = saved_state(status)
+    if state is None:
+        return BreakerMachine(spec, now=now)
+    reason = None
+    with contextlib.suppress(ValueError):
+        reason = TripReason(status.get("reason"))
+    return BreakerMachine.restore(
+        spec,
+        now=now,
+        state=state,
+        since=clock.parse_timestamp(status.get("since")) or now,
+        reason=reason,
+        opened_at=clock.parse_timestamp(status.get("pausedSince")),
+        seconds_in_state=_seconds_in_state(status),
+        reported_at=clock.parse_timestamp(status.get("secondsInStateAt")),
+        probes_succeeded=int(status.get("probesSucceeded") or 0),
+        refused=int(status.get("refusedActions") or 0),
+    )
+
+
+def _seconds_in_state(status: Mapping[str, Any]) -> dict[BreakerState, float] | None:
+    saved = status.get("secondsInState")
+    if not isinstance(saved, Mapping):
+        return None
+    return {
+        state: float(value)
+        for state in BreakerState
+        if isinstance(value := saved.get(state.value), int | float)
+    }

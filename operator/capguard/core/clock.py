@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 from typing import Protocol
 
 
@@ -26,3 +27,27 @@ class FakeClock:
             raise ValueError(f"a clock cannot go back (advance by {seconds})")
         self.t += seconds
         return self.t
+
+
+# -- time as written in status (metav1.Time) ------------------------------------------
+
+
+def timestamp(epoch: float) -> str:
+    """RFC 3339 in UTC with whole seconds (metav1.Time)."""
+    moment = datetime.datetime.fromtimestamp(epoch, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def precise_timestamp(epoch: float) -> str:
+    """RFC 3339 with fractions: phase timing in compressed demos needs sub-second `since`."""
+    moment = datetime.datetime.fromtimestamp(epoch, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_timestamp(text: object) -> float | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None

@@ -152,7 +152,11 @@ class Fleet:
         return sum(1 for e in self.engines.values() if _out_of_service(e))
 
     def breakers_for(self, model: str) -> tuple[specs.BreakerSpec, ...]:
-        return self._breakers_by_model.get(model, ())
+        """The breakers governing ``model``; a name no model has is a departed one."""
+        found = self._breakers_by_model.get(model)
+        if found is None:
+            found = tuple(b for _, b in sorted(self.breakers.items()) if b.governs(None))
+        return found
 
     @functools.cached_property
     def _breakers_by_model(self) -> dict[str, tuple[specs.BreakerSpec, ...]]:

@@ -4,6 +4,11 @@
 action executed earlier in the same triage counts against the budgets and the floor
 of every later one. Checks run cheapest first and refusals before holds: a refused
 action leaves the queue, a held one waits for the next triage.
+
+The gate reads the breaker machines and changes none of them: what a triage means for
+them (probe slots taken, actions held and refused, a refused post-pause batch) comes
+back in its `Triage`, for `capguard.core.pipeline` to apply. Its own memory is the
+token buckets of the rate limits.
 """
 
 from __future__ import annotations
@@ -49,7 +54,14 @@ class Decision:
     reason: Reason
     message: str = ""
     batch: str | None = None  # the refused (or approved) post-pause batch it belongs to
-    probe: bool = False  # executed under HalfOpen: its outcome goes to record_probe
+    # The breakers governing the action (either side of the move), by name.
+    breakers: tuple[str, ...] = ()
+    # Executed under these HalfOpen breakers: it took a probe slot of each.
+    probes: tuple[str, ...] = ()
+
+    @property
+    def probe(self) -> bool:
+        return bool(self.probes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +94,16 @@ class RefusedBatch:
     size: int
     oldest_plan_age: float
     time: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Triage:
+    """One triage's decisions and what they mean for each breaker."""
+
+    decisions: tuple[Decision, ...]
+    refused_batches: Mapping[str, RefusedBatch]  # breaker -> the backlog refused now
+    held: Mapping[str, int]  # breaker -> actions it governs that wait
+    refused: Mapping[str, int]  # breaker -> actions it governs refused now
 
 
 @dataclasses.dataclass
@@ -139,7 +161,6 @@ class Gate:
     def __init__(self, config: GateConfig | None = None) -> None:
         self.config = config or GateConfig()
         self._buckets: dict[str, TokenBucket] = {}
-        self.last_refused_batches: dict[str, RefusedBatch] = {}
 
     def triage(
         self,
@@ -147,22 +168,25 @@ class Gate:
         fleet: fleet_.Fleet,
         breakers: Mapping[str, breaker_.BreakerMachine],
         now: float,
-    ) -> list[Decision]:
+    ) -> Triage:
         pending = queue.pending() if isinstance(queue, queue_.ActionQueue) else list(queue)
         actions = sorted(pending, key=lambda a: _order(a, fleet=fleet))
-        governing = _Governing(fleet=fleet, breakers=breakers)
+        governing = _Governing(breakers=breakers, fleet=fleet)
+        refused_batches: dict[str, RefusedBatch] = {}
         if not self.config.guarded:
             decisions = [_naive(a, governing=governing) for a in actions]
         else:
-            batches = self._post_pause_batches(actions, governing=governing, now=now)
+            batches = _post_pause_batches(
+                actions, governing=governing, now=now, refused=refused_batches
+            )
             tally = _Tally(fleet=fleet, fleet_cap=self._fleet_cap(fleet))
             tally.probe_slots = {n: m.probe_slots() for n, m in breakers.items()}
             decisions = [
                 self._decide(a, tally=tally, governing=governing, batches=batches, now=now)
                 for a in actions
             ]
-        _count(decisions, governing=governing, breakers=breakers)
-        return decisions
+        held, refused = _count(decisions, breakers=breakers)
+        return Triage(tuple(decisions), refused_batches, held, refused)
 
     def release_plan(
         self,
@@ -173,7 +197,7 @@ class Gate:
     ) -> ReleasePlan:
         """What a release now would face; publish ``batch`` so a person can approve it."""
         pending = queue.pending() if isinstance(queue, queue_.ActionQueue) else list(queue)
-        governing = _Governing(fleet=fleet, breakers={breaker.name: breaker})
+        governing = _Governing(breakers={breaker.name: breaker}, fleet=fleet)
         backlog = tuple(a for a in pending if governing.of(a) and a.planned_at <= now)
         return ReleasePlan(
             breaker=breaker.name,
@@ -191,14 +215,16 @@ class Gate:
         batches: Mapping[str, str],
         now: float,
     ) -> Decision:
+        machines = governing.of(action)
+        names = tuple(m.name for m in machines)
         batch = batches.get(action.id)
         if batch is not None:
             message = f"refused with post-pause batch {batch}; the planner re-plans from now"
-            return Decision(action, Verdict.REFUSE, Reason.POST_PAUSE_BATCH, message, batch)
+            reason = Reason.POST_PAUSE_BATCH
+            return Decision(action, Verdict.REFUSE, reason, message, batch, names)
         refusal = _refusal(action, fleet=tally.fleet, now=now)
         if refusal is not None:
-            return Decision(action, Verdict.REFUSE, refusal[0], refusal[1])
-        machines = governing.of(action)
+            return Decision(action, Verdict.REFUSE, refusal[0], refusal[1], None, names)
         hold = _breaker_hold(machines, tally=tally)
         engine = tally.fleet.engines[action.intent.engine]
         takes = action.intent.from_model is not None and engine.serves(action.intent.from_model)
@@ -206,29 +232,11 @@ class Gate:
             hold = _capacity_hold(action, engine=engine, tally=tally)
             hold = hold or self._rate_hold(action, tally=tally, machines=machines, now=now)
         if hold is not None:
-            return Decision(action, Verdict.HOLD, hold[0], hold[1])
-        probe = self._execute(
+            return Decision(action, Verdict.HOLD, hold[0], hold[1], None, names)
+        probes = self._execute(
             action, engine=engine, takes=takes, tally=tally, machines=machines, now=now
         )
-        return Decision(action, Verdict.EXECUTE, Reason.ALLOWED, "", None, probe)
-
-    def _post_pause_batches(
-        self, actions: Sequence[queue_.Action], *, governing: _Governing, now: float
-    ) -> dict[str, str]:
-        """Action id -> batch, for every backlog the post-pause guard refuses as a whole."""
-        refused: dict[str, str] = {}
-        for machine in governing.breakers.values():
-            backlog = _backlog_after_pause(machine, actions=actions, governing=governing)
-            if len(backlog) <= machine.spec.max_batch_after_pause:
-                continue
-            batch = batch_id(backlog)
-            approval = machine.spec.approval
-            if approval is not None and approval.batch == batch:
-                continue  # a person approved exactly this work; it still meets every other check
-            oldest = max(a.age(now) for a in backlog)
-            self.last_refused_batches[machine.name] = RefusedBatch(batch, len(backlog), oldest, now)
-            refused.update((a.id, batch) for a in backlog)
-        return refused
+        return Decision(action, Verdict.EXECUTE, Reason.ALLOWED, "", None, names, probes)
 
     def _rate_hold(
         self,
@@ -277,8 +285,9 @@ class Gate:
         tally: _Tally,
         machines: Sequence[breaker_.BreakerMachine],
         now: float,
-    ) -> bool:
-        """Count an executed action against everything later in this triage."""
+    ) -> tuple[str, ...]:
+        """Count an executed action against everything later in this triage; the HalfOpen
+        breakers whose probe slot it takes."""
         intent = action.intent
         if takes:
             assert intent.from_model is not None
@@ -294,13 +303,10 @@ class Gate:
         if intent.model is not None and intent.model != intent.from_model:
             _add(tally.extra_unavailable, intent.model)  # it loads before it serves
             tally.extra_out_of_service += 0 if takes else 1
-        probe = False
-        for machine in machines:
-            if machine.state is breaker_.BreakerState.HALF_OPEN:
-                tally.probe_slots[machine.name] -= 1
-                machine.start_probe()
-                probe = True
-        return probe
+        probes = tuple(m.name for m in machines if m.state is breaker_.BreakerState.HALF_OPEN)
+        for name in probes:
+            tally.probe_slots[name] -= 1
+        return probes
 
     def _fleet_cap(self, fleet: fleet_.Fleet) -> int:
         share = self.config.fleet_max_unavailable_percent * len(fleet.engines) / 100
@@ -308,10 +314,13 @@ class Gate:
 
 
 class _Governing:
-    """Which breakers govern an action (either side of the move), cached per triage."""
+    """Which breakers govern an action (either side of the move), cached per triage.
+
+    The rule itself is `specs.BreakerSpec.governs`; this only remembers its answers.
+    """
 
     def __init__(
-        self, *, fleet: fleet_.Fleet, breakers: Mapping[str, breaker_.BreakerMachine]
+        self, *, breakers: Mapping[str, breaker_.BreakerMachine], fleet: fleet_.Fleet
     ) -> None:
         self.fleet = fleet
         self.breakers = breakers
@@ -330,12 +339,7 @@ class _Governing:
         found = self._by_model.get(name)
         if found is None:
             model = self.fleet.models.get(name) if name else None
-            # A departed model (an orphan drain) is judged as unlabelled: a breaker that
-            # selects every model still pauses it; one that selects by label cannot tell.
-            labels = model.labels if model is not None else {}
-            found = tuple(
-                m for _, m in sorted(self.breakers.items()) if m.spec.selector.matches(labels)
-            )
+            found = tuple(m for _, m in sorted(self.breakers.items()) if m.spec.governs(model))
             self._by_model[name] = found
         return found
 
@@ -349,9 +353,35 @@ def _order(action: queue_.Action, *, fleet: fleet_.Fleet) -> tuple[int, int, flo
 
 
 def _naive(action: queue_.Action, *, governing: _Governing) -> Decision:
-    if any(m.state is breaker_.BreakerState.OPEN for m in governing.of(action)):
-        return Decision(action, Verdict.HOLD, Reason.BREAKER_OPEN, "breaker open")
-    return Decision(action, Verdict.EXECUTE, Reason.ALLOWED)
+    machines = governing.of(action)
+    names = tuple(m.name for m in machines)
+    if any(m.state is breaker_.BreakerState.OPEN for m in machines):
+        return Decision(action, Verdict.HOLD, Reason.BREAKER_OPEN, "breaker open", None, names)
+    return Decision(action, Verdict.EXECUTE, Reason.ALLOWED, "", None, names)
+
+
+def _post_pause_batches(
+    actions: Sequence[queue_.Action],
+    *,
+    governing: _Governing,
+    now: float,
+    refused: dict[str, RefusedBatch],
+) -> dict[str, str]:
+    """Action id -> batch, for every backlog the post-pause guard refuses as a whole
+    (each refused backlog goes into ``refused`` under its breaker's name)."""
+    batches: dict[str, str] = {}
+    for machine in governing.breakers.values():
+        backlog = _backlog_after_pause(machine, actions=actions, governing=governing)
+        if len(backlog) <= machine.spec.max_batch_after_pause:
+            continue
+        batch = batch_id(backlog)
+        approval = machine.spec.approval
+        if approval is not None and approval.batch == batch:
+            continue  # a person approved exactly this work; it still meets every other check
+        oldest = max(a.age(now) for a in backlog)
+        refused[machine.name] = RefusedBatch(batch, len(backlog), oldest, now)
+        batches.update((a.id, batch) for a in backlog)
+    return batches
 
 
 def _backlog_after_pause(
@@ -466,18 +496,15 @@ def _add(counts: dict[str, int], key: str) -> None:
 
 
 def _count(
-    decisions: Sequence[Decision],
-    *,
-    governing: _Governing,
-    breakers: Mapping[str, breaker_.BreakerMachine],
-) -> None:
+    decisions: Sequence[Decision], *, breakers: Mapping[str, breaker_.BreakerMachine]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """(held, refused) actions per breaker that governs them."""
     held = dict.fromkeys(breakers, 0)
     refused = dict.fromkeys(breakers, 0)
     for decision in decisions:
         if decision.verdict is Verdict.EXECUTE:
             continue
         counter = held if decision.verdict is Verdict.HOLD else refused
-        for machine in governing.of(decision.action):
-            counter[machine.name] += 1
-    for name, machine in breakers.items():
-        machine.count(held=held[name], refused=refused[name])
+        for name in decision.breakers:
+            counter[name] += 1
+    return held, refused

@@ -200,8 +200,15 @@ class BreakerSpec:
     generation: int = 0
     namespace: str = "default"
 
-    def governs(self, model: ModelSpec) -> bool:
-        return self.selector.matches(model.labels)
+    def governs(self, model: ModelSpec | None) -> bool:
+        """The one governing rule: whether this breaker pauses actions for ``model``.
+
+        An action is governed by every breaker that governs either side of its move.
+        ``None`` is a departed model (the engines of a deleted ModelCapacity, drained as
+        orphans): it is judged as unlabelled, so a breaker that selects every model still
+        pauses it, and one that selects by label cannot tell.
+        """
+        return self.selector.matches(model.labels if model is not None else {})
 
 
 def parse_duration(text: str) -> float:

@@ -1,21 +1,21 @@
-"""The simulated engine driver: moves engines through their phases by writing /status.
+"""The simulated engine driver: runs the core's engine phase machine, writing /status.
 
-    Idle -> Loading(model) -> Serving -> Draining -> Idle,   Loading -> Failed -> Idle
-
-It is level-triggered like everything else: each pass compares an engine's spec with
-its status and the time already spent in the phase (`status.since`, on the object, so a
-restarted operator picks up a half-finished load where it was). `transition` is pure;
-the reconcile loop writes what it returns, with the engine's resourceVersion.
+`capguard.core.engines` decides every move (the simulator and the property tests run
+the same machine); this module only says how a move is written: a /status merge patch
+carrying the resourceVersion the move was decided from, and a seeded die for loads
+that fail.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
-from capguard.core import specs
+from capguard.core import engines, specs
+from capguard.core import fleet as fleet_
+from capguard.handlers import records, writer
 from capguard.handlers import status as status_
 
 SIMULATED: Final = "simulated"
@@ -25,86 +25,21 @@ DRIVERS: Final = (SIMULATED, NONE)
 
 @dataclasses.dataclass(frozen=True)
 class DriverConfig:
-    load_time: float = 120.0
-    drain_time: float | None = None  # default: a quarter of the load time
+    timing: engines.Timing = dataclasses.field(default_factory=engines.Timing)
     failure_rate: float = 0.0
-    repair_time: float | None = None  # a failed engine is back to Idle after this; default load
-
-    @property
-    def draining(self) -> float:
-        return self.drain_time if self.drain_time is not None else self.load_time / 4
-
-    @property
-    def repairing(self) -> float:
-        return self.repair_time if self.repair_time is not None else self.load_time
-
-
-@dataclasses.dataclass(frozen=True)
-class Transition:
-    phase: specs.Phase
-    model: str | None
-    revision: str | None
-    message: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Step:
-    """What the driver does for one engine now: a transition, and/or when to look again."""
-
-    transition: Transition | None
-    due: float | None  # absolute time the current phase ends; None when it waits on spec
 
 
 def transition(
     engine: specs.Engine, *, config: DriverConfig, now: float, roll: Callable[[], float]
-) -> Step:
-    bound = engine.spec.model_ref
-    phase = engine.phase
-    since = engine.since
-    if since is None:
-        # Never driven: whatever a half-written status says, it starts from Idle.
-        phase = specs.Phase.IDLE
-    if phase is specs.Phase.IDLE:
-        if bound:
-            return Step(Transition(specs.Phase.LOADING, bound, engine.spec.revision,
-                                   f"loading {bound}"), None)
-        if since is None:
-            return Step(Transition(specs.Phase.IDLE, None, None, "engine registered"), None)
-        return Step(None, None)
-    assert since is not None  # an undriven engine was handled as Idle above
-    if phase is specs.Phase.LOADING:
-        if bound != engine.model or engine.spec.revision != engine.revision:
-            # Rebound mid-load: the old model loses the engine now (as the simulator does).
-            return Step(Transition(specs.Phase.DRAINING, engine.model, engine.revision,
-                                   f"load of {engine.model} abandoned: rebound"), None)
-        due = since + config.load_time
-        if now < due:
-            return Step(None, due)
-        if roll() < config.failure_rate:
-            return Step(Transition(specs.Phase.FAILED, engine.model, engine.revision,
-                                   f"failed to load {engine.model}"), None)
-        return Step(Transition(specs.Phase.SERVING, engine.model, engine.revision,
-                               f"serving {engine.model}"), None)
-    if phase is specs.Phase.SERVING:
-        if bound != engine.model or engine.spec.revision != engine.revision:
-            return Step(Transition(specs.Phase.DRAINING, engine.model, engine.revision,
-                                   f"draining {engine.model}"), None)
-        return Step(None, None)
-    if phase is specs.Phase.DRAINING:
-        due = since + config.draining
-        if now < due:
-            return Step(None, due)
-        return Step(Transition(specs.Phase.IDLE, None, None, f"drained {engine.model}"), None)
-    # FAILED: repaired after a while, then loads again if it is still bound.
-    due = since + config.repairing
-    if now < due:
-        return Step(None, due)
-    return Step(Transition(specs.Phase.IDLE, None, None, "repaired"), None)
+) -> engines.Step:
+    """The machine's next move for ``engine``; a finished load fails on a roll under the rate."""
+    return engines.step(engine, timing=config.timing, now=now,
+                        load_fails=lambda: roll() < config.failure_rate)
 
 
 def status_patch(
-    step: Transition, *, engine: specs.Engine, generation: int, existing_conditions: object,
-    now: float,
+    step: engines.Transition, *, engine: specs.Engine, generation: int,
+    existing_conditions: object, now: float,
 ) -> dict[str, Any]:
     """The /status merge patch for a transition (with the engine's resourceVersion)."""
     serving = step.phase is specs.Phase.SERVING
@@ -123,6 +58,62 @@ def status_patch(
                 existing_conditions, [ready], generation=generation, now=now),
         },
     }
+
+
+Patch = tuple[str, dict[str, Any]]  # engine name, /status merge patch
+
+
+@dataclasses.dataclass(frozen=True)
+class Writes:
+    """One pass's engine status writes."""
+
+    recording: tuple[Patch, ...]  # this pass's actions (with a phase move, if one is due)
+    others: tuple[Patch, ...]  # phase moves, then first-seen engines and generation notes
+    next_due: float | None  # the earliest end of a timed phase
+
+
+def writes(
+    fleet: fleet_.Fleet, *, found: Iterable[records.EngineRecord],
+    executed: Mapping[str, writer.Executed], config: DriverConfig | None, now: float,
+    roll: Callable[[], float],
+) -> Writes:
+    """Move engines one phase on (with ``config``: the simulated driver), recording this
+    pass's actions in the same status write; with no driver, only the actions."""
+    by_name = {r.meta.name: r for r in found} if config is not None else {}
+    recording: list[Patch] = []
+    moves: list[Patch] = []
+    notes: list[Patch] = []
+    next_due: float | None = None
+    for name, engine in fleet.engines.items() if config is not None else ():
+        record = by_name.get(name)
+        if record is None:
+            continue
+        assert config is not None
+        step = transition(engine, config=config, now=now, roll=roll)
+        if step.due is not None:
+            next_due = min(step.due, next_due or step.due)
+        if step.transition is None:
+            if record.status.get("observedGeneration") not in (None, record.meta.generation):
+                # A spec change with no phase change (a cordon, say): say it was seen.
+                notes.append((name, {"status": {"observedGeneration": record.meta.generation}}))
+            continue
+        done = executed.get(name)
+        patch = status_patch(
+            step.transition, engine=engine,
+            generation=done.generation if done else record.meta.generation,
+            existing_conditions=record.status.get("conditions"), now=now)
+        if done is not None:
+            patch["status"]["lastAction"] = done.last_action
+            recording.append((name, patch))
+        elif engine.since is None:
+            notes.append((name, patch))  # first seen: it is Idle whether we say so or not
+        else:
+            moves.append((name, patch))
+    recorded = {name for name, _ in recording}
+    for name, done in executed.items():
+        if name not in recorded:  # no phase change now: record the action on its own
+            recording.append((name, {"status": {"lastAction": done.last_action}}))
+    return Writes(tuple(recording), tuple(moves + notes), next_due)
 
 
 def make_roll(seed: int | None) -> Callable[[], float]:

@@ -8,11 +8,10 @@ condition's status flips, and every condition carries the generation it describe
 from __future__ import annotations
 
 import dataclasses
-import datetime
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
-from capguard.core import breaker, drift, gate, specs
+from capguard.core import breaker, clock, drift, gate, specs
 from capguard.core import fleet as fleet_
 from capguard.handlers import records
 
@@ -35,25 +34,10 @@ class Condition:
 VALID: Final = Condition("Valid", TRUE, "SpecValid", "")
 
 
-def timestamp(epoch: float) -> str:
-    """RFC 3339 in UTC with whole seconds (metav1.Time)."""
-    moment = datetime.datetime.fromtimestamp(epoch, datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def precise_timestamp(epoch: float) -> str:
-    """RFC 3339 with fractions: phase timing in compressed demos needs sub-second `since`."""
-    moment = datetime.datetime.fromtimestamp(epoch, datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_timestamp(text: object) -> float | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return datetime.datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        return None
+# Time as status writes it: one definition, in the core (the breaker status format uses it).
+timestamp = clock.timestamp
+precise_timestamp = clock.precise_timestamp
+parse_timestamp = clock.parse_timestamp
 
 
 def merge_conditions(
@@ -85,15 +69,6 @@ def condition_since(status: Mapping[str, Any], kind: str) -> float | None:
         if isinstance(c, Mapping) and c.get("type") == kind and c.get("status") == TRUE:
             return parse_timestamp(c.get("lastTransitionTime"))
     return None
-
-
-def seconds_in_state(status: Mapping[str, Any]) -> dict[breaker.BreakerState, float] | None:
-    """`secondsInState` as written, keyed by state (None when there is none to restore)."""
-    saved = status.get("secondsInState")
-    if not isinstance(saved, Mapping):
-        return None
-    return {state: float(value) for state in breaker.BreakerState
-            if isinstance(value := saved.get(state.value), int | float)}
 
 
 def selector_string(selector: specs.LabelSelector) -> str:
@@ -189,26 +164,27 @@ RELEASE_PLAN_SHOWN: Final = 50  # actions listed in status.releasePlan; `size` h
 
 
 def batch_refused_condition(
-    machine: breaker.BreakerMachine, refused: gate.RefusedBatch | None
+    snapshot: breaker.Snapshot, refused: gate.RefusedBatch | None
 ) -> Condition:
     """True when the last release met the post-pause guard: its backlog was refused."""
-    released = machine.released_at
+    released = snapshot.released_at
     if refused is not None and released is not None and refused.time >= released:
         return Condition("BatchRefused", TRUE, "PostPauseBatch",
                          f"batch {refused.batch} of {refused.size} actions refused after a "
-                         f"{machine.last_pause_seconds:.0f}s pause; re-planned from the cluster")
+                         f"{snapshot.last_pause_seconds:.0f}s pause; re-planned from the cluster")
     return Condition("BatchRefused", FALSE, "NoRefusal", "the last release ran its backlog")
 
 
 def breaker_status(
-    *, record: records.BreakerRecord, machine: breaker.BreakerMachine,
+    *, record: records.BreakerRecord, snapshot: breaker.Snapshot,
     plan: gate.ReleasePlan | None, refused: gate.RefusedBatch | None, now: float,
 ) -> dict[str, Any]:
-    spec = machine.spec
-    paused = machine.state is not breaker.BreakerState.CLOSED
-    why = machine.reason.value if machine.reason else ""
-    if machine.state is breaker.BreakerState.HALF_OPEN:
-        paused_reason, message = "Probing", f"{machine.probes_succeeded} probes succeeded"
+    """The machine's saved fields (`breaker.saved_status`, read back on a restart), with
+    the conditions, the release plan and the last refused batch around them."""
+    paused = snapshot.state is not breaker.BreakerState.CLOSED
+    why = snapshot.reason.value if snapshot.reason else ""
+    if snapshot.state is breaker.BreakerState.HALF_OPEN:
+        paused_reason, message = "Probing", f"{snapshot.probes_succeeded} probes succeeded"
     elif paused:
         paused_reason, message = why or "Open", "capacity operations are held"
     else:
@@ -216,20 +192,11 @@ def breaker_status(
     conditions = [
         VALID,
         Condition("Paused", TRUE if paused else FALSE, paused_reason, message),
-        batch_refused_condition(machine, refused),
+        batch_refused_condition(snapshot, refused),
     ]
     wanted: dict[str, Any] = {
-        "state": machine.state.value,
-        "since": timestamp(machine.since),
-        "reason": why,
-        "heldActions": machine.held,
-        "refusedActions": machine.refused,
-        "probesSucceeded": machine.probes_succeeded,
-        "secondsInState": {s.value: round(v, 1) for s, v in machine.seconds_in_state(now).items()},
-        "secondsInStateAt": precise_timestamp(now),
-        # What a restart restores the pause from (None: the merge patch removes it).
-        "pausedSince": None if machine.opened_at is None else timestamp(machine.opened_at),
-        "observedGeneration": spec.generation,
+        **breaker.saved_status(snapshot, now=now),
+        "observedGeneration": snapshot.generation,
         "releasePlan": None if plan is None else {
             "batch": plan.batch, "size": plan.size,
             "actions": [{"engine": a.intent.engine, "type": a.intent.kind.value,
@@ -237,7 +204,8 @@ def breaker_status(
                         for a in plan.actions[:RELEASE_PLAN_SHOWN]],
         },
         "conditions": merge_conditions(
-            record.status.get("conditions"), conditions, generation=spec.generation, now=now),
+            record.status.get("conditions"), conditions, generation=snapshot.generation,
+            now=now),
     }
     if refused is not None:
         wanted["lastRefusedBatch"] = {

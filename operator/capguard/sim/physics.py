@@ -1,29 +1,26 @@
-"""Engine physics: how an engine moves through its phases on the simulator's clock.
+"""Engine physics: the core's engine phase machine on the simulator's clock.
 
-This plays the engine driver: it reads an engine's spec (``modelRef``, ``revision``)
-and moves its status towards it, Idle -> Loading -> Serving, and Serving -> Draining ->
-Idle when the spec asks for something else. Every status change is a write, so it
+This plays the engine driver with `capguard.core.engines` (the machine the operator's
+simulated driver runs too): it reads an engine's spec (``modelRef``, ``revision``) and
+moves its status towards it. What the simulator adds is chance: each load takes its
+own time, drawn when it starts, and may fail. Every status change is a write, so it
 gets a new resourceVersion: a plan made before the change is stale afterwards.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 from collections.abc import Callable
-from typing import Final
 
-from capguard.core import specs
-
-NEVER: Final = math.inf
+from capguard.core import engines, specs
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Physics:
     """How long things take and how often they go wrong, in virtual seconds."""
 
-    load_seconds: float = 120.0
+    load_seconds: float = engines.LOAD_SECONDS
     # A load takes load_seconds * (1 +- load_jitter), drawn uniformly from the seeded RNG.
     load_jitter: float = 0.1
     drain_seconds: float = 15.0
@@ -35,18 +32,15 @@ class Physics:
 
 @dataclasses.dataclass(frozen=True)
 class SimEngine:
-    """An engine as the API server holds it, plus when its current phase ends."""
+    """An engine as the API server holds it, plus how long its current load takes."""
 
     engine: specs.Engine
-    phase_ends_at: float = NEVER
+    load_seconds: float = engines.LOAD_SECONDS
 
-
-@dataclasses.dataclass(frozen=True)
-class _Move:
-    phase: specs.Phase
-    model: str | None
-    revision: str | None
-    ends_at: float
+    def timing(self, physics: Physics) -> engines.Timing:
+        return engines.Timing(
+            load=self.load_seconds, drain=physics.drain_seconds, repair=physics.repair_seconds
+        )
 
 
 def advance(
@@ -58,67 +52,31 @@ def advance(
     stamp: Callable[[], str],
 ) -> SimEngine:
     """Every transition due at ``now`` (a drain may end and a load start in one tick)."""
-    for _ in range(4):  # at most Draining -> Idle -> Loading; the bound keeps a bug finite
-        move = _next_move(current, now=now, physics=physics, rng=rng)
+
+    def load_fails() -> bool:
+        rate = physics.load_failure_rate
+        return rate > 0 and rng.random() < rate
+
+    for _ in range(engines.MAX_MOVES_AT_ONCE):  # the bound keeps a bug finite
+        move = engines.step(
+            current.engine, timing=current.timing(physics), now=now, load_fails=load_fails
+        ).transition
         if move is None:
             return current
-        current = _apply(current, move=move, now=now, stamp=stamp)
+        load = current.load_seconds
+        if move.phase is specs.Phase.LOADING:
+            load = load_time(physics=physics, rng=rng)  # drawn as the load starts
+        engine = engines.moved(current.engine, move, now=now, resource_version=stamp())
+        current = SimEngine(engine, load)
     return current
 
 
-def fail(
-    current: SimEngine, *, now: float, physics: Physics, stamp: Callable[[], str]
-) -> SimEngine:
+def fail(current: SimEngine, *, now: float, stamp: Callable[[], str]) -> SimEngine:
     """A hardware or process failure: the engine stops serving until repaired."""
-    e = current.engine
-    move = _Move(specs.Phase.FAILED, e.model, e.revision, now + physics.repair_seconds)
-    return _apply(current, move=move, now=now, stamp=stamp)
+    return dataclasses.replace(
+        current, engine=engines.fail(current.engine, now=now, resource_version=stamp())
+    )
 
 
 def load_time(*, physics: Physics, rng: random.Random) -> float:
     return physics.load_seconds * (1 + rng.uniform(-physics.load_jitter, physics.load_jitter))
-
-
-def _next_move(
-    current: SimEngine, *, now: float, physics: Physics, rng: random.Random
-) -> _Move | None:
-    e = current.engine
-    wanted = (e.spec.model_ref, e.spec.revision)
-    busy_with_other = (
-        e.phase in (specs.Phase.SERVING, specs.Phase.LOADING)
-        and (
-            e.model,
-            e.revision,
-        )
-        != wanted
-    )
-    if busy_with_other:
-        # The driver reacts to a new binding at once: the old model loses the engine now.
-        return _Move(specs.Phase.DRAINING, e.model, e.revision, now + physics.drain_seconds)
-    if e.phase is specs.Phase.IDLE:
-        if not e.spec.model_ref:
-            return None
-        ends = now + load_time(physics=physics, rng=rng)
-        return _Move(specs.Phase.LOADING, e.spec.model_ref, e.spec.revision, ends)
-    if now < current.phase_ends_at:
-        return None
-    if e.phase in (specs.Phase.DRAINING, specs.Phase.FAILED):
-        return _Move(specs.Phase.IDLE, None, None, NEVER)
-    if e.phase is specs.Phase.LOADING:
-        failed = physics.load_failure_rate > 0 and rng.random() < physics.load_failure_rate
-        if failed:
-            return _Move(specs.Phase.FAILED, e.model, e.revision, now + physics.repair_seconds)
-        return _Move(specs.Phase.SERVING, e.model, e.revision, NEVER)
-    return None
-
-
-def _apply(current: SimEngine, *, move: _Move, now: float, stamp: Callable[[], str]) -> SimEngine:
-    engine = dataclasses.replace(
-        current.engine,
-        phase=move.phase,
-        model=move.model,
-        revision=move.revision,
-        since=now,
-        resource_version=stamp(),
-    )
-    return SimEngine(engine, move.ends_at)

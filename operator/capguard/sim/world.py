@@ -96,6 +96,7 @@ class World:
             case scenarios_.Breaker(open=is_open):
                 self.breaker_open = is_open
                 self.breaker = specs.parse_breaker(self._breaker_body())
+                self._fleet = None
             case scenarios_.Refresh(model=model):
                 self._revisions[model] = self._revisions.get(model, 1) + 1
                 self._set_model(model, revision=f"r{self._revisions[model]}")
@@ -113,9 +114,7 @@ class World:
             n for n, e in sorted(self.engines.items()) if e.engine.phase is specs.Phase.SERVING
         ]
         for name in self.rng.sample(serving, k=min(count, len(serving))):
-            failed = physics_.fail(
-                self.engines[name], now=now, physics=self.scenario.physics, stamp=self.stamp
-            )
+            failed = physics_.fail(self.engines[name], now=now, stamp=self.stamp)
             self._put(failed)
 
     def _set_model(self, name: str, **changes: object) -> None:

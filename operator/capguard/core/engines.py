@@ -1,0 +1,139 @@
+"""The engine phase machine: how an engine moves towards what its spec asks, in time.
+
+    Idle -> Loading(model) -> Serving -> Draining -> Idle,   Loading -> Failed -> Idle
+
+One machine for every driver of engines: the operator's simulated driver writes what
+it returns to /status, the simulator and the property tests' world apply it to their
+values. It is level-triggered and since-based: an engine's spec, its phase and the time
+already spent in that phase (`status.since`) say everything, so a restarted driver
+picks up a half-finished load where it was. `step` is pure; randomness (a load that
+fails) comes in as a function the caller owns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Final
+
+from capguard.core import specs
+
+LOAD_SECONDS: Final = 120.0  # the one default load time (the operator's flag and the sim's)
+# Draining -> Idle -> Loading is the longest run of moves one moment allows.
+MAX_MOVES_AT_ONCE: Final = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """How long the timed phases last, in seconds."""
+
+    load: float = LOAD_SECONDS
+    drain: float | None = None  # default: a quarter of the load time
+    repair: float | None = None  # a Failed engine is back to Idle after this; default: load
+
+    @property
+    def draining(self) -> float:
+        return self.drain if self.drain is not None else self.load / 4
+
+    @property
+    def repairing(self) -> float:
+        return self.repair if self.repair is not None else self.load
+
+
+@dataclasses.dataclass(frozen=True)
+class Transition:
+    phase: specs.Phase
+    model: str | None
+    revision: str | None
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """What happens to one engine now: a transition, and/or when to look again."""
+
+    transition: Transition | None
+    due: float | None  # absolute time the current phase ends; None when it waits on spec
+
+
+def never_fails() -> bool:
+    return False
+
+
+def step(
+    engine: specs.Engine,
+    *,
+    timing: Timing,
+    now: float,
+    load_fails: Callable[[], bool] = never_fails,
+) -> Step:
+    """The next move of ``engine`` at ``now``; ``load_fails`` is asked once per finished load."""
+    bound = engine.spec.model_ref
+    phase = engine.phase
+    since = engine.since
+    if since is None:
+        phase = specs.Phase.IDLE  # never driven: whatever a half-written status says
+    if phase is specs.Phase.IDLE:
+        if bound:
+            return Step(
+                Transition(specs.Phase.LOADING, bound, engine.spec.revision, f"loading {bound}"),
+                None,
+            )
+        if since is None:
+            return Step(Transition(specs.Phase.IDLE, None, None, "engine registered"), None)
+        return Step(None, None)
+    assert since is not None  # an undriven engine was handled as Idle above
+    rebound = bound != engine.model or engine.spec.revision != engine.revision
+    if phase is specs.Phase.LOADING:
+        if rebound:
+            # The model it was loading loses the engine now.
+            message = f"load of {engine.model} abandoned: rebound"
+            return Step(
+                Transition(specs.Phase.DRAINING, engine.model, engine.revision, message), None
+            )
+        due = since + timing.load
+        if now < due:
+            return Step(None, due)
+        if load_fails():
+            message = f"failed to load {engine.model}"
+            failed = Transition(specs.Phase.FAILED, engine.model, engine.revision, message)
+            return Step(failed, None)
+        message = f"serving {engine.model}"
+        return Step(Transition(specs.Phase.SERVING, engine.model, engine.revision, message), None)
+    if phase is specs.Phase.SERVING:
+        if rebound:
+            message = f"draining {engine.model}"
+            return Step(
+                Transition(specs.Phase.DRAINING, engine.model, engine.revision, message), None
+            )
+        return Step(None, None)
+    if phase is specs.Phase.DRAINING:
+        due = since + timing.draining
+        if now < due:
+            return Step(None, due)
+        return Step(Transition(specs.Phase.IDLE, None, None, f"drained {engine.model}"), None)
+    # FAILED: repaired after a while, then loads again if it is still bound.
+    due = since + timing.repairing
+    if now < due:
+        return Step(None, due)
+    return Step(Transition(specs.Phase.IDLE, None, None, "repaired"), None)
+
+
+def moved(
+    engine: specs.Engine, transition: Transition, *, now: float, resource_version: str
+) -> specs.Engine:
+    """The engine after ``transition`` was written at ``now``."""
+    return dataclasses.replace(
+        engine,
+        phase=transition.phase,
+        model=transition.model,
+        revision=transition.revision,
+        since=now,
+        resource_version=resource_version,
+    )
+
+
+def fail(engine: specs.Engine, *, now: float, resource_version: str) -> specs.Engine:
+    """A hardware or process failure: the engine stops serving until repaired."""
+    failure = Transition(specs.Phase.FAILED, engine.model, engine.revision, "engine failed")
+    return moved(engine, failure, now=now, resource_version=resource_version)
