@@ -18,13 +18,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "operator" / "capguard"
 # wing -> the other capguard wings it may import
 ALLOWED: dict[str, set[str]] = {
     "core": set(),
+    "defaults": {"core"},
     "sim": {"core"},
     "localcluster": set(),
-    "kube": {"core", "metrics"},
+    "kube": {"core", "defaults", "metrics"},
     "metrics": set(),
-    "handlers": {"core", "kube", "metrics"},
-    "operator": {"core", "kube", "handlers", "metrics"},
-    "demo": {"core", "sim", "kube", "localcluster", "metrics"},
+    "handlers": {"core", "defaults", "kube", "metrics"},
+    "operator": {"core", "defaults", "kube", "handlers", "metrics"},
+    "demo": {"core", "defaults", "sim", "kube", "localcluster", "metrics"},
     "status": {"core", "kube"},
 }
 
@@ -90,3 +91,56 @@ def test_core_has_no_io_or_wall_clock(path: Path) -> None:
 def test_the_contract_checker_catches_an_upward_import() -> None:
     tree = ast.parse("from capguard.handlers import engines\nimport capguard.kube.api\n")
     assert _capguard_imports(tree) == {"handlers", "kube"}
+
+
+# -- one pipeline: the composition, the phase machine and the governing rule live in core
+
+# Calls that compose a pass or decide for a breaker: only `capguard.core` makes them.
+COMPOSING_CALLS = {
+    "triage", "enqueue", "release_plan", "settle", "record_probe", "record_outcome",
+    "start_probe", "cancel_probe", "governs", "breakers_for",
+}
+# Modules that drive the core from outside: the operator, the simulator, the test world.
+DRIVERS = [p for p in PACKAGE.rglob("*.py") if _wing(p) not in {"core", "localcluster"}]
+DRIVERS.append(PACKAGE.parents[1] / "tests" / "core" / "world.py")
+
+
+def _composing_calls(tree: ast.AST) -> set[str]:
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            name = node.func.attr
+            owner = node.func.value
+            if name in COMPOSING_CALLS:
+                found.add(name)
+            elif name == "plan" and isinstance(owner, ast.Name) and owner.id == "planner":
+                found.add("planner.plan")
+            elif name in {"step", "Transition"} and isinstance(owner, ast.Name) and (
+                owner.id == "engines"
+            ):
+                found.add(f"engines.{name}")
+    return found
+
+
+@pytest.mark.parametrize("path", sorted(DRIVERS), ids=lambda p: p.name)
+def test_only_the_core_composes_a_pass(path: Path) -> None:
+    """The pass (`pipeline.Pipeline.step`) and the governing rule (`BreakerSpec.governs`)
+    are the core's; a driver of the core runs them and never re-composes them."""
+    calls = _composing_calls(ast.parse(path.read_text(), filename=str(path)))
+    calls -= {"engines.step"}  # running the phase machine is what drivers do
+    assert not calls, f"{path.name} composes what capguard.core.pipeline composes: {calls}"
+
+
+def test_the_phase_machine_is_run_not_rewritten() -> None:
+    """Every driver of engines moves them with `capguard.core.engines.step`."""
+    for relative in ("handlers/driver.py", "sim/physics.py", "../../tests/core/world.py"):
+        path = (PACKAGE / relative).resolve()
+        calls = _composing_calls(ast.parse(path.read_text(), filename=str(path)))
+        assert "engines.step" in calls, path.name
+        assert "engines.Transition" not in calls, f"{path.name} builds its own transitions"
+
+
+def test_the_composition_checker_catches_a_second_copy() -> None:
+    tree = ast.parse("decisions = self.gate.triage(q, fleet, machines, now)\n"
+                     "intents = planner.plan(view)\nm.record_probe(True, now)\n")
+    assert _composing_calls(tree) == {"triage", "planner.plan", "record_probe"}

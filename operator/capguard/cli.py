@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 import capguard
+from capguard import defaults
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -128,13 +129,14 @@ def _duration(_: click.Context, param: click.Parameter, value: str | None) -> fl
               help="Watch this namespace (repeatable). Default: all namespaces.")
 @click.option("--kubeconfig", type=click.Path(dir_okay=False), default=None,
               help="Kubeconfig file. Default: KUBECONFIG, ~/.kube/config, or in-cluster.")
-@click.option("--metrics-port", type=int, default=8080, show_default=True,
+@click.option("--metrics-port", type=int, default=defaults.METRICS_PORT, show_default=True,
               help="Port of the Prometheus /metrics endpoint (every replica serves it).")
-@click.option("--metrics-host", default="0.0.0.0", show_default=True)
-@click.option("--driver", "engine_driver", type=click.Choice(["simulated", "none"]),
-              default="simulated", show_default=True,
+@click.option("--metrics-host", default=defaults.METRICS_HOST, show_default=True)
+@click.option("--driver", "engine_driver", type=click.Choice(defaults.DRIVERS),
+              default=defaults.DRIVER, show_default=True,
               help="Who moves engines through their phases: simulated, or an external agent.")
-@click.option("--load-time", default="120s", show_default=True, callback=_duration,
+@click.option("--load-time", default=defaults.seconds(defaults.LOAD_TIME), show_default=True,
+              callback=_duration,
               help="Simulated driver: time to load a model.")
 @click.option("--drain-time", default=None, callback=_duration,
               help="Simulated driver: time to drain. Default: a quarter of --load-time.")
@@ -146,19 +148,23 @@ def _duration(_: click.Context, param: click.Parameter, value: str | None) -> fl
 @click.option("--lease-namespace", default=None,
               help="Namespace of the Lease. Default: POD_NAMESPACE, the pod's, or the first "
                    "--namespace, else default.")
-@click.option("--lease-duration", default="15s", show_default=True, callback=_duration)
-@click.option("--lease-renew", default="5s", show_default=True, callback=_duration)
+@click.option("--lease-duration", default=defaults.seconds(defaults.LEASE_DURATION),
+              show_default=True, callback=_duration)
+@click.option("--lease-renew", default=defaults.seconds(defaults.LEASE_RENEW), show_default=True,
+              callback=_duration)
 @click.option("--identity", default=None, help="This replica's name in the Lease and to "
               "Kopf. Default: POD_NAME, else hostname-pid.")
 @click.option("--naive", is_flag=True,
               help="Be the incident's capacity manager: the guard off (only an Open breaker "
               "holds), plans built on a cached view while Open, writes without a "
               "resourceVersion precondition.")
-@click.option("--reconcile-interval", default="1s", show_default=True, callback=_duration,
+@click.option("--reconcile-interval", default=defaults.seconds(defaults.RECONCILE_INTERVAL),
+              show_default=True, callback=_duration,
               help="Longest time between reconcile passes (changes trigger one sooner).")
 @click.option("--liveness", default=None, metavar="URL",
               help="Kopf's liveness endpoint, e.g. http://0.0.0.0:8081/healthz.")
-@click.option("--connection-limit", type=int, default=32, show_default=True,
+@click.option("--connection-limit", type=int, default=defaults.CONNECTION_LIMIT,
+              show_default=True,
               help="Most HTTP connections to the API server at once.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def run(**flags: Any) -> None:

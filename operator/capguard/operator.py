@@ -22,6 +22,7 @@ import kopf
 from aiohttp import web
 from kopf._core.engines import peering
 
+from capguard import defaults
 from capguard import metrics as metrics_
 from capguard.core import engines
 from capguard.handlers import driver, reconcile, registration
@@ -39,10 +40,10 @@ SERVICE_ACCOUNT_NAMESPACE: Final = "/var/run/secrets/kubernetes.io/serviceaccoun
 class Options:
     namespaces: tuple[str, ...] = ()  # empty: every namespace
     kubeconfig: str | None = None  # else KUBECONFIG, ~/.kube/config or the service account
-    metrics_host: str = "0.0.0.0"
-    metrics_port: int = 8080  # 0 picks a free port (tests)
-    engine_driver: str = driver.SIMULATED
-    load_time: float = engines.LOAD_SECONDS
+    metrics_host: str = defaults.METRICS_HOST
+    metrics_port: int = defaults.METRICS_PORT  # 0 picks a free port (tests)
+    engine_driver: str = defaults.DRIVER
+    load_time: float = defaults.LOAD_TIME
     drain_time: float | None = None
     failure_rate: float = 0.0
     seed: int | None = None
@@ -52,7 +53,7 @@ class Options:
     lease_renew: float = leases.DEFAULT_RENEW
     identity: str = dataclasses.field(default_factory=lambda: default_identity())
     naive: bool = False
-    reconcile_interval: float = 1.0
+    reconcile_interval: float = defaults.RECONCILE_INTERVAL
     liveness: str | None = None  # e.g. http://0.0.0.0:8081/healthz (Kopf's probe server)
     connection_limit: int = client.DEFAULT_CONNECTION_LIMIT
 

@@ -152,6 +152,7 @@ class World:
         self.view = self.fleet
         self.pipeline = pipeline.Pipeline(pipeline.Config(gate=self.config))
         self.saved: dict[str, dict[str, object]] = {}  # each breaker's status as written
+        self.published: dict[str, gate.ReleasePlan] = {}  # status.releasePlan, as written
         self._available: frozenset[str] = frozenset()  # Available=True in status (restarts)
         self.triages: list[Triage] = []
         self.epochs: list[int] = []  # which pipeline (restarts counted) made each triage
@@ -232,6 +233,7 @@ class World:
         for execution in result.executions:
             self._execute(execution)
         self.saved = {n: breaker.saved_status(b, now=now) for n, b in result.breakers.items()}
+        self.published = dict(result.release_plans)
         record = Triage(
             now,
             before,
@@ -311,9 +313,10 @@ class World:
         self.fleet = self.fleet.with_engine(failed)
 
     def _approve(self) -> None:
-        plan = self.pipeline.gate.release_plan(
-            self.queue, self.fleet, self.machine, self.clock.now()
-        )
+        """A second person approves the release plan the breaker's status publishes."""
+        plan = self.published.get("cb")
+        if plan is None:
+            return  # published only while the breaker is Open
         approval = specs.Approval(plan.batch, "second-person")
         spec = dataclasses.replace(self.fleet.breakers["cb"], approval=approval)
         self.fleet = self.fleet.with_breaker(spec)

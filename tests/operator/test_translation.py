@@ -9,8 +9,9 @@ import pytest
 from capguard.core import breaker, drift, engines, pipeline, planner, specs
 from capguard.core import fleet as fleet_
 from capguard.core import queue as queue_
-from capguard.handlers import driver, index, reconcile, records
+from capguard.handlers import driver, index, records
 from capguard.handlers import status as status_
+from capguard.handlers import view as view_
 from capguard.kube import actions, client, events
 
 T0 = 1_800_000_000.0
@@ -246,8 +247,8 @@ def test_engines_of_a_model_with_an_invalid_spec_stay_counted_and_unmoved() -> N
             "status": {"phase": "Serving", "model": "chat"}})
     typo = records.model_record({"metadata": {"name": "chat", "namespace": "ns"},
                                  "spec": {"replicas": 2, "minAvailable": 5}})
-    view = reconcile.View(engines=[engine("e1"), engine("e2")], models=[typo])
-    fleet = reconcile.build_fleet(view)
+    view = view_.View(engines=[engine("e1"), engine("e2")], models=[typo])
+    fleet = view_.build_fleet(view)
     assert set(fleet.engines) == {"e1", "e2"} and fleet.unreadable_models == {"chat"}
     assert planner.plan(fleet) == []
 

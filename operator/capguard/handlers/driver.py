@@ -13,14 +13,14 @@ import random
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
+from capguard import defaults
 from capguard.core import engines, specs
 from capguard.core import fleet as fleet_
 from capguard.handlers import records, writer
 from capguard.handlers import status as status_
 
-SIMULATED: Final = "simulated"
-NONE: Final = "none"
-DRIVERS: Final = (SIMULATED, NONE)
+DRIVERS: Final = defaults.DRIVERS
+SIMULATED, NONE = DRIVERS
 
 
 @dataclasses.dataclass(frozen=True)

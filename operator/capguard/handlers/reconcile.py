@@ -20,7 +20,6 @@ fast path run just before its step, and then leaves the models it refreshed alon
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import gc
@@ -28,26 +27,24 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from typing import Final
 
+from capguard import defaults
 from capguard import metrics as metrics_
 from capguard.core import drift, gate, pipeline, queue
 from capguard.core import fleet as fleet_
-from capguard.handlers import driver, index, narrator, records, statuses, writer
+from capguard.handlers import driver, index, narrator, statuses, writer
 from capguard.handlers import status as status_
+from capguard.handlers import view as view_
 from capguard.kube import client, events
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_INTERVAL: Final = 1.0  # seconds between full passes when nothing changes
-
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     engine_driver: str = driver.SIMULATED
     driver_config: driver.DriverConfig = dataclasses.field(default_factory=driver.DriverConfig)
     guarded: bool = True
-    interval: float = DEFAULT_INTERVAL
+    interval: float = defaults.RECONCILE_INTERVAL
     debounce: float = 0.002  # let a burst of watch events arrive before looking
     # While the cluster changes, a full pass follows the last one after this, and after as
     # long again as that one took: at 10,000 engines the fast path gets half the loop.
@@ -69,56 +66,6 @@ class Config:
             cached_view_while_paused=not self.guarded,  # --naive: the incident's manager
             max_assigns_per_step=self.max_assigns_per_pass,
         )
-
-
-@dataclasses.dataclass
-class View:
-    """One namespace as the index shows it now."""
-
-    engines: list[records.EngineRecord] = dataclasses.field(default_factory=list)
-    models: list[records.ModelRecord] = dataclasses.field(default_factory=list)
-    breakers: list[records.BreakerRecord] = dataclasses.field(default_factory=list)
-
-    def metas(self, namespace: str) -> narrator.Metas:
-        return narrator.Metas(namespace, [
-            *((narrator.ENGINE, r.meta) for r in self.engines),
-            *((narrator.MODEL, r.meta) for r in self.models),
-            *((narrator.BREAKER, r.meta) for r in self.breakers)])
-
-    def observed(self, fleet: fleet_.Fleet, *, established: set[str]) -> pipeline.Observed:
-        return pipeline.Observed(
-            fleet,
-            saved_breakers={r.meta.name: r.status for r in self.breakers},
-            unreadable_breakers=frozenset(r.meta.name for r in self.breakers if r.value is None),
-            available_models=frozenset(available_models(self, known=established)))
-
-
-def snapshot(found: index.Index) -> dict[str, View]:
-    views: dict[str, View] = collections.defaultdict(View)
-    for namespace, engines_ in found.engines.by_namespace().items():
-        views[namespace].engines = engines_
-    for namespace, models in found.models.by_namespace().items():
-        views[namespace].models = models
-    for namespace, breakers in found.breakers.by_namespace().items():
-        views[namespace].breakers = breakers
-    return dict(views)
-
-
-def build_fleet(view: View) -> fleet_.Fleet:
-    """The core's snapshot. A model whose spec is invalid is kept by name: its engines stay
-    in the fleet (they count fleet-wide) and nothing moves them, so a typo drains nothing."""
-    return fleet_.Fleet.of(
-        engines=[r.value for r in view.engines if r.value is not None],
-        models=[r.value for r in view.models if r.value is not None],
-        breakers=[r.value for r in view.breakers if r.value is not None],
-        unreadable_models=[r.meta.name for r in view.models if r.value is None],
-    )
-
-
-def available_models(view: View, *, known: set[str]) -> list[str]:
-    """Models not yet known to have been available whose status says they were (a restart)."""
-    return [r.meta.name for r in view.models if r.meta.name not in known
-            and status_.condition_since(r.status, "Available") is not None]
 
 
 @dataclasses.dataclass
@@ -297,7 +244,7 @@ class Reconciler:
         self.narrator.leading = leading
         self.metrics.leader.set(1 if leading else 0)
         result = PassResult()
-        views = snapshot(self.index)
+        views = view_.snapshot(self.index)
         self._refreshed = set()
         versions = dict(self.index.planning_versions)  # of this view, whatever comes during
         gauges: list[pipeline.QueueGauges] = []
@@ -325,12 +272,12 @@ class Reconciler:
             logger.debug("Pass: %s", result)
         return result
 
-    def _fleet(self, namespace: str, view: View, *, version: int) -> fleet_.Fleet:
+    def _fleet(self, namespace: str, view: view_.View, *, version: int) -> fleet_.Fleet:
         """The namespace's fleet, rebuilt only when something the core reads changed: a
         steady fleet's pass reuses it and the counts it already computed."""
         cached = self._fleets.get(namespace)
         if cached is None or cached[0] != version:
-            cached = self._fleets[namespace] = (version, build_fleet(view))
+            cached = self._fleets[namespace] = (version, view_.build_fleet(view))
         return cached[1]
 
     def _measure(self, namespace: str, fleet: fleet_.Fleet, *, now: float
@@ -342,7 +289,7 @@ class Reconciler:
             cached = self._measured[namespace] = (fleet, models, status_.failed_engines(fleet))
         return cached[1], cached[2]
 
-    async def _act(self, namespace: str, *, view: View, fleet: fleet_.Fleet, now: float,
+    async def _act(self, namespace: str, *, view: view_.View, fleet: fleet_.Fleet, now: float,
                    result: PassResult) -> pipeline.StepResult:
         """The leader's pass over one namespace: the step, then its writes, in the order a
         reader wants them (statuses describe the fleet the decisions were made on, and a
@@ -392,7 +339,7 @@ class Reconciler:
         result.status_writes += await self._write_statuses(writes)
         return step
 
-    async def _drive(self, namespace: str, *, view: View, fleet: fleet_.Fleet,
+    async def _drive(self, namespace: str, *, view: view_.View, fleet: fleet_.Fleet,
                      executed: Mapping[str, writer.Executed], now: float,
                      result: PassResult) -> None:
         """The engine status writes: this pass's actions recorded (never waiting), then at

@@ -18,9 +18,11 @@ from typing import Any, Final
 import aiohttp
 import kopf
 
+from capguard import defaults
+
 MERGE_PATCH: Final = "application/merge-patch+json"
 JSON: Final = "application/json"
-DEFAULT_CONNECTION_LIMIT: Final = 32
+DEFAULT_CONNECTION_LIMIT: Final = defaults.CONNECTION_LIMIT
 DEFAULT_REQUEST_TIMEOUT: Final = 30.0
 
 Body = dict[str, Any]

@@ -20,13 +20,14 @@ from typing import Final
 
 import aiohttp
 
+from capguard import defaults
 from capguard.kube import client
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_NAME: Final = "capguard-leader"
-DEFAULT_DURATION: Final = 15.0
-DEFAULT_RENEW: Final = 5.0
+DEFAULT_NAME: Final = defaults.LEASE_NAME
+DEFAULT_DURATION: Final = defaults.LEASE_DURATION
+DEFAULT_RENEW: Final = defaults.LEASE_RENEW
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,61 @@
+"""One namespace as the index shows it, and the core's inputs built from it."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+from capguard.core import fleet as fleet_
+from capguard.core import pipeline
+from capguard.handlers import index, narrator, records
+from capguard.handlers import status as status_
+
+
+@dataclasses.dataclass
+class View:
+    """One namespace as the index shows it now."""
+
+    engines: list[records.EngineRecord] = dataclasses.field(default_factory=list)
+    models: list[records.ModelRecord] = dataclasses.field(default_factory=list)
+    breakers: list[records.BreakerRecord] = dataclasses.field(default_factory=list)
+
+    def metas(self, namespace: str) -> narrator.Metas:
+        return narrator.Metas(namespace, [
+            *((narrator.ENGINE, r.meta) for r in self.engines),
+            *((narrator.MODEL, r.meta) for r in self.models),
+            *((narrator.BREAKER, r.meta) for r in self.breakers)])
+
+    def observed(self, fleet: fleet_.Fleet, *, established: set[str]) -> pipeline.Observed:
+        return pipeline.Observed(
+            fleet,
+            saved_breakers={r.meta.name: r.status for r in self.breakers},
+            unreadable_breakers=frozenset(r.meta.name for r in self.breakers if r.value is None),
+            available_models=frozenset(available_models(self, known=established)))
+
+
+def snapshot(found: index.Index) -> dict[str, View]:
+    views: dict[str, View] = collections.defaultdict(View)
+    for namespace, engines_ in found.engines.by_namespace().items():
+        views[namespace].engines = engines_
+    for namespace, models in found.models.by_namespace().items():
+        views[namespace].models = models
+    for namespace, breakers in found.breakers.by_namespace().items():
+        views[namespace].breakers = breakers
+    return dict(views)
+
+
+def build_fleet(view: View) -> fleet_.Fleet:
+    """The core's snapshot. A model whose spec is invalid is kept by name: its engines stay
+    in the fleet (they count fleet-wide) and nothing moves them, so a typo drains nothing."""
+    return fleet_.Fleet.of(
+        engines=[r.value for r in view.engines if r.value is not None],
+        models=[r.value for r in view.models if r.value is not None],
+        breakers=[r.value for r in view.breakers if r.value is not None],
+        unreadable_models=[r.meta.name for r in view.models if r.value is None],
+    )
+
+
+def available_models(view: View, *, known: set[str]) -> list[str]:
+    """Models not yet known to have been available whose status says they were (a restart)."""
+    return [r.meta.name for r in view.models if r.meta.name not in known
+            and status_.condition_since(r.status, "Available") is not None]
