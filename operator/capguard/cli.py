@@ -127,7 +127,7 @@ def _duration(_: click.Context, param: click.Parameter, value: str | None) -> fl
 @main.command("run")
 @click.option("--namespace", "namespaces", multiple=True, metavar="NS",
               help="Watch this namespace (repeatable). Default: all namespaces.")
-@click.option("--kubeconfig", type=click.Path(dir_okay=False), default=None,
+@click.option("--kubeconfig", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Kubeconfig file. Default: KUBECONFIG, ~/.kube/config, or in-cluster.")
 @click.option("--metrics-port", type=int, default=defaults.METRICS_PORT, show_default=True,
               help="Port of the Prometheus /metrics endpoint (every replica serves it).")
@@ -161,6 +161,9 @@ def _duration(_: click.Context, param: click.Parameter, value: str | None) -> fl
 @click.option("--reconcile-interval", default=defaults.seconds(defaults.RECONCILE_INTERVAL),
               show_default=True, callback=_duration,
               help="Longest time between reconcile passes (changes trigger one sooner).")
+@click.option("--max-write-delay", default=defaults.seconds(defaults.MAX_WRITE_DELAY),
+              show_default=True, callback=_duration,
+              help="An action decided longer ago than this is not written; it is re-planned.")
 @click.option("--liveness", default=None, metavar="URL",
               help="Kopf's liveness endpoint, e.g. http://0.0.0.0:8081/healthz.")
 @click.option("--connection-limit", type=int, default=defaults.CONNECTION_LIMIT,

@@ -26,6 +26,8 @@ LEASE_RENEW: Final = 5.0  # how often the holder renews (and candidates retry)
 
 RECONCILE_INTERVAL: Final = 1.0  # longest time between full passes
 CONNECTION_LIMIT: Final = 32  # HTTP connections to the API server at once
+# An action triaged longer ago than this is not written: it goes back to planning.
+MAX_WRITE_DELAY: Final = 5.0
 
 
 def seconds(value: float) -> str:

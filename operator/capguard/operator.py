@@ -13,9 +13,11 @@ import contextlib
 import dataclasses
 import logging
 import os
+import random
 import socket
 import threading
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
 import kopf
@@ -24,7 +26,7 @@ from kopf._core.engines import peering
 
 from capguard import defaults
 from capguard import metrics as metrics_
-from capguard.core import engines
+from capguard.core import backoff, engines
 from capguard.handlers import driver, reconcile, registration
 from capguard.kube import client, events, leases
 
@@ -34,6 +36,8 @@ logger = logging.getLogger(__name__)
 StopFlag = (asyncio.Event | asyncio.Future[Any] | threading.Event
             | concurrent.futures.Future[Any])
 SERVICE_ACCOUNT_NAMESPACE: Final = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+# /livez fails when the reconcile loop stood still this long (or 10 intervals, if longer).
+LIVENESS_MIN_SECONDS: Final = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +58,7 @@ class Options:
     identity: str = dataclasses.field(default_factory=lambda: default_identity())
     naive: bool = False
     reconcile_interval: float = defaults.RECONCILE_INTERVAL
+    max_write_delay: float = defaults.MAX_WRITE_DELAY
     liveness: str | None = None  # e.g. http://0.0.0.0:8081/healthz (Kopf's probe server)
     connection_limit: int = client.DEFAULT_CONNECTION_LIMIT
 
@@ -98,23 +103,41 @@ def make_settings(options: Options) -> kopf.OperatorSettings:
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 60
     settings.networking.connect_timeout = 10
+    # An API outage of any length is waited out: Kopf's requests and watches retry on the
+    # capped backoff schedule forever (its default gives up after ~54 s, and the operator
+    # exits), and a server's Retry-After is honoured.
+    settings.networking.error_backoffs = backoff.Schedule(jitter=random.random)
+    settings.networking.enforce_retry_after = True
     # Idle per-object workers go away quickly: 10,000 engines, mostly quiet.
     settings.queueing.idle_timeout = 2.0
     return settings
 
 
+Health = Callable[[], str | None]  # None: healthy; else why not, in one line
+
+
 @contextlib.asynccontextmanager
 async def metrics_server(
-    metrics: metrics_.Metrics, *, host: str, port: int
+    metrics: metrics_.Metrics, *, host: str, port: int,
+    ready: Health = lambda: None, live: Health = lambda: None,
 ) -> AsyncIterator[int]:
-    """Serve /metrics (prometheus-client's exposition) on every replica; yields the port."""
+    """Serve /metrics (prometheus-client's exposition), /readyz and /livez on every
+    replica; yields the port."""
 
     async def render(_: web.Request) -> web.Response:
         body = metrics.render()
         return web.Response(body=body, headers={"Content-Type": metrics_.CONTENT_TYPE})
 
+    def probe(check: Health) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def answer(_: web.Request) -> web.Response:
+            problem = check()
+            return web.Response(status=503 if problem else 200, text=(problem or "ok") + "\n")
+        return answer
+
     app = web.Application()
     app.router.add_get("/metrics", render)
+    app.router.add_get("/readyz", probe(ready))
+    app.router.add_get("/livez", probe(live))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
@@ -138,6 +161,30 @@ class Running:
     recorder: events.Recorder
     metrics: metrics_.Metrics
     metrics_port: int = 0
+    started_at: float = dataclasses.field(default_factory=time.monotonic)
+
+    def ready(self) -> str | None:
+        """Ready: logged in, and the first full LIST of every kind is in the index."""
+        if not self.reconciler.api.connected:
+            return "not logged in to the API server"
+        if not self.reconciler.view_complete.is_set():
+            return "the first LIST of the cluster is not done"
+        return None
+
+    def live(self, *, stalled_after: float) -> str | None:
+        """Live: the reconcile loop moved within `stalled_after` seconds (a loop waiting out
+        an API outage moves; a wedged one does not, and the kubelet restarts it)."""
+        quiet = time.monotonic() - self.reconciler.progress_at
+        if quiet > stalled_after:
+            return f"the reconcile loop has not moved for {quiet:.0f}s"
+        return None
+
+    async def hand_over(self) -> None:
+        """On SIGTERM, first: give up the Lease so a standby takes over at once."""
+        if self.elector is not None and self.elector.leading:
+            await self.elector.release()
+            logger.info("Released the lease %s for a standby to take over.",
+                        self.elector.config.name)
 
 
 def assemble(
@@ -163,6 +210,10 @@ def assemble(
 
         elector = leases.LeaderElector(api=api, config=config, on_change=announce)
     leader = elector
+    handles: list[Running] = []
+
+    async def hand_over() -> None:
+        await handles[0].hand_over()
     reconciler = reconcile.Reconciler(
         api=api, recorder=recorder, metrics=metrics,
         config=reconcile.Config(
@@ -174,12 +225,16 @@ def assemble(
             interval=options.reconcile_interval,
             seed=options.seed,
             namespaces=options.namespaces,
+            max_write_delay=options.max_write_delay,
         ),
-        is_leader=(lambda: leader.leading) if leader is not None else (lambda: True),
+        # Checked right before every write: a lease expired by this replica's own clock
+        # stops it at once, and the elector says so (log, Event, capguard_leader 0).
+        is_leader=leader.check if leader is not None else (lambda: True),
     )
     registry = registration.build(reconciler, kubeconfig=options.kubeconfig,
-                                  connection_limit=options.connection_limit)
-    return Running(reconciler, elector, recorder, metrics), registry
+                                  connection_limit=options.connection_limit, on_stop=hand_over)
+    handles.append(Running(reconciler, elector, recorder, metrics))
+    return handles[0], registry
 
 
 async def serve(
@@ -200,8 +255,11 @@ async def serve(
         logger.warning("NAIVE mode, the incident's capacity manager: the guard is off, only an "
                        "Open breaker holds actions; while one is Open plans build on a cached "
                        "view; writes carry no resourceVersion precondition.")
-    async with metrics_server(handles.metrics, host=options.metrics_host,
-                              port=options.metrics_port) as port:
+    stalled_after = max(LIVENESS_MIN_SECONDS, 10 * options.reconcile_interval)
+    async with metrics_server(
+        handles.metrics, host=options.metrics_host, port=options.metrics_port,
+        ready=handles.ready, live=lambda: handles.live(stalled_after=stalled_after),
+    ) as port:
         handles.metrics_port = port
         if running is not None:
             running.append(handles)
@@ -231,6 +289,7 @@ async def serve(
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            await handles.reconciler.api.close()
 
 
 def run(options: Options) -> None:

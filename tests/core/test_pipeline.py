@@ -7,6 +7,7 @@ pin the cases that once went wrong in a copy of it.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 from capguard.core import breaker, engines, fleet, gate, pipeline, specs
 
@@ -161,3 +162,43 @@ def test_an_outcome_reaches_every_breaker_that_governed_the_action() -> None:
     assert core.machines["cb"].failure_rate() == 0.0  # one outcome: below the minimum
     assert list(core.machines["cb"]._outcomes) == [(2.0, False)]
     assert specs.Phase.FAILED is found.engines[engine.name].phase
+
+
+def test_a_write_that_failed_on_an_unwell_api_holds_its_engine_on_the_backoff() -> None:
+    """Failed writes are retried on the capped exponential schedule, not every step; a
+    Retry-After longer than the step is honoured; a success clears the engine."""
+    found = settled(serving_fleet({"chat": 1}, spares=1), now=0.0)
+    found = found.with_model(dataclasses.replace(found.models["chat"], replicas=2))
+    core = pipeline.Pipeline()
+    sent = []
+    now = 0.0
+    for _ in range(40):  # a minute of one-second passes against an API answering 503
+        result = core.step(pipeline.Observed(found), now)
+        for execution in result.executions:
+            sent.append(now)
+            core.written(execution.action.id, engine=execution.action.intent.engine,
+                         ok=False, now=now, transient=True)
+        now += 1.0
+    gaps = [b - a for a, b in itertools.pairwise(sent)]
+    assert len(sent) <= 7 and gaps == sorted(gaps), sent  # 1-ish, 2-ish, 4-ish, ... apart
+    waiting = core.step(pipeline.Observed(found), now)
+    assert [d.reason for d in waiting.decisions] == [gate.Reason.BACKOFF]
+    assert waiting.next_due is not None and waiting.next_due > now
+    # The server asks for 30 s: the engine waits that long, whatever the schedule says.
+    core = pipeline.Pipeline()
+    (first,) = core.step(pipeline.Observed(found), 0.0).executions
+    core.written(first.action.id, engine="spare-000", ok=False, now=0.0, transient=True,
+                 retry_after=30.0)
+    assert core.step(pipeline.Observed(found), 29.0).executions == ()
+    (retry,) = core.step(pipeline.Observed(found), 30.0).executions
+    core.written(retry.action.id, engine="spare-000", ok=True, now=30.0)
+    assert core._backoff == {}
+
+
+def test_a_conflict_is_re_planned_at_once_not_backed_off() -> None:
+    found = settled(serving_fleet({"chat": 1}, spares=1), now=0.0)
+    found = found.with_model(dataclasses.replace(found.models["chat"], replicas=2))
+    core = pipeline.Pipeline()
+    (first,) = core.step(pipeline.Observed(found), 0.0).executions
+    core.written(first.action.id, engine="spare-000", ok=False, now=0.0)  # a 409
+    assert len(core.step(pipeline.Observed(found), 1.0).executions) == 1

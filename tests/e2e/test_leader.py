@@ -3,6 +3,9 @@ observes and serves metrics but writes nothing; it takes over when the leader di
 
 from __future__ import annotations
 
+import signal
+import time
+
 import pytest
 
 from . import harness
@@ -14,10 +17,10 @@ def _lease_holder(kube: harness.Kubectl) -> str:
                     "--output=jsonpath={.spec.holderIdentity}").stdout
 
 
-@pytest.mark.slow
-def test_two_replicas_exactly_one_acts_and_the_other_takes_over_when_it_dies(
+def _two_replicas(
     kube: harness.Kubectl, operators: Operators,
-) -> None:
+) -> tuple[harness.OperatorProcess, harness.OperatorProcess]:
+    """Engines e-0..3 and model chat (2), and two replicas: (the leader, the standby)."""
     kube.apply(*harness.engines("e", 4), harness.model("chat", replicas=2))
     replicas = [operators.start(identity=f"{kube.namespace}-{n}", leader_election=True)
                 for n in ("a", "b")]
@@ -26,9 +29,16 @@ def test_two_replicas_exactly_one_acts_and_the_other_takes_over_when_it_dies(
         leading = [r for r in replicas if r.leading()]
         return leading[0] if len(leading) == 1 else None
 
-    # A Lease left by a killed leader expires first (3s here; 15s for a deployed one).
     leader = harness.wait_until(one_leader, timeout=30, what="exactly one leader")
-    follower = next(r for r in replicas if r is not leader)
+    return leader, next(r for r in replicas if r is not leader)
+
+
+@pytest.mark.slow
+def test_two_replicas_exactly_one_acts_and_the_other_takes_over_when_it_dies(
+    kube: harness.Kubectl, operators: Operators,
+) -> None:
+    # A Lease left by a killed leader expires first (3s here; 15s for a deployed one).
+    leader, follower = _two_replicas(kube, operators)
     assert _lease_holder(kube) == leader.identity
     harness.wait_serving(kube, {"chat": 2})
     assert not follower.leading()
@@ -54,3 +64,31 @@ def test_two_replicas_exactly_one_acts_and_the_other_takes_over_when_it_dies(
         lambda: [e for e in system.events(reason="LeaderChanged")
                  if e.get("reportingInstance") == follower.identity],
         timeout=10, what="a LeaderChanged Event from the new leader")
+
+
+def test_sigterm_hands_the_lease_over_and_the_standby_acts_at_once(
+    kube: harness.Kubectl, operators: Operators,
+) -> None:
+    """On SIGTERM the leader gives the Lease up before it exits (and says so), so the
+    standby acts within two seconds instead of waiting out the lease."""
+    leader, standby = _two_replicas(kube, operators)
+    harness.wait_serving(kube, {"chat": 2})
+    harness.wait_until(lambda: standby.metrics().total("capguard_leader") == 0, timeout=5,
+                       what="the standby to export capguard_leader 0")
+    leader.process.send_signal(signal.SIGTERM)
+    stopped = time.monotonic()
+    holder = harness.wait_until(lambda: _lease_holder(kube) == standby.identity, timeout=5,
+                                what="the standby to hold the Lease")
+    took_over = time.monotonic() - stopped
+    print(f"standby holds the Lease {took_over:.2f}s after SIGTERM")
+    kube.run("scale", "mc/chat", "--replicas=3")
+    scaled = time.monotonic()
+    harness.wait_serving(kube, {"chat": 3})
+    assert holder and took_over < 2.0, f"the standby took the Lease after {took_over:.1f}s"
+    acted = [e for e in kube.items("ie") if e["spec"].get("modelRef") == "chat"]
+    assert len(acted) == 3 and time.monotonic() - scaled < 10
+    leader.process.wait(timeout=10)
+    assert leader.process.returncode == 0
+    log = leader.log()
+    assert "Released the lease" in log, log[-2000:]
+    assert "Traceback" not in log, log[-2000:]

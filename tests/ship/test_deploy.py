@@ -198,18 +198,18 @@ def test_resources_are_bounded(rendered: list[dict[str, Any]]) -> None:
     assert "memory" in resources["limits"]
 
 
-def test_probes_hit_the_liveness_endpoint_the_operator_serves(
+def test_probes_hit_the_health_endpoints_the_operator_serves(
     rendered: list[dict[str, Any]],
 ) -> None:
+    """/readyz and /livez are served on the metrics port (`operator.metrics_server`)."""
     container = operator_container(rendered)
-    liveness = re.fullmatch(r"http://0\.0\.0\.0:(\d+)(/\S*)", _flag(container, "liveness"))
-    assert liveness, "--liveness must listen on all addresses so the kubelet reaches it"
-    port, path = int(liveness.group(1)), liveness.group(2)
+    metrics_port = int(_flag(container, "metrics-port"))
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    wanted = {"startupProbe": "/readyz", "readinessProbe": "/readyz", "livenessProbe": "/livez"}
+    for probe, path in wanted.items():
         get = container[probe]["httpGet"]
         assert get["path"] == path, probe
-        assert ports[get["port"]] == port, probe
+        assert ports[get["port"]] == metrics_port, probe
 
 
 def test_the_metrics_service_reaches_the_metrics_port(

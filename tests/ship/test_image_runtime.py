@@ -117,15 +117,13 @@ def _kubectl(kubeconfig: Path, *args: str) -> str:
     return done.stdout
 
 
-def _args(rendered: list[dict[str, Any]], *, metrics: int, liveness: int,
-          kubeconfig: Path) -> list[str]:
+def _args(rendered: list[dict[str, Any]], *, metrics: int, kubeconfig: Path) -> list[str]:
     """The Deployment's args, $(VAR)s expanded as the kubelet does, on free ports, and the
     kubeconfig in place of the service account's token."""
     env = _downward(rendered)
     args = [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], arg)
             for arg in operator_container(rendered)["args"]]
     args = [re.sub(r"^(--metrics-port=)\d+$", rf"\g<1>{metrics}", arg) for arg in args]
-    args = [re.sub(r"^(--liveness=http://[^:/]+:)\d+", rf"\g<1>{liveness}", arg) for arg in args]
     return [*args, f"--kubeconfig={kubeconfig}"]
 
 
@@ -146,10 +144,10 @@ def test_capguard_run_as_the_pod_runs_it(
     _kubectl(kubeconfig, "create", "namespace", SAMPLES_NAMESPACE)
     _kubectl(kubeconfig, "apply", "-k", str(ROOT / "deploy" / "samples"),
              "-n", SAMPLES_NAMESPACE)
-    metrics, liveness = _free_port(), _free_port()
+    metrics = _free_port()
     log = tmp_path / "capguard-run.log"
     process = the_pod.start([str(the_pod.capguard), *_args(
-        rendered, metrics=metrics, liveness=liveness, kubeconfig=kubeconfig)], log=log)
+        rendered, metrics=metrics, kubeconfig=kubeconfig)], log=log)
 
     def alive_and(check: Callable[[], bool]) -> Callable[[], bool]:
         def checked() -> bool:
@@ -162,8 +160,9 @@ def test_capguard_run_as_the_pod_runs_it(
     lease = ("get", "lease", "capguard-leader", "-n", namespace, "--ignore-not-found",
              "-o", "jsonpath={.spec.holderIdentity}")
     try:
-        _eventually(alive_and(lambda: _get(f"http://127.0.0.1:{liveness}/healthz")[0] == 200),
-                    timeout=30, what="the probe endpoint answers 200 (Ready)")
+        _eventually(alive_and(lambda: _get(f"http://127.0.0.1:{metrics}/readyz")[0] == 200),
+                    timeout=30, what="/readyz answers 200 (Ready)")
+        assert _get(f"http://127.0.0.1:{metrics}/livez")[0] == 200
         _eventually(alive_and(lambda: _kubectl(kubeconfig, *lease) == POD_NAME),
                     timeout=20, what=f"the Lease capguard-leader is held by {POD_NAME}")
         _eventually(alive_and(lambda: _samples_reconciled(kubeconfig)), timeout=20,

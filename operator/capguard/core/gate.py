@@ -45,6 +45,7 @@ class Reason(enum.Enum):
     STALE = "Stale"
     EXPIRED = "Expired"
     ALREADY_EXECUTED = "AlreadyExecuted"
+    BACKOFF = "Backoff"  # the engine's last writes failed on an unwell API: it waits
 
 
 @dataclasses.dataclass(frozen=True)

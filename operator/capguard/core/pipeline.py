@@ -24,8 +24,8 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
+from capguard.core import backoff, drift, planner, specs
 from capguard.core import breaker as breaker_
-from capguard.core import drift, planner, specs
 from capguard.core import fleet as fleet_
 from capguard.core import gate as gate_
 from capguard.core import queue as queue_
@@ -136,6 +136,14 @@ class _InFlight:
     probes: tuple[str, ...]
 
 
+@dataclasses.dataclass(frozen=True)
+class _Backoff:
+    """An engine whose last writes failed: its actions wait until ``until``."""
+
+    failures: int
+    until: float
+
+
 class Pipeline:
     """The core's memory between steps: queue, gate, breaker machines, actions in flight.
 
@@ -152,6 +160,7 @@ class Pipeline:
         self.cached = planner.CachedView()
         self.last_refused_batches: dict[str, gate_.RefusedBatch] = {}
         self._in_flight: dict[str, _InFlight] = {}
+        self._backoff: dict[str, _Backoff] = {}  # engine -> when its writes may go again
         self._plan: tuple[fleet_.Fleet | None, list[planner.Intent]] = (None, [])
         self._enqueued_from: fleet_.Fleet | None = None  # None: enqueue again
         self._measured: tuple[fleet_.Fleet | None, Mapping[str, drift.ModelDrift]] = (None, {})
@@ -178,11 +187,13 @@ class Pipeline:
             if machine.state is breaker_.BreakerState.OPEN
         }
         judged_by = {name: m.snapshot(now) for name, m in self.machines.items()}
+        waiting, ready = self._backing_off(fleet, now=now)
         if observed.unreadable_breakers:
             triage = gate_.Triage((), {}, {}, {})
         else:
-            triage = self.gate.triage(self.queue, fleet, self.machines, now)
+            triage = self.gate.triage(ready, fleet, self.machines, now)
         decisions = _spread_assigns(triage.decisions, limit=self.config.max_assigns_per_step)
+        decisions += waiting
         executions, taken_over = self._apply(triage, decisions=decisions, fleet=fleet, now=now)
         transitions += taken_over
         held_by = held_by_open_breakers(fleet, machines=self.machines)
@@ -207,11 +218,23 @@ class Pipeline:
             next_due=self._next_due(now),
         )
 
-    def written(self, action_id: str, *, engine: str, ok: bool) -> None:
-        """The outcome of an execution's write: a write that did not happen (409, an
-        error, no longer leading) gives back the probe slots it held."""
+    def written(
+        self, action_id: str, *, engine: str, ok: bool, now: float = 0.0,
+        transient: bool = False, retry_after: float | None = None,
+    ) -> None:
+        """The outcome of an execution's write. A write that did not happen (409, an
+        error, no longer leading, too late) gives back the probe slots it held; one that
+        failed on an unwell API (``transient``: 5xx, 429, a timeout) also holds the
+        engine's next actions back, on the backoff schedule or the server's Retry-After."""
         if ok:
+            self._backoff.pop(engine, None)
             return
+        if transient:
+            failures = self._backoff[engine].failures + 1 if engine in self._backoff else 1
+            wait = backoff.delay(failures, jitter=backoff.jitter_of(f"{engine}/{failures}"))
+            if retry_after is not None:
+                wait = max(wait, retry_after)
+            self._backoff[engine] = _Backoff(failures, now + wait)
         flight = self._in_flight.get(engine)
         if flight is None or flight.action.id != action_id:
             return
@@ -306,6 +329,22 @@ class Pipeline:
         self._enqueued_from = view
         return view, self.queue.enqueue(intents, view, now)
 
+    def _backing_off(
+        self, fleet: fleet_.Fleet, *, now: float
+    ) -> tuple[tuple[gate_.Decision, ...], list[queue_.Action]]:
+        """(holds for the actions whose engine waits out a failed write, the rest)."""
+        self._backoff = {e: b for e, b in self._backoff.items() if e in fleet.engines}
+        waiting, ready = [], []
+        for action in self.queue.pending():
+            wait = self._backoff.get(action.intent.engine)
+            if wait is None or wait.until <= now:
+                ready.append(action)
+                continue
+            message = (f"{wait.failures} writes failed; next try in {wait.until - now:.0f}s")
+            waiting.append(gate_.Decision(action, gate_.Verdict.HOLD, gate_.Reason.BACKOFF,
+                                          message))
+        return tuple(waiting), ready
+
     def _intents(self, view: fleet_.Fleet) -> list[planner.Intent]:
         """The planner is a pure function of the view: one view is planned once."""
         seen, intents = self._plan
@@ -368,6 +407,7 @@ class Pipeline:
             and m.spec.auto_trip is not None
         ]
         due += [a.planned_at + a.max_age for a in self.queue.pending()]
+        due += [b.until for b in self._backoff.values()]
         future = [t for t in due if t > now]
         return min(future, default=None)
 

@@ -20,17 +20,17 @@ fast path run just before its step, and then leaves the models it refreshed alon
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import gc
 import logging
 import math
+import random
 import time
 from collections.abc import Callable, Mapping
 
 from capguard import defaults
 from capguard import metrics as metrics_
-from capguard.core import drift, gate, pipeline, queue
+from capguard.core import backoff, drift, gate, pipeline, queue
 from capguard.core import fleet as fleet_
 from capguard.handlers import driver, index, narrator, statuses, writer
 from capguard.handlers import status as status_
@@ -50,6 +50,7 @@ class Config:
     # long again as that one took: at 10,000 engines the fast path gets half the loop.
     plan_gap: float = 0.02
     write_concurrency: int = 16
+    max_write_delay: float = defaults.MAX_WRITE_DELAY  # an older triage is not written
     seed: int | None = None
     namespaces: tuple[str, ...] = ()  # empty: every namespace
     resync_interval: float = 300.0  # a full LIST now and then drops what a watch missed
@@ -107,7 +108,8 @@ class Reconciler:
         self.passes = 0
         self.last_result = PassResult()
         self.writer = writer.Writer(api=api, index=self.index, is_leader=is_leader,
-                                    concurrency=config.write_concurrency)
+                                    concurrency=config.write_concurrency,
+                                    max_write_delay=config.max_write_delay)
         self.narrator = narrator.Narrator(recorder=recorder, metrics=metrics, leading=False)
         self.statuses = statuses.StatusBook()
         self._driver = (config.driver_config if config.engine_driver == driver.SIMULATED
@@ -119,7 +121,11 @@ class Reconciler:
         # namespace -> model -> why a breaker holds it, as the last step said (fast path)
         self._held_by: dict[str, Mapping[str, str]] = {}
         self._roll = driver.make_roll(config.seed)
+        self._jitter = random.Random(config.seed).random
         self._was_leader = False
+        self._resync_due = False
+        self._listed_at = -math.inf  # monotonic end of the last successful LIST
+        self.progress_at = time.monotonic()  # the loop's last sign of life (liveness)
         self._quiet_until = 0.0
         self._fleets: dict[str, tuple[int, fleet_.Fleet]] = {}  # namespace -> (version, fleet)
         # namespace -> (fleet, its models' drift, its failed engines per model)
@@ -132,7 +138,7 @@ class Reconciler:
 
     async def run(self) -> None:
         # Startup waits for a full LIST of every kind: no action on a partial view.
-        await self.resync()
+        await self._resync_until_done()
         # The index as listed lives as long as the process: leave it out of every later
         # collection, or each full one walks 10,000 records while an event waits.
         gc.collect()
@@ -144,9 +150,14 @@ class Reconciler:
         synced_at = self.clock()
         planned_at = -math.inf
         while True:
-            if self.clock() - synced_at >= self.config.resync_interval:
-                with contextlib.suppress(*writer.ERRORS):
-                    await self.resync()
+            self.progress_at = time.monotonic()
+            if self.writer.troubled:
+                # The API failed writes: once it answers again, LIST before acting (what the
+                # watches missed meanwhile), and keep the view until then.
+                self.writer.troubled = False
+                self._resync_due = True
+            if self._resync_due or self.clock() - synced_at >= self.config.resync_interval:
+                await self._resync_until_done()
                 synced_at = self.clock()
             try:
                 await self.refresh_statuses()
@@ -208,6 +219,30 @@ class Reconciler:
                 writes.append(self.writer.status(client.MODELS, record.meta, wanted))
         return sum(await asyncio.gather(*writes))
 
+    async def _resync_until_done(self) -> None:
+        """LIST until a LIST succeeds, waiting out an unwell API on the backoff schedule
+        (one log line per try, the loop alive all along)."""
+        failures = 0
+        while True:
+            self.progress_at = time.monotonic()
+            try:
+                await self.resync()
+            except writer.ERRORS as error:
+                failures += 1
+                wait = backoff.delay(failures, jitter=self._jitter())
+                server = error.retry_after if isinstance(error, client.ApiError) else None
+                wait = max(wait, server or 0.0)
+                logger.warning("Cannot list from the API server (%s); trying again in %.1fs.",
+                               writer.one_line(error), wait)
+                await asyncio.sleep(wait)
+                continue
+            if failures:
+                logger.info("The API server answers again: listed after %d failed tries.",
+                            failures)
+            self._resync_due = False
+            self._listed_at = time.monotonic()
+            return
+
     async def resync(self) -> None:
         """LIST every kind (paginated) into the index; drop what the LIST no longer has."""
         kinds = ((self.index.engines, client.ENGINES), (self.index.models, client.MODELS),
@@ -241,6 +276,10 @@ class Reconciler:
             self.pipelines.clear()
             self._held_by.clear()
             self._was_leader = leading
+            if leading and time.monotonic() - self._listed_at > 2 * self.config.interval:
+                self._resync_due = True  # and LISTs before its first act
+                self.wake()
+                return PassResult(next_due=now)
         self.narrator.leading = leading
         self.metrics.leader.set(1 if leading else 0)
         result = PassResult()
@@ -299,6 +338,7 @@ class Reconciler:
             core = self.pipelines[namespace] = pipeline.Pipeline(self.config.pipeline())
         await self._let_events_in()
         step = core.step(view.observed(fleet, established=core.signals.established), now)
+        triaged_at = time.monotonic()
         self._held_by[namespace] = step.held_by
         metas = view.metas(namespace)
         drifts, failed = self._measure(namespace, fleet, now=now)
@@ -314,11 +354,12 @@ class Reconciler:
         result.status_writes += await self._write_statuses(writes)
         written = await asyncio.gather(*(
             self.writer.action(namespace, e, engine=fleet.engines[e.action.intent.engine],
-                               now=now) for e in step.executions))
+                               now=now, triaged_at=triaged_at) for e in step.executions))
         executed = {}
         for w in written:
             action = w.execution.action
-            core.written(action.id, engine=action.intent.engine, ok=w.done is not None)
+            core.written(action.id, engine=action.intent.engine, ok=w.done is not None,
+                         now=now, transient=w.transient, retry_after=w.retry_after)
             if w.done is not None:
                 executed[action.intent.engine] = w.done
         result.executed += len(executed)

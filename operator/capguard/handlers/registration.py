@@ -9,13 +9,17 @@ only reads; the reconcile loop does the rest, level-triggered.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import kopf
 
-from capguard.handlers import index, reconcile
+from capguard.handlers import index, reconcile, writer
 from capguard.kube import client
+
+logger = logging.getLogger(__name__)
 
 GROUP: Final = "capguard.dev"
 VERSION: Final = "v1alpha1"
@@ -27,20 +31,41 @@ def build(
     *,
     kubeconfig: str | None = None,
     connection_limit: int = client.DEFAULT_CONNECTION_LIMIT,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
 ) -> kopf.OperatorRegistry:
-    """A fresh registry bound to one reconciler (importing this module registers nothing)."""
+    """A fresh registry bound to one reconciler (importing this module registers nothing).
+
+    `on_stop` runs first when the operator is asked to stop (SIGTERM): the Lease is given
+    up while the API can still be reached, so a standby takes over at once.
+    """
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry, id="login")
     async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
-        info = _credentials(kubeconfig, **kwargs)
+        try:
+            info = _credentials(kubeconfig, **kwargs)
+        except Exception as error:  # a kubeconfig Kopf cannot read: one line, not a trace
+            logger.error("Cannot log in to the API server: %s", writer.one_line(error))
+            raise kopf.TemporaryError(writer.one_line(error), delay=10) from None
         if info is None:
+            logger.error("Cannot log in to the API server: no credentials in %s",
+                         kubeconfig or "KUBECONFIG, ~/.kube/config or the service account")
             return None
+        # The reconciler's requests go through a session of their own: Kopf closes its
+        # session when it logs in again, and a request of ours must never meet a closed one.
+        reconciler.api.login(info, connection_limit=connection_limit,
+                             relogin=lambda: _credentials(kubeconfig, **kwargs))
         session = client.make_session(info, connection_limit=connection_limit)
-        reconciler.api.connect(session=session, server=info.server)
         return kopf.AiohttpSession(aiohttp_session=session, server=info.server,
                                    default_namespace=info.default_namespace,
                                    priority=info.priority)
+
+    if on_stop is not None:
+        stop = on_stop
+
+        @kopf.on.cleanup(registry=registry, id="hand-over")
+        async def hand_over(**_: Any) -> None:
+            await stop()
 
     stores: dict[str, index.Store[Any]] = {
         "inferenceengines": reconciler.index.engines,
@@ -86,3 +111,4 @@ def _credentials(kubeconfig: str | None, **kwargs: Any) -> kopf.ConnectionInfo |
     if in_cluster:
         return kopf.login_with_service_account(**kwargs)
     return kopf.login_with_kubeconfig(**kwargs)
+

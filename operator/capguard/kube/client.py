@@ -9,10 +9,11 @@ backlog can otherwise open thousands of connections at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Final
 
 import aiohttp
@@ -64,11 +65,18 @@ EVENTS: Final = Resource("", "v1", "events")
 class ApiError(Exception):
     """A non-2xx answer, with the metav1.Status reason when the server sent one."""
 
-    def __init__(self, *, status: int, reason: str, message: str) -> None:
+    def __init__(self, *, status: int, reason: str, message: str,
+                 retry_after: float | None = None) -> None:
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        self.retry_after = retry_after  # the server's Retry-After, in seconds
+
+    @property
+    def transient(self) -> bool:
+        """The server is unwell or busy (5xx, 429): worth a retry later, not a re-plan."""
+        return self.status >= 500 or self.status == 429
 
 
 class Conflict(ApiError):
@@ -77,6 +85,10 @@ class Conflict(ApiError):
 
 class NotFound(ApiError):
     """404: the object (or its kind) is gone."""
+
+
+class Unauthorized(ApiError):
+    """401: the credentials no longer work (an expired or rotated token)."""
 
 
 def make_session(
@@ -91,19 +103,49 @@ def make_session(
 
 
 class Api:
-    """Requests against one API server; waits for the first login before the first call."""
+    """Requests against one API server; waits for the first login before the first call.
+
+    With `login`, the Api owns its session, made from the credentials: one that was
+    closed under it is made again, and a 401 logs in again with `relogin` (a rotated
+    service-account token, say) before the request is tried once more.
+    """
 
     def __init__(self, *, request_timeout: float = DEFAULT_REQUEST_TIMEOUT) -> None:
         self._session: aiohttp.ClientSession | None = None
         self._server = ""
         self._ready = asyncio.Event()
         self._timeout = aiohttp.ClientTimeout(total=request_timeout)
+        self._info: kopf.ConnectionInfo | None = None
+        self._connection_limit = DEFAULT_CONNECTION_LIMIT
+        self._relogin: Callable[[], kopf.ConnectionInfo | None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._ready.is_set()
 
     def connect(self, *, session: aiohttp.ClientSession, server: str) -> None:
-        """Use this session from now on (called on every Kopf login)."""
+        """Use this session from now on (the caller owns it)."""
         self._session = session
         self._server = server.rstrip("/")
         self._ready.set()
+
+    def login(
+        self, info: kopf.ConnectionInfo, *, connection_limit: int = DEFAULT_CONNECTION_LIMIT,
+        relogin: Callable[[], kopf.ConnectionInfo | None] | None = None,
+    ) -> None:
+        """Use these credentials from now on, in a session of the Api's own."""
+        old = self._session if self._info is not None else None
+        self._info, self._connection_limit = info, connection_limit
+        self._relogin = relogin or self._relogin
+        self.connect(session=make_session(info, connection_limit=connection_limit),
+                     server=info.server)
+        if old is not None and not old.closed:
+            asyncio.get_running_loop().create_task(old.close())
+
+    async def close(self) -> None:
+        """Close the session the Api owns (a session given to `connect` is the caller's)."""
+        if self._info is not None and self._session is not None:
+            await self._session.close()
 
     async def request(
         self,
@@ -115,18 +157,41 @@ class Api:
         content_type: str = JSON,
     ) -> Body:
         await self._ready.wait()
-        assert self._session is not None
         data = json.dumps(body) if body is not None else None
         headers = {"Content-Type": content_type, "Accept": JSON} if data else {"Accept": JSON}
-        async with self._session.request(
-            method, self._server + path, data=data, params=params, headers=headers,
-            timeout=self._timeout,
-        ) as response:
-            text = await response.text()
-            if response.status >= 400:
-                raise _error(response.status, text)
-            parsed: Body = json.loads(text) if text else {}
-            return parsed
+        for last in (False, True):
+            session = self._own_session()
+            try:
+                async with session.request(
+                    method, self._server + path, data=data, params=params, headers=headers,
+                    timeout=self._timeout,
+                ) as response:
+                    text = await response.text()
+                    if response.status >= 400:
+                        raise _error(response.status, text, headers=response.headers)
+                    parsed: Body = json.loads(text) if text else {}
+                    return parsed
+            except Unauthorized:
+                if last or not self._logged_in_again():
+                    raise
+            except RuntimeError:
+                if last or not session.closed or self._info is None:
+                    raise  # not a closed session, or not one the Api can make again
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _own_session(self) -> aiohttp.ClientSession:
+        assert self._session is not None
+        if self._session.closed and self._info is not None:
+            self.connect(session=make_session(self._info, connection_limit=self._connection_limit),
+                         server=self._info.server)
+        return self._session
+
+    def _logged_in_again(self) -> bool:
+        info = self._relogin() if self._relogin is not None else None
+        if info is None:
+            return False
+        self.login(info, connection_limit=self._connection_limit)
+        return True
 
     async def get(self, resource: Resource, *, namespace: str | None, name: str) -> Body:
         return await self.request("GET", resource.path(namespace=namespace, name=name))
@@ -174,12 +239,24 @@ class Api:
                 yield item
 
 
-def _error(status: int, text: str) -> ApiError:
+def _error(status: int, text: str, *, headers: Mapping[str, str] | None = None) -> ApiError:
     try:
         parsed = json.loads(text)
     except ValueError:
         parsed = {}
     reason = str(parsed.get("reason") or "") if isinstance(parsed, dict) else ""
     message = str(parsed.get("message") or text[:200]) if isinstance(parsed, dict) else text[:200]
-    kind = {409: Conflict, 404: NotFound}.get(status, ApiError)
-    return kind(status=status, reason=reason, message=message)
+    kind = {409: Conflict, 404: NotFound, 401: Unauthorized}.get(status, ApiError)
+    return kind(status=status, reason=reason, message=message,
+                retry_after=retry_after(headers or {}, parsed))
+
+
+def retry_after(headers: Mapping[str, str], status: object) -> float | None:
+    """The server's Retry-After (seconds), or the Status' details.retryAfterSeconds."""
+    value = headers.get("Retry-After")
+    if value is not None:
+        with contextlib.suppress(ValueError):
+            return max(0.0, float(value))
+    details = status.get("details") if isinstance(status, dict) else None
+    seconds = details.get("retryAfterSeconds") if isinstance(details, dict) else None
+    return float(seconds) if isinstance(seconds, int | float) else None

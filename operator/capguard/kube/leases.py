@@ -68,6 +68,7 @@ class LeaderElector:
         self._observed_record: tuple[object, ...] | None = None
         self._observed_at = 0.0
         self._was_leading = False
+        self._released = False  # given up on a stop: never taken again by this replica
         self.uid = ""  # the Lease's metadata.uid once seen (Events name it for kubectl describe)
 
     @property
@@ -75,16 +76,32 @@ class LeaderElector:
         started = self._leading_since_renewal
         return started is not None and self._clock() - started < self.config.renew_deadline
 
+    def check(self) -> bool:
+        """Whether this replica holds the lease now, by its own monotonic clock; made right
+        before every write. A leader that finds its renewal too old (it was frozen, or the
+        API was unreachable) stops at once and says so, without waiting for its next
+        renewal round."""
+        leading = self.leading
+        if not leading and self._was_leading and self._leading_since_renewal is not None:
+            logger.warning("Lease %s not renewed for %.1fs (renew deadline %.1fs of a %.0fs "
+                           "lease): this replica stops acting.", self.config.name,
+                           self._clock() - self._leading_since_renewal,
+                           self.config.renew_deadline, self.config.duration)
+        self._notify()
+        return leading
+
     async def run(self) -> None:
         """Try to acquire, then renew, forever; release on cancellation."""
         try:
             while True:
-                try:
-                    await self.try_acquire_or_renew()
-                except (client.ApiError, aiohttp.ClientError, OSError, TimeoutError) as error:
-                    logger.warning("Leader election: %s", error)
+                if not self._released:
+                    try:
+                        await self.try_acquire_or_renew()
+                    except (client.ApiError, aiohttp.ClientError, OSError,
+                            TimeoutError) as error:
+                        logger.warning("Leader election: %s", error)
                 self._notify()
-                await asyncio.sleep(self.config.renew if self.leading else self.config.renew / 2)
+                await asyncio.sleep(self.config.renew if self.leading else self.candidate_retry)
         finally:
             await asyncio.shield(self.release())
 
@@ -145,8 +162,14 @@ class LeaderElector:
         if isinstance(uid, str) and uid:
             self.uid = uid
 
+    @property
+    def candidate_retry(self) -> float:
+        """How often a standby looks at the Lease: a released one is taken within this."""
+        return min(self.config.renew / 2, 1.0)
+
     async def release(self) -> None:
         """Give the lease up on a graceful stop so a standby takes over at once."""
+        self._released = True
         if not self.leading:
             return
         self._leading_since_renewal = None
