@@ -17,7 +17,7 @@ help: ## List the targets with one line each
 	  /^[a-zA-Z0-9_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 ##@ Develop
-.PHONY: setup test lint demo e2e bench tools prometheusrule
+.PHONY: setup test lint demo e2e chaos bench tools prometheusrule
 setup: ## Create .venv and install capguard with its dev dependencies (hack/setup.sh)
 	bash hack/setup.sh
 
@@ -40,6 +40,11 @@ demo: ## Play the march-4 incident live on the embedded API server (hack/demo.sh
 
 e2e: setup ## Run the end-to-end suite on the embedded API server
 	$(PYTHON) -m pytest tests/e2e
+
+chaos: setup ## Long chaos runs (10 freeze rounds, a 10-minute outage, 10 minutes of faults); prints figures
+	@mkdir -p out
+	CAPGUARD_CHAOS=soak $(PYTHON) -m pytest tests/e2e/test_chaos.py -s -p no:cacheprovider \
+	  -o timeout=3600 2>&1 | tee out/chaos.log | grep -E '^chaos |passed|failed|Error'
 
 bench: setup ## Run the benchmarks in bench/ on the embedded API server
 	@for script in bench/*.py; do echo "==> $$script"; $(PYTHON) "$$script"; done

@@ -24,7 +24,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, Final, TypeVar
+from typing import IO, Any, Final, Self, TypeVar
 
 import aiohttp
 import yaml
@@ -349,7 +349,116 @@ class Interception:
     status: int  # what the API server answered the action
 
 
-class Interposer:
+class ReverseProxy:
+    """A reverse proxy in its own thread in front of `kubectl proxy` (which holds the real
+    credentials, so it works with any cluster); `kubeconfig` points a client at it.
+    Subclasses answer each request in `handle` (`forward` sends it on unchanged)."""
+
+    def __init__(self, kubectl: Kubectl, *, directory: Path, name: str) -> None:
+        self._proxy = subprocess.Popen(
+            kubectl.in_namespace(None).command("proxy", "--port=0", "--address=127.0.0.1"),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env())
+        assert self._proxy.stdout is not None
+        announced = _PROXY_ADDRESS.search(self._proxy.stdout.readline())
+        assert announced, "kubectl proxy did not start"
+        self._upstream = f"http://{announced.group(1)}"
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._open: dict[int, web.Request] = {}  # answers being streamed, by id
+        asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(timeout=10)
+        port = self._listener.getsockname()[1]
+        self.kubeconfig = directory / f"{name}.kubeconfig"
+        self.kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": name,
+            "clusters": [{"name": name, "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+            "users": [{"name": name, "user": {}}],
+            "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
+        }))
+
+    async def _serve(self) -> None:
+        self._session = aiohttp.ClientSession(
+            auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None))
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1)
+        await self._runner.setup()
+        await web.SockSite(self._runner, self._listener).start()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        return await self.forward(request, await request.read())
+
+    async def forward(self, request: web.Request, body: bytes, *,
+                      seen: Callable[[int], None] = lambda status: None,
+                      cut_after: float | None = None) -> web.StreamResponse:
+        """Send the request on; `seen` gets the upstream status before the body streams.
+        With `cut_after`, the connection is dropped that many seconds into the answer."""
+        assert self._session is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        async with self._session.request(request.method, self._upstream + request.path_qs,
+                                         headers=headers, data=body or None,
+                                         allow_redirects=False) as upstream:
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
+                                          headers={k: v for k, v in upstream.headers.items()
+                                                   if k.lower() not in _HOP_BY_HOP})
+            seen(upstream.status)
+            await response.prepare(request)
+            self._open[id(request)] = request
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(cut_after):
+                        async for chunk in upstream.content.iter_any():
+                            await response.write(chunk)
+                        await response.write_eof()
+                        return response
+            finally:
+                self._open.pop(id(request), None)
+            if request.transport is not None:
+                request.transport.close()  # cut: the client sees the stream end mid-way
+            return response
+
+    def cut_all(self) -> None:
+        """Drop every connection that is streaming an answer (watches), as a dying API
+        server or load balancer does."""
+        def cut() -> None:
+            for request in list(self._open.values()):
+                if request.transport is not None:
+                    request.transport.close()
+        self._loop.call_soon_threadsafe(cut)
+
+    async def _close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+        pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in pending:  # a request held on purpose, say: end it here, not at exit
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    def stop(self) -> None:
+        if self._proxy.poll() is None:
+            self._proxy.terminate()  # ends the watches in flight first
+            self._proxy.wait(timeout=5)
+        with contextlib.suppress(TimeoutError):
+            asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+class Interposer(ReverseProxy):
     """A proxy between an operator and the API server that puts another writer's write
     between an action's planning and its arrival, by construction.
 
@@ -372,52 +481,16 @@ class Interposer:
         assert kubectl.namespace is not None
         assert hold in ("action", "record"), hold
         self._hold = hold
-        self._proxy = subprocess.Popen(
-            kubectl.in_namespace(None).command("proxy", "--port=0", "--address=127.0.0.1"),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env())
-        assert self._proxy.stdout is not None
-        announced = _PROXY_ADDRESS.search(self._proxy.stdout.readline())
-        assert announced, "kubectl proxy did not start"
-        self._upstream = f"http://{announced.group(1)}"
         self._engine_path = (f"/apis/capguard.dev/v1alpha1/namespaces/{kubectl.namespace}/"
                              f"inferenceengines/{engine_name}")
         self._holds = holds
-        self._lock = threading.Lock()
         self._intercepted: list[Interception] = []
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="interposer",
-                                        daemon=True)
-        self._thread.start()
-        self._listener = socket.socket()
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(64)
-        self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
-        asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(timeout=10)
-        port = self._listener.getsockname()[1]
-        self.kubeconfig = directory / "interposed.kubeconfig"
-        self.kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "interposed",
-            "clusters": [{"name": "interposed",
-                          "cluster": {"server": f"http://127.0.0.1:{port}"}}],
-            "users": [{"name": "interposed", "user": {}}],
-            "contexts": [{"name": "interposed",
-                          "context": {"cluster": "interposed", "user": "interposed"}}],
-        }))
+        super().__init__(kubectl, directory=directory, name="interposed")
 
     @property
     def intercepted(self) -> list[Interception]:
         with self._lock:
             return list(self._intercepted)
-
-    async def _serve(self) -> None:
-        self._session = aiohttp.ClientSession(
-            auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None))
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_route("*", "/{tail:.*}", self._forward)
-        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1)
-        await self._runner.setup()
-        await web.SockSite(self._runner, self._listener).start()
 
     def _is_held(self, request: web.Request, body: bytes) -> bool:
         record = self._hold == "record"
@@ -432,38 +505,30 @@ class Interposer:
             return "lastAction" in (patch.get("status") or {})
         return bool((patch.get("metadata") or {}).get("resourceVersion"))
 
-    async def _forward(self, request: web.Request) -> web.StreamResponse:
-        assert self._session is not None
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         with self._lock:
             hold = self._holds > 0 and self._is_held(request, body)
             if hold:
                 self._holds -= 1
         touched = await self._touch() if hold else ""
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
-        async with self._session.request(request.method, self._upstream + request.path_qs,
-                                         headers=headers, data=body or None,
-                                         allow_redirects=False) as upstream:
-            response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
-                                          headers={k: v for k, v in upstream.headers.items()
-                                                   if k.lower() not in _HOP_BY_HOP})
-            if hold:
-                patch = json.loads(body)
-                metadata = patch.get("metadata") or {}
-                if self._hold == "record":
-                    action_id = ((patch.get("status") or {}).get("lastAction") or {}).get("id")
-                else:
-                    action_id = (metadata.get("annotations") or {}).get(ACTION_ID)
-                with self._lock:
-                    self._intercepted.append(Interception(
-                        action_id=str(action_id),
-                        planned_from=str(metadata.get("resourceVersion") or ""),
-                        touched_to=touched, status=upstream.status))
-            await response.prepare(request)
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
-            await response.write_eof()
-            return response
+        if not hold:
+            return await self.forward(request, body)
+
+        def record(status: int) -> None:
+            patch = json.loads(body)
+            metadata = patch.get("metadata") or {}
+            if self._hold == "record":
+                action_id = ((patch.get("status") or {}).get("lastAction") or {}).get("id")
+            else:
+                action_id = (metadata.get("annotations") or {}).get(ACTION_ID)
+            with self._lock:
+                self._intercepted.append(Interception(
+                    action_id=str(action_id), planned_from=str(metadata.get("resourceVersion")
+                                                               or ""),
+                    touched_to=touched, status=status))
+
+        return await self.forward(request, body, seen=record)
 
     async def _touch(self) -> str:
         """Another writer: a label patch, no precondition, so it always lands."""
@@ -475,27 +540,6 @@ class Interposer:
             written = await answer.json(content_type=None)
             assert answer.status == 200, f"the other writer failed: {written}"
         return str(written["metadata"]["resourceVersion"])
-
-    async def _close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._session is not None:
-            await self._session.close()
-
-    def stop(self) -> None:
-        if self._proxy.poll() is None:
-            self._proxy.terminate()  # ends the watches in flight first
-            self._proxy.wait(timeout=5)
-        with contextlib.suppress(TimeoutError):
-            asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(timeout=10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> Interposer:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
 
 
 # --- watching the fleet --------------------------------------------------------------

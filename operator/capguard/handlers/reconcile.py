@@ -27,6 +27,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Mapping
+from typing import Final
 
 from capguard import defaults
 from capguard import metrics as metrics_
@@ -38,6 +39,8 @@ from capguard.handlers import view as view_
 from capguard.kube import client, events
 
 logger = logging.getLogger(__name__)
+
+RESYNC_RETRY_CAP: Final = 5.0  # seconds between LIST tries while the API is down, at most
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -229,7 +232,9 @@ class Reconciler:
                 await self.resync()
             except writer.ERRORS as error:
                 failures += 1
-                wait = backoff.delay(failures, jitter=self._jitter())
+                # A LIST is how the loop learns the API is back: tried more often than
+                # writes (capped lower), so it resumes within seconds of the API's return.
+                wait = backoff.delay(failures, jitter=self._jitter(), cap=RESYNC_RETRY_CAP)
                 server = error.retry_after if isinstance(error, client.ApiError) else None
                 wait = max(wait, server or 0.0)
                 logger.warning("Cannot list from the API server (%s); trying again in %.1fs.",
@@ -241,6 +246,7 @@ class Reconciler:
                             failures)
             self._resync_due = False
             self._listed_at = time.monotonic()
+            self.writer.recovered()
             return
 
     async def resync(self) -> None:

@@ -121,6 +121,11 @@ class Writer:
         self.remember(resource, body)
         return body
 
+    def recovered(self) -> None:
+        """The API answered a read again: writes may go at once."""
+        self._failures = 0
+        self._quiet_until = 0.0
+
     def _back_off(self, error: BaseException) -> None:
         self._failures += 1
         self.troubled = True
