@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up a virtualenv from nothing (idempotent) and run every check CI runs:
-# ruff, mypy --strict on the core and simulator, the import contract, and pytest.
+# ruff, mypy --strict on the whole package, the import contract, and pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=hack/setup.sh
