@@ -85,9 +85,9 @@ def test_a_frozen_leader_writes_nothing_after_its_lease_expired(
                 harness.wait_serving(kube, {"chat": 18}, timeout=60)
                 harness.wait_until(lambda: _leader(replicas) is not None, timeout=30,
                                    what="one leader after the thaw")
-                fenced += int(leader.metrics().total("capguard_actions_total",
-                                                     result="not_leading"))
-                _report("freeze", round=round_ + 1, fenced_writes=fenced)
+                fenced = sum(int(r.metrics().total("capguard_actions_total",
+                                                   result="not_leading")) for r in replicas)
+                _report("freeze", round=round_ + 1, fenced_writes_so_far=fenced)
             seen = watcher.seen()
             leases = chaos.lease_history(seen)
             late_writes = sum(len(chaos.writes_without_the_lease(
