@@ -29,15 +29,16 @@ from typing import Any, Final
 import aiohttp
 from aiohttp import web
 
-from capguard.core import fleet as fleet_
-from capguard.core import specs
+from capguard.core import fleet, specs
 
 from . import harness
 
 GROUP_PATH: Final = "/apis/capguard.dev/v1alpha1"
 ENGINES: Final = "inferenceengines"
 MODELS: Final = "modelcapacities"
+BREAKERS: Final = "circuitbreakers"
 LEASES_PATH: Final = "/apis/coordination.k8s.io/v1"
+_WRITES: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,13 +48,14 @@ class Faults:
     conflict: float = 0.0  # writes answered 409 Conflict
     throttle: float = 0.0  # requests answered 429 with Retry-After
     error: float = 0.0  # requests answered 500
-    timeout: float = 0.0  # requests held unanswered until the client gives up
+    timeout: float = 0.0  # requests held unanswered for `hang` seconds, then dropped
     cut_watch: float = 0.0  # watches cut after a moment
-    gone: float = 0.0  # watches with a resourceVersion answered 410 Gone
+    gone: float = 0.0  # watches and lists from a resourceVersion other than 0: 410 Expired
     outage: bool = False  # every request answered 503
     latency: float = 0.0  # seconds added before forwarding
     action_latency: float = 0.0  # seconds added to action writes only (writes queue up)
     retry_after: int = 1  # what a 429 asks for
+    hang: float = 60.0  # how long a timed-out request is held before its connection drops
 
     @classmethod
     def each(cls, rate: float) -> Faults:
@@ -79,6 +81,10 @@ class Request:
         return "watch=" in self.query
 
     @property
+    def write(self) -> bool:
+        return self.method in _WRITES
+
+    @property
     def action(self) -> bool:
         """A binding write: a PATCH of an engine itself (not its /status)."""
         parts = self.path.split("/")
@@ -91,12 +97,39 @@ class Request:
         return str(found) if found else None
 
 
-def _status(code: int, reason: str, message: str, **details: Any) -> web.Response:
+def _status_body(code: int, reason: str, message: str, **details: Any) -> dict[str, Any]:
+    """A `kind: Status` failure, field for field as kube-apiserver writes one."""
     body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
             "message": message, "reason": reason, "code": code}
     if details:
         body["details"] = details
-    return web.json_response(body, status=code)
+    return body
+
+
+def _status(code: int, reason: str, message: str, **details: Any) -> web.Response:
+    return web.json_response(_status_body(code, reason, message, **details), status=code)
+
+
+def _conflict(path: str) -> web.Response:
+    """409 as the API server words it (shared/k8s-reference 030, 034, 101): the object's
+    resource, group and name in the message and in details."""
+    # /apis/GROUP/VERSION[/namespaces/NS]/RESOURCE/NAME[/status]; /api/v1/... has no group
+    parts = path.strip("/").split("/")
+    group = parts[1] if parts[0] == "apis" else ""
+    rest = parts[3:] if group else parts[2:]
+    if rest[:1] == ["namespaces"] and len(rest) > 2:
+        rest = rest[2:]
+    resource, name = [*rest, "", ""][:2]
+    qualified = f"{resource}.{group}" if group else resource
+    return _status(409, "Conflict", f'Operation cannot be fulfilled on {qualified} "{name}": '
+                   "the object has been modified; please apply your changes to the latest "
+                   "version and try again", name=name, group=group, kind=resource)
+
+
+def _versioned(request: web.Request) -> bool:
+    """A read from a resourceVersion the server could have compacted away ("0" never is:
+    it means any version, served from the cache)."""
+    return request.query.get("resourceVersion", "0") != "0"
 
 
 class FaultProxy(harness.ReverseProxy):
@@ -120,6 +153,9 @@ class FaultProxy(harness.ReverseProxy):
         with self._lock:
             return [r for r in self._requests if since <= r.monotonic < until]
 
+    def writes(self, *, since: float = 0.0, until: float = float("inf")) -> list[Request]:
+        return [r for r in self.requests(since=since, until=until) if r.write]
+
     def actions(self) -> list[Request]:
         return [r for r in self.requests() if r.action]
 
@@ -128,15 +164,15 @@ class FaultProxy(harness.ReverseProxy):
             faults, roll = self._faults, self._rng.random
             if faults.outage:
                 return "outage"
-            write = request.method in ("POST", "PUT", "PATCH", "DELETE")
+            write = request.method in _WRITES
             watch = "watch" in request.query
-            versioned = bool(request.query.get("resourceVersion"))
+            versioned = request.method == "GET" and _versioned(request)
             for name, rate, applies in (
                 ("conflict", faults.conflict, write),
                 ("throttle", faults.throttle, True),
                 ("error", faults.error, not watch),
                 ("timeout", faults.timeout, not watch),
-                ("gone", faults.gone, watch and versioned),
+                ("gone", faults.gone, versioned),
                 ("cut_watch", faults.cut_watch, watch),
             ):
                 if applies and rate and roll() < rate:
@@ -177,9 +213,7 @@ class FaultProxy(harness.ReverseProxy):
             return _status(503, "ServiceUnavailable", "the API server is unavailable (outage)")
         if fault == "conflict":
             status[0] = 409
-            return _status(409, "Conflict", "Operation cannot be fulfilled: the object has "
-                           "been modified; please apply your changes to the latest version "
-                           "and try again")
+            return _conflict(request.path)
         if fault == "throttle":
             status[0] = 429
             response = _status(429, "TooManyRequests", "Too many requests, please try again "
@@ -188,17 +222,37 @@ class FaultProxy(harness.ReverseProxy):
             return response
         if fault == "error":
             status[0] = 500
-            return _status(500, "InternalError", "Internal error occurred: injected")
+            return _status(500, "InternalError", "Internal error occurred: injected",
+                           causes=[{"message": "injected"}])
         if fault == "timeout":
-            await asyncio.sleep(120)  # the client times out first and drops the connection
-            raise web.HTTPGatewayTimeout()
+            await asyncio.sleep(self._faults.hang)
+            if request.transport is not None:
+                request.transport.close()  # no answer at all: the client sees the drop
+            return web.StreamResponse()
         if fault == "gone":
-            status[0] = 410
-            return _status(410, "Expired", "too old resource version: injected")
+            return await self._gone(request, status=status)
         # A cut watch ends after a moment, as a load balancer or an apiserver restart ends
         # one: the client sees the stream close and must watch again.
         cut = 0.5 + self._rng.random() if fault == "cut_watch" else None
         return await self.forward(request, body, seen=seen, cut_after=cut)
+
+    async def _gone(self, request: web.Request, *, status: list[int]) -> web.StreamResponse:
+        """A compacted resourceVersion (shared/k8s-reference 081): a watch is answered 200
+        with one ERROR event carrying the 410 Expired Status, then ends; a list gets the
+        Status itself with HTTP 410."""
+        version = request.query["resourceVersion"]
+        expired = _status_body(410, "Expired", f"too old resource version: {version} "
+                               f"({int(version) + 1 if version.isdigit() else version})")
+        if "watch" not in request.query:
+            status[0] = 410
+            return web.json_response(expired, status=410)
+        status[0] = 200
+        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        await response.write(json.dumps({"type": "ERROR", "object": expired}).encode() + b"\n")
+        await response.write_eof()
+        return response
+
 
 # --- the independent watcher ------------------------------------------------------
 
@@ -208,7 +262,7 @@ class Seen:
     """One version of one object, as the watcher's own watch delivered it."""
 
     at: float  # time.time() on arrival
-    kind: str  # "engine", "model" or "lease"
+    kind: str  # "engine", "model", "breaker" or "lease"
     event: str  # ADDED, MODIFIED, DELETED (a LIST counts as ADDED)
     body: Mapping[str, Any]
 
@@ -218,10 +272,12 @@ class Seen:
 
 
 class Watcher:
-    """List+watch of one namespace's engines and models and the operator Lease, in a
-    thread, straight to the API server through a `kubectl proxy` of its own."""
+    """List+watch of one namespace's engines, models and breakers and of the Leases in
+    `lease_namespace`, in a thread, straight to the API server through a `kubectl proxy`
+    of its own."""
 
-    def __init__(self, kubectl: harness.Kubectl, *, directory: Path) -> None:
+    def __init__(self, kubectl: harness.Kubectl, *, directory: Path,
+                 lease_namespace: str = harness.OPERATOR_NAMESPACE) -> None:
         assert kubectl.namespace is not None
         self._namespace = kubectl.namespace
         self._seen: list[Seen] = []
@@ -235,7 +291,8 @@ class Watcher:
         streams = [
             (f"{GROUP_PATH}/namespaces/{self._namespace}/{ENGINES}", "engine"),
             (f"{GROUP_PATH}/namespaces/{self._namespace}/{MODELS}", "model"),
-            (f"{LEASES_PATH}/namespaces/{harness.OPERATOR_NAMESPACE}/leases", "lease"),
+            (f"{GROUP_PATH}/namespaces/{self._namespace}/{BREAKERS}", "breaker"),
+            (f"{LEASES_PATH}/namespaces/{lease_namespace}/leases", "lease"),
         ]
         self._ready = threading.Barrier(len(streams) + 1)
         self._tasks: list[asyncio.Task[None]] = []
@@ -311,11 +368,11 @@ class FloorDrop:
     engine: str  # the engine whose change took the model below its floor
 
 
-def _replay(seen: Iterable[Seen]) -> Iterator[tuple[Seen, fleet_.Fleet, fleet_.Fleet]]:
+def _replay(seen: Iterable[Seen]) -> Iterator[tuple[Seen, fleet.Fleet, fleet.Fleet]]:
     """(each engine or model version, the fleet before it, the fleet after it)."""
     engines: dict[str, specs.Engine] = {}
     models: dict[str, specs.ModelSpec] = {}
-    before = fleet_.Fleet.of(engines=[], models=[])
+    before = fleet.Fleet.of(engines=[], models=[])
     for s in seen:
         if s.kind == "engine":
             if s.event == "DELETED":
@@ -330,14 +387,16 @@ def _replay(seen: Iterable[Seen]) -> Iterator[tuple[Seen, fleet_.Fleet, fleet_.F
                     models[s.name] = specs.parse_model(s.body)
         else:
             continue
-        after = fleet_.Fleet.of(engines=engines.values(), models=models.values())
+        after = fleet.Fleet.of(engines=engines.values(), models=models.values())
         yield s, before, after
         before = after
 
 
 def floor_drops(seen: Sequence[Seen]) -> list[FloorDrop]:
-    """Every engine change that took a model from at or above its floor to below it (a
-    model scaled up above what serves is below its floor without anything dropping)."""
+    """Every engine change that took units from a model and left it below its floor
+    (`ModelSpec.floor_units`: minAvailable, 90 % of replicas rounded up by default). A model
+    scaled up beyond what serves is below its floor with nothing dropped: not counted,
+    but a unit lost while it is there is."""
     drops = []
     for s, before, after in _replay(seen):
         if s.kind != "engine":
@@ -345,7 +404,7 @@ def floor_drops(seen: Sequence[Seen]) -> list[FloorDrop]:
         for name in after.models:
             was, now = before.serving_units(name), after.serving_units(name)
             floor = after.floor_units(name)
-            if now < was and now < floor <= was:
+            if now < was and now < floor:
                 drops.append(FloorDrop(s.at, name, now, floor, s.name))
     return drops
 
@@ -415,13 +474,23 @@ def writes_without_the_lease(requests: Sequence[Request], leases: Sequence[Lease
     return bad
 
 
-def converged(seen: Sequence[Seen], wanted: Mapping[str, int]) -> float | None:
-    """When the fleet last became exactly `wanted` (serving units per model) and stayed so
-    to the end of the recording; None if it is not so at the end."""
+def converged(seen: Sequence[Seen], wanted: Mapping[str, int] | None = None) -> float | None:
+    """When the fleet last became exactly `wanted` (serving units per model; by default
+    every model its own spec.replicas as recorded then) and stayed so to the end of the
+    recording; None if it is not so at the end."""
     since = None
     for s, _, after in _replay(seen):
-        if all(after.serving_units(m) == n for m, n in wanted.items()):
+        goal = wanted if wanted is not None else {m: after.desired_units(m) for m in after.models}
+        if all(after.serving_units(m) == n for m, n in goal.items()):
             since = s.at if since is None else since
         else:
             since = None
     return since
+
+
+def time_to_converge(seen: Sequence[Seen], *, after: float,
+                     wanted: Mapping[str, int] | None = None) -> float | None:
+    """Seconds from wall time `after` (faults stopped, say) to `converged`; 0 if the fleet
+    was already so, None if it is not so at the end."""
+    since = converged(seen, wanted)
+    return None if since is None else max(0.0, since - after)
