@@ -60,6 +60,16 @@ def never_fails() -> bool:
     return False
 
 
+def settled(engine: specs.Engine) -> bool:
+    """No move is ever due without a spec change: serving what it is bound to, or idle
+    and unbound (a driver of thousands of engines skips these cheaply)."""
+    if engine.since is None:
+        return False
+    if engine.phase is specs.Phase.SERVING:
+        return engine.spec.model_ref == engine.model and engine.spec.revision == engine.revision
+    return engine.phase is specs.Phase.IDLE and not engine.spec.model_ref
+
+
 def step(
     engine: specs.Engine,
     *,
@@ -68,6 +78,8 @@ def step(
     load_fails: Callable[[], bool] = never_fails,
 ) -> Step:
     """The next move of ``engine`` at ``now``; ``load_fails`` is asked once per finished load."""
+    if settled(engine):
+        return Step(None, None)
     bound = engine.spec.model_ref
     phase = engine.phase
     since = engine.since

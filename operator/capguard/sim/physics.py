@@ -37,10 +37,17 @@ class SimEngine:
     engine: specs.Engine
     load_seconds: float = engines.LOAD_SECONDS
 
-    def timing(self, physics: Physics) -> engines.Timing:
-        return engines.Timing(
-            load=self.load_seconds, drain=physics.drain_seconds, repair=physics.repair_seconds
-        )
+    def timing(self, base: engines.Timing) -> engines.Timing:
+        if self.engine.phase is not specs.Phase.LOADING:
+            return base  # only a load has a time of its own
+        return dataclasses.replace(base, load=self.load_seconds)
+
+
+def timing_of(physics: Physics) -> engines.Timing:
+    """The machine's timing for these physics (a load's own time replaces `load`)."""
+    return engines.Timing(
+        load=physics.load_seconds, drain=physics.drain_seconds, repair=physics.repair_seconds
+    )
 
 
 def advance(
@@ -50,8 +57,13 @@ def advance(
     physics: Physics,
     rng: random.Random,
     stamp: Callable[[], str],
+    timing: engines.Timing | None = None,
 ) -> SimEngine:
-    """Every transition due at ``now`` (a drain may end and a load start in one tick)."""
+    """Every transition due at ``now`` (a drain may end and a load start in one tick).
+    ``timing`` is `timing_of(physics)`, passed in by a caller that advances many."""
+    if engines.settled(current.engine):
+        return current
+    base = timing if timing is not None else timing_of(physics)
 
     def load_fails() -> bool:
         rate = physics.load_failure_rate
@@ -59,7 +71,7 @@ def advance(
 
     for _ in range(engines.MAX_MOVES_AT_ONCE):  # the bound keeps a bug finite
         move = engines.step(
-            current.engine, timing=current.timing(physics), now=now, load_fails=load_fails
+            current.engine, timing=current.timing(base), now=now, load_fails=load_fails
         ).transition
         if move is None:
             return current

@@ -65,10 +65,11 @@ class World:
     def advance(self, *, now: float, only: Iterable[str] | None = None) -> None:
         """Let the engine driver move every engine (or only ``only``) as far as ``now``."""
         physics = self.scenario.physics
+        timing = physics_.timing_of(physics)
         for name in sorted(self.engines) if only is None else only:
             before = self.engines[name]
             after = physics_.advance(
-                before, now=now, physics=physics, rng=self.rng, stamp=self.stamp
+                before, now=now, physics=physics, rng=self.rng, stamp=self.stamp, timing=timing
             )
             if after is not before:
                 self._put(after)
