@@ -35,75 +35,6 @@ KINDS = {
     "CircuitBreaker": ("circuitbreakers", "cb"),
 }
 
-# The field names fixed by docs/api-contract.md.
-CONTRACT_FIELDS = {
-    ("InferenceEngine", "spec"): {
-        "pool",
-        "accelerator",
-        "capacityUnits",
-        "modelRef",
-        "cordoned",
-        "revision",
-    },
-    ("InferenceEngine", "status"): {
-        "phase",
-        "model",
-        "revision",
-        "since",
-        "lastAction",
-        "message",
-        "observedGeneration",
-        "conditions",
-    },
-    ("ModelCapacity", "spec"): {
-        "replicas",
-        "revision",
-        "minAvailable",
-        "maxUnavailable",
-        "rateLimit",
-        "priority",
-        "engineSelector",
-    },
-    ("ModelCapacity", "status"): {
-        "desired",
-        "serving",
-        "loading",
-        "draining",
-        "floor",
-        "drift",
-        "availablePercent",
-        "selector",
-        "observedGeneration",
-        "conditions",
-    },
-    ("CircuitBreaker", "spec"): {
-        "selector",
-        "open",
-        "autoTrip",
-        "pauseThreshold",
-        "maxBatchAfterPause",
-        "halfOpenProbes",
-        "maxPlanAge",
-        "rateLimit",
-        "approval",
-    },
-    ("CircuitBreaker", "status"): {
-        "state",
-        "since",
-        "reason",
-        "heldActions",
-        "refusedActions",
-        "lastRefusedBatch",
-        "releasePlan",
-        "probesSucceeded",
-        "secondsInState",
-        "secondsInStateAt",
-        "pausedSince",
-        "observedGeneration",
-        "conditions",
-    },
-}
-
 Schema = dict[str, Any]
 Errors = list[tuple[str, str]]
 
@@ -256,12 +187,6 @@ def test_model_capacity_has_the_scale_subresource() -> None:
     assert node_at(schema, ".status.selector")["type"] == "string"
 
 
-@pytest.mark.parametrize("kind,part", sorted(CONTRACT_FIELDS))
-def test_fields_are_the_contract_ones(kind: str, part: str) -> None:
-    fields = set(schema_of(kind)["properties"][part]["properties"])
-    assert fields == CONTRACT_FIELDS[kind, part]
-
-
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_every_field_has_a_description(kind: str) -> None:
     """Except the root's `metadata`: apiextensions refuses anything there but `type`
@@ -341,13 +266,6 @@ def test_printer_columns_answer_the_first_question() -> None:
     assert columns("CircuitBreaker")[:4] == ["State", "Since", "Held", "Refused"]
     for kind in KINDS:
         assert columns(kind)[-1] == "Age"
-
-
-def test_states_and_phases_are_enums() -> None:
-    phase = node_at(schema_of("InferenceEngine"), ".status.phase")
-    assert phase["enum"] == ["Idle", "Loading", "Serving", "Draining", "Failed"]
-    state = node_at(schema_of("CircuitBreaker"), ".status.state")
-    assert state["enum"] == ["Closed", "Open", "HalfOpen"]
 
 
 @pytest.mark.parametrize(
@@ -494,21 +412,22 @@ def test_breaker_defaults_make_an_empty_spec_a_closed_breaker() -> None:
     }
 
 
-@pytest.mark.parametrize(
-    "duration,ok",
-    [
-        ("90s", True),
-        ("5m", True),
-        ("1h30m", True),
-        ("1.5h", True),
-        ("250ms", True),
-        ("5", False),
-        ("5 minutes", False),
-        ("-5m", False),
-        ("5d", False),
-        ("", False),
-    ],
-)
+# Also what the core's parser must accept and refuse (test_one_source).
+DURATIONS = [
+    ("90s", True),
+    ("5m", True),
+    ("1h30m", True),
+    ("1.5h", True),
+    ("250ms", True),
+    ("5", False),
+    ("5 minutes", False),
+    ("-5m", False),
+    ("5d", False),
+    ("", False),
+]
+
+
+@pytest.mark.parametrize("duration,ok", DURATIONS)
 def test_durations(duration: str, ok: bool) -> None:
     body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "CircuitBreaker"}
     body |= {"metadata": {"name": "b"}, "spec": {"pauseThreshold": duration}}

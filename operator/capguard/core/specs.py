@@ -1,8 +1,12 @@
 """The one parser: CR bodies in, frozen values out, or a SpecError a person can act on.
 
 Every body from the API server (or the simulator) enters the core here, so nothing
-past this module ever sees a ``dict``. Defaults and enums mirror the CRD schemas in ``crds/``,
-the one source: tests/crds/test_one_source.py fails when they drift apart.
+past this module ever sees a ``dict``. The CRD schemas in ``crds/`` are the one source of
+fields, defaults and enums; this module mirrors them for bodies the API server never
+defaulted (a test's, the simulator's). Each default is written once, on its dataclass
+field, and the parser reads it from there (``default=ModelSpec.priority``), so a value
+built in code and a parsed body agree; tests/crds/test_one_source.py fails when a default,
+an enum or the duration syntax here drifts from the schemas.
 """
 
 from __future__ import annotations
@@ -392,7 +396,7 @@ def _rate_limit(fields: _Fields | None) -> RateLimit | None:
     if fields is None:
         return None
     per_minute = fields.number("actionsPerMinute", default=None, low=1e-9, high=None)
-    return RateLimit(per_minute, fields.integer("burst", default=1, minimum=1))
+    return RateLimit(per_minute, fields.integer("burst", default=RateLimit.burst, minimum=1))
 
 
 def _phase(status: _Fields) -> Phase:
@@ -424,9 +428,11 @@ def parse_engine(body: Mapping[str, object]) -> Engine:
         spec=EngineSpec(
             pool=spec.required_string("pool"),
             accelerator=spec.string("accelerator"),
-            capacity_units=spec.integer("capacityUnits", default=1, minimum=1),
+            capacity_units=spec.integer(
+                "capacityUnits", default=EngineSpec.capacity_units, minimum=1
+            ),
             model_ref=spec.string("modelRef"),
-            cordoned=spec.boolean("cordoned", default=False),
+            cordoned=spec.boolean("cordoned", default=EngineSpec.cordoned),
             revision=spec.string("revision"),
         ),
         phase=_phase(status),
@@ -443,7 +449,7 @@ def parse_engine(body: Mapping[str, object]) -> Engine:
 def parse_model(body: Mapping[str, object]) -> ModelSpec:
     meta, spec, _ = _top(body, kind=MODEL)
     replicas = spec.integer("replicas", default=None, minimum=0)
-    floor = spec.int_or_percent("minAvailable", default=IntOrPercent(90, percent=True))
+    floor = spec.int_or_percent("minAvailable", default=ModelSpec.min_available)
     if not floor.percent and floor.value > replicas:
         raise spec.error(
             "minAvailable",
@@ -455,9 +461,9 @@ def parse_model(body: Mapping[str, object]) -> ModelSpec:
         replicas=replicas,
         revision=spec.string("revision"),
         min_available=floor,
-        max_unavailable=spec.int_or_percent("maxUnavailable", default=IntOrPercent(1)),
+        max_unavailable=spec.int_or_percent("maxUnavailable", default=ModelSpec.max_unavailable),
         rate_limit=_rate_limit(spec.child("rateLimit")),
-        priority=spec.integer("priority", default=0),
+        priority=spec.integer("priority", default=ModelSpec.priority),
         engine_selector=parse_selector(spec.child("engineSelector")),
         labels=meta.labels("labels"),
         resource_version=meta.string("resourceVersion", default="") or "",
@@ -471,9 +477,9 @@ def _auto_trip(fields: _Fields | None) -> AutoTrip | None:
         return None
     return AutoTrip(
         max_drift_ratio=_optional_ratio(fields, "maxDriftRatio"),
-        on_floor_breach=fields.boolean("onFloorBreach", default=True),
+        on_floor_breach=fields.boolean("onFloorBreach", default=AutoTrip.on_floor_breach),
         max_action_failure_rate=_optional_ratio(fields, "maxActionFailureRate"),
-        window=fields.duration("window", default=300.0),
+        window=fields.duration("window", default=AutoTrip.window),
     )
 
 
@@ -501,12 +507,16 @@ def parse_breaker(body: Mapping[str, object]) -> BreakerSpec:
     return BreakerSpec(
         name=meta.required_string("name"),
         selector=parse_selector(spec.child("selector")),
-        open=spec.boolean("open", default=False),
+        open=spec.boolean("open", default=BreakerSpec.open),
         auto_trip=_auto_trip(spec.child("autoTrip")),
-        pause_threshold=spec.duration("pauseThreshold", default=300.0),
-        max_batch_after_pause=spec.integer("maxBatchAfterPause", default=3, minimum=0),
-        half_open_probes=spec.integer("halfOpenProbes", default=2, minimum=1),
-        max_plan_age=spec.duration("maxPlanAge", default=600.0),
+        pause_threshold=spec.duration("pauseThreshold", default=BreakerSpec.pause_threshold),
+        max_batch_after_pause=spec.integer(
+            "maxBatchAfterPause", default=BreakerSpec.max_batch_after_pause, minimum=0
+        ),
+        half_open_probes=spec.integer(
+            "halfOpenProbes", default=BreakerSpec.half_open_probes, minimum=1
+        ),
+        max_plan_age=spec.duration("maxPlanAge", default=BreakerSpec.max_plan_age),
         rate_limit=_rate_limit(spec.child("rateLimit")),
         approval=_approval(spec.child("approval")),
         resource_version=meta.string("resourceVersion", default="") or "",
