@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 from capguard import metrics as metrics_
@@ -32,13 +32,19 @@ _TRANSITION_EVENTS: Final = {
 
 
 class Metas:
-    """Object metadata by kind and name: `kubectl describe` finds Events by uid."""
+    """Object metadata by kind and name: `kubectl describe` finds Events by uid.
 
-    def __init__(self, namespace: str, found: Iterable[tuple[str, records.Meta]]) -> None:
+    Indexed on the first look only: most passes tell nothing, and 10,000 engines cost."""
+
+    def __init__(self, namespace: str,
+                 found: Callable[[], Iterable[tuple[str, records.Meta]]]) -> None:
         self.namespace = namespace
-        self._by_key = {(kind, meta.name): meta for kind, meta in found}
+        self._found = found
+        self._by_key: dict[tuple[str, str], records.Meta] | None = None
 
     def of(self, kind: str, name: str) -> records.Meta:
+        if self._by_key is None:
+            self._by_key = {(k, meta.name): meta for k, meta in self._found()}
         return self._by_key.get((kind, name)) or records.Meta(self.namespace, name, "", 0)
 
 

@@ -13,7 +13,7 @@ change), a watch event wakes the loop for the fast path: the status of just the 
 whose spec or engines changed, each computed from its own engines (a model's counts
 depend on nothing else). So a change shows in status in milliseconds even at 10,000
 engines, and a steady fleet costs neither planning nor writes. A full pass lets the
-fast path run just before its step, and then leaves the models it refreshed alone
+fast path run just before and just after its step, and then leaves the models it refreshed alone
 (their status is newer than the pass's snapshot).
 """
 
@@ -131,9 +131,9 @@ class Reconciler:
         self.progress_at = time.monotonic()  # the loop's last sign of life (liveness)
         self._quiet_until = 0.0
         self._fleets: dict[str, tuple[int, fleet_.Fleet]] = {}  # namespace -> (version, fleet)
-        # namespace -> (fleet, its models' drift, its failed engines per model)
-        self._measured: dict[str, tuple[fleet_.Fleet, Mapping[str, drift.ModelDrift],
-                                        dict[str, int]]] = {}
+        # namespace -> (fleet, its models' drift) for a standby; (fleet, failed per model)
+        self._measured: dict[str, tuple[fleet_.Fleet, Mapping[str, drift.ModelDrift]]] = {}
+        self._failed_by_fleet: dict[str, tuple[fleet_.Fleet, dict[str, int]]] = {}
 
     def wake(self) -> None:
         """Something changed in the cluster: run a pass soon (a burst makes one pass)."""
@@ -303,7 +303,7 @@ class Reconciler:
                 stale_view += step.report.stale_view_engines
                 self.narrator.models(namespace, step.report.models)
             else:
-                self.narrator.models(namespace, self._measure(namespace, fleet, now=now)[0])
+                self.narrator.models(namespace, self._measure(namespace, fleet, now=now))
                 self.narrator.observed_breakers(namespace, view.breakers, now=now)
         self.narrator.forget_except(
             {(ns, r.meta.name) for ns, v in views.items() for r in v.models if r.value},
@@ -326,13 +326,21 @@ class Reconciler:
         return cached[1]
 
     def _measure(self, namespace: str, fleet: fleet_.Fleet, *, now: float
-                 ) -> tuple[Mapping[str, drift.ModelDrift], dict[str, int]]:
-        """The models' drift and failed engines per model: a steady fleet's pass reuses it."""
+                 ) -> Mapping[str, drift.ModelDrift]:
+        """A standby's drift per model (a leader's comes with its step), reused while the
+        fleet stands still."""
         cached = self._measured.get(namespace)
         if cached is None or cached[0] is not fleet:
-            models = drift.measure(fleet, queue.ActionQueue(), now).models
-            cached = self._measured[namespace] = (fleet, models, status_.failed_engines(fleet))
-        return cached[1], cached[2]
+            cached = self._measured[namespace] = (
+                fleet, drift.measure(fleet, queue.ActionQueue(), now).models)
+        return cached[1]
+
+    def _failed(self, namespace: str, fleet: fleet_.Fleet) -> dict[str, int]:
+        """Failed engines per model, reused while the fleet stands still."""
+        cached = self._failed_by_fleet.get(namespace)
+        if cached is None or cached[0] is not fleet:
+            cached = self._failed_by_fleet[namespace] = (fleet, status_.failed_engines(fleet))
+        return cached[1]
 
     async def _act(self, namespace: str, *, view: view_.View, fleet: fleet_.Fleet, now: float,
                    result: PassResult) -> pipeline.StepResult:
@@ -346,8 +354,9 @@ class Reconciler:
         step = core.step(view.observed(fleet, established=core.signals.established), now)
         triaged_at = time.monotonic()
         self._held_by[namespace] = step.held_by
+        await self._let_events_in()  # what came during the step, before its writes
         metas = view.metas(namespace)
-        drifts, failed = self._measure(namespace, fleet, now=now)
+        drifts, failed = step.report.models, self._failed(namespace, fleet)
         fresh = [r for r in view.models if (namespace, r.meta.name) not in self._refreshed]
         if len(fresh) != len(view.models):
             # Refreshed during this pass: newer than this pass's view, so not rewritten from

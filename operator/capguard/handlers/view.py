@@ -20,7 +20,7 @@ class View:
     breakers: list[records.BreakerRecord] = dataclasses.field(default_factory=list)
 
     def metas(self, namespace: str) -> narrator.Metas:
-        return narrator.Metas(namespace, [
+        return narrator.Metas(namespace, lambda: [
             *((narrator.ENGINE, r.meta) for r in self.engines),
             *((narrator.MODEL, r.meta) for r in self.models),
             *((narrator.BREAKER, r.meta) for r in self.breakers)])
