@@ -11,6 +11,7 @@ import functools
 from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
+from capguard.core import allocation as allocation_
 from capguard.core import specs
 
 _Parsed = TypeVar("_Parsed")
@@ -139,6 +140,17 @@ class Fleet:
     def floor_units(self, model: str) -> int:
         found = self.models.get(model)
         return found.floor_units if found else 0
+
+    def protected_units(self, model: str) -> int:
+        """The floor the gate keeps: the model's floor, or the part of it the supply covers
+        when the floors of its pool cannot all be met (``allocation`` says how it is shared)."""
+        return min(self.floor_units(model), self.allocation.covered(model))
+
+    @functools.cached_property
+    def allocation(self) -> allocation_.Allocation:
+        """Who should get which engine: floors first, then priority, then max-min fair."""
+        return allocation_.allocate(engines=self.engines, models=self.models,
+                                    unreadable=self.unreadable_models)
 
     def max_unavailable_engines(self, model: str) -> int:
         found = self.models.get(model)

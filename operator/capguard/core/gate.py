@@ -482,9 +482,12 @@ def _capacity_hold(
 def _model_hold(model: str, *, engine: specs.Engine, tally: _Tally) -> tuple[Reason, str] | None:
     fleet = tally.fleet
     after = fleet.serving_units(model) - tally.taken_units.get(model, 0) - engine.units
-    floor = fleet.floor_units(model)
+    floor = fleet.protected_units(model)
     if after < floor:
-        return Reason.FLOOR, f"floor protected: {model} would serve {after} units, floor {floor}"
+        short = fleet.floor_units(model) - floor
+        covered = f" (of {floor + short}; the supply covers {floor})" if short else ""
+        return Reason.FLOOR, (f"floor protected: {model} would serve {after} units, "
+                              f"floor {floor}{covered}")
     out = len(fleet.unavailable_engines(model)) + tally.extra_unavailable.get(model, 0)
     budget = fleet.max_unavailable_engines(model)
     if out + 1 > budget:

@@ -2,14 +2,15 @@
 
 The planner only proposes. Whether an intent may run now is the gate's question; the
 planner's promise is narrower: it never proposes taking serving capacity from a model
-unless the model keeps at least its desired units serving without that engine.
+unless the model keeps at least its allocated units (``allocation``: its desired units
+unless engines are scarce) serving without that engine.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Final
 
 from capguard.core import fleet as fleet_
@@ -40,19 +41,29 @@ class Intent:
 
 @dataclasses.dataclass
 class _Supply:
-    """Engines that may go to a new model, grouped by labels so selectors match per group."""
+    """Engines that may go to a model: those the allocation claimed for it, then unclaimed
+    ones by label group (so selectors match per group). One claimed for another model is
+    never taken: that model needs it."""
 
-    groups: dict[tuple[tuple[str, str], ...], list[specs.Engine]] = dataclasses.field(
+    claimed: dict[str, list[specs.Engine]] = dataclasses.field(default_factory=dict)
+    free: dict[tuple[tuple[str, str], ...], list[specs.Engine]] = dataclasses.field(
         default_factory=dict
     )
     origin: dict[str, str | None] = dataclasses.field(default_factory=dict)
 
-    def add(self, engine: specs.Engine, *, origin: str | None) -> None:
-        self.groups.setdefault(tuple(sorted(engine.labels.items())), []).append(engine)
+    def add(self, engine: specs.Engine, *, origin: str | None, claim: str | None) -> None:
+        if claim is not None and claim != origin:
+            self.claimed.setdefault(claim, []).append(engine)
+        else:
+            self.free.setdefault(tuple(sorted(engine.labels.items())), []).append(engine)
         self.origin[engine.name] = origin
 
-    def take(self, selector: specs.LabelSelector, *, exclude: str) -> specs.Engine | None:
-        for labels, engines in sorted(self.groups.items()):
+    def take_claimed(self, model: str) -> specs.Engine | None:
+        found = self.claimed.get(model)
+        return found.pop(0) if found else None
+
+    def take_free(self, selector: specs.LabelSelector, *, exclude: str) -> specs.Engine | None:
+        for labels, engines in sorted(self.free.items()):
             if not engines or not selector.matches(dict(labels)):
                 continue
             for i, engine in enumerate(engines):
@@ -61,29 +72,41 @@ class _Supply:
         return None
 
     def remaining(self) -> Iterator[specs.Engine]:
-        for _, engines in sorted(self.groups.items()):
+        for _, engines in sorted(self.free.items()):
+            yield from engines
+        for _, engines in sorted(self.claimed.items()):
             yield from engines
 
 
 def plan(fleet: fleet_.Fleet) -> list[Intent]:
-    """Intents that move the observed fleet toward every model's desired units."""
+    """Intents that move the observed fleet toward every model's allocated units.
+
+    The allocation (floors first, then priority, then max-min fair) says how many units
+    each model gets and which engine goes where; without scarcity that is its desired
+    units, from the engines it has and idle ones.
+    """
+    allocation = fleet.allocation
+    claims = allocation.claims
     models = sorted(fleet.models.values(), key=lambda m: (-m.priority, m.name))
     bound = _bound_engines(fleet)
     intents: list[Intent] = list(_orphan_drains(fleet))
     idle, surplus, need = _Supply(), _Supply(), {}
     for engine in _idle_engines(fleet):
-        idle.add(engine, origin=None)
+        idle.add(engine, origin=None, claim=claims.get(engine.name))
     for model in models:
+        target = allocation.target(model.name)
         engines = bound.get(model.name, [])
-        good = _refreshed([e for e in engines if _fits(e, model)], engines=engines, model=model)
+        kept = [e for e in engines if claims.get(e.name) == model.name]
+        good = _refreshed([e for e in kept if _fits(e, model)], engines=kept, target=target)
         intents += [
             Intent(ActionType.REASSIGN, e.name, model.name, model.name)
             for e in good
             if not _fits(e, model)
         ]
-        need[model.name] = model.replicas - sum(e.units for e in good)
-        for engine in _removable(fleet, model=model, engines=engines, good=good):
-            surplus.add(engine, origin=model.name)
+        need[model.name] = target - sum(e.units for e in good)
+        for engine in _removable(fleet, model=model, engines=engines, good=good,
+                                 target=target, claims=claims):
+            surplus.add(engine, origin=model.name, claim=claims.get(engine.name))
     for model in models:
         intents += _fill(model, need=need[model.name], idle=idle, surplus=surplus)
     for engine in surplus.remaining():
@@ -92,20 +115,20 @@ def plan(fleet: fleet_.Fleet) -> list[Intent]:
 
 
 def _refreshed(
-    fits: list[specs.Engine], *, engines: list[specs.Engine], model: specs.ModelSpec
+    fits: list[specs.Engine], *, engines: list[specs.Engine], target: int
 ) -> list[specs.Engine]:
     """The engines that will serve the model: those that fit, plus in-place refreshes.
 
-    Reloading an engine that serves nothing yet costs no capacity, so a bound engine on
-    an old revision that is not serving is refreshed in place while the model needs it.
+    Reloading an engine that serves nothing yet costs no capacity, so a kept engine on an
+    old revision that is not serving is refreshed in place while the model needs it.
     """
     committed = sum(e.units for e in fits)
     good = list(fits)
     fit_names = {e.name for e in fits}
     for engine in engines:
-        if committed >= model.replicas:
+        if committed >= target:
             break
-        if engine.name not in fit_names and _refreshable(engine, model):
+        if engine.name not in fit_names and not engine.serves(engine.spec.model_ref or ""):
             good.append(engine)
             committed += engine.units
     return good
@@ -146,50 +169,51 @@ def _fits(engine: specs.Engine, model: specs.ModelSpec) -> bool:
     return revision_ok and model.engine_selector.matches(engine.labels)
 
 
-def _refreshable(engine: specs.Engine, model: specs.ModelSpec) -> bool:
-    return model.engine_selector.matches(engine.labels) and not engine.serves(model.name)
-
-
 def _removable(
     fleet: fleet_.Fleet,
     *,
     model: specs.ModelSpec,
     engines: list[specs.Engine],
     good: list[specs.Engine],
+    target: int,
+    claims: Mapping[str, str],
 ) -> Iterator[specs.Engine]:
-    """Engines the model can give up while its serving units stay at or above desired."""
+    """Engines the model can give up, make before break: a serving engine another model
+    was allocated leaves while the model keeps its allocated units serving; any other
+    (outside its selector or revision, or past its desired units) only while it keeps its
+    desired units serving, since draining it would gain nobody anything."""
     serving = fleet.serving_units(model.name)
-    committed = sum(e.units for e in good)
     good_names = {e.name for e in good}
-    stale = [e for e in engines if e.name not in good_names]
-    # Stale engines first; among the good, the last names leave first, like a scale-down.
-    candidates = stale + list(reversed(good))
+    candidates = [e for e in engines if e.name not in good_names]
     # Non-serving engines cost no capacity, so they go before serving ones (a stable sort).
     for engine in sorted(candidates, key=lambda e: e.serves(model.name)):
-        is_good = engine.name in good_names
-        if is_good and committed - engine.units < model.replicas:
-            continue
         if engine.serves(model.name):
-            if serving - engine.units < model.replicas:
+            wanted = claims.get(engine.name) not in (None, model.name)
+            keep = target if wanted else max(target, model.replicas)
+            if serving - engine.units < keep:
                 continue
             serving -= engine.units
-        committed -= engine.units if is_good else 0
         yield engine
 
 
 def _fill(
     model: specs.ModelSpec, *, need: int, idle: _Supply, surplus: _Supply
 ) -> Iterator[Intent]:
-    """Cover the model's need with idle engines first, then other models' surplus."""
+    """Cover the model's need: the engines claimed for it, then unclaimed idle engines,
+    then unclaimed surplus."""
     while need > 0:
-        engine = idle.take(model.engine_selector, exclude=model.name)
-        if engine is not None:
+        engine = idle.take_claimed(model.name) or surplus.take_claimed(model.name)
+        if engine is None:
+            engine = idle.take_free(model.engine_selector, exclude=model.name)
+        if engine is None:
+            engine = surplus.take_free(model.engine_selector, exclude=model.name)
+        if engine is None:
+            return
+        origin = surplus.origin.get(engine.name) if engine.spec.model_ref else None
+        if origin is None:
             yield Intent(ActionType.ASSIGN, engine.name, model.name, None)
         else:
-            engine = surplus.take(model.engine_selector, exclude=model.name)
-            if engine is None:
-                return
-            yield Intent(ActionType.REASSIGN, engine.name, model.name, surplus.origin[engine.name])
+            yield Intent(ActionType.REASSIGN, engine.name, model.name, origin)
         need -= engine.units
 
 

@@ -179,9 +179,22 @@ def _snapshot(intent: planner.Intent, *, fleet: fleet_.Fleet) -> _Planned:
 
 
 def _broken_floors(before: fleet_.Fleet, after: fleet_.Fleet, *, engine: str) -> tuple[str, ...]:
-    """Models the engine served before the write that are below their floor after it."""
+    """Models the engine served before the write that are below their floor after it.
+
+    One exception, the max-min sharing of floors the supply cannot all cover: a model
+    already below its floor may give an engine to another model below its floor as long
+    as it keeps its own share (``Fleet.protected_units``); that moves a floor, it breaks
+    none.
+    """
     was = before.engines[engine]
     served = [
         m for m in (was.model,) if m and was.serves(m) and not after.engines[engine].serves(m)
     ]
-    return tuple(m for m in served if after.serving_units(m) < after.floor_units(m))
+    to = after.engines[engine].spec.model_ref
+    sharing = to is not None and before.serving_units(to) < before.floor_units(to)
+    return tuple(
+        m for m in served
+        if after.serving_units(m) < after.floor_units(m)
+        and not (sharing and before.serving_units(m) < before.floor_units(m)
+                 and after.serving_units(m) >= before.protected_units(m))
+    )

@@ -1,0 +1,408 @@
+"""Who gets the engines when there are not enough: floors first, then priority, then a
+fair share. Pure and deterministic; the planner moves engines toward what it decides.
+
+The rule, in capacity units, over the engines each model's selector matches (so it
+applies per pool and accelerator, whatever the selectors pick):
+
+1. **Floors first.** Every model keeps the engines it holds up to its floor
+   (``minAvailable``). Then, highest priority first, models below their floor take idle
+   engines and engines other models hold above their floor. When the floors of one
+   priority still exceed the supply, they share it max-min fair: a model takes an engine
+   from another model of its priority that already serves below its own floor (one it
+   cannot reach), only while that model keeps at least as much as the taker then has. No
+   model at or above its floor is taken below it, and a lower priority's floor is never
+   taken.
+2. **Then priority.** What is left goes to the highest priority first, up to each model's
+   desired units (``replicas``); a higher priority takes a lower priority's surplus.
+3. **Then max-min fair within a priority.** The model with the fewest units takes the
+   next engine. Max-min, not proportional to desired: with a proportional share a model
+   gets more by asking for more, which is exactly how one ``replicas: 100000`` model with
+   an empty selector starved every other model's floor. Max-min gives no reward for
+   inflating a number; a model that needs less than an equal share leaves the rest to
+   the others.
+
+Each model prefers the engines it already holds, then idle engines, then other models'
+surplus (lowest priority first), so an allocation that was carried out is allocated the
+same way again: nothing moves without a reason. ``covered`` is the part of each floor
+the supply covers; the gate protects that (``Fleet.protected_units``), so restoring one
+model's floor can take an engine from a model whose own floor cannot be met anyway, and
+never from a floor that can be.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+from collections.abc import Iterator, Mapping
+from typing import Final
+
+from capguard.core import specs
+
+_Group = tuple[tuple[str, str], ...]  # an engine's labels, sorted: selectors match groups
+
+FLOORS: Final = "floors"
+SURPLUS: Final = "surplus"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelShare:
+    """What one model gets, in capacity units."""
+
+    desired: int
+    floor: int
+    covered: int  # the part of the floor the supply covers: the floor the gate protects
+    target: int  # units allocated: what the planner moves the model toward
+    pools: tuple[str, ...] = ()  # pools of the engines its selector matches, in any state
+
+    @property
+    def floor_shortfall(self) -> int:
+        return self.floor - self.covered
+
+    @property
+    def short(self) -> int:
+        """Desired units the supply cannot give this model now."""
+        return self.desired - self.target
+
+    @property
+    def no_eligible_engines(self) -> bool:
+        return not self.pools
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolSupply:
+    """One pool's engines in capacity units, and what the models that may use it want."""
+
+    pool: str
+    units: int  # every engine of the pool
+    usable: int  # not failed, not cordoned unless bound, not leaving a deleted model
+    serving: int
+    idle: int
+    floors: int  # floors of the models whose selector matches an engine of the pool
+    desired: int  # desired units of those models (a model matching two pools counts in both)
+
+
+@dataclasses.dataclass(frozen=True)
+class Allocation:
+    claims: Mapping[str, str]  # engine -> the model it should serve
+    models: Mapping[str, ModelShare]
+    pools: Mapping[str, PoolSupply]
+
+    def target(self, model: str) -> int:
+        found = self.models.get(model)
+        return found.target if found else 0
+
+    def covered(self, model: str) -> int:
+        found = self.models.get(model)
+        return found.covered if found else 0
+
+
+def allocate(
+    *,
+    engines: Mapping[str, specs.Engine],
+    models: Mapping[str, specs.ModelSpec],
+    unreadable: frozenset[str] = frozenset(),
+) -> Allocation:
+    state = _State.of(engines=engines, models=models, unreadable=unreadable)
+    for model in models.values():
+        state.reserve(model)
+    covered = state.fill(phase=FLOORS)
+    state.fill(phase=SURPLUS)
+    shares = {
+        name: ModelShare(
+            desired=m.replicas, floor=m.floor_units, covered=covered[name],
+            target=state.units[name], pools=state.pools_of(m),
+        )
+        for name, m in sorted(models.items())
+    }
+    return Allocation(claims=dict(state.claims), models=shares,
+                      pools=_pools(engines=engines, models=models, state=state))
+
+
+@dataclasses.dataclass
+class _State:
+    """The allocation while it is computed: one engine claimed at a time."""
+
+    models: Mapping[str, specs.ModelSpec]
+    groups: dict[_Group, list[specs.Engine]]
+    # Unbound idle engines and those bound outside their model's selector; taken from the end.
+    idle: dict[_Group, list[specs.Engine]]
+    held: dict[str, list[specs.Engine]]  # model -> engines it holds that its selector matches
+    holders: dict[_Group, dict[str, list[specs.Engine]]]  # group -> holder -> given last first
+    claims: dict[str, str] = dataclasses.field(default_factory=dict)
+    units: dict[str, int] = dataclasses.field(default_factory=dict)  # claimed, per model
+    # Held units a model still has (claimed by it or by nobody): what fairness compares.
+    keeps: dict[str, int] = dataclasses.field(default_factory=dict)
+    own: set[str] = dataclasses.field(default_factory=set)  # engines in some model's `held`
+    serving: dict[str, int] = dataclasses.field(default_factory=dict)  # units serving now
+    floor_claims: dict[str, list[specs.Engine]] = dataclasses.field(default_factory=dict)
+    eligible: dict[str, list[_Group]] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls, *, engines: Mapping[str, specs.Engine], models: Mapping[str, specs.ModelSpec],
+        unreadable: frozenset[str],
+    ) -> _State:
+        groups: dict[_Group, list[specs.Engine]] = {}
+        idle: dict[_Group, list[specs.Engine]] = {}
+        held: dict[str, list[specs.Engine]] = {name: [] for name in models}
+        holders: dict[_Group, dict[str, list[specs.Engine]]] = {}
+        for _, engine in sorted(engines.items()):
+            group = _group(engine)
+            groups.setdefault(group, []).append(engine)
+            holder = _holder(engine, models=models, unreadable=unreadable)
+            if holder is None:
+                if _idle(engine):
+                    idle.setdefault(group, []).append(engine)
+            elif models[holder].engine_selector.matches(engine.labels):
+                held[holder].append(engine)
+            elif not engine.spec.cordoned:  # held outside its model's selector: as if idle
+                idle.setdefault(group, []).append(engine)
+        for name, own in held.items():
+            own.sort(key=lambda e: _keep_order(e, model=models[name]))
+            wanted, kept = 0, []
+            for engine in own:
+                # Past its desired units a model never claims an engine: it is as if idle.
+                if wanted >= models[name].replicas and not engine.spec.cordoned:
+                    idle.setdefault(_group(engine), []).append(engine)
+                    continue
+                wanted += engine.units
+                kept.append(engine)
+                if not engine.spec.cordoned:
+                    holders.setdefault(_group(engine), {}).setdefault(name, []).append(engine)
+            held[name] = kept
+        for engine_list in idle.values():
+            # Popped from the end: unbound engines first (taking one disrupts nobody),
+            # then those a model holds but will not keep, each by name.
+            engine_list.sort(key=lambda e: (e.spec.model_ref is not None, e.name), reverse=True)
+        for by_holder in holders.values():
+            for given in by_holder.values():
+                given.reverse()  # the last kept is given away first: popped from the end
+        state = cls(models=models, groups=groups, idle=idle, held=held, holders=holders)
+        for name, model in models.items():
+            state.units[name] = 0
+            state.keeps[name] = sum(e.units for e in held[name])
+            state.serving[name] = sum(e.units for e in engines.values() if e.serves(name))
+            state.own.update(e.name for e in held[name])
+            state.eligible[name] = [g for g in sorted(groups)
+                                    if model.engine_selector.matches(dict(g))]
+        # Idle engines are taken from the groups the fewest models can use first, so a
+        # model that can use any pool leaves the contested one to those that cannot.
+        contested = {g: sum(g in found for found in state.eligible.values()) for g in groups}
+        for name in models:
+            state.eligible[name].sort(key=lambda g: contested[g])
+        return state
+
+    def reserve(self, model: specs.ModelSpec) -> None:
+        """A model keeps what it holds, up to its floor."""
+        claimed = self.floor_claims.setdefault(model.name, [])
+        for engine in self.held[model.name]:
+            if self.units[model.name] >= model.floor_units:
+                return
+            self._claim(engine, model=model.name)
+            claimed.append(engine)
+
+    def fill(self, *, phase: str) -> dict[str, int]:
+        """Water-fill each priority, highest first; returns the units claimed per model."""
+        by_priority: dict[int, list[specs.ModelSpec]] = {}
+        for model in self.models.values():
+            by_priority.setdefault(model.priority, []).append(model)
+        for priority in sorted(by_priority, reverse=True):
+            self._water_fill(by_priority[priority], phase=phase)
+        return dict(self.units)
+
+    def _water_fill(self, tier: list[specs.ModelSpec], *, phase: str) -> None:
+        goals = {m.name: m.floor_units if phase == FLOORS else m.replicas for m in tier}
+        heap = [(self.units[m], m) for m in sorted(goals) if self.units[m] < goals[m]]
+        heapq.heapify(heap)
+        while heap:
+            _, name = heapq.heappop(heap)
+            # Take while still the lowest (a batch per pop keeps the heap work small).
+            while self.units[name] < goals[name] and (not heap or (self.units[name], name)
+                                                      < heap[0]):
+                engine = self._take(name, phase=phase, tier=goals)
+                if engine is None:
+                    break
+                self._claim(engine, model=name)
+                if phase == FLOORS:
+                    self.floor_claims[name].append(engine)
+            else:
+                if self.units[name] < goals[name]:
+                    heapq.heappush(heap, (self.units[name], name))
+
+    def _take(self, name: str, *, phase: str, tier: Mapping[str, int]) -> specs.Engine | None:
+        need = tier[name] - self.units[name]
+        return (self._own(name) or self._idle(name, need=need) or self._surplus(name, tier=tier)
+                or self._swap(name, phase=phase)
+                or (self._shared_floor(name, tier=tier) if phase == FLOORS else None))
+
+    def _own(self, name: str) -> specs.Engine | None:
+        for engine in self.held[name]:
+            if engine.name not in self.claims:
+                return engine
+        return None
+
+    def _idle(self, name: str, *, need: int) -> specs.Engine | None:
+        """An idle engine, one no larger than the need if there is one (no overshoot)."""
+        fallback: list[specs.Engine] | None = None
+        for group in self.eligible[name]:
+            free = self.idle.get(group)
+            if not free:
+                continue
+            for i in range(len(free) - 1, -1, -1):
+                if free[i].units <= need:
+                    return free.pop(i)
+            fallback = fallback or free
+        return fallback.pop() if fallback else None
+
+    def _surplus(self, name: str, *, tier: Mapping[str, int]) -> specs.Engine | None:
+        """An engine another model holds and has not claimed: lowest priority first; from
+        a model of the same priority that still wants more only while it keeps as much as
+        the taker then has."""
+        mine = self.units[name]
+        for holder, engine in self._held_by_others(name):
+            wants = holder in tier and self.units[holder] < tier[holder]
+            fair = self.keeps[holder] - engine.units >= mine + engine.units
+            if not wants or engine.name not in self.own or fair:
+                return engine
+        return None
+
+    def _held_by_others(self, name: str) -> Iterator[tuple[str, specs.Engine]]:
+        candidates: list[tuple[tuple[int, int, str], str, specs.Engine]] = []
+        for group in self.eligible[name]:
+            for holder, given in self.holders.get(group, {}).items():
+                if holder == name:
+                    continue
+                while given and given[-1].name in self.claims:
+                    given.pop()
+                if given:
+                    model = self.models[holder]
+                    rank = (model.priority, -self.keeps.get(holder, 0), holder)
+                    candidates.append((rank, holder, given[-1]))
+        for _, holder, engine in sorted(candidates, key=lambda c: c[0]):
+            yield holder, engine
+
+    def _shared_floor(self, name: str, *, tier: Mapping[str, int]) -> specs.Engine | None:
+        """Max-min among floors of one priority that the supply cannot all cover: from a
+        model of that priority already serving below its floor (so no action takes a model
+        below a floor it has), the one with the most, while it keeps at least as much as
+        the taker then has."""
+        eligible = set(self.eligible[name])
+        mine = self.units[name]
+        short = [o for o in tier if o != name and self.serving[o] < self.models[o].floor_units]
+        for other in sorted(short, key=lambda o: (-self.units[o], o)):
+            claimed = self.floor_claims.get(other, [])
+            for i in range(len(claimed) - 1, -1, -1):
+                engine = claimed[i]
+                if engine.spec.cordoned or _group(engine) not in eligible:
+                    continue
+                if self.units[other] - engine.units < mine + engine.units:
+                    break
+                del claimed[i]
+                self._release(engine)
+                return engine
+        return None
+
+    def _swap(self, name: str, *, phase: str) -> specs.Engine | None:
+        """An engine claimed by a model that can take another engine of the same size
+        instead, one the taker cannot use: selectors overlap, so who takes first matters.
+        The other engine is idle, or (for a floor) another model's unclaimed surplus."""
+        for group in self.eligible[name]:
+            for engine in self.groups[group]:
+                owner = self.claims.get(engine.name)
+                if owner is None or owner == name or engine.spec.cordoned:
+                    continue
+                instead = self._instead(owner, units=engine.units, avoid=name, phase=phase)
+                if instead is None:
+                    continue
+                self._release(engine)
+                self._claim(instead, model=owner)
+                floor = self.floor_claims.get(owner, [])
+                if engine in floor:
+                    floor[floor.index(engine)] = instead
+                return engine
+        return None
+
+    def _instead(self, owner: str, *, units: int, avoid: str, phase: str) -> specs.Engine | None:
+        own = self._own(owner)
+        if own is not None and own.units == units:
+            return own
+        for group in self.eligible[owner]:
+            free = self.idle.get(group, [])
+            for i in range(len(free) - 1, -1, -1):
+                if free[i].units == units:
+                    return free.pop(i)
+        if phase != FLOORS:
+            return None
+        for holder, engine in self._held_by_others(owner):
+            if holder != avoid and engine.units == units and not engine.spec.cordoned:
+                return engine
+        return None
+
+    def _claim(self, engine: specs.Engine, *, model: str) -> None:
+        self.claims[engine.name] = model
+        self.units[model] += engine.units
+        holder = engine.spec.model_ref
+        if engine.name in self.own and holder != model:
+            assert holder is not None
+            self.keeps[holder] -= engine.units
+
+    def _release(self, engine: specs.Engine) -> None:
+        model = self.claims.pop(engine.name)
+        self.units[model] -= engine.units
+        holder = engine.spec.model_ref
+        if engine.name in self.own and holder != model:
+            assert holder is not None
+            self.keeps[holder] += engine.units
+
+    def pools_of(self, model: specs.ModelSpec) -> tuple[str, ...]:
+        return tuple(sorted({e.spec.pool for g in self.eligible[model.name]
+                             for e in self.groups[g]}))
+
+
+def _holder(
+    engine: specs.Engine, *, models: Mapping[str, specs.ModelSpec], unreadable: frozenset[str]
+) -> str | None:
+    """The model an engine counts for; None for an engine that holds no model we allocate."""
+    bound = engine.spec.model_ref
+    if bound is None or bound in unreadable or bound not in models:
+        return None
+    return None if engine.phase is specs.Phase.FAILED else bound
+
+
+def _keep_order(engine: specs.Engine, *, model: specs.ModelSpec) -> tuple[bool, bool, bool, str]:
+    """Which of its engines a model keeps first (and gives away last): those on its
+    revision, so a refresh's replacement is kept; cordoned ones, which can serve no other
+    model; serving ones; then by name."""
+    on_revision = model.revision is None or engine.spec.revision == model.revision
+    return (not on_revision, not engine.spec.cordoned, not engine.serves(model.name),
+            engine.name)
+
+
+def _idle(engine: specs.Engine) -> bool:
+    return (engine.spec.model_ref is None and engine.phase is specs.Phase.IDLE
+            and not engine.spec.cordoned)
+
+
+def _group(engine: specs.Engine) -> _Group:
+    return tuple(sorted(engine.labels.items()))
+
+
+def _pools(
+    *, engines: Mapping[str, specs.Engine], models: Mapping[str, specs.ModelSpec],
+    state: _State,
+) -> dict[str, PoolSupply]:
+    totals: dict[str, dict[str, int]] = {}
+    for engine in engines.values():
+        row = totals.setdefault(engine.spec.pool, dict.fromkeys(
+            ("units", "usable", "serving", "idle", "floors", "desired"), 0))
+        row["units"] += engine.units
+        held = engine.spec.model_ref is not None and engine.spec.model_ref in models
+        row["usable"] += engine.units if (_idle(engine) or held) and \
+            engine.phase is not specs.Phase.FAILED else 0
+        row["serving"] += engine.units if engine.phase is specs.Phase.SERVING else 0
+        row["idle"] += engine.units if _idle(engine) else 0
+    for model in models.values():
+        for pool in state.pools_of(model):
+            totals[pool]["floors"] += model.floor_units
+            totals[pool]["desired"] += model.replicas
+    return {pool: PoolSupply(pool=pool, **row) for pool, row in sorted(totals.items())}
