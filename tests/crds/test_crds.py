@@ -434,6 +434,97 @@ def test_durations(duration: str, ok: bool) -> None:
     assert (admit(body) == []) is ok
 
 
+# Kubernetes' label syntax; also what the core's parser must accept and refuse
+# (test_one_source).
+LABEL_KEYS = [
+    ("tier", True),
+    ("capguard.dev/pool", True),
+    ("nvidia.com/gpu.product", True),
+    ("A_b-c.9", True),
+    ("a" * 63, True),
+    ("a" * 253 + "/b", True),
+    ("bad key!", False),
+    ("a" * 64, False),
+    ("a" * 254 + "/b", False),
+    ("-tier", False),
+    ("tier.", False),
+    ("Capguard.dev/pool", False),
+    ("/tier", False),
+    ("capguard.dev/", False),
+    ("a/b/c", False),
+    ("", False),
+]
+LABEL_VALUES = [
+    ("", True),
+    ("h100", True),
+    ("A_b-c.9", True),
+    ("a" * 63, True),
+    ("bad value!", False),
+    ("a" * 64, False),
+    ("-h100", False),
+    ("h100_", False),
+    ("pool/a", False),
+]
+SELECTORS = {"ModelCapacity": "engineSelector", "CircuitBreaker": "selector"}
+KEY_MESSAGE = ("must be label keys: an optional prefix, a lowercase DNS subdomain of at most "
+               "253 characters, and '/', then a name of at most 63 characters of letters, "
+               "digits, '-', '_' or '.', beginning and ending with a letter or digit, for "
+               "example capguard.dev/pool or tier.")
+VALUE_MESSAGE = ("must be label values: empty, or at most 63 characters of letters, digits, "
+                 "'-', '_' or '.', beginning and ending with a letter or digit.")
+
+
+def selecting(kind: str, selector: dict[str, Any]) -> dict[str, Any]:
+    """A ModelCapacity or CircuitBreaker whose selector is `selector`."""
+    spec: dict[str, Any] = {SELECTORS[kind]: selector}
+    if kind == "ModelCapacity":
+        spec["replicas"] = 1
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": "x"},
+            "spec": spec}
+
+
+def in_match_labels(kind: str, *, key: str = "tier", value: str = "gold") -> dict[str, Any]:
+    return selecting(kind, {"matchLabels": {key: value}})
+
+
+def in_match_expressions(kind: str, *, key: str = "tier", value: str = "gold") -> dict[str, Any]:
+    return selecting(kind, {"matchExpressions": [
+        {"key": key, "operator": "In", "values": ["silver", value]}]})
+
+
+@pytest.mark.parametrize("kind", sorted(SELECTORS))
+@pytest.mark.parametrize("place", [in_match_labels, in_match_expressions])
+@pytest.mark.parametrize(("key", "ok"), LABEL_KEYS, ids=[k[:20] for k, _ in LABEL_KEYS])
+def test_selector_keys_are_label_keys(kind: str, place: Any, key: str, ok: bool) -> None:
+    assert (admit(place(kind, key=key)) == []) is ok
+
+
+@pytest.mark.parametrize("kind", sorted(SELECTORS))
+@pytest.mark.parametrize("place", [in_match_labels, in_match_expressions])
+@pytest.mark.parametrize(("value", "ok"), LABEL_VALUES, ids=[v[:20] for v, _ in LABEL_VALUES])
+def test_selector_values_are_label_values(kind: str, place: Any, value: str, ok: bool) -> None:
+    assert (admit(place(kind, value=value)) == []) is ok
+
+
+@pytest.mark.parametrize("kind", sorted(SELECTORS))
+def test_a_bad_selector_says_where_and_what_to_change(kind: str) -> None:
+    at = f"spec.{SELECTORS[kind]}"
+    errors = admit(selecting(kind, {
+        "matchLabels": {"bad key!": "gold", "tier": "bad value!"},
+        "matchExpressions": [{"key": "bad key!", "operator": "NotIn", "values": ["bad value!"]}],
+    }))
+    shown = 'Invalid value: "{}": {}.{} {}'
+    assert sorted(errors) == sorted([
+        (f"{at}.matchLabels", shown.format("object", at, "matchLabels keys", KEY_MESSAGE)),
+        (f"{at}.matchLabels[tier]",
+         shown.format("string", at, "matchLabels values", VALUE_MESSAGE)),
+        (f"{at}.matchExpressions[0].key",
+         shown.format("string", at, "matchExpressions keys", KEY_MESSAGE)),
+        (f"{at}.matchExpressions[0].values[0]",
+         shown.format("string", at, "matchExpressions values", VALUE_MESSAGE)),
+    ])
+
+
 @pytest.mark.parametrize(
     "approval,ok",
     [

@@ -24,9 +24,15 @@ from .test_crds import (
     DURATIONS,
     GROUP,
     KINDS,
+    LABEL_KEYS,
+    LABEL_VALUES,
+    SELECTORS,
     VERSION,
     Schema,
+    admit,
     apply_defaults,
+    in_match_expressions,
+    in_match_labels,
     node_at,
     schema_of,
     walk,
@@ -95,6 +101,70 @@ def test_the_parser_reads_the_durations_the_api_server_admits(duration: str, ok:
     else:
         parsed = True
     assert parsed is ok
+
+
+def _selector_rules(kind: str) -> Iterator[str]:
+    selector = schema_of(kind)["properties"]["spec"]["properties"][SELECTORS[kind]]
+    for _, node in walk(selector):
+        for validation in node.get("x-kubernetes-validations", []):
+            if "matches(" in validation["rule"]:
+                yield validation["rule"]
+
+
+@pytest.mark.parametrize("kind", sorted(SELECTORS))
+def test_the_selector_rules_quote_the_parsers_label_syntax(kind: str) -> None:
+    """Every regex a selector rule matches against is one of the parser's, and a key's
+    rule quotes the key syntax with the prefix bound, a value's the value syntax."""
+    quoted = [re.findall(r"matches\('([^']*)'\)", rule) for rule in _selector_rules(kind)]
+    key, prefix, value = (specs.LABEL_KEY.pattern, specs.LABEL_PREFIX_TOO_LONG.pattern,
+                          specs.LABEL_VALUE.pattern)
+    assert sorted(quoted) == sorted([[key, prefix], [key, prefix], [value], [value]])
+
+
+def _parses(body: dict[str, Any]) -> bool:
+    parse = specs.parse_model if body["kind"] == "ModelCapacity" else specs.parse_breaker
+    try:
+        parse(body)
+    except specs.SpecError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("kind", sorted(SELECTORS))
+@pytest.mark.parametrize("place", [in_match_labels, in_match_expressions])
+@pytest.mark.parametrize(("text", "ok"), [(text, ok) for text, ok in LABEL_KEYS + LABEL_VALUES],
+                         ids=[text[:20] for text, _ in LABEL_KEYS + LABEL_VALUES])
+def test_the_parser_refuses_the_labels_admission_refuses(
+    kind: str, place: Callable[..., dict[str, Any]], text: str, ok: bool,
+) -> None:
+    """The same examples through admission and through the parser (bodies that bypass
+    admission: the simulator's, a test's), as keys and as values."""
+    for argument in ("key", "value"):
+        body = place(kind, **{argument: text})
+        assert (admit(body) == []) is _parses(body), (argument, text)
+
+
+def test_the_parser_says_which_label_and_what_to_change() -> None:
+    body = in_match_labels("ModelCapacity", key="bad key!")
+    with pytest.raises(specs.SpecError) as refused:
+        specs.parse_model(body)
+    assert refused.value.field == "spec.engineSelector.matchLabels"
+    assert "'bad key!' is not a label key" in refused.value.problem
+    assert "a name of at most 63 characters" in refused.value.fix
+    body = in_match_expressions("CircuitBreaker", value="bad value!")
+    with pytest.raises(specs.SpecError) as refused:
+        specs.parse_breaker(body)
+    assert refused.value.field == "spec.selector.matchExpressions[0].values[1]"
+    assert "at most 63 characters" in refused.value.fix
+
+
+@pytest.mark.parametrize("kind", sorted(SELECTORS))
+def test_the_contract_states_the_label_syntax(kind: str) -> None:
+    bullet = re.search(rf"^- `{SELECTORS[kind]}`.*?(?=^- |\Z)", _parts(kind)["spec"],
+                       re.MULTILINE | re.DOTALL)
+    assert bullet, kind
+    words = " ".join(bullet.group(0).split())
+    assert "at most 253 characters" in words and "at most 63 characters" in words, words
 
 
 # --- docs/api-contract.md --------------------------------------------------------------

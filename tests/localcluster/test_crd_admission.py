@@ -211,3 +211,36 @@ async def test_scale_of_an_object_without_spec_replicas_is_an_internal_error(
         'Internal error occurred: the spec replicas field ".spec.replicas" does not exist')
     status, body, _ = await call(local_cluster, "GET", f"{base}/three/scale")
     assert (status, body["spec"], body["status"]) == (200, {"replicas": 3}, {"replicas": 0})
+
+
+# apiserver types a map's keys with its shared StringType, which has no MaxElements, so
+# cel-go sizes a key as 0 characters: `k.matches(re)` costs ceil(0.1 * (0 + 1)) *
+# ceil(0.25 * len(re)), 29 for this 115-character label-key regex, and an iteration of
+# all() 4 more (2 for the loop condition, 1 each for the accumulator and `k`): 33.
+# Priced as an unbounded string, as a key once was here, the rule would be over budget
+# by more than 100x even with maxProperties.
+LABEL_KEY_RULE = ("self.all(k, k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*"
+                  "[a-z0-9])?)*/)?([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]$'))")
+
+
+def _labels_crd(**bounds: int) -> dict[str, Any]:
+    crd = gadget_crd()
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    spec["properties"]["labels"] = {
+        "type": "object", "additionalProperties": {"type": "string"}, **bounds,
+        "x-kubernetes-validations": [{"rule": LABEL_KEY_RULE, "message": "label keys."}]}
+    return crd
+
+
+async def test_a_rule_on_map_keys_is_priced_as_cel_go_prices_a_key(
+        local_cluster: LocalCluster) -> None:
+    status, body, _ = await call(local_cluster, "POST", CRDS, _labels_crd(maxProperties=32))
+    assert status == 201, body   # 2 + 32 * 33 = 1,058
+    await call(local_cluster, "DELETE", CRDS + "/gadgets.example.dev")
+    # Without maxProperties a map holds up to (3 MiB - 2) / (2 + 6) = 393,215 keys:
+    # 2 + 393,215 * 33 = 12,976,097 against the 10,000,000 of one rule.
+    status, body, _ = await call(local_cluster, "POST", CRDS, _labels_crd())
+    assert status == 422, body
+    messages = [cause["message"] for cause in body["details"]["causes"]]
+    assert messages[0].startswith(
+        "Forbidden: estimated rule cost exceeds budget by factor of 1.297610x"), messages

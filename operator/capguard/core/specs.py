@@ -28,6 +28,23 @@ _DURATION: Final = re.compile(r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$")
 _DURATION_PART: Final = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _SECONDS_PER_UNIT: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PERCENT: Final = re.compile(r"^([0-9]+)%$")
+# Kubernetes' label syntax (apimachinery's IsQualifiedName and IsValidLabelValue), written
+# once: the selector rules of crds/*.yaml quote these patterns, and tests/crds/
+# test_one_source.py fails when theirs differ. A name is at most 63 characters ({0,61}
+# between its two ends); a key's prefix, a DNS subdomain, at most 253 (checked apart, as
+# the CRDs do, since a regex cannot bound it and keep its shape).
+_LABEL_NAME: Final = r"([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]"
+LABEL_KEY: Final = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?" + _LABEL_NAME + "$")
+LABEL_VALUE: Final = re.compile(f"^({_LABEL_NAME})?$")
+LABEL_PREFIX_TOO_LONG: Final = re.compile(r"^[^/]{254}")
+_LABEL_KEY_FIX: Final = (
+    "write an optional prefix, a lowercase DNS subdomain of at most 253 characters, and "
+    "'/', then a name of at most 63 characters of letters, digits, '-', '_' or '.', "
+    "beginning and ending with a letter or digit, for example capguard.dev/pool or tier")
+_LABEL_VALUE_FIX: Final = (
+    "leave it empty or write at most 63 characters of letters, digits, '-', '_' or '.', "
+    "beginning and ending with a letter or digit")
 
 
 class Phase(enum.Enum):
@@ -366,10 +383,25 @@ def _generation(meta: _Fields) -> int:
     return meta.integer("generation", default=0, minimum=0)
 
 
+def is_label_key(text: str) -> bool:
+    return LABEL_KEY.match(text) is not None and LABEL_PREFIX_TOO_LONG.match(text) is None
+
+
+def is_label_value(text: str) -> bool:
+    return LABEL_VALUE.match(text) is not None
+
+
 def parse_selector(fields: _Fields | None) -> LabelSelector:
     if fields is None:
         return LabelSelector()
     match_labels = tuple(sorted(fields.labels("matchLabels").items()))
+    for label, value in match_labels:
+        if not is_label_key(label):
+            raise fields.error("matchLabels", f"key {label!r} is not a label key",
+                               _LABEL_KEY_FIX)
+        if not is_label_value(value):
+            raise fields.error(f"matchLabels[{label}]", f"{value!r} is not a label value",
+                               _LABEL_VALUE_FIX)
     raw = fields.data.get("matchExpressions") or []
     if not isinstance(raw, list):
         raise fields.error("matchExpressions", "is not a list", "write a list of requirements")
@@ -389,7 +421,14 @@ def _requirement(fields: _Fields, index: int, raw: object) -> Requirement:
     values = item.data.get("values") or []
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
         raise item.error("values", "is not a list of strings", "write a list of label values")
-    return Requirement(item.required_string("key"), operator, tuple(values))
+    label = item.required_string("key")
+    if not is_label_key(label):
+        raise item.error("key", f"{label!r} is not a label key", _LABEL_KEY_FIX)
+    for position, value in enumerate(values):
+        if not is_label_value(value):
+            raise item.error(f"values[{position}]", f"{value!r} is not a label value",
+                             _LABEL_VALUE_FIX)
+    return Requirement(label, operator, tuple(values))
 
 
 def _rate_limit(fields: _Fields | None) -> RateLimit | None:

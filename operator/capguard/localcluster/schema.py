@@ -379,8 +379,15 @@ def _default_item(item: Any, items: _Node | None) -> Any:
 
 
 def _validate(value: Any, old: Any, node: _Node, *, path: str, causes: list[Cause],
-              pending: list[_PendingRules], root: bool = False) -> None:
-    """Append the causes `value` (at `path`) has against `node`."""
+              pending: list[_PendingRules], root: bool = False,
+              rules_path: str | None = None) -> None:
+    """Append the causes `value` (at `path`) has against `node`.
+
+    `rules_path` is where its CEL rules report: the same, except that a map's value is
+    `m[key]` there (apiextensions' CEL validator uses field.Path.Key) and `m.key` in the
+    OpenAPI errors (kube-openapi's validator).
+    """
+    rules_path = path if rules_path is None else rules_path
     if value is None and node.nullable:
         return
     if not _type_ok(value, node, path=path, causes=causes):
@@ -388,12 +395,12 @@ def _validate(value: Any, old: Any, node: _Node, *, path: str, causes: list[Caus
     _check_value(value, node, path=path, causes=causes)
     if isinstance(value, dict):
         _validate_object(value, old if isinstance(old, dict) else None, node, path=path,
-                         causes=causes, pending=pending, root=root)
+                         rules_path=rules_path, causes=causes, pending=pending, root=root)
     elif isinstance(value, list):
         _validate_list(value, old if isinstance(old, list) else None, node, path=path,
-                       causes=causes, pending=pending)
+                       rules_path=rules_path, causes=causes, pending=pending)
     if node.rules:
-        pending.append(_PendingRules(value, old, node, path, root))
+        pending.append(_PendingRules(value, old, node, rules_path, root))
 
 
 # bool before int: in Python True is an int, in JSON it is not a number.
@@ -527,8 +534,8 @@ def _is_multiple(value: float | int, factor: float | int) -> bool:
 
 
 def _validate_object(value: dict[str, Any], old: dict[str, Any] | None, node: _Node, *,
-                     path: str, causes: list[Cause], pending: list[_PendingRules],
-                     root: bool) -> None:
+                     path: str, rules_path: str, causes: list[Cause],
+                     pending: list[_PendingRules], root: bool) -> None:
     checks = node.checks
     if node.embedded:
         _check_embedded(value, path=path, causes=causes)
@@ -545,11 +552,12 @@ def _validate_object(value: dict[str, Any], old: dict[str, Any] | None, node: _N
         if root and key == "metadata" and key not in node.properties:
             continue
         sub = node.properties.get(key)
+        rules_child = _child(rules_path, key)
         if sub is None and isinstance(node.additional, _Node):
-            sub = node.additional
+            sub, rules_child = node.additional, f"{rules_path}[{key}]"
         if sub is not None:
             _validate(item, old.get(key) if old else None, sub, path=_child(path, key),
-                      causes=causes, pending=pending)
+                      rules_path=rules_child, causes=causes, pending=pending)
 
 
 def _check_embedded(value: dict[str, Any], *, path: str, causes: list[Cause]) -> None:
@@ -565,7 +573,7 @@ def _check_embedded(value: dict[str, Any], *, path: str, causes: list[Cause]) ->
 
 
 def _validate_list(value: list[Any], old: list[Any] | None, node: _Node, *, path: str,
-                   causes: list[Cause], pending: list[_PendingRules]) -> None:
+                   rules_path: str, causes: list[Cause], pending: list[_PendingRules]) -> None:
     checks = node.checks
     if checks.max_items is not None and len(value) > checks.max_items:
         causes.append(Cause("FieldValueTooMany", f"Too many: {len(value)}: must have at most "
@@ -580,8 +588,8 @@ def _validate_list(value: list[Any], old: list[Any] | None, node: _Node, *, path
         return
     olds = _correlate(value, old, checks)
     for index, item in enumerate(value):
-        _validate(item, olds[index], node.items, path=f"{path}[{index}]", causes=causes,
-                  pending=pending)
+        _validate(item, olds[index], node.items, path=f"{path}[{index}]",
+                  rules_path=f"{rules_path}[{index}]", causes=causes, pending=pending)
 
 
 def _check_list_type(value: list[Any], checks: _Checks, *, path: str,
