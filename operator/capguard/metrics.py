@@ -27,6 +27,7 @@ _RECONCILE_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 
 ModelKey = tuple[str, str]  # (namespace, model)
 BreakerKey = tuple[str, str]  # (namespace, breaker)
+PoolKey = tuple[str, str]  # (namespace, pool)
 
 
 class Metrics:
@@ -85,7 +86,30 @@ class Metrics:
             "capguard_planner_view_stale_engines",
             "Engines whose queued plan was made from a resourceVersion they no longer have.",
             registry=r)
+        self.model_allocated_units = Gauge(
+            "capguard_model_allocated_units",
+            "Capacity units the model is allocated: desired, unless engines are scarce "
+            "(floors first, then priority, then max-min fair).",
+            model_labels, registry=r)
+        self.model_floor_shortfall_units = Gauge(
+            "capguard_model_floor_shortfall_units",
+            "Floor units the supply cannot cover; pool lists the pools its selector matches.",
+            (*model_labels, "pool"), registry=r)
+        self.pool_supply_units = Gauge(
+            "capguard_pool_supply_units",
+            "Capacity units of the pool's usable engines (not failed, not cordoned idle).",
+            ("namespace", "pool"), registry=r)
+        self.pool_floor_units = Gauge(
+            "capguard_pool_floor_units",
+            "Floors of the models whose selector matches an engine of the pool.",
+            ("namespace", "pool"), registry=r)
+        self.pool_desired_units = Gauge(
+            "capguard_pool_desired_units",
+            "Desired units of the models whose selector matches an engine of the pool.",
+            ("namespace", "pool"), registry=r)
         self._models: set[ModelKey] = set()
+        self._shortfall_pool: dict[ModelKey, str] = {}
+        self._pools: set[PoolKey] = set()
         self._breakers: set[BreakerKey] = set()
         # Pre-create the bounded label sets so a dashboard shows 0, not "no data".
         for kind in ACTION_TYPES:
@@ -109,6 +133,16 @@ class Metrics:
         ratio = serving / desired if desired > 0 else 1.0
         self.model_serving_ratio.labels(namespace, model).set(ratio)
 
+    def set_shortfall(self, *, key: ModelKey, allocated: int, shortfall: int, pool: str) -> None:
+        namespace, model = key
+        self._models.add(key)
+        self.model_allocated_units.labels(namespace, model).set(allocated)
+        before = self._shortfall_pool.get(key)
+        if before is not None and before != pool:
+            self.model_floor_shortfall_units.remove(namespace, model, before)
+        self._shortfall_pool[key] = pool
+        self.model_floor_shortfall_units.labels(namespace, model, pool).set(shortfall)
+
     def forget_models_except(self, keep: Iterable[ModelKey]) -> None:
         """Drop the series of models that are gone, so a deleted model does not alert forever."""
         gone = self._models - set(keep)
@@ -117,7 +151,24 @@ class Metrics:
                           self.model_floor_units, self.model_drift_units,
                           self.model_serving_ratio):
                 gauge.remove(namespace, model)
+            if (namespace, model) in self._shortfall_pool:
+                self.model_allocated_units.remove(namespace, model)
+                self.model_floor_shortfall_units.remove(
+                    namespace, model, self._shortfall_pool.pop((namespace, model)))
         self._models -= gone
+
+    def set_pool(self, *, key: PoolKey, supply: int, floors: int, desired: int) -> None:
+        self._pools.add(key)
+        self.pool_supply_units.labels(*key).set(supply)
+        self.pool_floor_units.labels(*key).set(floors)
+        self.pool_desired_units.labels(*key).set(desired)
+
+    def forget_pools_except(self, keep: Iterable[PoolKey]) -> None:
+        gone = self._pools - set(keep)
+        for key in gone:
+            for gauge in (self.pool_supply_units, self.pool_floor_units, self.pool_desired_units):
+                gauge.remove(*key)
+        self._pools -= gone
 
     def set_breaker(self, *, key: BreakerKey, state: str, seconds_in_state: float) -> None:
         namespace, breaker = key

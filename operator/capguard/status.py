@@ -18,6 +18,7 @@ import kopf
 from rich import console as rich_console
 from rich import table as rich_table
 
+from capguard.core import fleet as fleet_
 from capguard.core import specs
 from capguard.kube import client
 
@@ -54,8 +55,43 @@ def tables(fleet: Fleet, *, all_namespaces: bool, now: datetime.datetime
         models_table(fleet.models, all_namespaces=all_namespaces),
         breakers_table(fleet.breakers, all_namespaces=all_namespaces, now=now),
         engines_table(fleet.engines, by="model"),
-        engines_table(fleet.engines, by="pool"),
+        pools_table(fleet, all_namespaces=all_namespaces),
     ]
+
+
+def pools_table(fleet: Fleet, *, all_namespaces: bool) -> rich_table.Table:
+    """Supply against demand per pool, in capacity units, computed here with the core's
+    allocation (floors first, then priority, then max-min fair), so it holds while the
+    operator is down. A model whose selector matches two pools counts in both."""
+    table = rich_table.Table(title="pools: supply vs demand (capacity units)",
+                             title_justify="left")
+    columns = ["pool", "engines", "usable", "serving", "idle", "floors", "desired",
+               "floors short"]
+    for column in (["namespace"] if all_namespaces else []) + columns:
+        table.add_column(column, justify="right" if column in _NUMERIC else "left")
+    for namespace, found in sorted(_by_namespace(fleet).items()):
+        shares = found.allocation.models
+        for name, pool in found.allocation.pools.items():
+            short = [f"{m} {s.floor_shortfall}" for m, s in shares.items()
+                     if s.floor_shortfall > 0 and name in s.pools]
+            style = "bold red" if short else ""
+            cells = [name, *(str(v) for v in (pool.units, pool.usable, pool.serving, pool.idle,
+                                              pool.floors, pool.desired)),
+                     ", ".join(short) or "-"]
+            table.add_row(*([namespace] if all_namespaces else []), *cells, style=style)
+    return table
+
+
+def _by_namespace(fleet: Fleet) -> dict[str, fleet_.Fleet]:
+    """The bodies read into the core's fleet, one per namespace (what does not parse is
+    left out: the operator reports it in that object's status)."""
+    grouped: dict[str, dict[str, list[Body]]] = collections.defaultdict(
+        lambda: {"engines": [], "models": []})
+    for kind, bodies in (("engines", fleet.engines), ("models", fleet.models)):
+        for body in bodies:
+            grouped[_namespace(body)][kind].append(body)
+    return {ns: fleet_.Fleet.read(engines=found["engines"], models=found["models"]).fleet
+            for ns, found in grouped.items()}
 
 
 def models_table(models: Iterable[Body], *, all_namespaces: bool) -> rich_table.Table:
@@ -142,7 +178,8 @@ async def show(*, namespace: str | None, all_namespaces: bool,
 
 
 _NUMERIC: Final = frozenset({"desired", "serving", "loading", "draining", "floor", "drift",
-                             "available", "held", "refused"})
+                             "available", "held", "refused", "engines", "usable", "idle",
+                             "floors"})
 
 
 def _sorted(bodies: Iterable[Body]) -> list[Body]:

@@ -26,6 +26,10 @@ def engine_body(
         "resourceVersion": rv,
         "labels": dict(labels or {"pool": pool}),
     }
+    # A bound engine is one capguard bound (its action id says so) unless a test says
+    # otherwise with action_id="": a modelRef nobody wrote through capguard is the user's.
+    if action_id is None and model:
+        action_id = f"bound-{name}"
     if action_id:
         meta["annotations"] = {specs.ACTION_ID_ANNOTATION: action_id}
     spec: dict[str, object] = {"pool": pool, "capacityUnits": units, "cordoned": cordoned}

@@ -355,6 +355,7 @@ def _initial_fleet(shape: Shape) -> fleet.Fleet:
                 resource_version="1",
                 labels={"pool": "a"},
                 since=0.0,
+                last_action_id=f"bound-{name}-e{i}",  # capguard bound it: not the user's
             )
             for i in range(replicas)
         ]

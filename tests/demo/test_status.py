@@ -39,3 +39,39 @@ def test_status_shows_the_sample_models_breaker_and_engines(tmp_path: pathlib.Pa
         assert name in shown.stdout
     assert "default" in every.stdout
     assert "no capguard objects in namespace nowhere" in empty.stdout
+
+
+SCARCE = """
+apiVersion: capguard.dev/v1alpha1
+kind: InferenceEngine
+metadata: {name: ie-1, labels: {capguard.dev/pool: small}}
+spec: {pool: small}
+---
+apiVersion: capguard.dev/v1alpha1
+kind: InferenceEngine
+metadata: {name: ie-2, labels: {capguard.dev/pool: small}}
+spec: {pool: small, capacityUnits: 2}
+---
+apiVersion: capguard.dev/v1alpha1
+kind: ModelCapacity
+metadata: {name: wants-five}
+spec: {replicas: 5, minAvailable: 4, engineSelector: {matchLabels: {capguard.dev/pool: small}}}
+"""
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not on the PATH")
+def test_status_shows_supply_against_demand_per_pool(tmp_path: pathlib.Path) -> None:
+    with LocalCluster.start_in_thread(crds_dir=ROOT / "crds",
+                                      kubeconfig_path=tmp_path / "kubeconfig") as cluster:
+        config = cluster.kubeconfig_path
+        subprocess.run(["kubectl", "apply", "-f", "-"], input=SCARCE, text=True,
+                       env={**os.environ, "KUBECONFIG": str(config)}, check=True,
+                       capture_output=True, timeout=60)
+        shown = status(config)
+    assert shown.returncode == 0, shown.stderr
+    table = shown.stdout.split("pools: supply vs demand")[1]
+    row = next(line for line in table.splitlines() if "small" in line)
+    # pool, engines, usable, serving, idle, floors, desired (units), floors short: the
+    # engines are 1 + 2 units, idle (no operator runs here); the floor of 4 is 1 unit short.
+    assert [c for c in row.split() if c != "│"] == [
+        "small", "3", "3", "0", "3", "4", "5", "wants-five", "1"]

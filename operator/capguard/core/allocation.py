@@ -86,6 +86,8 @@ class Allocation:
     claims: Mapping[str, str]  # engine -> the model it should serve
     models: Mapping[str, ModelShare]
     pools: Mapping[str, PoolSupply]
+    # Engines a user bound to a ModelCapacity that does not exist (Engine.waits): no supply.
+    waiting: tuple[str, ...] = ()
 
     def target(self, model: str) -> int:
         found = self.models.get(model)
@@ -115,7 +117,8 @@ def allocate(
         for name, m in sorted(models.items())
     }
     return Allocation(claims=dict(state.claims), models=shares,
-                      pools=_pools(engines=engines, models=models, state=state))
+                      pools=_pools(engines=engines, models=models, state=state),
+                      waiting=tuple(sorted(n for n, e in engines.items() if e.waits(models))))
 
 
 @dataclasses.dataclass
@@ -185,11 +188,17 @@ class _State:
             state.own.update(e.name for e in held[name])
             state.eligible[name] = [g for g in sorted(groups)
                                     if model.engine_selector.matches(dict(g))]
-        # Idle engines are taken from the groups the fewest models can use first, so a
-        # model that can use any pool leaves the contested one to those that cannot.
-        contested = {g: sum(g in found for found in state.eligible.values()) for g in groups}
+        # Engines are taken from the least contested group first (desired units of the
+        # models that may use it, per unit it has), so a model that can use any pool
+        # leaves the contested one to those that cannot.
+        demand = dict.fromkeys(groups, 0)
+        for name, found in state.eligible.items():
+            for group in found:
+                demand[group] += models[name].replicas
+        pressure = {g: demand[g] / max(1, sum(e.units for e in engines_))
+                    for g, engines_ in groups.items()}
         for name in models:
-            state.eligible[name].sort(key=lambda g: contested[g])
+            state.eligible[name].sort(key=lambda g: pressure[g])
         return state
 
     def reserve(self, model: specs.ModelSpec) -> None:
@@ -242,8 +251,8 @@ class _State:
         return None
 
     def _idle(self, name: str, *, need: int) -> specs.Engine | None:
-        """An idle engine, one no larger than the need if there is one (no overshoot)."""
-        fallback: list[specs.Engine] | None = None
+        """An idle engine of the least contested group that has one; in it, one no larger
+        than the need if there is one (no overshoot)."""
         for group in self.eligible[name]:
             free = self.idle.get(group)
             if not free:
@@ -251,8 +260,8 @@ class _State:
             for i in range(len(free) - 1, -1, -1):
                 if free[i].units <= need:
                     return free.pop(i)
-            fallback = fallback or free
-        return fallback.pop() if fallback else None
+            return free.pop()
+        return None
 
     def _surplus(self, name: str, *, tier: Mapping[str, int]) -> specs.Engine | None:
         """An engine another model holds and has not claimed: lowest priority first; from

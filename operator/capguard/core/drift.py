@@ -18,6 +18,25 @@ class ModelDrift:
     floor: int
     loading: int = 0  # engines loading or bound but not yet serving
     draining: int = 0
+    # What the allocation gives the model (core/allocation.py): scarcity, said out loud.
+    # None: not measured (a drift built by hand), read as "no shortage".
+    allocated: int | None = None  # units the planner moves it toward: desired unless short
+    covered: int | None = None  # the part of the floor the supply covers
+    pools: tuple[str, ...] | None = None  # pools of the engines its selector matches
+
+    @property
+    def floor_shortfall(self) -> int:
+        """Floor units the supply cannot cover (0 when it can)."""
+        return 0 if self.covered is None else max(0, self.floor - self.covered)
+
+    @property
+    def short(self) -> int:
+        """Desired units the supply cannot give the model now."""
+        return 0 if self.allocated is None else max(0, self.desired - self.allocated)
+
+    @property
+    def no_eligible_engines(self) -> bool:
+        return self.pools == () and self.desired > 0
 
     @property
     def drift(self) -> int:
@@ -127,10 +146,14 @@ def measure(fleet: fleet_.Fleet, queue: queue_.ActionQueue, now: float) -> Drift
 def _model_drift(fleet: fleet_.Fleet, name: str) -> ModelDrift:
     out = [fleet.engines[e] for e in fleet.unavailable_engines(name)]
     draining = sum(1 for e in out if e.spec.model_ref != name)  # leaving, whatever its phase
+    share = fleet.allocation.models[name]
     return ModelDrift(
         desired=fleet.desired_units(name),
         serving=fleet.serving_units(name),
         floor=fleet.floor_units(name),
         loading=len(out) - draining,
         draining=draining,
+        allocated=share.target,
+        covered=min(share.covered, share.floor),
+        pools=share.pools,
     )

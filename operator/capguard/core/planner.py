@@ -144,13 +144,15 @@ def _bound_engines(fleet: fleet_.Fleet) -> dict[str, list[specs.Engine]]:
 
 
 def _orphan_drains(fleet: fleet_.Fleet) -> Iterator[Intent]:
-    """Release failed engines and engines bound to a model that no longer exists.
+    """Release failed engines and engines capguard bound to a model that no longer exists.
 
-    A model that exists but does not parse is not gone: its engines are left alone.
+    A model that exists but does not parse is not gone: its engines are left alone. A
+    modelRef capguard did not write that names no model is the user's (``Engine.waits``):
+    it is never cleared.
     """
     for name, engine in sorted(fleet.engines.items()):
         model = engine.spec.model_ref
-        if not model or model in fleet.unreadable_models:
+        if not model or model in fleet.unreadable_models or engine.waits(fleet.models):
             continue
         if model not in fleet.models or engine.phase is specs.Phase.FAILED:
             yield Intent(ActionType.DRAIN, name, None, model)

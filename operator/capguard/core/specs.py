@@ -174,6 +174,14 @@ class Engine:
         """Serving this model now and staying with it (a rebound engine is about to leave)."""
         return self.phase is Phase.SERVING and self.model == model and self.spec.model_ref == model
 
+    def waits(self, models: Mapping[str, object]) -> bool:
+        """Bound by someone else than capguard (no action of capguard's wrote it) to a
+        ModelCapacity that does not exist: capguard leaves the binding alone, the engine
+        serves nothing until that model is created, and an Event says so (issue 11: a
+        user's or a GitOps tool's modelRef is never silently overwritten)."""
+        bound = self.spec.model_ref
+        return bool(bound) and bound not in models and self.last_action_id is None
+
     def belongs_to(self, model: str) -> bool:
         """Bound to the model, or still holding it (loading or draining it)."""
         return self.spec.model_ref == model or self.model == model

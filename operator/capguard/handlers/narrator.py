@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 from capguard import metrics as metrics_
-from capguard.core import breaker, drift, gate, pipeline
+from capguard.core import allocation, breaker, drift, gate, pipeline
+from capguard.core import fleet as fleet_
 from capguard.handlers import records, writer
 from capguard.handlers import status as status_
 from capguard.kube import events
@@ -24,6 +25,7 @@ API_VERSION: Final = "capguard.dev/v1alpha1"
 ENGINE: Final = "InferenceEngine"
 MODEL: Final = "ModelCapacity"
 BREAKER: Final = "CircuitBreaker"
+UNKNOWN_MODEL: Final = "UnknownModel"
 _TRANSITION_EVENTS: Final = {
     breaker.BreakerState.OPEN: ("BreakerOpened", events.WARNING),
     breaker.BreakerState.HALF_OPEN: ("BreakerHalfOpen", events.NORMAL),
@@ -56,6 +58,9 @@ class Narrator:
         self.metrics = metrics
         self.leading = leading
         self._exported: dict[metrics_.ModelKey, drift.ModelDrift] = {}
+        self._capacity_told: dict[metrics_.ModelKey, tuple[bool, bool]] = {}
+        self._pools_seen: set[metrics_.PoolKey] = set()
+        self._waiting_told: set[tuple[str, str]] = set()
 
     def event(self, meta: records.Meta, kind: str, type_: str, reason: str, message: str) -> None:
         if not self.leading:
@@ -93,9 +98,50 @@ class Narrator:
                        f"planned {batch.oldest_plan_age:.0f}s ago; re-planning from the cluster")
             logger.warning("Breaker %s/%s refused post-pause batch %s (%d actions).",
                            metas.namespace, name, batch.batch, batch.size)
+        for name, found in result.report.models.items():
+            self._tell_capacity(metas, name, found)
+        self._tell_waiting(metas, result.fleet)
         for name, snapshot in result.breakers.items():
             self.metrics.set_breaker(key=(metas.namespace, name), state=snapshot.state.value,
                                      seconds_in_state=result.now - snapshot.since)
+
+    def _tell_capacity(self, metas: Metas, name: str, found: drift.ModelDrift) -> None:
+        """One Warning Event when a floor cannot be covered or a selector matches nothing,
+        one Normal Event when that ends: said when it starts or ends, not when the number
+        of units short moves (the condition and the metric follow that)."""
+        key = (metas.namespace, name)
+        now = (found.floor_shortfall > 0, found.no_eligible_engines)
+        before = self._capacity_told.get(key, (False, False))
+        self._capacity_told[key] = now
+        if now == before:
+            return
+        if found.no_eligible_engines:
+            self.event(metas.of(MODEL, name), MODEL, events.WARNING,
+                       status_.NO_ELIGIBLE_ENGINES, status_.no_eligible_message())
+            logger.warning("Model %s/%s: no engine matches its selector.", *key)
+        elif found.floor_shortfall:
+            message = status_.shortfall_message(found)
+            self.event(metas.of(MODEL, name), MODEL, events.WARNING,
+                       status_.INSUFFICIENT_CAPACITY, message)
+            logger.warning("Model %s/%s: %s.", *key, message)
+        else:
+            message = f"the floor of {found.floor} units is covered again"
+            self.event(metas.of(MODEL, name), MODEL, events.NORMAL, "FloorCovered", message)
+            logger.info("Model %s/%s: %s.", *key, message)
+
+    def _tell_waiting(self, metas: Metas, fleet: fleet_.Fleet) -> None:
+        """One Warning Event per engine a user bound to a model that does not exist."""
+        now = {(metas.namespace, name) for name in fleet.allocation.waiting}
+        mine = {k for k in self._waiting_told if k[0] == metas.namespace}
+        for key in sorted(now - mine):
+            model = fleet.engines[key[1]].spec.model_ref
+            message = (f"spec.modelRef names ModelCapacity {model}, which does not exist in "
+                       f"namespace {key[0]}: capguard leaves the binding alone and the engine "
+                       f"serves nothing until that model is created; create it or clear "
+                       f"spec.modelRef")
+            self.event(metas.of(ENGINE, key[1]), ENGINE, events.WARNING, UNKNOWN_MODEL, message)
+            logger.warning("Engine %s/%s: %s.", *key, message)
+        self._waiting_told = (self._waiting_told - mine) | now
 
     def writes(self, written: Iterable[writer.Written], *, metas: Metas) -> None:
         for w in written:
@@ -133,9 +179,22 @@ class Narrator:
         self._exported[key] = model
         self.metrics.set_model(key=key, desired=model.desired, serving=model.serving,
                                floor=model.floor)
+        if model.allocated is not None:
+            self.metrics.set_shortfall(key=key, allocated=model.allocated,
+                                       shortfall=model.floor_shortfall,
+                                       pool=",".join(model.pools or ()))
+
+    def pools(self, namespace: str, found: Mapping[str, allocation.PoolSupply]) -> None:
+        for name, pool in found.items():
+            self._pools_seen.add((namespace, name))
+            self.metrics.set_pool(key=(namespace, name), supply=pool.usable, floors=pool.floors,
+                                  desired=pool.desired)
 
     def forget_except(self, models: set[metrics_.ModelKey],
                       breakers: Iterable[metrics_.BreakerKey]) -> None:
         self.metrics.forget_models_except(models)
         self._exported = {k: v for k, v in self._exported.items() if k in models}
+        self._capacity_told = {k: v for k, v in self._capacity_told.items() if k in models}
         self.metrics.forget_breakers_except(breakers)
+        self.metrics.forget_pools_except(self._pools_seen)  # the pools this pass saw
+        self._pools_seen = set()

@@ -123,6 +123,9 @@ class Reconciler:
         self._refreshed: set[index.Key] = set()
         # namespace -> model -> why a breaker holds it, as the last step said (fast path)
         self._held_by: dict[str, Mapping[str, str]] = {}
+        # (namespace, model) -> (generation, drift) of the last full pass: the allocation
+        # needs the whole namespace, so the fast path, which sees one model, reuses it.
+        self._shares: dict[index.Key, tuple[int, drift.ModelDrift]] = {}
         self._roll = driver.make_roll(config.seed)
         self._jitter = random.Random(config.seed).random
         self._was_leader = False
@@ -211,7 +214,8 @@ class Reconciler:
             engines = [r.value for r in self.index.engines_of(namespace, name)
                        if r.value is not None]
             own = fleet_.Fleet.of(engines=engines, models=[record.value])
-            found = drift.measure(own, queue.ActionQueue(), now).models[name]
+            found = self._with_share(key, record.value.generation,
+                                     drift.measure(own, queue.ActionQueue(), now).models[name])
             self.narrator.model(key, found)
             held_by = self._held_by.get(namespace)
             if not leading or held_by is None:
@@ -301,13 +305,17 @@ class Reconciler:
                                        result=result)
                 gauges.append(step.queue)
                 stale_view += step.report.stale_view_engines
-                self.narrator.models(namespace, step.report.models)
+                self.narrator.models(namespace, self._remember(namespace, fleet,
+                                                               step.report.models))
             else:
-                self.narrator.models(namespace, self._measure(namespace, fleet, now=now))
+                self.narrator.models(namespace, self._remember(
+                    namespace, fleet, self._measure(namespace, fleet, now=now)))
                 self.narrator.observed_breakers(namespace, view.breakers, now=now)
-        self.narrator.forget_except(
-            {(ns, r.meta.name) for ns, v in views.items() for r in v.models if r.value},
-            ((ns, r.meta.name) for ns, v in views.items() for r in v.breakers))
+            self.narrator.pools(namespace, fleet.allocation.pools)
+        kept = {(ns, r.meta.name) for ns, v in views.items() for r in v.models if r.value}
+        self.narrator.forget_except(kept, ((ns, r.meta.name) for ns, v in views.items()
+                                           for r in v.breakers))
+        self._shares = {k: v for k, v in self._shares.items() if k in kept}
         self.metrics.set_queue(held=sum(g.held for g in gauges),
                                pending=sum(g.pending for g in gauges),
                                oldest_plan_age=max((g.oldest_plan_age for g in gauges),
@@ -341,6 +349,22 @@ class Reconciler:
         if cached is None or cached[0] is not fleet:
             cached = self._failed_by_fleet[namespace] = (fleet, status_.failed_engines(fleet))
         return cached[1]
+
+    def _remember(self, namespace: str, fleet: fleet_.Fleet,
+                  drifts: Mapping[str, drift.ModelDrift]) -> Mapping[str, drift.ModelDrift]:
+        for name, found in drifts.items():
+            self._shares[(namespace, name)] = (fleet.models[name].generation, found)
+        return drifts
+
+    def _with_share(self, key: index.Key, generation: int,
+                    found: drift.ModelDrift) -> drift.ModelDrift:
+        """One model's drift with the last full pass's allocation, while its spec is the
+        one that pass saw; after a spec change, none until the next pass (not a guess)."""
+        last = self._shares.get(key)
+        if last is None or last[0] != generation:
+            return dataclasses.replace(found, allocated=None, covered=None, pools=None)
+        return dataclasses.replace(found, allocated=last[1].allocated, covered=last[1].covered,
+                                   pools=last[1].pools)
 
     async def _act(self, namespace: str, *, view: view_.View, fleet: fleet_.Fleet, now: float,
                    result: PassResult) -> pipeline.StepResult:

@@ -32,6 +32,8 @@ class Condition:
 
 
 VALID: Final = Condition("Valid", TRUE, "SpecValid", "")
+INSUFFICIENT_CAPACITY: Final = "InsufficientCapacity"
+NO_ELIGIBLE_ENGINES: Final = "NoEligibleEngines"
 
 
 # Time as status writes it: one definition, in the core (the breaker status format uses it).
@@ -104,9 +106,18 @@ def model_conditions(
     available = (
         Condition("Available", FALSE, "BelowFloor", numbers) if view.below_floor
         else Condition("Available", TRUE, "FloorMet", numbers))
-    if held_reason and view.drift:
+    if view.no_eligible_engines:
+        progressing = Condition("Progressing", FALSE, NO_ELIGIBLE_ENGINES, no_eligible_message())
+    elif view.floor_shortfall:
+        progressing = Condition("Progressing", FALSE, INSUFFICIENT_CAPACITY,
+                                shortfall_message(view))
+    elif held_reason and view.drift:
         progressing = Condition("Progressing", FALSE, "Held",
                                 f"actions for this model are held: {held_reason}")
+    elif view.short and not (view.loading or view.draining) and view.serving >= (
+            view.allocated or 0):
+        progressing = Condition("Progressing", FALSE, INSUFFICIENT_CAPACITY,
+                                shortfall_message(view))
     elif view.loading or view.draining or view.drift:
         progressing = Condition(
             "Progressing", TRUE, "Converging",
@@ -121,6 +132,22 @@ def model_conditions(
                   f"{view.drift} units short of {view.desired}")
         if view.drift else Condition("DriftDetected", FALSE, "NoDrift", numbers))
     return [VALID, available, progressing, degraded, drifted]
+
+
+def no_eligible_message() -> str:
+    return ("spec.engineSelector matches no InferenceEngine in this namespace: label engines "
+            "to match it (kubectl label inferenceengine NAME KEY=VALUE) or change the selector")
+
+
+def shortfall_message(view: drift.ModelDrift) -> str:
+    """What the supply cannot give, with the pools it looked in (the Event says the same)."""
+    pools = ", ".join(view.pools or ()) or "none"
+    if view.floor_shortfall:
+        return (f"the floor is {view.floor} units and the engines of pool {pools} cover "
+                f"{view.covered}: {view.floor_shortfall} units short; add engines to the pool, "
+                f"lower minAvailable, or raise this model's priority")
+    return (f"allocated {view.allocated} of {view.desired} desired units: pool {pools} has no "
+            f"more engines for it (floor {view.floor} met); add engines or lower replicas")
 
 
 def model_status(
