@@ -41,14 +41,39 @@ def takes_capacity(record: world_.Triage, action: queue.Action) -> bool:
 @EXAMPLES
 @given(world_.runs)
 def test_floor_never_broken(run: tuple[world_.Shape, list[world_.Event], list[bool]]) -> None:
-    """#1: no executed action leaves its model below the floor it had when it ran."""
+    """#1: no executed action leaves its model below the floor it had when it ran, and
+    never a floor for a surplus. One exception, the max-min sharing of floors the supply
+    cannot all cover: a model already below its floor may give an engine to another
+    model below its floor, keeping its own share (``Fleet.protected_units``)."""
     for record in play(run).triages:
         for action in executed(record):
-            if takes_capacity(record, action):
-                source = action.intent.from_model
-                assert source is not None
-                after = record.after.serving_units(source)
-                assert after >= record.before.floor_units(source), (source, record.now)
+            if not takes_capacity(record, action):
+                continue
+            source, to = action.intent.from_model, action.intent.model
+            assert source is not None
+            before, after = record.before, record.after.serving_units(source)
+            assert after >= before.protected_units(source), (source, record.now)
+            if after < before.floor_units(source):
+                assert before.serving_units(source) < before.floor_units(source)
+                assert to is not None and before.serving_units(to) < before.floor_units(to), (
+                    f"{source}'s floor taken for {to}'s surplus")
+
+
+@settings(max_examples=100, deadline=None)
+@given(world_.runs)
+def test_floors_are_restored_as_far_as_the_supply_allows_and_the_rest_is_said(
+    run: tuple[world_.Shape, list[world_.Event], list[bool]],
+) -> None:
+    """Left alone for hours after any script (failed engines repaired, the breaker closed),
+    every model serves the part of its floor the supply covers; a model still below its
+    floor is one the allocation reports short (InsufficientCapacity)."""
+    world = play(run).settle()
+    found = world.fleet
+    for name, share in found.allocation.models.items():
+        serving = found.serving_units(name)
+        assert serving >= min(share.covered, share.floor), (name, serving, share)
+        if serving < share.floor:
+            assert share.floor_shortfall > 0, (name, serving, share)
 
 
 @EXAMPLES

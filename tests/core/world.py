@@ -76,6 +76,12 @@ class Fail:
 
 
 @dataclasses.dataclass(frozen=True)
+class Prioritize:
+    model: int  # who gets engines first when they are scarce
+    priority: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Trip:
     open: bool
 
@@ -90,7 +96,8 @@ class Restart:
     """The operator dies: queue, gate and breaker memory are rebuilt from the cluster."""
 
 
-Event = Tick | Plan | Look | Demand | Revise | Delete | Garble | Fail | Trip | Approve | Restart
+Event = (Tick | Plan | Look | Demand | Revise | Delete | Garble | Fail | Prioritize | Trip
+         | Approve | Restart)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +140,7 @@ events = st.one_of(
     st.builds(Demand, st.integers(0, 3), st.integers(0, 8)),
     st.builds(Revise, st.integers(0, 3)),
     st.builds(Fail, st.integers(0, 40)),
+    st.builds(Prioritize, st.integers(0, 3), st.sampled_from([0, 10])),
     st.builds(Delete, st.integers(0, 3)),
     st.builds(Garble, st.integers(0, 3)),
     st.builds(Trip, st.booleans()),
@@ -200,6 +208,8 @@ class World:
                 self._garble(index)
             case Fail(index):
                 self._fail(index)
+            case Prioritize(index, priority):
+                self._set_model(index, priority=priority)
             case Trip(open_):
                 spec = dataclasses.replace(self.fleet.breakers["cb"], open=open_)
                 self.fleet = self.fleet.with_breaker(spec)
@@ -247,6 +257,16 @@ class World:
         self.triages.append(record)
         self.epochs.append(self._epoch)
         return record
+
+    def settle(self, *, seconds: float = 4 * 3600.0) -> World:
+        """The breaker closed and the planner left to work for a while, nobody else
+        acting: failed engines are repaired, rate limits refill, floors restored."""
+        self.apply(Trip(False))
+        self.apply(Look())
+        for _ in range(int(seconds // 60)):
+            self.apply(Plan(False))
+            self.apply(Tick(60.0))
+        return self
 
     def restart(self) -> None:
         """Everything in memory is lost; the breaker comes back from its status."""
