@@ -65,6 +65,7 @@ def test_list_names_every_scenario() -> None:
     result = simulate("--list")
     assert result.exit_code == 0
     assert "march-4:" in result.stdout and "flapping-breaker:" in result.stdout
+    assert "scarcity:" in result.stdout
 
 
 @pytest.mark.parametrize(

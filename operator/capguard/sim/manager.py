@@ -139,6 +139,10 @@ class CapacityManager:
                 from_model=intent.from_model,
                 stale=stale,
                 broke_floor=_broken_floors(before, self.world.fleet(), engine=intent.engine),
+                surplus_before_floors=(
+                    _surplus_before_floors(before, intent=intent)
+                    if self.world.scenario.floor_measures else ()
+                ),
             )
         )
 
@@ -198,3 +202,28 @@ def _broken_floors(before: fleet_.Fleet, after: fleet_.Fleet, *, engine: str) ->
         and not (sharing and before.serving_units(m) < before.floor_units(m)
                  and after.serving_units(m) >= before.protected_units(m))
     )
+
+
+def _surplus_before_floors(before: fleet_.Fleet, *, intent: planner.Intent) -> tuple[str, ...]:
+    """Models that hold fewer engines than the covered part of their floor when this action
+    takes a serving engine for a model that already holds its floor: a rate-limit token
+    and a disruption spent on surplus while a floor waits."""
+    was = before.engines[intent.engine]
+    takes = intent.from_model is not None and was.serves(intent.from_model)
+    if not takes or intent.model is None:
+        return ()
+    held = _held_units(before)
+    if held.get(intent.model, 0) < before.floor_units(intent.model):
+        return ()
+    return tuple(m for m in sorted(before.models)
+                 if held.get(m, 0) < min(before.floor_units(m), before.allocation.covered(m)))
+
+
+def _held_units(fleet: fleet_.Fleet) -> dict[str, int]:
+    """Units bound to each model by ``spec.modelRef``, serving or on their way, not failed."""
+    held: dict[str, int] = {}
+    for engine in fleet.engines.values():
+        model = engine.spec.model_ref
+        if model is not None and engine.phase is not specs.Phase.FAILED:
+            held[model] = held.get(model, 0) + engine.units
+    return held

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from capguard.core import breaker as breaker_
 from capguard.sim import scenarios as scenarios_
 
 
@@ -18,6 +19,25 @@ class ModelSample:
     desired: int
     floor: int
     settled: bool  # at desired on its current revision and pool, nothing moving
+    # The part of the floor the supply covers (``Allocation.models[m].covered``): the
+    # floor the gate protects and the planner restores; the rest is reported short.
+    covered: int | None = None  # None: not recorded
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolSample:
+    """One pool's supply against the floors of the models whose selector picks it, counted
+    from the engines themselves, beside what the allocation reported short."""
+
+    pool: str
+    usable: int  # units of the pool's engines that are not failed
+    floors: int
+    reported_short: int  # the allocation's floor_shortfall over those models
+
+    @property
+    def short(self) -> int:
+        """Floor units no allocation can cover: the floors above the usable supply."""
+        return max(0, self.floors - self.usable)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +49,7 @@ class Sample:
     out_of_service: int  # engines holding or awaiting a model but not serving, or failed
     breaker: str  # the breaker state's CRD string
     backlog: int  # actions in the queue
+    pools: tuple[PoolSample, ...] = ()  # in scenario.pools order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +65,9 @@ class Executed:
     stale: bool
     # Models this action took serving capacity from that were below floor right after.
     broke_floor: tuple[str, ...]
+    # It took a serving engine for a model already holding its floor while these models
+    # held less than the part of their floor the supply covers (surplus before floors).
+    surplus_before_floors: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass
@@ -67,7 +91,7 @@ class Timeline:
     def summary(self) -> dict[str, object]:
         """The report's JSON object: the keys other tools read (see docs)."""
         overall = _model_measures(self, index=None)
-        return {
+        report: dict[str, object] = {
             "scenario": self.scenario.name,
             "mode": self.mode,
             "seed": self.seed,
@@ -87,10 +111,29 @@ class Timeline:
             "unserved_demand_share": overall["unserved_demand_share"],
             "write_conflicts": self.conflicts,
             "backlog_at_release": self.backlog_at_release,
-            "per_model": {
-                name: _model_measures(self, index=i)
-                for i, name in enumerate(self.scenario.model_names)
-            },
+        }
+        if self.scenario.floor_measures:
+            report |= self.floor_summary()
+        report["per_model"] = {
+            name: _model_measures(self, index=i) for i, name in enumerate(self.scenario.model_names)
+        }
+        return report
+
+    def floor_summary(self) -> dict[str, object]:
+        """Scarcity: were the floors the supply covers restored in time, and was every
+        floor it cannot cover reported short (`floor_cases`, `PoolSample`)?"""
+        cases = floor_cases(self)
+        judged = [c for c in cases if c.judged]
+        in_time = sum(1 for c in judged if c.in_time)
+        uncovered = sum(1 for s in self.samples for m in s.models if _uncovered(m))
+        return {
+            "floors_restored_ratio": round(in_time / len(judged), 4) if judged else None,
+            "floor_cases": len(judged),
+            "floor_cases_cut_short": len(cases) - len(judged),
+            "uncovered_floor_model_minutes": round(uncovered * self.scenario.tick_seconds / 60, 3),
+            "floor_shortfall_misreported_samples": sum(1 for s in self.samples if _misreported(s)),
+            "surplus_before_floor_actions": sum(1 for e in self.executed
+                                                if e.surplus_before_floors),
         }
 
     def converge_seconds(self) -> float | None:
@@ -136,6 +179,88 @@ class Timeline:
         return shortest_load + tokens + s.physics.drain_seconds
 
 
+@dataclasses.dataclass(frozen=True)
+class FloorCase:
+    """One (model, episode): a stretch of samples in which the model serves below its
+    floor, the supply covers that floor (``covered == floor``) and the breaker is not
+    Open, so the gate may act. The stretch ends when the model serves its floor again
+    (restored), or is cut short: the supply no longer covers the floor (a failure), the
+    breaker opens, or the run ends."""
+
+    model: str
+    start: float
+    end: float  # the sample that ended the stretch (the last sample if the run ended)
+    restored: bool
+    allowed: float  # seconds the limits allow from ``start`` (`allowed_seconds`)
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+    @property
+    def in_time(self) -> bool:
+        return self.restored and self.seconds <= self.allowed
+
+    @property
+    def judged(self) -> bool:
+        """Restored, or not restored within its allowance; a stretch cut short before its
+        allowance ran out says nothing either way."""
+        return self.restored or self.seconds > self.allowed
+
+
+def floor_cases(timeline: Timeline) -> list[FloorCase]:
+    """Every case of a model below a covered floor, in time order (see `FloorCase`)."""
+    names = timeline.scenario.model_names
+    started: dict[int, tuple[float, float]] = {}  # model index -> (start, allowed)
+    cases = []
+    for sample in timeline.samples:
+        acting = sample.breaker != breaker_.BreakerState.OPEN.value
+        for i, m in enumerate(sample.models):
+            if acting and m.serving < m.floor and m.covered == m.floor:
+                if i not in started:
+                    started[i] = (sample.at, allowed_seconds(timeline.scenario, sample=sample))
+            elif i in started:
+                begun, allowed = started.pop(i)
+                cases.append(FloorCase(names[i], begun, sample.at, m.serving >= m.floor, allowed))
+    last = timeline.samples[-1].at if timeline.samples else 0.0
+    cases += [FloorCase(names[i], b, last, False, a) for i, (b, a) in started.items()]
+    return sorted(cases, key=lambda c: (c.start, c.model))
+
+
+def allowed_seconds(scenario: scenarios_.Scenario, *, sample: Sample) -> float:
+    """The time the limits allow to restore a covered floor that is short at ``sample``.
+
+    Floors first, so the case waits at most for every floor unit short in the whole fleet
+    at that moment: N = sum over models of (covered - serving, if positive). Each unit
+    needs at most one capacity-taking action, and each action a token of the slowest
+    bucket (the breaker's, or a model's rateLimit) of rate r a minute, counted from an
+    empty bucket: N * 60 / r seconds. The last action's engine then drains and loads (the
+    longest load, load_seconds * (1 + load_jitter)). A HalfOpen breaker first waits for
+    its probes to load (one longest load and a tick), and the manager needs a tick to see
+    the shortfall and one to act: 2 ticks. The fleet disruption budget is not counted
+    (it holds an action only while engines are out, failed ones included)."""
+    physics = scenario.physics
+    longest_load = physics.load_seconds * (1 + physics.load_jitter)
+    rates = [scenario.global_rate] + ([scenario.model_rate] if scenario.model_rate else [])
+    per_minute = min(r.per_minute for r in rates)
+    short = sum(max(0, m.covered - m.serving) for m in sample.models if m.covered is not None)
+    half_open = sample.breaker == breaker_.BreakerState.HALF_OPEN.value
+    probes = longest_load + scenario.tick_seconds if half_open else 0.0
+    return (probes + short * 60.0 / per_minute + physics.drain_seconds + longest_load
+            + 2 * scenario.tick_seconds)
+
+
+def _uncovered(model: ModelSample) -> bool:
+    return model.covered is not None and model.covered < model.floor
+
+
+def _misreported(sample: Sample) -> bool:
+    """A pool's floors above its usable supply by other than the allocation reports short,
+    or a model reported short while it serves its floor."""
+    pools = any(p.reported_short != p.short for p in sample.pools)
+    return pools or any(_uncovered(m) and m.serving >= m.floor for m in sample.models)
+
+
 def _model_measures(timeline: Timeline, *, index: int | None) -> dict[str, object]:
     """Measures of one model (``index``) or of the whole fleet (``None``)."""
     tick = timeline.scenario.tick_seconds
@@ -160,7 +285,13 @@ def _model_measures(timeline: Timeline, *, index: int | None) -> dict[str, objec
         "actions_executed": len(mine),
         "stale_actions_executed": sum(1 for e in mine if e.stale),
         "unserved_demand_share": round(unserved / demand, 4) if demand else 0.0,
-    }
+    } | (_model_floor_measures(timeline, index=index) if timeline.scenario.floor_measures else {})
+
+
+def _model_floor_measures(timeline: Timeline, *, index: int | None) -> dict[str, object]:
+    uncovered = sum(1 for s in timeline.samples for m in _pick(s.models, index=index)
+                    if _uncovered(m))
+    return {"uncovered_floor_minutes": round(uncovered * timeline.scenario.tick_seconds / 60, 3)}
 
 
 def _pick(models: Sequence[ModelSample], *, index: int | None) -> Sequence[ModelSample]:

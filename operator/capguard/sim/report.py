@@ -25,6 +25,12 @@ ROWS: tuple[tuple[str, str], ...] = (
     ("backlog_at_release", "backlog at release"),
     ("converge_seconds", "seconds to converge"),
     ("converge_lower_bound_seconds", "fastest the rate limits allow"),
+    # Scarcity scenarios only (`Scenario.floor_measures`): a row no summary has is left out.
+    ("floors_restored_ratio", "covered floors restored in time"),
+    ("floor_cases", "covered floors below (cases)"),
+    ("uncovered_floor_model_minutes", "uncovered floor model-minutes"),
+    ("floor_shortfall_misreported_samples", "shortfall misreported (samples)"),
+    ("surplus_before_floor_actions", "surplus moves while floors wait"),
 )
 
 
@@ -45,7 +51,8 @@ def as_table(summaries: Mapping[str, Mapping[str, object]]) -> rich_table.Table:
     for mode in summaries:
         table.add_column(mode, justify="right")
     for key, label in ROWS:
-        table.add_row(label, *(_cell(s.get(key)) for s in summaries.values()))
+        if any(key in s for s in summaries.values()):
+            table.add_row(label, *(_cell(s.get(key)) for s in summaries.values()))
     return table
 
 

@@ -7,6 +7,7 @@ import random
 
 from capguard.core import clock as clock_
 from capguard.core import fleet as fleet_
+from capguard.core import specs
 from capguard.sim import manager as manager_
 from capguard.sim import measures, scenarios
 from capguard.sim import world as world_
@@ -48,16 +49,32 @@ def disruption_budget(fleet: fleet_.Fleet) -> int:
 def _sample(
     fleet: fleet_.Fleet, *, manager: manager_.CapacityManager, now: float
 ) -> measures.Sample:
+    scenario = manager.world.scenario
+    floors = scenario.floor_measures  # the allocation per sample costs: only when asked
     return measures.Sample(
         at=now,
-        models=tuple(_model_sample(fleet, name=m) for m in manager.world.scenario.model_names),
+        models=tuple(_model_sample(fleet, name=m, floors=floors) for m in scenario.model_names),
         out_of_service=fleet.out_of_service_engines,
         breaker=manager.breaker.state.value,
         backlog=len(manager.queue),
+        pools=tuple(_pool_sample(fleet, pool=p) for p in scenario.pools) if floors else (),
     )
 
 
-def _model_sample(fleet: fleet_.Fleet, *, name: str) -> measures.ModelSample:
+def _pool_sample(fleet: fleet_.Fleet, *, pool: str) -> measures.PoolSample:
+    labels = {scenarios.POOL_LABEL: pool}
+    models = [m for m in fleet.models.values() if m.engine_selector.matches(labels)]
+    shares = fleet.allocation.models
+    return measures.PoolSample(
+        pool=pool,
+        usable=sum(e.units for e in fleet.engines.values()
+                   if e.spec.pool == pool and e.phase is not specs.Phase.FAILED),
+        floors=sum(m.floor_units for m in models),
+        reported_short=sum(shares[m.name].floor_shortfall for m in models),
+    )
+
+
+def _model_sample(fleet: fleet_.Fleet, *, name: str, floors: bool) -> measures.ModelSample:
     model = fleet.models[name]
     serving = [fleet.engines[e] for e in fleet.serving_engines(name)]
     settled = not fleet.unavailable_engines(name) and all(manager_.fits(e, model) for e in serving)
@@ -67,4 +84,5 @@ def _model_sample(fleet: fleet_.Fleet, *, name: str) -> measures.ModelSample:
         desired=model.replicas,
         floor=model.floor_units,
         settled=settled and units == model.replicas,
+        covered=fleet.allocation.covered(name) if floors else None,
     )

@@ -103,6 +103,16 @@ class Scenario:
     demand_step: int = 2
     failures: int = 0  # failure events, each failing failure_size serving engines
     failure_size: int = 2
+    # Per model, by index (a model past the end gets 0): its priority, and desired units
+    # it gains at a seeded moment inside a pause (demand growth).
+    priorities: tuple[int, ...] = ()
+    growth: tuple[int, ...] = ()
+    # Failure events (failure_size engines each) at seeded moments in the late_window
+    # seconds after the last release, when the manager sees them at once.
+    late_failures: int = 0
+    late_window: float = 1200.0
+    # Record each model's covered floor and report restoration (`measures.FloorCase`).
+    floor_measures: bool = False
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -124,6 +134,9 @@ class Scenario:
     def pool_of(self, model_index: int) -> str:
         return self.pools[model_index % len(self.pools)]
 
+    def priority_of(self, model_index: int) -> int:
+        return _nth(self.priorities, model_index)
+
     def timeline(self, rng: random.Random) -> tuple[Event, ...]:
         """Every event of one run, in time order; the seed picks the moments."""
         events: list[Event] = [e for p in self.pauses for e in _switches(p)]
@@ -143,12 +156,22 @@ class Scenario:
             yield Demand(self._moment(rng), name, max(1, self.units_per_model + step))
         for _ in range(self.failures):
             yield Failures(self._moment(rng), self.failure_size)
+        for i, name in enumerate(names):
+            if _nth(self.growth, i):
+                yield Demand(self._moment(rng), name, self.units_per_model + _nth(self.growth, i))
+        for _ in range(self.late_failures):
+            yield Failures(self._late_moment(rng), self.failure_size)
 
     def _moment(self, rng: random.Random) -> float:
         """A tick-aligned moment inside one of the pauses, never its last minute."""
         pause = rng.choice(self.pauses)
         latest = max(pause.opens_at, pause.closes_at - 60.0)
         at = rng.uniform(pause.opens_at, latest)
+        return at - at % self.tick_seconds
+
+    def _late_moment(self, rng: random.Random) -> float:
+        """A tick-aligned moment after the last release, inside the late window."""
+        at = rng.uniform(self.release_at + self.tick_seconds, self.release_at + self.late_window)
         return at - at % self.tick_seconds
 
 
@@ -159,6 +182,10 @@ _ORDER: Final[Mapping[type, int]] = {
 
 def _switches(pause: Pause) -> tuple[Breaker, Breaker]:
     return Breaker(pause.opens_at, True), Breaker(pause.closes_at, False)
+
+
+def _nth(values: tuple[int, ...], index: int) -> int:
+    return values[index] if index < len(values) else 0
 
 
 def _model_name(index: int, count: int) -> str:
@@ -214,6 +241,26 @@ THUNDERING_SCALE: Final = Scenario(
     demand_step=3,
 )
 
+SCARCITY: Final = Scenario(
+    name="scarcity",
+    summary=(
+        "Demand above supply: during the pause the high-priority models grow by 4 units "
+        "and the middle ones by 2, so each pool's desired units exceed its engines and "
+        "its floors nearly fill it; engines fail during the pause and after the release, "
+        "so for a stretch some floors cannot be covered until repairs bring engines back."
+    ),
+    units_per_model=6,
+    spare_engines=4,
+    floor_percent=80,
+    priorities=(100, 100, 50, 50),
+    growth=(4, 4, 2, 2),
+    failures=2,
+    late_failures=2,
+    duration=4800.0,
+    floor_measures=True,
+)
+
 SCENARIOS: Final[Mapping[str, Scenario]] = {
-    s.name: s for s in (MARCH_4, FAILURES_DURING_PAUSE, FLAPPING_BREAKER, THUNDERING_SCALE)
+    s.name: s
+    for s in (MARCH_4, FAILURES_DURING_PAUSE, FLAPPING_BREAKER, THUNDERING_SCALE, SCARCITY)
 }

@@ -37,7 +37,7 @@ class World:
         self._revisions: dict[str, int] = {}
         # What a person wrote in each ModelCapacity's spec; parsed by the core's parser.
         self._model_specs = {
-            name: _model_spec(scenario=scenario, pool=scenario.pool_of(i))
+            name: _model_spec(scenario=scenario, index=i)
             for i, name in enumerate(scenario.model_names)
         }
         self._generations = dict.fromkeys(self._model_specs, 1)
@@ -187,14 +187,16 @@ class World:
         return physics_.SimEngine(engine)
 
 
-def _model_spec(*, scenario: scenarios_.Scenario, pool: str) -> dict[str, object]:
+def _model_spec(*, scenario: scenarios_.Scenario, index: int) -> dict[str, object]:
     spec: dict[str, object] = {
         "replicas": scenario.units_per_model,
         "revision": "r1",
         "minAvailable": f"{scenario.floor_percent}%",
         "maxUnavailable": scenario.max_unavailable,
-        "engineSelector": {"matchLabels": {scenarios_.POOL_LABEL: pool}},
+        "engineSelector": {"matchLabels": {scenarios_.POOL_LABEL: scenario.pool_of(index)}},
     }
+    if scenario.priority_of(index):
+        spec["priority"] = scenario.priority_of(index)
     if scenario.model_rate is not None:
         spec["rateLimit"] = _rate_body(scenario.model_rate)
     return spec
