@@ -65,11 +65,6 @@ def test_naive_runs_stale_and_floor_breaking_actions_guarded_none() -> None:
     )
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core: the gate triages by the destination's priority, not floors before surplus, "
-    "so a high-priority model's surplus move spends the breaker's token while a lower "
-    "priority's covered floor waits"
-))
 def test_no_rate_limit_token_goes_to_surplus_while_a_covered_floor_waits() -> None:
     assert all(summary("scarcity", "guarded", s)["surplus_before_floor_actions"] == 0
                for s in SEEDS)

@@ -131,6 +131,7 @@ class _State:
     idle: dict[_Group, list[specs.Engine]]
     held: dict[str, list[specs.Engine]]  # model -> engines it holds that its selector matches
     holders: dict[_Group, dict[str, list[specs.Engine]]]  # group -> holder -> given last first
+    spare: dict[str, list[specs.Engine]]  # model -> engines it holds past its desired units
     claims: dict[str, str] = dataclasses.field(default_factory=dict)
     units: dict[str, int] = dataclasses.field(default_factory=dict)  # claimed, per model
     # Held units a model still has (claimed by it or by nobody): what fairness compares.
@@ -149,6 +150,7 @@ class _State:
         idle: dict[_Group, list[specs.Engine]] = {}
         held: dict[str, list[specs.Engine]] = {name: [] for name in models}
         holders: dict[_Group, dict[str, list[specs.Engine]]] = {}
+        spare: dict[str, list[specs.Engine]] = {}  # held past desired: its own, if it needs
         for _, engine in sorted(engines.items()):
             group = _group(engine)
             groups.setdefault(group, []).append(engine)
@@ -167,6 +169,7 @@ class _State:
                 # Past its desired units a model never claims an engine: it is as if idle.
                 if wanted >= models[name].replicas and not engine.spec.cordoned:
                     idle.setdefault(_group(engine), []).append(engine)
+                    spare.setdefault(name, []).append(engine)
                     continue
                 wanted += engine.units
                 kept.append(engine)
@@ -180,7 +183,8 @@ class _State:
         for by_holder in holders.values():
             for given in by_holder.values():
                 given.reverse()  # the last kept is given away first: popped from the end
-        state = cls(models=models, groups=groups, idle=idle, held=held, holders=holders)
+        state = cls(models=models, groups=groups, idle=idle, held=held, holders=holders,
+                    spare=spare)
         for name, model in models.items():
             state.units[name] = 0
             state.keeps[name] = sum(e.units for e in held[name])
@@ -245,8 +249,15 @@ class _State:
                 or (self._shared_floor(name, tier=tier) if phase == FLOORS else None))
 
     def _own(self, name: str) -> specs.Engine | None:
+        """An engine it holds: one it keeps, or one past its desired units that nobody
+        took (after a swap it may need it again, rather than an idle one)."""
         for engine in self.held[name]:
             if engine.name not in self.claims:
+                return engine
+        for engine in self.spare.get(name, ()):
+            free = self.idle.get(_group(engine), [])
+            if engine.name not in self.claims and engine in free:
+                free.remove(engine)
                 return engine
         return None
 

@@ -171,7 +171,8 @@ class Gate:
         now: float,
     ) -> Triage:
         pending = queue.pending() if isinstance(queue, queue_.ActionQueue) else list(queue)
-        actions = sorted(pending, key=lambda a: _order(a, fleet=fleet))
+        floors = _for_floors(pending, fleet=fleet)
+        actions = sorted(pending, key=lambda a: _order(a, fleet=fleet, floors=floors))
         governing = _Governing(breakers=breakers, fleet=fleet)
         refused_batches: dict[str, RefusedBatch] = {}
         if not self.config.guarded:
@@ -345,12 +346,44 @@ class _Governing:
         return found
 
 
-def _order(action: queue_.Action, *, fleet: fleet_.Fleet) -> tuple[int, int, float, str]:
-    """Higher priority first; within it, make before break (assign before drain), oldest first."""
+def _order(
+    action: queue_.Action, *, fleet: fleet_.Fleet, floors: set[str]
+) -> tuple[bool, int, int, float, str]:
+    """Floors first (an action that brings a model toward a floor it is below goes before
+    any surplus, whatever the priorities: tokens and budgets go to floors first), then
+    higher priority; within it, make before break (assign before drain), oldest first."""
     intent = action.intent
     model = fleet.models.get(intent.model or intent.from_model or "")
     priority = model.priority if model else 0
-    return (-priority, _KIND_ORDER[intent.kind], action.planned_at, intent.engine)
+    return (action.id not in floors, -priority, _KIND_ORDER[intent.kind], action.planned_at,
+            intent.engine)
+
+
+def _for_floors(actions: Sequence[queue_.Action], *, fleet: fleet_.Fleet) -> set[str]:
+    """The actions that fill a floor: toward a model, as many units as its floor lacks
+    once what serves it and what is already loading for it count."""
+    gaps: dict[str, int] = {}
+    for name in fleet.models:
+        found = fleet.counts(name)
+        loading = sum(fleet.engines[e].units for e in found.unavailable_engines
+                      if fleet.engines[e].spec.model_ref == name)
+        gap = fleet.floor_units(name) - found.serving_units - loading
+        if gap > 0:
+            gaps[name] = gap
+    chosen: set[str] = set()
+    if not gaps:
+        return chosen
+    toward = sorted((a for a in actions if a.intent.model in gaps
+                     and a.intent.model != a.intent.from_model),
+                    key=lambda a: (_KIND_ORDER[a.intent.kind], a.planned_at, a.intent.engine))
+    for action in toward:
+        model = action.intent.model
+        assert model is not None
+        if gaps[model] > 0:
+            chosen.add(action.id)
+            engine = fleet.engines.get(action.intent.engine)
+            gaps[model] -= engine.units if engine else 1
+    return chosen
 
 
 def _naive(action: queue_.Action, *, governing: _Governing) -> Decision:
