@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Final
 
 from capguard.core import specs
@@ -140,6 +140,8 @@ class _State:
     serving: dict[str, int] = dataclasses.field(default_factory=dict)  # units serving now
     floor_claims: dict[str, list[specs.Engine]] = dataclasses.field(default_factory=dict)
     eligible: dict[str, list[_Group]] = dataclasses.field(default_factory=dict)
+    group_pools: dict[_Group, frozenset[str]] = dataclasses.field(default_factory=dict)
+    group_of: dict[str, _Group] = dataclasses.field(default_factory=dict)  # engine -> group
 
     @classmethod
     def of(
@@ -151,14 +153,34 @@ class _State:
         held: dict[str, list[specs.Engine]] = {name: [] for name in models}
         holders: dict[_Group, dict[str, list[specs.Engine]]] = {}
         spare: dict[str, list[specs.Engine]] = {}  # held past desired: its own, if it needs
-        for _, engine in sorted(engines.items()):
-            group = _group(engine)
+        # Engines grouped by the labels selectors look at (a hostname label on every engine
+        # would otherwise make every engine its own group).
+        keys = _selector_keys(models.values())
+        group_of = {name: tuple(sorted((k, v) for k, v in e.labels.items() if k in keys))
+                    if keys else () for name, e in engines.items()}
+        distinct = sorted(set(group_of.values()))
+        by_selector: dict[specs.LabelSelector, list[_Group]] = {}
+        eligible: dict[str, list[_Group]] = {}
+        for name, model in models.items():
+            found = by_selector.get(model.engine_selector)
+            if found is None:
+                found = by_selector[model.engine_selector] = [
+                    g for g in distinct if model.engine_selector.matches(dict(g))]
+            eligible[name] = list(found)
+        fits = {name: set(found) for name, found in eligible.items()}
+        serving: dict[str, int] = {}
+        for engine in engines.values():
+            group = group_of[engine.name]
+            bound = engine.spec.model_ref
+            if engine.phase is specs.Phase.SERVING and bound is not None and (
+                    engine.model == bound):
+                serving[bound] = serving.get(bound, 0) + engine.units
             groups.setdefault(group, []).append(engine)
             holder = _holder(engine, models=models, unreadable=unreadable)
             if holder is None:
                 if _idle(engine):
                     idle.setdefault(group, []).append(engine)
-            elif models[holder].engine_selector.matches(engine.labels):
+            elif group in fits[holder]:
                 held[holder].append(engine)
             elif not engine.spec.cordoned:  # held outside its model's selector: as if idle
                 idle.setdefault(group, []).append(engine)
@@ -168,13 +190,14 @@ class _State:
             for engine in own:
                 # Past its desired units a model never claims an engine: it is as if idle.
                 if wanted >= models[name].replicas and not engine.spec.cordoned:
-                    idle.setdefault(_group(engine), []).append(engine)
+                    idle.setdefault(group_of[engine.name], []).append(engine)
                     spare.setdefault(name, []).append(engine)
                     continue
                 wanted += engine.units
                 kept.append(engine)
                 if not engine.spec.cordoned:
-                    holders.setdefault(_group(engine), {}).setdefault(name, []).append(engine)
+                    holders.setdefault(group_of[engine.name], {}).setdefault(
+                        name, []).append(engine)
             held[name] = kept
         for engine_list in idle.values():
             # Popped from the end: unbound engines first (taking one disrupts nobody),
@@ -184,14 +207,15 @@ class _State:
             for given in by_holder.values():
                 given.reverse()  # the last kept is given away first: popped from the end
         state = cls(models=models, groups=groups, idle=idle, held=held, holders=holders,
-                    spare=spare)
-        for name, model in models.items():
+                    spare=spare, group_of=group_of,
+                    group_pools={g: frozenset(e.spec.pool for e in found)
+                                 for g, found in groups.items()})
+        for name in models:
             state.units[name] = 0
             state.keeps[name] = sum(e.units for e in held[name])
-            state.serving[name] = sum(e.units for e in engines.values() if e.serves(name))
+            state.serving[name] = serving.get(name, 0)
             state.own.update(e.name for e in held[name])
-            state.eligible[name] = [g for g in sorted(groups)
-                                    if model.engine_selector.matches(dict(g))]
+            state.eligible[name] = eligible[name]
         # Engines are taken from the least contested group first (desired units of the
         # models that may use it, per unit it has), so a model that can use any pool
         # leaves the contested one to those that cannot.
@@ -208,8 +232,9 @@ class _State:
     def reserve(self, model: specs.ModelSpec) -> None:
         """A model keeps what it holds, up to its floor."""
         claimed = self.floor_claims.setdefault(model.name, [])
+        floor = model.floor_units
         for engine in self.held[model.name]:
-            if self.units[model.name] >= model.floor_units:
+            if self.units[model.name] >= floor:
                 return
             self._claim(engine, model=model.name)
             claimed.append(engine)
@@ -255,7 +280,7 @@ class _State:
             if engine.name not in self.claims:
                 return engine
         for engine in self.spare.get(name, ()):
-            free = self.idle.get(_group(engine), [])
+            free = self.idle.get(self.group_of[engine.name], [])
             if engine.name not in self.claims and engine in free:
                 free.remove(engine)
                 return engine
@@ -313,7 +338,7 @@ class _State:
             claimed = self.floor_claims.get(other, [])
             for i in range(len(claimed) - 1, -1, -1):
                 engine = claimed[i]
-                if engine.spec.cordoned or _group(engine) not in eligible:
+                if engine.spec.cordoned or self.group_of[engine.name] not in eligible:
                     continue
                 if self.units[other] - engine.units < mine + engine.units:
                     break
@@ -327,7 +352,7 @@ class _State:
         instead, one the taker cannot use: selectors overlap, so who takes first matters.
         The other engine is idle, or (for a floor) another model's unclaimed surplus."""
         for group in self.eligible[name]:
-            for engine in self.groups[group]:
+            for engine in sorted(self.groups[group], key=lambda e: e.name):
                 owner = self.claims.get(engine.name)
                 if owner is None or owner == name or engine.spec.cordoned:
                     continue
@@ -375,8 +400,8 @@ class _State:
             self.keeps[holder] += engine.units
 
     def pools_of(self, model: specs.ModelSpec) -> tuple[str, ...]:
-        return tuple(sorted({e.spec.pool for g in self.eligible[model.name]
-                             for e in self.groups[g]}))
+        return tuple(sorted(set().union(*(self.group_pools[g]
+                                          for g in self.eligible[model.name]))))
 
 
 def _holder(
@@ -403,26 +428,42 @@ def _idle(engine: specs.Engine) -> bool:
             and not engine.spec.cordoned)
 
 
-def _group(engine: specs.Engine) -> _Group:
-    return tuple(sorted(engine.labels.items()))
+def _selector_keys(models: Iterable[specs.ModelSpec]) -> frozenset[str]:
+    keys: set[str] = set()
+    for model in models:
+        selector = model.engine_selector
+        keys.update(k for k, _ in selector.match_labels)
+        keys.update(r.key for r in selector.match_expressions)
+    return frozenset(keys)
 
 
 def _pools(
     *, engines: Mapping[str, specs.Engine], models: Mapping[str, specs.ModelSpec],
     state: _State,
 ) -> dict[str, PoolSupply]:
-    totals: dict[str, dict[str, int]] = {}
+    units: dict[str, int] = {}
+    usable: dict[str, int] = {}
+    serving: dict[str, int] = {}
+    idle: dict[str, int] = {}
     for engine in engines.values():
-        row = totals.setdefault(engine.spec.pool, dict.fromkeys(
-            ("units", "usable", "serving", "idle", "floors", "desired"), 0))
-        row["units"] += engine.units
-        held = engine.spec.model_ref is not None and engine.spec.model_ref in models
-        row["usable"] += engine.units if (_idle(engine) or held) and \
-            engine.phase is not specs.Phase.FAILED else 0
-        row["serving"] += engine.units if engine.phase is specs.Phase.SERVING else 0
-        row["idle"] += engine.units if _idle(engine) else 0
+        pool, size = engine.spec.pool, engine.units
+        units[pool] = units.get(pool, 0) + size
+        if engine.phase is specs.Phase.FAILED:
+            continue
+        if engine.phase is specs.Phase.SERVING:
+            serving[pool] = serving.get(pool, 0) + size
+        if _idle(engine):
+            idle[pool] = idle.get(pool, 0) + size
+            usable[pool] = usable.get(pool, 0) + size
+        elif engine.spec.model_ref is not None and engine.spec.model_ref in models:
+            usable[pool] = usable.get(pool, 0) + size
+    floors = dict.fromkeys(units, 0)
+    desired = dict.fromkeys(units, 0)
     for model in models.values():
         for pool in state.pools_of(model):
-            totals[pool]["floors"] += model.floor_units
-            totals[pool]["desired"] += model.replicas
-    return {pool: PoolSupply(pool=pool, **row) for pool, row in sorted(totals.items())}
+            floors[pool] += model.floor_units
+            desired[pool] += model.replicas
+    return {pool: PoolSupply(pool=pool, units=units[pool], usable=usable.get(pool, 0),
+                             serving=serving.get(pool, 0), idle=idle.get(pool, 0),
+                             floors=floors[pool], desired=desired[pool])
+            for pool in sorted(units)}
