@@ -6,6 +6,7 @@ aiohttp, and `capguard localcluster` never imports the operator.
 
 from __future__ import annotations
 
+import pathlib
 import sys
 from typing import Any
 
@@ -205,7 +206,7 @@ def run(**flags: Any) -> None:
 @click.option("--keep", is_flag=True,
               help="Keep the cluster and the operator running at the end (Ctrl-C stops them).")
 @click.option("--crds", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Folder of the CRDs. Default: the project's crds/.")
+              help="Folder of the CRDs. Default: the ones capguard carries (capguard crds).")
 def demo(
     *, naive: bool, as_json: bool, plot: str, kubeconfig: str | None, namespace: str,
     seed: int, speed: float, keep: bool, crds: str | None,
@@ -228,10 +229,30 @@ def demo(
     options = demo_.Options(
         naive=naive, seed=seed, speed=speed, namespace=namespace, keep=keep,
         kubeconfig=pathlib.Path(kubeconfig) if kubeconfig else None,
-        crds=pathlib.Path(crds) if crds else demo_.default_crds(),
+        crds=pathlib.Path(crds) if crds else _packaged_crds(),
         plot=pathlib.Path(plot) if plot else None,
     )
     sys.exit(demo_.main(options, as_json=as_json))
+
+
+def _packaged_crds() -> pathlib.Path:
+    from capguard import manifests
+
+    try:
+        return manifests.crds_dir()
+    except manifests.ManifestsMissing as error:
+        raise click.ClickException(str(error)) from None
+
+
+@main.command("crds")
+def crds() -> None:
+    """Print capguard's CRDs as one YAML stream: capguard crds | kubectl apply -f -"""
+    from capguard import manifests
+
+    try:
+        click.echo(manifests.crds_stream(), nl=False)
+    except manifests.ManifestsMissing as error:
+        raise click.ClickException(str(error)) from None
 
 
 @main.command("status")

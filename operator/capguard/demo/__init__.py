@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import pathlib
 import signal
 from collections.abc import Coroutine
 from typing import Any, Final
@@ -59,9 +58,4 @@ async def _until_signalled(work: Coroutine[Any, Any, None]) -> None:
         loop.remove_signal_handler(signal.SIGTERM)
 
 
-def default_crds() -> pathlib.Path:
-    """The project's `crds/` folder (next to `operator/`, where the package lives)."""
-    return pathlib.Path(__file__).resolve().parents[3] / "crds"
-
-
-__all__ = ["Options", "default_crds", "main"]
+__all__ = ["Options", "main"]
