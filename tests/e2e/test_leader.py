@@ -33,6 +33,11 @@ def _two_replicas(
     return leader, next(r for r in replicas if r is not leader)
 
 
+def _model_and_pool_series(page: harness.MetricsPage) -> set[str]:
+    return {name for name, _, _ in page.samples
+            if name.startswith(("capguard_model_", "capguard_pool_"))}
+
+
 @pytest.mark.slow
 def test_two_replicas_exactly_one_acts_and_the_other_takes_over_when_it_dies(
     kube: harness.Kubectl, operators: Operators,
@@ -45,10 +50,18 @@ def test_two_replicas_exactly_one_acts_and_the_other_takes_over_when_it_dies(
     follower_metrics, leader_metrics = follower.metrics(), leader.metrics()
     assert follower_metrics.total("capguard_actions_total") == 0
     assert leader_metrics.total("capguard_actions_total", result="executed") >= 2
-    # The standby still observes: its model metrics follow the cluster.
+    # Only the leader exports model and pool gauges (a standby's copy would make every
+    # alert fire twice); both export the process, Python and build series.
     harness.wait_until(
-        lambda: follower.metrics().total("capguard_model_serving_units", model="chat") == 2,
-        timeout=10, what="the standby's metrics to show chat serving 2")
+        lambda: leader.metrics().total("capguard_model_serving_units", model="chat") == 2,
+        timeout=10, what="the leader's metrics to show chat serving 2")
+    assert _model_and_pool_series(follower_metrics) == set()
+    for page in (leader_metrics, follower_metrics):
+        names = {name for name, _, _ in page.samples}
+        assert {"process_cpu_seconds_total", "process_resident_memory_bytes",
+                "python_gc_collections_total", "python_info", "capguard_build_info",
+                "capguard_reconcile_errors_total"} <= names
+        assert not [n for n in names if n.endswith("_created")], "counters export _created"
     system = kube.in_namespace(harness.OPERATOR_NAMESPACE)
     writers = {e.get("reportingInstance") for e in kube.items("events") + system.items("events")
                if e.get("reportingComponent") == "capguard"}
@@ -60,6 +73,9 @@ def test_two_replicas_exactly_one_acts_and_the_other_takes_over_when_it_dies(
     kube.run("scale", "mc/chat", "--replicas=3")
     harness.wait_serving(kube, {"chat": 3})
     assert follower.metrics().total("capguard_actions_total", result="executed") >= 1
+    harness.wait_until(
+        lambda: follower.metrics().total("capguard_model_serving_units", model="chat") == 3,
+        timeout=10, what="the new leader's metrics to show chat serving 3")
     harness.wait_until(
         lambda: [e for e in system.events(reason="LeaderChanged")
                  if e.get("reportingInstance") == follower.identity],

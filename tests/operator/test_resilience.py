@@ -117,12 +117,14 @@ async def test_two_replicas_exactly_one_acts_and_the_standby_takes_over(
         executed = metric(await replica.metrics(), "capguard_actions_total",
                           type="assign", result="executed")
         assert executed == (1 if name == "leader" else 0)
-    # The standby observes (and exports what it sees) but never writes.
-    text = await standby.metrics()
-    assert metric(text, "capguard_model_serving_units", namespace="default", model="chat") == 1
+    # The standby observes but never writes, and exports no model or pool gauge: a second
+    # copy would make every alert on them fire twice.
+    assert metric(await leader.metrics(), "capguard_model_serving_units", model="chat") == 1
+    assert _model_and_pool_series(await standby.metrics()) == []
 
     await leader.halt()  # a graceful stop releases the Lease
     await eventually(lambda: _leads(standby), timeout=5)
+    await eventually(lambda: _exports_chat(standby), timeout=5)
     await kube.patch(client.MODELS, "chat", {"spec": {"replicas": 2}})
     await eventually(lambda: _serving(kube, "chat", 2))
     changes = [e for e in await kube.items(client.EVENTS) if e["reason"] == "LeaderChanged"]
@@ -135,3 +137,13 @@ async def test_two_replicas_exactly_one_acts_and_the_standby_takes_over(
 
 async def _leads(replica: Any) -> bool:
     return metric(await replica.metrics(), "capguard_leader") == 1
+
+
+async def _exports_chat(replica: Any) -> bool:
+    found = metric(await replica.metrics(), "capguard_model_serving_units", model="chat")
+    return found is not None
+
+
+def _model_and_pool_series(text: str) -> list[str]:
+    return [line for line in text.splitlines()
+            if line.startswith(("capguard_model_", "capguard_pool_"))]

@@ -1,8 +1,10 @@
 """The narrator: a step's results told as Events, metrics and log lines.
 
 It decides nothing: everything it says comes from `pipeline.StepResult` and from what
-the writer reports about the writes. Events are the leader's (a standby would tell the
-same story twice); metrics are every replica's.
+the writer reports about the writes. Events and the per-model and per-pool gauges are
+the leader's: a standby would tell the same story twice, and every alert on a model would
+fire once per replica. A standby exports the breaker states the leader wrote, its own
+counters, and whether it leads.
 """
 
 from __future__ import annotations
@@ -61,6 +63,16 @@ class Narrator:
         self._capacity_told: dict[metrics_.ModelKey, tuple[bool, bool]] = {}
         self._pools_seen: set[metrics_.PoolKey] = set()
         self._waiting_told: set[tuple[str, str]] = set()
+
+    def lead(self, leading: bool) -> None:
+        """Whether this replica leads now; one that stops drops its model and pool gauges
+        at once (the new leader's appear with its first look)."""
+        if self.leading and not leading:
+            self.metrics.forget_models_except(())
+            self.metrics.forget_pools_except(())
+            self._exported = {}
+            self._pools_seen = set()
+        self.leading = leading
 
     def event(self, meta: records.Meta, kind: str, type_: str, reason: str, message: str) -> None:
         if not self.leading:
@@ -174,7 +186,7 @@ class Narrator:
             self.model((namespace, name), model)
 
     def model(self, key: metrics_.ModelKey, model: drift.ModelDrift) -> None:
-        if self._exported.get(key) == model:
+        if not self.leading or self._exported.get(key) == model:
             return  # a thousand models' gauges cost more than comparing them
         self._exported[key] = model
         self.metrics.set_model(key=key, desired=model.desired, serving=model.serving,
@@ -185,6 +197,8 @@ class Narrator:
                                        pool=",".join(model.pools or ()))
 
     def pools(self, namespace: str, found: Mapping[str, allocation.PoolSupply]) -> None:
+        if not self.leading:
+            return
         for name, pool in found.items():
             self._pools_seen.add((namespace, name))
             self.metrics.set_pool(key=(namespace, name), supply=pool.usable, floors=pool.floors,

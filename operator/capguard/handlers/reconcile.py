@@ -5,7 +5,9 @@ one frozen `Fleet` per namespace and hands it to that namespace's
 `capguard.core.pipeline.Pipeline`, which decides everything. Then, and only on the
 leader, the pass writes what the step returned: model statuses, the actions (a merge
 patch carrying the resourceVersion the action was planned from), the simulated
-driver's phase moves, breaker statuses; the narrator tells it as Events and metrics.
+driver's phase moves, breaker statuses; the narrator tells it as Events and metrics. A
+standby exports the breaker states the leader wrote, and no model or pool gauge (a
+second copy would make every alert on them fire twice).
 Nothing is a replay of events: a pass after a restart is the same as any other pass.
 
 Between full passes (at most `interval` apart, at least `plan_gap` apart while things
@@ -114,6 +116,7 @@ class Reconciler:
                                     concurrency=config.write_concurrency,
                                     max_write_delay=config.max_write_delay)
         self.narrator = narrator.Narrator(recorder=recorder, metrics=metrics, leading=False)
+        metrics.measure_workqueue(name="models", depth=lambda: len(self.index.dirty_models))
         self.statuses = statuses.StatusBook()
         self._driver = (config.driver_config if config.engine_driver == driver.SIMULATED
                         else None)
@@ -134,8 +137,7 @@ class Reconciler:
         self.progress_at = time.monotonic()  # the loop's last sign of life (liveness)
         self._quiet_until = 0.0
         self._fleets: dict[str, tuple[int, fleet_.Fleet]] = {}  # namespace -> (version, fleet)
-        # namespace -> (fleet, its models' drift) for a standby; (fleet, failed per model)
-        self._measured: dict[str, tuple[fleet_.Fleet, Mapping[str, drift.ModelDrift]]] = {}
+        # namespace -> (fleet, failed engines per model)
         self._failed_by_fleet: dict[str, tuple[fleet_.Fleet, dict[str, int]]] = {}
 
     def wake(self) -> None:
@@ -182,6 +184,7 @@ class Reconciler:
             except Exception:
                 # Our bug, not the user's: log it with its traceback, try again next pass.
                 logger.exception("Reconcile pass failed.")
+                self.metrics.reconcile_errors_total.inc()
                 self.last_result = PassResult()
             await self._sleep(self._full_pass_due(planned_at))
 
@@ -200,9 +203,10 @@ class Reconciler:
         changed since the last look, each from a fleet of its own engines. Writes are the
         leader's, after its first full pass (which sets up what the breakers hold)."""
         dirty = self.index.take_dirty_models()
-        if not dirty:
-            return 0
         leading = self.is_leader()
+        self.narrator.lead(leading)
+        if not dirty or not leading:
+            return 0  # a standby exports no model gauge and writes nothing
         now = self.clock()
         writes = []
         self._refreshed |= dirty
@@ -218,7 +222,7 @@ class Reconciler:
                                      drift.measure(own, queue.ActionQueue(), now).models[name])
             self.narrator.model(key, found)
             held_by = self._held_by.get(namespace)
-            if not leading or held_by is None:
+            if held_by is None:
                 continue
             inputs = (found, status_.failed_engines(own).get(name, 0), held_by.get(name))
             wanted = statuses.model_status(record, inputs=inputs, now=now)
@@ -290,7 +294,7 @@ class Reconciler:
                 self._resync_due = True  # and LISTs before its first act
                 self.wake()
                 return PassResult(next_due=now)
-        self.narrator.leading = leading
+        self.narrator.lead(leading)
         self.metrics.leader.set(1 if leading else 0)
         result = PassResult()
         views = view_.snapshot(self.index)
@@ -307,11 +311,9 @@ class Reconciler:
                 stale_view += step.report.stale_view_engines
                 self.narrator.models(namespace, self._remember(namespace, fleet,
                                                                step.report.models))
+                self.narrator.pools(namespace, fleet.allocation.pools)
             else:
-                self.narrator.models(namespace, self._remember(
-                    namespace, fleet, self._measure(namespace, fleet, now=now)))
                 self.narrator.observed_breakers(namespace, view.breakers, now=now)
-            self.narrator.pools(namespace, fleet.allocation.pools)
         kept = {(ns, r.meta.name) for ns, v in views.items() for r in v.models if r.value}
         self.narrator.forget_except(kept, ((ns, r.meta.name) for ns, v in views.items()
                                            for r in v.breakers))
@@ -331,16 +333,6 @@ class Reconciler:
         cached = self._fleets.get(namespace)
         if cached is None or cached[0] != version:
             cached = self._fleets[namespace] = (version, view_.build_fleet(view))
-        return cached[1]
-
-    def _measure(self, namespace: str, fleet: fleet_.Fleet, *, now: float
-                 ) -> Mapping[str, drift.ModelDrift]:
-        """A standby's drift per model (a leader's comes with its step), reused while the
-        fleet stands still."""
-        cached = self._measured.get(namespace)
-        if cached is None or cached[0] is not fleet:
-            cached = self._measured[namespace] = (
-                fleet, drift.measure(fleet, queue.ActionQueue(), now).models)
         return cached[1]
 
     def _failed(self, namespace: str, fleet: fleet_.Fleet) -> dict[str, int]:
