@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import subprocess
 from typing import Any
@@ -19,6 +20,10 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "capguard-dashboard.json"
 METRICS = ROOT / "operator" / "capguard" / "metrics.py"
 METRIC_NAME = re.compile(r"\bcapguard_[a-z0-9_]+\b")
 HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
+# The runbook links' base in alerts.yaml: RUNBOOK_BASE_URL replaces it in the rule.
+RUNBOOK_PLACEHOLDER = "https://capguard.example/docs/deploy.md"
+# Every replica is scraped: a rule's outermost operation aggregates them away.
+AGGREGATED = re.compile(r"^\(?\s*(max|sum|min|count)\b")
 
 
 def _alert_rules() -> list[dict[str, Any]]:
@@ -61,12 +66,34 @@ def test_an_alert_tells_the_person_on_call_what_and_where_to_look(
     rule: dict[str, Any],
 ) -> None:
     assert rule["labels"]["severity"] in ("warning", "critical")
-    assert {"summary", "description", "runbook"} <= rule["annotations"].keys()
+    assert {"summary", "description", "runbook", "runbook_url"} <= rule["annotations"].keys()
     anchor = rule["annotations"]["runbook"].split(":", 1)[0]
     assert anchor == f"docs/deploy.md#{rule['alert'].lower()}"
+    assert rule["annotations"]["runbook_url"] == (
+        f"{RUNBOOK_PLACEHOLDER}#{rule['alert'].lower()}")
     deploy_doc = (ROOT / "docs" / "deploy.md").read_text()
     assert re.search(rf"^#+ {rule['alert']}$", deploy_doc, flags=re.MULTILINE), (
         f"docs/deploy.md has no runbook heading for {rule['alert']}")
+
+
+@pytest.mark.parametrize("rule", _alert_rules(), ids=lambda rule: rule["alert"])
+def test_an_alert_fires_once_however_many_replicas_are_scraped(rule: dict[str, Any]) -> None:
+    """The leader and the standby are both scraped; alerts_test.yaml has two replicas'
+    series for each alert on model or breaker series."""
+    assert AGGREGATED.match(rule["expr"]), rule["expr"]
+
+
+def test_the_runbook_links_point_where_the_docs_live() -> None:
+    base = "https://docs.internal.example/capguard/deploy"
+    done = subprocess.run(["bash", "hack/gen-prometheusrule.sh"], cwd=ROOT, check=True,
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "RUNBOOK_BASE_URL": base + "/", "OUTPUT": "-"})
+    rule = yaml.safe_load(done.stdout)
+    expected = yaml.safe_load(ALERTS.read_text().replace(RUNBOOK_PLACEHOLDER, base))
+    assert rule["spec"] == expected
+    urls = [r["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert urls and all(url.startswith(base + "#capguard") for url in urls)
+    assert not (ROOT / "-").exists()
 
 
 def test_the_prometheus_rule_carries_exactly_alerts_yaml() -> None:

@@ -233,6 +233,24 @@ def test_the_metrics_service_reaches_the_metrics_port(
     assert endpoint["honorLabels"] is True, "capguard's `namespace` label must survive"
 
 
+def test_every_replica_is_scraped_not_a_virtual_ip(
+    rendered_with_prometheus: list[dict[str, Any]],
+) -> None:
+    """A ClusterIP would alternate between the leader and the standby; a headless Service's
+    endpoints are every ready replica (the standby is ready: /readyz says so)."""
+    service = single(rendered_with_prometheus, "Service")
+    assert service["spec"]["clusterIP"] == "None"
+
+
+def test_kube_prometheus_stack_selects_the_monitor_and_the_rules(
+    rendered: list[dict[str, Any]], rendered_with_prometheus: list[dict[str, Any]],
+) -> None:
+    """Its Prometheus selects by `release`; the component's patch sets it (docs/deploy.md)."""
+    for kind in PROMETHEUS_OPERATOR_KINDS:
+        assert single(rendered_with_prometheus, kind)["metadata"]["labels"]["release"]
+    assert all("release" not in (o["metadata"].get("labels") or {}) for o in rendered)
+
+
 def test_leader_election_is_wired(rendered: list[dict[str, Any]]) -> None:
     container = operator_container(rendered)
     assert "--leader-election" in container["args"]
