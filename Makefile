@@ -17,7 +17,7 @@ help: ## List the targets with one line each
 	  /^[a-zA-Z0-9_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 ##@ Develop
-.PHONY: setup test lint demo e2e chaos bench tools prometheusrule
+.PHONY: setup test lint demo e2e chaos bench tools prometheusrule min-deps
 setup: ## Create .venv and install capguard with its dev dependencies (hack/setup.sh)
 	bash hack/setup.sh
 
@@ -31,6 +31,9 @@ lint: setup ## Lint Python, shell scripts, alert rules and the Dockerfile
 	promtool test rules deploy/prometheus/alerts_test.yaml
 	@if [ -x .venv/bin/hadolint ]; then .venv/bin/hadolint operator/Dockerfile; \
 	  else echo "hadolint not installed (make tools): skipped"; fi
+
+min-deps: ## Unit tests with every dependency at pyproject's lowest allowed version (hack/min-deps.sh)
+	bash hack/min-deps.sh
 
 tools: ## Install promtool, shellcheck, hadolint, kubernetes-validate if missing
 	bash hack/install-tools.sh
