@@ -142,6 +142,9 @@ class _State:
     eligible: dict[str, list[_Group]] = dataclasses.field(default_factory=dict)
     group_pools: dict[_Group, frozenset[str]] = dataclasses.field(default_factory=dict)
     group_of: dict[str, _Group] = dataclasses.field(default_factory=dict)  # engine -> group
+    # Who gives surplus first: lowest priority, then the model that held the most.
+    rank: dict[str, tuple[int, int, str]] = dataclasses.field(default_factory=dict)
+    holder_order: dict[_Group, list[str]] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def of(
@@ -199,6 +202,8 @@ class _State:
                     holders.setdefault(group_of[engine.name], {}).setdefault(
                         name, []).append(engine)
             held[name] = kept
+        for engine_list in groups.values():
+            engine_list.sort(key=lambda e: e.name)  # a swap looks at them in name order
         for engine_list in idle.values():
             # Popped from the end: unbound engines first (taking one disrupts nobody),
             # then those a model holds but will not keep, each by name.
@@ -214,6 +219,7 @@ class _State:
             state.units[name] = 0
             state.keeps[name] = sum(e.units for e in held[name])
             state.serving[name] = serving.get(name, 0)
+            state.rank[name] = (models[name].priority, -state.keeps[name], name)
             state.own.update(e.name for e in held[name])
             state.eligible[name] = eligible[name]
         # Engines are taken from the least contested group first (desired units of the
@@ -279,6 +285,9 @@ class _State:
         for engine in self.held[name]:
             if engine.name not in self.claims:
                 return engine
+        return self._spare(name)
+
+    def _spare(self, name: str) -> specs.Engine | None:
         for engine in self.spare.get(name, ()):
             free = self.idle.get(self.group_of[engine.name], [])
             if engine.name not in self.claims and engine in free:
@@ -312,19 +321,29 @@ class _State:
         return None
 
     def _held_by_others(self, name: str) -> Iterator[tuple[str, specs.Engine]]:
-        candidates: list[tuple[tuple[int, int, str], str, specs.Engine]] = []
-        for group in self.eligible[name]:
-            for holder, given in self.holders.get(group, {}).items():
-                if holder == name:
-                    continue
-                while given and given[-1].name in self.claims:
-                    given.pop()
-                if given:
-                    model = self.models[holder]
-                    rank = (model.priority, -self.keeps.get(holder, 0), holder)
-                    candidates.append((rank, holder, given[-1]))
-        for _, holder, engine in sorted(candidates, key=lambda c: c[0]):
-            yield holder, engine
+        """Unclaimed engines other models hold, lowest priority first (then the holder
+        that held the most): one lazy walk per group, merged, so the first acceptable one
+        costs little however many models hold engines."""
+        walks = [self._walk(group, skip=name) for group in self.eligible[name]]
+        for _, holder, engine in heapq.merge(*walks, key=lambda c: c[0]):
+            if engine.name not in self.claims:
+                yield holder, engine
+
+    def _walk(self, group: _Group, *, skip: str
+              ) -> Iterator[tuple[tuple[int, int, str], str, specs.Engine]]:
+        by_holder = self.holders.get(group, {})
+        order = self.holder_order.get(group)
+        if order is None:
+            order = self.holder_order[group] = sorted(by_holder, key=lambda h: self.rank[h])
+        for holder in list(order):
+            given = by_holder[holder]
+            while given and given[-1].name in self.claims:
+                given.pop()
+            if not given:
+                order.remove(holder)  # exhausted for good: claims only grow in a phase
+                continue
+            if holder != skip:
+                yield self.rank[holder], holder, given[-1]
 
     def _shared_floor(self, name: str, *, tier: Mapping[str, int]) -> specs.Engine | None:
         """Max-min among floors of one priority that the supply cannot all cover: from a
@@ -350,14 +369,21 @@ class _State:
     def _swap(self, name: str, *, phase: str) -> specs.Engine | None:
         """An engine claimed by a model that can take another engine of the same size
         instead, one the taker cannot use: selectors overlap, so who takes first matters.
-        The other engine is idle, or (for a floor) another model's unclaimed surplus."""
+        The other engine is idle, or (for a floor) the owner's or another model's
+        unclaimed surplus. Each owner is asked once per call (its answer holds for it)."""
+        if phase != FLOORS and not any(self.idle.values()):
+            return None
+        stuck: set[tuple[str, int]] = set()
         for group in self.eligible[name]:
-            for engine in sorted(self.groups[group], key=lambda e: e.name):
+            for engine in self.groups[group]:
                 owner = self.claims.get(engine.name)
                 if owner is None or owner == name or engine.spec.cordoned:
                     continue
+                if (owner, engine.units) in stuck:
+                    continue
                 instead = self._instead(owner, units=engine.units, avoid=name, phase=phase)
                 if instead is None:
+                    stuck.add((owner, engine.units))
                     continue
                 self._release(engine)
                 self._claim(instead, model=owner)
@@ -368,9 +394,15 @@ class _State:
         return None
 
     def _instead(self, owner: str, *, units: int, avoid: str, phase: str) -> specs.Engine | None:
-        own = self._own(owner)
-        if own is not None and own.units == units:
-            return own
+        spare = self._spare(owner)  # its own engine, past its desired: moves nothing
+        if spare is not None:
+            if spare.units == units:
+                return spare
+            self.idle[self.group_of[spare.name]].append(spare)  # not that one: put back
+        if phase == FLOORS:  # past its floor, an engine it holds is its to give
+            own = self._own(owner)
+            if own is not None and own.units == units:
+                return own
         for group in self.eligible[owner]:
             free = self.idle.get(group, [])
             for i in range(len(free) - 1, -1, -1):
