@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
+import pytest
 from operator_harness import Kube, StartOperator, condition, eventually, metric
 
+from capguard.core import planner
+from capguard.handlers import narrator
 from capguard.kube import client
 
 
@@ -219,3 +223,40 @@ async def test_deleting_a_model_drains_its_engines_and_drops_its_series(
     text = await started.metrics()
     assert metric(text, "capguard_model_desired_units", model="chat") is None
     assert metric(text, "capguard_actions_total", type="drain", result="executed") == 2
+
+
+async def test_every_action_is_one_readable_log_line(
+    kube: Kube, start_operator: StartOperator, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="capguard")
+    await kube.engines("e0", "e1")
+    await kube.model("chat", 2, minAvailable=0)
+    await start_operator()
+
+    def logged() -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if "Assign to chat executed (action " in r.getMessage()]
+
+    lines = await eventually(lambda: _async(len(logged()) == 2 and logged()))
+    assert sorted(line.split(" (action ")[0] for line in lines) == [
+        "Engine default/e0: Assign to chat executed", "Engine default/e1: Assign to chat executed"]
+    def first_pass() -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if r.getMessage().startswith("First reconcile pass done")]
+
+    first = await eventually(lambda: _async(first_pass()))
+    assert "actions executed" in first[0] and "PassResult(" not in first[0]
+
+
+def test_intents_read_as_a_person_would_say_them() -> None:
+    say = narrator.describe
+    assert say(planner.Intent(planner.ActionType.ASSIGN, "e", "m")) == "Assign to m"
+    assert say(planner.Intent(planner.ActionType.DRAIN, "e", None, "m")) == "Drain from m"
+    assert say(planner.Intent(planner.ActionType.REASSIGN, "e", "b", "a")) == (
+        "Reassign from a to b")
+    assert say(planner.Intent(planner.ActionType.REASSIGN, "e", "m", "m")) == (
+        "Reassign (refresh) m")
+
+
+async def _async(value: Any) -> Any:
+    return value

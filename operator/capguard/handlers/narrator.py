@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 from capguard import metrics as metrics_
-from capguard.core import allocation, breaker, drift, gate, pipeline
+from capguard.core import allocation, breaker, drift, gate, pipeline, planner
 from capguard.core import fleet as fleet_
 from capguard.handlers import records, writer
 from capguard.handlers import status as status_
@@ -33,6 +33,28 @@ _TRANSITION_EVENTS: Final = {
     breaker.BreakerState.HALF_OPEN: ("BreakerHalfOpen", events.NORMAL),
     breaker.BreakerState.CLOSED: ("BreakerClosed", events.NORMAL),
 }
+
+
+_WRITTEN: Final = {
+    writer.Outcome.EXECUTED: "executed",
+    writer.Outcome.CONFLICT: "lost to a newer write; re-planning",
+    writer.Outcome.FAILED: "failed; retried after a backoff",
+    writer.Outcome.NOT_LEADING: "not written: this replica no longer leads",
+    writer.Outcome.LATE: "not written: decided too long ago; re-planning",
+}
+
+
+def describe(intent: planner.Intent) -> str:
+    """An intent as a person reads it: `Assign to llama`, `Drain from llama`,
+    `Reassign from llama to qwen`, `Reassign (refresh) llama`."""
+    kind = intent.kind.value
+    if intent.from_model is None:
+        return f"{kind} to {intent.model}"
+    if intent.model is None:
+        return f"{kind} from {intent.from_model}"
+    if intent.model == intent.from_model:
+        return f"{kind} (refresh) {intent.model}"
+    return f"{kind} from {intent.from_model} to {intent.model}"
 
 
 class Metas:
@@ -90,6 +112,8 @@ class Narrator:
         for decision in result.refusals:
             intent = decision.action.intent
             refusals[decision.reason.value] += 1
+            logger.info("Engine %s/%s: %s refused (%s): %s.", metas.namespace, intent.engine,
+                        describe(intent), decision.reason.value, decision.message)
             expired = decision.reason is gate.Reason.EXPIRED
             self.metrics.count_action(kind=intent.kind.value.lower(),
                                       result="expired" if expired else "refused")
@@ -160,6 +184,9 @@ class Narrator:
             action = w.execution.action
             self.metrics.count_action(kind=action.intent.kind.value.lower(),
                                       result=w.outcome.value)
+            log = logger.info if w.outcome is writer.Outcome.EXECUTED else logger.warning
+            log("Engine %s/%s: %s %s (action %s).", metas.namespace, action.intent.engine,
+                describe(action.intent), _WRITTEN[w.outcome], action.id)
             if w.outcome is writer.Outcome.CONFLICT:
                 self.event(metas.of(ENGINE, action.intent.engine), ENGINE, events.NORMAL,
                            "ActionConflict",

@@ -90,6 +90,10 @@ class PassResult:
         if at is not None:
             self.next_due = min(at, self.next_due if self.next_due is not None else at)
 
+    def __str__(self) -> str:
+        return (f"{self.executed} actions executed, {self.refused} refused, {self.held} held, "
+                f"{self.conflicts} conflicts, {self.status_writes} statuses written")
+
 
 class Reconciler:
     def __init__(
