@@ -36,18 +36,27 @@ def localcluster(ctx: click.Context) -> None:
 
 
 class _OneLineUsage(click.UsageError):
-    """A usage error shown as one line: what was wrong and what to type instead."""
+    """A usage error shown as one line: what was wrong and what to type instead (exit 2)."""
 
     def show(self, file: object = None) -> None:
-        click.echo(f"capguard simulate: {self.format_message()}", err=True)
+        name = f"capguard {self.ctx.info_name}" if self.ctx is not None else "capguard"
+        click.echo(f"{name}: {self.format_message()}", err=True)
 
 
 class _OneLineCommand(click.Command):
+    """Every subcommand reports a user's mistake the same way: one line, exit code 2."""
+
     def make_context(self, *args: object, **kwargs: object) -> click.Context:
         try:
             return super().make_context(*args, **kwargs)  # type: ignore[arg-type]
         except click.UsageError as error:
             raise _OneLineUsage(error.format_message(), error.ctx) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as error:  # a check inside the command (BadParameter)
+            raise _OneLineUsage(error.format_message(), ctx) from None
 
 
 @main.command("simulate", cls=_OneLineCommand)
@@ -125,7 +134,7 @@ def _duration(_: click.Context, param: click.Parameter, value: str | None) -> fl
         raise click.BadParameter(str(error), param=param) from None
 
 
-@main.command("run")
+@main.command("run", cls=_OneLineCommand)
 @click.option("--namespace", "namespaces", multiple=True, metavar="NS",
               help="Watch this namespace (repeatable). Default: all namespaces.")
 @click.option("--kubeconfig", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -188,7 +197,7 @@ def run(**flags: Any) -> None:
     operator.run(operator.Options(**flags))
 
 
-@main.command("demo")
+@main.command("demo", cls=_OneLineCommand)
 @click.option("--naive", is_flag=True,
               help="Run the operator with the guard off, to watch the incident happen.")
 @click.option("--json", "as_json", is_flag=True,
@@ -244,7 +253,7 @@ def _packaged_crds() -> pathlib.Path:
         raise click.ClickException(str(error)) from None
 
 
-@main.command("crds")
+@main.command("crds", cls=_OneLineCommand)
 def crds() -> None:
     """Print capguard's CRDs as one YAML stream: capguard crds | kubectl apply -f -"""
     from capguard import manifests
@@ -255,7 +264,7 @@ def crds() -> None:
         raise click.ClickException(str(error)) from None
 
 
-@main.command("status")
+@main.command("status", cls=_OneLineCommand)
 @click.option("--kubeconfig", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Kubeconfig file. Default: KUBECONFIG, ~/.kube/config, or in-cluster.")
 @click.option("-n", "--namespace", default=None,

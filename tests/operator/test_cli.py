@@ -6,9 +6,11 @@ import asyncio
 import os
 import signal
 import socket
+import subprocess
 import sys
 
 import aiohttp
+import pytest
 from operator_harness import Kube, eventually, metric
 
 from capguard.localcluster import LocalCluster
@@ -52,3 +54,22 @@ async def test_capguard_run_serves_metrics_and_stops_on_sigterm(
         output, _ = await asyncio.wait_for(process.communicate(), timeout=20)
     assert process.returncode == 0, output.decode()[-2000:]
     assert b"Traceback" not in output, output.decode()[-2000:]
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["run", "--kubeconfig", "/nonexistent/kubeconfig"], "--kubeconfig"),
+    (["run", "--lease-duration", "5x"], "--lease-duration"),
+    (["demo", "--speed", "5"], "--speed"),
+    (["status", "--bogus"], "--bogus"),
+    (["simulate", "--seed", "x"], "--seed"),
+    (["crds", "extra"], "extra"),
+])
+def test_every_subcommand_says_a_users_mistake_in_one_line_with_exit_2(
+    args: list[str], says: str,
+) -> None:
+    done = subprocess.run([sys.executable, "-m", "capguard.cli", *args], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 2, done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"capguard {args[0]}: "), done.stderr
+    assert says in lines[0]
