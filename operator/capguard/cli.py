@@ -7,6 +7,7 @@ aiohttp, and `capguard localcluster` never imports the operator.
 from __future__ import annotations
 
 import pathlib
+import socket
 import sys
 from typing import Any
 
@@ -192,9 +193,24 @@ def run(**flags: Any) -> None:
     if not verbose:
         logging.getLogger("kopf").setLevel(logging.WARNING)
     flags["namespaces"] = tuple(flags["namespaces"])
+    _port_free(flags["metrics_host"], flags["metrics_port"])
     if flags["identity"] is None:
         flags["identity"] = operator.default_identity()
     operator.run(operator.Options(**flags))
+
+
+def _port_free(host: str, port: int) -> None:
+    """A busy metrics port is the user's to fix: say so in one line, not a traceback."""
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise click.BadParameter(
+                f"{host}:{port} is not free ({error.strerror}): stop what listens there or "
+                f"choose another port", param_hint="'--metrics-port'") from None
 
 
 @main.command("demo", cls=_OneLineCommand)

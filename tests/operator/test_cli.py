@@ -73,3 +73,18 @@ def test_every_subcommand_says_a_users_mistake_in_one_line_with_exit_2(
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"capguard {args[0]}: "), done.stderr
     assert says in lines[0]
+
+
+def test_a_busy_metrics_port_is_one_line_not_a_traceback() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "capguard.cli", "run", "--metrics-host", "127.0.0.1",
+             "--metrics-port", str(port)], capture_output=True, text=True, timeout=60,
+            check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"capguard run: Invalid value for '--metrics-port': 127.0.0.1:{port} is not free "
+        "(Address already in use): stop what listens there or choose another port")
