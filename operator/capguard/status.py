@@ -11,10 +11,12 @@ import asyncio
 import collections
 import dataclasses
 import datetime
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 import kopf
+import yaml
 from rich import console as rich_console
 from rich import table as rich_table
 
@@ -133,23 +135,65 @@ def breakers_table(breakers: Iterable[Body], *, all_namespaces: bool,
 
 def engines_table(engines: Iterable[Body], *, by: str) -> rich_table.Table:
     """Engines counted by phase, one row per model (what they hold) or per pool."""
+    counts = _phases(engines, by=by)
+    table = rich_table.Table(title=f"engines by {by} (InferenceEngine)", title_justify="left")
+    table.add_column(by)
+    phases = [*PHASES, "Unknown"] if any(c.get("Unknown") for c in counts.values()) else [
+        *PHASES]
+    for column in ["total", *phases]:
+        table.add_column(column, justify="right")
+    for key, found in sorted(counts.items()):
+        table.add_row(key, str(sum(found.values())), *(_count(found.get(p, 0)) for p in phases))
+    return table
+
+
+def document(fleet: Fleet) -> dict[str, Any]:
+    """What the tables show, as data (`-o json|yaml`): models and breakers as the
+    operator published them, engines counted by phase per model and per pool, and the
+    pools' supply against demand computed with the core."""
+    def model_row(body: Body) -> dict[str, Any]:
+        status = body.get("status") or {}
+        return {"namespace": _namespace(body), "name": _name(body),
+                "desired": status.get("desired", (body.get("spec") or {}).get("replicas")),
+                **{k: status.get(k) for k in ("serving", "loading", "draining", "floor",
+                                              "drift", "availablePercent")},
+                "conditions": {str(c.get("type")): str(c.get("status"))
+                               for c in status.get("conditions") or []}}
+
+    def breaker_row(body: Body) -> dict[str, Any]:
+        status = body.get("status") or {}
+        return {"namespace": _namespace(body), "name": _name(body), "state": status.get("state"),
+                "since": status.get("since"), "held": status.get("heldActions"),
+                "refused": status.get("refusedActions"),
+                "lastRefusedBatch": status.get("lastRefusedBatch")}
+
+    pools = []
+    for namespace, found in sorted(_by_namespace(fleet).items()):
+        shares = found.allocation.models
+        for name, pool in found.allocation.pools.items():
+            pools.append({
+                "namespace": namespace, "pool": name, "units": pool.units,
+                "usable": pool.usable, "serving": pool.serving, "idle": pool.idle,
+                "floors": pool.floors, "desired": pool.desired,
+                "floorsShort": {m: s.floor_shortfall for m, s in shares.items()
+                                if s.floor_shortfall > 0 and name in s.pools}})
+    return {"models": [model_row(b) for b in _sorted(fleet.models)],
+            "breakers": [breaker_row(b) for b in _sorted(fleet.breakers)],
+            "enginesByModel": _phases(fleet.engines, by="model"),
+            "pools": pools}
+
+
+def _phases(engines: Iterable[Body], *, by: str) -> dict[str, dict[str, int]]:
     counts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     for body in engines:
         status, spec = body.get("status") or {}, body.get("spec") or {}
         key = spec.get("pool") if by == "pool" else status.get("model") or spec.get("modelRef")
         counts[str(key or UNASSIGNED)][str(status.get("phase") or "Unknown")] += 1
-    table = rich_table.Table(title=f"engines by {by} (InferenceEngine)", title_justify="left")
-    table.add_column(by)
-    phases = [*PHASES, "Unknown"] if any(c["Unknown"] for c in counts.values()) else [*PHASES]
-    for column in ["total", *phases]:
-        table.add_column(column, justify="right")
-    for key, found in sorted(counts.items()):
-        table.add_row(key, str(sum(found.values())), *(_count(found[p]) for p in phases))
-    return table
+    return {key: dict(found) for key, found in sorted(counts.items())}
 
 
 async def show(*, namespace: str | None, all_namespaces: bool,
-               console: rich_console.Console) -> int:
+               console: rich_console.Console, output: str = "table") -> int:
     """Log in (KUBECONFIG, ~/.kube/config or in-cluster), read, print; the exit code."""
     info = kopf.login_with_kubeconfig(settings=kopf.OperatorSettings())
     if info is None:
@@ -167,9 +211,15 @@ async def show(*, namespace: str | None, all_namespaces: bool,
             console.print("capguard status: the capguard CRDs are not installed "
                           "(kubectl apply -f crds/)")
             return 1
-    if not (fleet.engines or fleet.models or fleet.breakers):
+    if not (fleet.engines or fleet.models or fleet.breakers) and output == "table":
         where = "any namespace" if chosen is None else f"namespace {chosen}"
         console.print(f"no capguard objects in {where}")
+        return 0
+    if output == "json":
+        console.print_json(json.dumps(document(fleet)))
+        return 0
+    if output == "yaml":
+        console.out(yaml.safe_dump(document(fleet), sort_keys=False), end="")
         return 0
     now = datetime.datetime.now(datetime.UTC)
     for table in tables(fleet, all_namespaces=all_namespaces, now=now):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import shutil
@@ -9,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from capguard.localcluster import LocalCluster
 
@@ -75,3 +77,30 @@ def test_status_shows_supply_against_demand_per_pool(tmp_path: pathlib.Path) -> 
     # engines are 1 + 2 units, idle (no operator runs here); the floor of 4 is 1 unit short.
     assert [c for c in row.split() if c != "│"] == [
         "small", "3", "3", "0", "3", "4", "5", "wants-five", "1"]
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not on the PATH")
+def test_status_prints_json_or_yaml_and_follows_context(tmp_path: pathlib.Path) -> None:
+    with LocalCluster.start_in_thread(crds_dir=ROOT / "crds",
+                                      kubeconfig_path=tmp_path / "kubeconfig") as cluster:
+        config = cluster.kubeconfig_path
+        subprocess.run(["kubectl", "apply", "-f", "-"], input=SCARCE, text=True,
+                       env={**os.environ, "KUBECONFIG": str(config)}, check=True,
+                       capture_output=True, timeout=60)
+        as_json = status(config, "-o", "json")
+        as_yaml = status(config, "-o", "yaml")
+        context = yaml.safe_load(config.read_text())["current-context"]
+        named = status(config, "--context", context, "-o", "json")
+        wrong = status(config, "--context", "no-such-context")
+    assert as_json.returncode == 0, as_json.stderr
+    found = json.loads(as_json.stdout)
+    assert [m["name"] for m in found["models"]] == ["wants-five"]
+    assert found["pools"] == [{
+        "namespace": "default", "pool": "small", "units": 3, "usable": 3, "serving": 0,
+        "idle": 3, "floors": 4, "desired": 5, "floorsShort": {"wants-five": 1}}]
+    assert yaml.safe_load(as_yaml.stdout) == found
+    assert json.loads(named.stdout) == found
+    assert wrong.returncode == 2
+    assert wrong.stderr.strip().startswith(
+        "capguard status: Invalid value for '--context': 'no-such-context' is not a context")
+    assert list(config.parent.glob(".capguard-*")) == []  # the copy is gone
