@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 import yaml
@@ -61,14 +63,21 @@ spec: {replicas: 5, minAvailable: 4, engineSelector: {matchLabels: {capguard.dev
 """
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not on the PATH")
-def test_status_shows_supply_against_demand_per_pool(tmp_path: pathlib.Path) -> None:
+@contextlib.contextmanager
+def scarce_cluster(tmp_path: pathlib.Path) -> Iterator[pathlib.Path]:
+    """An embedded cluster with SCARCE applied by kubectl; yields its kubeconfig."""
     with LocalCluster.start_in_thread(crds_dir=ROOT / "crds",
                                       kubeconfig_path=tmp_path / "kubeconfig") as cluster:
         config = cluster.kubeconfig_path
         subprocess.run(["kubectl", "apply", "-f", "-"], input=SCARCE, text=True,
                        env={**os.environ, "KUBECONFIG": str(config)}, check=True,
                        capture_output=True, timeout=60)
+        yield config
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not on the PATH")
+def test_status_shows_supply_against_demand_per_pool(tmp_path: pathlib.Path) -> None:
+    with scarce_cluster(tmp_path) as config:
         shown = status(config)
     assert shown.returncode == 0, shown.stderr
     table = shown.stdout.split("pools: supply vs demand")[1]
@@ -81,12 +90,7 @@ def test_status_shows_supply_against_demand_per_pool(tmp_path: pathlib.Path) -> 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not on the PATH")
 def test_status_prints_json_or_yaml_and_follows_context(tmp_path: pathlib.Path) -> None:
-    with LocalCluster.start_in_thread(crds_dir=ROOT / "crds",
-                                      kubeconfig_path=tmp_path / "kubeconfig") as cluster:
-        config = cluster.kubeconfig_path
-        subprocess.run(["kubectl", "apply", "-f", "-"], input=SCARCE, text=True,
-                       env={**os.environ, "KUBECONFIG": str(config)}, check=True,
-                       capture_output=True, timeout=60)
+    with scarce_cluster(tmp_path) as config:
         as_json = status(config, "-o", "json")
         as_yaml = status(config, "-o", "yaml")
         context = yaml.safe_load(config.read_text())["current-context"]
