@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -22,8 +23,9 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+@pytest.mark.parametrize("log_format", ["text", "json"])
 async def test_capguard_run_serves_metrics_and_stops_on_sigterm(
-    cluster: LocalCluster, kube: Kube
+    cluster: LocalCluster, kube: Kube, log_format: str,
 ) -> None:
     await kube.engines("e0", "e1")
     await kube.model("chat", 2, minAvailable=0)
@@ -32,7 +34,7 @@ async def test_capguard_run_serves_metrics_and_stops_on_sigterm(
         sys.executable, "-m", "capguard.cli", "run", "--kubeconfig",
         str(cluster.kubeconfig_path), "--namespace", "default", "--metrics-host", "127.0.0.1",
         "--metrics-port", str(port), "--load-time", "300ms", "--reconcile-interval", "200ms",
-        "--no-leader-election", stdout=asyncio.subprocess.PIPE,
+        "--no-leader-election", "--log-format", log_format, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT, env={**os.environ, "KUBECONFIG": ""})
     try:
         async def scraped() -> str | None:
@@ -54,6 +56,13 @@ async def test_capguard_run_serves_metrics_and_stops_on_sigterm(
         output, _ = await asyncio.wait_for(process.communicate(), timeout=20)
     assert process.returncode == 0, output.decode()[-2000:]
     assert b"Traceback" not in output, output.decode()[-2000:]
+    lines = output.decode().splitlines()
+    executed = [line for line in lines if "Assign to chat executed (action " in line]
+    assert len(executed) == 2, lines
+    if log_format == "json":
+        records = [json.loads(line) for line in lines if line.strip()]  # every line
+        assert all(set(r) >= {"time", "level", "logger", "message"} for r in records)
+        assert {r["level"] for r in records} <= {"INFO", "WARNING", "ERROR", "DEBUG"}
 
 
 @pytest.mark.parametrize(("args", "says"), [
