@@ -14,7 +14,8 @@ def test_every_run_flag_defaults_to_what_options_default_to() -> None:
     """`capguard run` with no flags builds exactly `operator.Options()` (identity aside:
     it is this process's own)."""
     params = dict(cli.run.make_context("run", []).params)
-    params.pop("verbose")
+    params.pop("verbose")  # logging, set up by the command itself
+    params.pop("log_format")
     params["namespaces"] = tuple(params["namespaces"])
     built = operator.Options(**{**params, "identity": "me"})
     assert built == dataclasses.replace(operator.Options(), identity="me")
