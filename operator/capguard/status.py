@@ -71,17 +71,29 @@ def pools_table(fleet: Fleet, *, all_namespaces: bool) -> rich_table.Table:
                "floors short"]
     for column in (["namespace"] if all_namespaces else []) + columns:
         table.add_column(column, justify="right" if column in _NUMERIC else "left")
+    for row in _pool_rows(fleet):
+        short = [f"{m} {units}" for m, units in row["floorsShort"].items()]
+        cells = [row["pool"], *(str(row[k]) for k in ("units", "usable", "serving", "idle",
+                                                     "floors", "desired")),
+                 ", ".join(short) or "-"]
+        table.add_row(*([row["namespace"]] if all_namespaces else []), *cells,
+                      style="bold red" if short else "")
+    return table
+
+
+def _pool_rows(fleet: Fleet) -> list[dict[str, Any]]:
+    """Each pool's supply against demand, with the floors its engines cannot cover."""
+    rows = []
     for namespace, found in sorted(_by_namespace(fleet).items()):
         shares = found.allocation.models
         for name, pool in found.allocation.pools.items():
-            short = [f"{m} {s.floor_shortfall}" for m, s in shares.items()
-                     if s.floor_shortfall > 0 and name in s.pools]
-            style = "bold red" if short else ""
-            cells = [name, *(str(v) for v in (pool.units, pool.usable, pool.serving, pool.idle,
-                                              pool.floors, pool.desired)),
-                     ", ".join(short) or "-"]
-            table.add_row(*([namespace] if all_namespaces else []), *cells, style=style)
-    return table
+            rows.append({
+                "namespace": namespace, "pool": name, "units": pool.units,
+                "usable": pool.usable, "serving": pool.serving, "idle": pool.idle,
+                "floors": pool.floors, "desired": pool.desired,
+                "floorsShort": {m: s.floor_shortfall for m, s in shares.items()
+                                if s.floor_shortfall > 0 and name in s.pools}})
+    return rows
 
 
 def _by_namespace(fleet: Fleet) -> dict[str, fleet_.Fleet]:
@@ -167,20 +179,10 @@ def document(fleet: Fleet) -> dict[str, Any]:
                 "refused": status.get("refusedActions"),
                 "lastRefusedBatch": status.get("lastRefusedBatch")}
 
-    pools = []
-    for namespace, found in sorted(_by_namespace(fleet).items()):
-        shares = found.allocation.models
-        for name, pool in found.allocation.pools.items():
-            pools.append({
-                "namespace": namespace, "pool": name, "units": pool.units,
-                "usable": pool.usable, "serving": pool.serving, "idle": pool.idle,
-                "floors": pool.floors, "desired": pool.desired,
-                "floorsShort": {m: s.floor_shortfall for m, s in shares.items()
-                                if s.floor_shortfall > 0 and name in s.pools}})
     return {"models": [model_row(b) for b in _sorted(fleet.models)],
             "breakers": [breaker_row(b) for b in _sorted(fleet.breakers)],
             "enginesByModel": _phases(fleet.engines, by="model"),
-            "pools": pools}
+            "pools": _pool_rows(fleet)}
 
 
 def _phases(engines: Iterable[Body], *, by: str) -> dict[str, dict[str, int]]:

@@ -118,7 +118,7 @@ def allocate(
     }
     return Allocation(claims=dict(state.claims), models=shares,
                       pools=_pools(engines=engines, models=models, state=state),
-                      waiting=tuple(sorted(n for n, e in engines.items() if e.waits(models))))
+                      waiting=tuple(sorted(state.waiting)))
 
 
 @dataclasses.dataclass
@@ -132,6 +132,7 @@ class _State:
     held: dict[str, list[specs.Engine]]  # model -> engines it holds that its selector matches
     holders: dict[_Group, dict[str, list[specs.Engine]]]  # group -> holder -> given last first
     spare: dict[str, list[specs.Engine]]  # model -> engines it holds past its desired units
+    waiting: list[str]  # engines a user bound to a model that does not exist
     claims: dict[str, str] = dataclasses.field(default_factory=dict)
     units: dict[str, int] = dataclasses.field(default_factory=dict)  # claimed, per model
     # Held units a model still has (claimed by it or by nobody): what fairness compares.
@@ -172,6 +173,7 @@ class _State:
             eligible[name] = list(found)
         fits = {name: set(found) for name, found in eligible.items()}
         serving: dict[str, int] = {}
+        waiting: list[str] = []
         for engine in engines.values():
             group = group_of[engine.name]
             bound = engine.spec.model_ref
@@ -183,6 +185,8 @@ class _State:
             if holder is None:
                 if _idle(engine):
                     idle.setdefault(group, []).append(engine)
+                elif engine.waits(models):
+                    waiting.append(engine.name)
             elif group in fits[holder]:
                 held[holder].append(engine)
             elif not engine.spec.cordoned:  # held outside its model's selector: as if idle
@@ -212,7 +216,7 @@ class _State:
             for given in by_holder.values():
                 given.reverse()  # the last kept is given away first: popped from the end
         state = cls(models=models, groups=groups, idle=idle, held=held, holders=holders,
-                    spare=spare, group_of=group_of,
+                    spare=spare, group_of=group_of, waiting=waiting,
                     group_pools={g: frozenset(e.spec.pool for e in found)
                                  for g, found in groups.items()})
         for name in models:
