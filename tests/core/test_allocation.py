@@ -169,6 +169,16 @@ def test_cordoned_and_failed_engines_are_not_supply() -> None:
     assert found.allocation.claims == {"kept": "m"}
 
 
+def test_an_engine_bound_by_a_user_to_no_model_waits_but_not_one_of_an_unreadable_model(
+) -> None:
+    found = fleet_.Fleet.of(
+        engines=[engine("typo", model="no-such-model", action_id=""),
+                 engine("garbled", model="broken", action_id="")],
+        models=[model("m", replicas=1)], unreadable_models=["broken"],
+    )
+    assert found.allocation.waiting == ("typo",)
+
+
 def test_a_refresh_keeps_its_replacement() -> None:
     # The replacement on the new revision is kept before an old serving engine, so two
     # models refreshing at once do not pass a loading spare back and forth.

@@ -185,7 +185,7 @@ class _State:
             if holder is None:
                 if _idle(engine):
                     idle.setdefault(group, []).append(engine)
-                elif engine.waits(models):
+                elif engine.spec.model_ref not in unreadable and engine.waits(models):
                     waiting.append(engine.name)
             elif group in fits[holder]:
                 held[holder].append(engine)
