@@ -18,6 +18,7 @@ import click
 
 import capguard
 from capguard import defaults
+from capguard.commandline import OneLineCommand, OneLineUsage
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -39,31 +40,7 @@ def localcluster(ctx: click.Context) -> None:
     sys.exit(embedded.main(list(ctx.args)))
 
 
-class _OneLineUsage(click.UsageError):
-    """A usage error shown as one line: what was wrong and what to type instead (exit 2)."""
-
-    def show(self, file: object = None) -> None:
-        name = f"capguard {self.ctx.info_name}" if self.ctx is not None else "capguard"
-        click.echo(f"{name}: {self.format_message()}", err=True)
-
-
-class _OneLineCommand(click.Command):
-    """Every subcommand reports a user's mistake the same way: one line, exit code 2."""
-
-    def make_context(self, *args: object, **kwargs: object) -> click.Context:
-        try:
-            return super().make_context(*args, **kwargs)  # type: ignore[arg-type]
-        except click.UsageError as error:
-            raise _OneLineUsage(error.format_message(), error.ctx) from None
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except click.UsageError as error:  # a check inside the command (BadParameter)
-            raise _OneLineUsage(error.format_message(), ctx) from None
-
-
-@main.command("simulate", cls=_OneLineCommand)
+@main.command("simulate", cls=OneLineCommand)
 @click.option("--scenario", default="march-4", show_default=True, help="Scenario (see --list).")
 @click.option(
     "--mode",
@@ -106,19 +83,19 @@ def simulate(
         return
     target = pathlib.Path(plot) if plot else None
     if target is not None and not target.parent.is_dir():
-        raise _OneLineUsage(f"folder {str(target.parent)!r} for --plot does not exist; create it")
+        raise OneLineUsage(f"folder {str(target.parent)!r} for --plot does not exist; create it")
     if target is not None and target.suffix.lower() != ".png":
-        raise _OneLineUsage(f"--plot {str(target)!r} draws a PNG file; end it in .png")
+        raise OneLineUsage(f"--plot {str(target)!r} draws a PNG file; end it in .png")
     try:
         chosen = sim.scenario_named(scenario, load_seconds=load_seconds)
         timelines = sim.replay(chosen, modes=sim.modes_named(mode), seed=seed)
     except sim.InputError as error:
-        raise _OneLineUsage(str(error)) from None
+        raise OneLineUsage(str(error)) from None
     if target is not None:
         try:
             sim_plot.draw(timelines, path=target)
         except OSError as error:
-            raise _OneLineUsage(f"cannot write --plot {str(target)!r}: {error.strerror}") from None
+            raise OneLineUsage(f"cannot write --plot {str(target)!r}: {error.strerror}") from None
     summaries = {t.mode: t.summary() for t in timelines}
     if as_json:
         click.echo(report.as_json(summaries))
@@ -138,7 +115,7 @@ def _duration(_: click.Context, param: click.Parameter, value: str | None) -> fl
         raise click.BadParameter(str(error), param=param) from None
 
 
-@main.command("run", cls=_OneLineCommand)
+@main.command("run", cls=OneLineCommand)
 @click.option("--namespace", "namespaces", multiple=True, metavar="NS",
               help="Watch this namespace (repeatable). Default: all namespaces.")
 @click.option("--kubeconfig", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -231,7 +208,7 @@ def _port_free(host: str, port: int) -> None:
                 f"choose another port", param_hint="'--metrics-port'") from None
 
 
-@main.command("demo", cls=_OneLineCommand)
+@main.command("demo", cls=OneLineCommand)
 @click.option("--naive", is_flag=True,
               help="Run the operator with the guard off, to watch the incident happen.")
 @click.option("--json", "as_json", is_flag=True,
@@ -287,7 +264,7 @@ def _packaged_crds() -> pathlib.Path:
         raise click.ClickException(str(error)) from None
 
 
-@main.command("crds", cls=_OneLineCommand)
+@main.command("crds", cls=OneLineCommand)
 def crds() -> None:
     """Print capguard's CRDs as one YAML stream: capguard crds | kubectl apply -f -"""
     from capguard import manifests
@@ -298,7 +275,7 @@ def crds() -> None:
         raise click.ClickException(str(error)) from None
 
 
-@main.command("status", cls=_OneLineCommand)
+@main.command("status", cls=OneLineCommand)
 @click.option("--kubeconfig", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Kubeconfig file. Default: KUBECONFIG, ~/.kube/config, or in-cluster.")
 @click.option("-n", "--namespace", default=None,
