@@ -1,0 +1,486 @@
+"""`capguard gateway`: an OpenAI-compatible front door that routes by model.
+
+It follows the InferenceEngines of one namespace (a LIST, then a WATCH from the list's
+resourceVersion, listed again on 410 Expired) and sends each request to an engine that
+serves the body's `model`. What makes an engine routable is the agent's contract
+(docs/engines.md) and is decided in one place, `Engine.routable_for`. The gateway
+answers 503 when a model has no routable engine, passes an upstream's answer through
+otherwise, and tries the next engine once each when one answers 429/503 or cannot be
+reached; when every engine of the model is saturated the client gets the 429.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import datetime
+import json
+import logging
+import random
+import signal
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+import aiohttp
+import click
+import kopf
+import prometheus_client
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from capguard import commandline
+from capguard.core import specs
+from capguard.kube import client
+
+logger = logging.getLogger("capguard.gateway")
+
+ROUTES: Final = ("/v1/completions", "/v1/chat/completions")
+SERVING: Final = "Serving"
+UNKNOWN_MODEL: Final = "_unknown"  # the label of every model no engine names
+# An engine that answers these is busy or leaving: the next engine may still serve.
+RETRYABLE: Final = frozenset({429, 503})
+DEFAULT_HEARTBEAT_TIMEOUT: Final = 40.0
+DEFAULT_REQUEST_TIMEOUT: Final = 60.0
+WATCH_SECONDS: Final = 300  # the server ends each watch after this; the gateway resumes it
+MAX_BACKOFF: Final = 30.0
+_LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+@dataclasses.dataclass(frozen=True)
+class Engine:
+    """What the gateway needs of one InferenceEngine."""
+
+    name: str
+    phase: str
+    model: str  # status.model: what the server has loaded
+    model_ref: str  # spec.modelRef: what the operator has bound it to
+    endpoint: str
+    heartbeat: datetime.datetime | None
+    units: int
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Engine:
+        spec, status = body.get("spec") or {}, body.get("status") or {}
+        units = spec.get("capacityUnits")
+        return cls(name=str((body.get("metadata") or {}).get("name") or ""),
+                   phase=str(status.get("phase") or ""), model=str(status.get("model") or ""),
+                   model_ref=str(spec.get("modelRef") or ""),
+                   endpoint=str(status.get("endpoint") or "").rstrip("/"),
+                   heartbeat=parse_time(status.get("lastHeartbeatTime")),
+                   units=units if isinstance(units, int) and units > 0 else 1)
+
+    def routable_for(self, model: str, *, now: datetime.datetime,
+                     heartbeat_timeout: float) -> bool:
+        """Serving this model, staying on it, reachable, and its agent alive.
+
+        A heartbeat timeout of 0 turns the liveness check off (engines whose status no
+        agent writes, the simulated driver's); otherwise an engine that never reported a
+        heartbeat is as silent as one whose heartbeat is old.
+        """
+        if not (self.phase == SERVING and self.model == model == self.model_ref
+                and self.endpoint):
+            return False
+        if heartbeat_timeout <= 0:
+            return True
+        return (self.heartbeat is not None
+                and (now - self.heartbeat).total_seconds() <= heartbeat_timeout)
+
+
+def parse_time(value: object) -> datetime.datetime | None:
+    """An RFC 3339 time as the API writes it, or None when absent or unreadable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=datetime.UTC)
+
+
+class Fleet:
+    """The namespace's engines as last listed or watched, by name."""
+
+    def __init__(self) -> None:
+        self._engines: dict[str, Engine] = {}
+        self.listed = asyncio.Event()  # set once the first LIST has arrived
+
+    def replace(self, bodies: Iterable[Mapping[str, Any]]) -> None:
+        self._engines = {e.name: e for e in map(Engine.from_body, bodies)}
+        self.listed.set()
+
+    def apply(self, kind: str, body: Mapping[str, Any]) -> None:
+        engine = Engine.from_body(body)
+        if kind == "DELETED":
+            self._engines.pop(engine.name, None)
+        else:
+            self._engines[engine.name] = engine
+
+    def routable(self, model: str, *, heartbeat_timeout: float) -> list[Engine]:
+        now = datetime.datetime.now(datetime.UTC)
+        return [e for e in self._engines.values()
+                if e.routable_for(model, now=now, heartbeat_timeout=heartbeat_timeout)]
+
+    def models(self) -> set[str]:
+        """Every model an engine names: the bounded set of `model` label values."""
+        return {m for e in self._engines.values() for m in (e.model, e.model_ref) if m}
+
+
+# --- following the engines ----------------------------------------------------------
+
+
+class Expired(Exception):
+    """The watch's resourceVersion is older than the server keeps: list again."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Connection:
+    """One login: a session and the API server it talks to."""
+
+    api: client.Api
+    session: aiohttp.ClientSession
+    server: str
+
+
+def login() -> kopf.ConnectionInfo:
+    """Credentials from KUBECONFIG, ~/.kube/config, or the Pod's service account."""
+    settings = kopf.OperatorSettings()
+    info = kopf.login_with_kubeconfig(settings=settings)
+    info = info or kopf.login_with_service_account(settings=settings)
+    if info is None:
+        raise click.UsageError("no kubeconfig found and not in a cluster; pass --kubeconfig FILE")
+    return info
+
+
+def connect(info: kopf.ConnectionInfo) -> Connection:
+    session = client.make_session(info, connection_limit=4)
+    api = client.Api()
+    api.connect(session=session, server=info.server)
+    return Connection(api=api, session=session, server=info.server.rstrip("/"))
+
+
+async def follow(*, namespace: str, fleet: Fleet,
+                 credentials: kopf.ConnectionInfo | None = None) -> None:
+    """List and watch the engines for ever: again after 410, with backoff after errors,
+    and with a fresh login after 401 (a rotated service-account token)."""
+    connection = connect(credentials or login())
+    backoff = 1.0
+    try:
+        while True:
+            try:
+                version = await relist(connection, namespace=namespace, fleet=fleet)
+                backoff = 1.0
+                while True:
+                    version = await watch(connection, namespace=namespace, fleet=fleet,
+                                          version=version)
+            except Expired:
+                logger.info("the engines' watch expired; listing again")
+            except client.Unauthorized:
+                logger.warning("the API server refused the credentials; logging in again")
+                await connection.session.close()
+                connection = connect(login())
+            except (TimeoutError, aiohttp.ClientError, client.ApiError, ValueError) as error:
+                logger.warning("following the engines failed (%s); again in %.0fs",
+                               error or type(error).__name__, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+    finally:
+        await connection.session.close()
+
+
+async def relist(connection: Connection, *, namespace: str, fleet: Fleet) -> str:
+    """Replace the fleet with a fresh LIST; the list's resourceVersion."""
+    bodies: list[client.Body] = []
+    version = ""
+    async for page in connection.api.pages(client.ENGINES, namespace=namespace):
+        version = version or str((page.get("metadata") or {}).get("resourceVersion") or "")
+        bodies.extend(page.get("items") or [])
+    fleet.replace(bodies)
+    return version
+
+
+async def watch(connection: Connection, *, namespace: str, fleet: Fleet, version: str) -> str:
+    """One WATCH from `version` until the server ends it; the last version seen."""
+    params = {"watch": "1", "resourceVersion": version, "allowWatchBookmarks": "true",
+              "timeoutSeconds": str(WATCH_SECONDS)}
+    url = connection.server + client.ENGINES.path(namespace=namespace)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=WATCH_SECONDS + 30)
+    async with connection.session.get(url, params=params, timeout=timeout,
+                                      headers={"Accept": client.JSON}) as response:
+        if response.status == 410:
+            raise Expired()
+        if response.status >= 400:
+            raise client._error(response.status, await response.text(),
+                                headers=response.headers)
+        async for line in response.content:
+            if line.strip():
+                version = _event(json.loads(line), fleet=fleet) or version
+    return version
+
+
+def _event(event: Mapping[str, Any], *, fleet: Fleet) -> str:
+    """Apply one watch event; the resourceVersion it carries."""
+    kind, body = event.get("type"), event.get("object") or {}
+    if kind == "ERROR":
+        if body.get("code") == 410:
+            raise Expired()
+        raise client.ApiError(status=int(body.get("code") or 500),
+                              reason=str(body.get("reason") or ""),
+                              message=str(body.get("message") or ""))
+    if kind in {"ADDED", "MODIFIED", "DELETED"}:
+        fleet.apply(kind, body)
+    return str((body.get("metadata") or {}).get("resourceVersion") or "")
+
+
+# --- serving requests ---------------------------------------------------------------
+
+
+class Metrics:
+    """The gateway's series, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("capguard_gateway_requests", "Requests answered, by model "
+                                "and HTTP status code.", ["model", "code"], registry=r)
+        self.duration = Histogram("capguard_gateway_request_duration_seconds",
+                                  "Time from a request's arrival to its answer.", ["model"],
+                                  buckets=_LATENCY_BUCKETS, registry=r)
+        self.routable = Gauge("capguard_gateway_routable_engines",
+                              "Engines a request for the model can be sent to.", ["model"],
+                              registry=r)
+        self.retries = Counter("capguard_gateway_upstream_retries",
+                               "Requests sent to another engine after one answered 429/503 "
+                               "or could not be reached.", registry=r)
+
+
+def error(status: int, *, message: str, type_: str, code: str) -> web.Response:
+    """An error in the OpenAI shape clients already parse."""
+    return web.json_response({"error": {"message": message, "type": type_, "code": code}},
+                             status=status)
+
+
+@dataclasses.dataclass(frozen=True)
+class Upstream:
+    """An engine's answer that the gateway did not relay: try the next engine."""
+
+    status: int
+    body: bytes
+    content_type: str
+
+
+class Gateway:
+    """Routes each request to the least-loaded routable engine of its model."""
+
+    def __init__(self, *, fleet: Fleet, heartbeat_timeout: float,
+                 request_timeout: float) -> None:
+        self.fleet = fleet
+        self.heartbeat_timeout = heartbeat_timeout
+        self.request_timeout = request_timeout
+        self.metrics = Metrics()
+        self.in_flight: collections.Counter[str] = collections.Counter()
+        self._session: aiohttp.ClientSession | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_routes([*(web.post(path, self.route) for path in ROUTES),
+                               web.get("/v1/models", self.models),
+                               web.get("/metrics", self.scrape),
+                               web.get("/healthz", self.healthz),
+                               web.get("/readyz", self.readyz)])
+        app.cleanup_ctx.append(self._upstream_session)
+        return app
+
+    async def _upstream_session(self, app: web.Application) -> Any:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0),  # open-loop clients: never queue here
+            timeout=aiohttp.ClientTimeout(total=self.request_timeout))
+        yield
+        await self._session.close()
+
+    async def route(self, request: web.Request) -> web.StreamResponse:
+        started = asyncio.get_running_loop().time()
+        model, response = await self._answer(request)
+        label = model if model in self.fleet.models() else UNKNOWN_MODEL
+        self.metrics.requests.labels(label, str(response.status)).inc()
+        self.metrics.duration.labels(label).observe(asyncio.get_running_loop().time() - started)
+        return response
+
+    async def _answer(self, request: web.Request) -> tuple[str, web.StreamResponse]:
+        raw = await request.read()
+        model = _model_of(raw)
+        if model is None:
+            return "", error(400, message="the body must be a JSON object with a string "
+                             "'model'", type_="invalid_request_error", code="invalid_body")
+        engines = self.fleet.routable(model, heartbeat_timeout=self.heartbeat_timeout)
+        if not engines:
+            return model, error(503, message=f"model {model} has no serving capacity",
+                                type_="service_unavailable", code="no_capacity")
+        return model, await self._forward(request, raw=raw, engines=self._order(engines))
+
+    def _order(self, engines: list[Engine]) -> list[Engine]:
+        """Least in flight per capacity unit first; ties in random order, so that equal
+        engines share the load."""
+        return sorted(engines, key=lambda e: (self.in_flight[e.name] / e.units, random.random()))
+
+    async def _forward(self, request: web.Request, *, raw: bytes,
+                       engines: list[Engine]) -> web.StreamResponse:
+        declined: list[Upstream] = []
+        for attempt, engine in enumerate(engines):
+            if attempt:
+                self.metrics.retries.inc()
+            self.in_flight[engine.name] += 1
+            try:
+                relayed = await self._send(request, raw=raw, engine=engine)
+            except TimeoutError:
+                return error(504, message=f"engine {engine.name} did not answer within "
+                             f"{self.request_timeout:g}s", type_="timeout",
+                             code="upstream_timeout")
+            except aiohttp.ClientConnectionError as failure:
+                logger.info("engine %s at %s is unreachable: %s", engine.name,
+                            engine.endpoint, failure)
+                continue
+            finally:
+                self.in_flight[engine.name] -= 1
+                if not self.in_flight[engine.name]:
+                    del self.in_flight[engine.name]
+            if isinstance(relayed, Upstream):
+                declined.append(relayed)
+                continue
+            return relayed
+        if declined:  # a saturated engine's 429 says more than a leaving one's 503
+            chosen = min(declined, key=lambda d: d.status != 429)
+            return web.Response(status=chosen.status, body=chosen.body,
+                                headers={"Content-Type": chosen.content_type})
+        return error(502, message=f"no engine of {engines[0].model} could be reached",
+                     type_="bad_gateway", code="upstream_unreachable")
+
+    async def _send(self, request: web.Request, *, raw: bytes,
+                    engine: Engine) -> web.StreamResponse | Upstream:
+        assert self._session is not None
+        async with self._session.post(engine.endpoint + request.path, data=raw,
+                                      headers={"Content-Type": "application/json"}) as upstream:
+            content_type = upstream.headers.get("Content-Type", "application/json")
+            if upstream.status in RETRYABLE:
+                return Upstream(upstream.status, await upstream.read(), content_type)
+            if not content_type.startswith("text/event-stream"):
+                return web.Response(status=upstream.status, body=await upstream.read(),
+                                    headers={"Content-Type": content_type})
+            streamed = web.StreamResponse(status=upstream.status,
+                                          headers={"Content-Type": content_type})
+            await streamed.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await streamed.write(chunk)
+            await streamed.write_eof()
+            return streamed
+
+    async def models(self, request: web.Request) -> web.Response:
+        served = sorted(m for m in self.fleet.models()
+                        if self.fleet.routable(m, heartbeat_timeout=self.heartbeat_timeout))
+        return web.json_response({"object": "list", "data": [
+            {"id": m, "object": "model", "owned_by": "capguard"} for m in served]})
+
+    async def scrape(self, request: web.Request) -> web.Response:
+        self.metrics.routable.clear()
+        for model in self.fleet.models():
+            found = self.fleet.routable(model, heartbeat_timeout=self.heartbeat_timeout)
+            self.metrics.routable.labels(model).set(len(found))
+        body = prometheus_client.generate_latest(self.metrics.registry)
+        return web.Response(body=body,
+                            headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if self.fleet.listed.is_set():
+            return web.Response(text="ok")
+        return web.Response(status=503, text="the engines have not been listed yet")
+
+
+def _model_of(raw: bytes) -> str | None:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None
+    model = body.get("model") if isinstance(body, dict) else None
+    return model if isinstance(model, str) and model else None
+
+
+# --- the command --------------------------------------------------------------------
+
+
+def duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    """A click callback: seconds, written as 40s, 1m30s or a plain number."""
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return specs.parse_duration(value)
+    except ValueError as failure:
+        raise click.BadParameter(str(failure), ctx=ctx, param=param) from None
+
+
+async def serve(*, namespace: str, host: str, port: int, heartbeat_timeout: float,
+                request_timeout: float, credentials: kopf.ConnectionInfo) -> None:
+    """Follow the engines and serve until SIGTERM or SIGINT."""
+    fleet = Fleet()
+    gateway = Gateway(fleet=fleet, heartbeat_timeout=heartbeat_timeout,
+                      request_timeout=request_timeout)
+    runner = web.AppRunner(gateway.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound_host, bound_port = runner.addresses[0][:2]
+    click.echo(f"capguard gateway listening at http://{bound_host}:{bound_port}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    following = asyncio.create_task(follow(namespace=namespace, fleet=fleet,
+                                           credentials=credentials))
+    try:
+        await stop.wait()
+    finally:
+        following.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await following
+        await runner.cleanup()
+
+
+@click.command("gateway", cls=commandline.OneLineCommand)
+@click.option("-n", "--namespace", default="default", show_default=True,
+              help="The namespace whose InferenceEngines serve.")
+@click.option("--kubeconfig", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Kubeconfig file. Default: KUBECONFIG, ~/.kube/config, or in-cluster.")
+@click.option("--context", default=None, help="The kubeconfig context to use, as kubectl's.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="Port to listen on; 0 picks a free one (the first line says which).")
+@click.option("--heartbeat-timeout", default="40s", callback=duration, show_default=True,
+              help="An engine whose agent has not renewed its heartbeat for this long gets no "
+                   "requests; 0 turns the check off (engines without an agent).")
+@click.option("--request-timeout", default="60s", callback=duration, show_default=True,
+              help="How long an engine may take to answer before the client gets a 504.")
+def command(*, namespace: str, kubeconfig: str | None, context: str | None, host: str,
+            port: int, heartbeat_timeout: float, request_timeout: float) -> None:
+    """Route OpenAI-compatible requests by model to the engines that serve it."""
+    import os
+
+    from capguard import cli
+
+    if context is not None:
+        kubeconfig = cli._with_context(kubeconfig, context)
+    if kubeconfig:
+        os.environ["KUBECONFIG"] = kubeconfig  # Kopf's kubeconfig login reads only this
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    credentials = login()
+    asyncio.run(serve(namespace=namespace, host=host, port=port,
+                      heartbeat_timeout=heartbeat_timeout, request_timeout=request_timeout,
+                      credentials=credentials))
+
+
+if __name__ == "__main__":
+    command()

@@ -1,0 +1,356 @@
+"""`capguard gateway` as a process, against the embedded API server and real upstreams.
+
+Each test starts the embedded server in its own event loop, OpenAI-like upstream HTTP
+servers that count what they were sent, and the gateway as a subprocess that follows the
+engines the test writes through the API (status included, as an engine agent writes it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import pathlib
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from capguard.kube import client
+from capguard.localcluster import LocalCluster
+from e2e import harness
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+NAMESPACE = "default"
+
+
+# --- what the tests start -------------------------------------------------------------
+
+
+class Upstream:
+    """An OpenAI-compatible server on loopback that answers `status` and counts requests."""
+
+    def __init__(self, *, name: str, status: int = 200) -> None:
+        self.name = name
+        self.status = status
+        self.seen: list[dict[str, Any]] = []
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self) -> Upstream:
+        app = web.Application()
+        app.router.add_post("/v1/completions", self._answer)
+        app.router.add_post("/v1/chat/completions", self._answer)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}"
+        return self
+
+    async def _answer(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.seen.append(body)
+        if self.status != 200:
+            return web.json_response({"error": {"message": f"{self.name} is busy",
+                                                "type": "rate_limit", "code": "busy"}},
+                                     status=self.status)
+        return web.json_response({"id": f"cmpl-{len(self.seen)}", "object": "text_completion",
+                                  "model": body["model"], "served_by": self.name,
+                                  "choices": [{"index": 0, "text": "ok"}]})
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+@dataclasses.dataclass
+class Gateway:
+    process: asyncio.subprocess.Process
+    url: str
+    log: pathlib.Path
+
+    async def post(self, session: aiohttp.ClientSession, body: Any,
+                   path: str = "/v1/completions") -> tuple[int, Any]:
+        async with session.post(self.url + path, json=body) as response:
+            return response.status, await response.json(content_type=None)
+
+    async def metrics(self, session: aiohttp.ClientSession) -> harness.MetricsPage:
+        async with session.get(self.url + "/metrics") as response:
+            return harness.MetricsPage.parse(await response.text())
+
+    async def routable(self, session: aiohttp.ClientSession, model: str) -> float:
+        page = await self.metrics(session)
+        return page.total("capguard_gateway_routable_engines", model=model)
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(kubeconfig: pathlib.Path, directory: pathlib.Path,
+                          *flags: str) -> AsyncIterator[Gateway]:
+    """`python -m capguard.serving.gateway` on a free port; stopped (and its log shown on
+    failure) at the end."""
+    log = directory / "gateway.log"
+    with log.open("w") as stderr:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "capguard.serving.gateway", f"--kubeconfig={kubeconfig}",
+            f"--namespace={NAMESPACE}", "--port=0", *flags,
+            stdout=asyncio.subprocess.PIPE, stderr=stderr, env=harness.clean_env())
+    try:
+        assert process.stdout is not None
+        first = (await asyncio.wait_for(process.stdout.readline(), timeout=30)).decode()
+        assert first.startswith("capguard gateway listening at http://"), (
+            f"the gateway did not start: {first!r} {log.read_text()}")
+        yield Gateway(process=process, url=first.split(" at ")[1].strip(), log=log)
+    except BaseException:
+        print(f"----- gateway log -----\n{log.read_text()[-4000:]}")
+        raise
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            await asyncio.wait_for(process.wait(), timeout=10)
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], *, timeout: float = 15.0) -> Any:
+    """Poll until `check` returns something truthy; fail with the last value otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = await check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s; last seen: {found!r}")
+        await asyncio.sleep(0.05)
+
+
+def now_rfc3339(*, ago: float = 0.0) -> str:
+    moment = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=ago)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Engines:
+    """InferenceEngines written through the API, their status as an engine agent writes it."""
+
+    def __init__(self, api: client.Api) -> None:
+        self.api = api
+
+    async def serving(self, name: str, *, model: str, endpoint: str,
+                      heartbeat: str | None = "now", units: int = 1) -> None:
+        await self.api.create(client.ENGINES, namespace=NAMESPACE, body={
+            "apiVersion": client.ENGINES.api_version, "kind": "InferenceEngine",
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": {"pool": "pool-a", "capacityUnits": units, "modelRef": model}})
+        status: dict[str, Any] = {"phase": "Serving", "model": model, "endpoint": endpoint}
+        if heartbeat is not None:
+            status["lastHeartbeatTime"] = now_rfc3339() if heartbeat == "now" else heartbeat
+        await self.status(name, **status)
+
+    async def spec(self, name: str, **spec: Any) -> None:
+        await self.api.merge_patch(client.ENGINES, namespace=NAMESPACE, name=name,
+                                   patch={"spec": spec})
+
+    async def status(self, name: str, **status: Any) -> None:
+        await self.api.merge_patch(client.ENGINES, namespace=NAMESPACE, name=name,
+                                   patch={"status": status}, subresource="status")
+
+
+@dataclasses.dataclass
+class World:
+    kubeconfig: pathlib.Path
+    directory: pathlib.Path
+    engines: Engines
+    session: aiohttp.ClientSession
+    upstreams: list[Upstream]
+
+    async def upstream(self, name: str, *, status: int = 200) -> Upstream:
+        started = await Upstream(name=name, status=status).start()
+        self.upstreams.append(started)
+        return started
+
+    def gateway(self, *flags: str) -> contextlib.AbstractAsyncContextManager[Gateway]:
+        return running_gateway(self.kubeconfig, self.directory, *flags)
+
+
+@pytest.fixture
+async def world(tmp_path: pathlib.Path) -> AsyncIterator[World]:
+    async with (LocalCluster(crds_dir=ROOT / "crds",
+                             kubeconfig_path=tmp_path / "kubeconfig") as cluster,
+                aiohttp.ClientSession() as session):
+        api = client.Api()
+        api.connect(session=session, server=cluster.url)
+        found = World(kubeconfig=cluster.kubeconfig_path, directory=tmp_path,
+                      engines=Engines(api), session=session, upstreams=[])
+        try:
+            yield found
+        finally:
+            for upstream in found.upstreams:
+                await upstream.stop()
+
+
+def completion(model: str) -> dict[str, Any]:
+    return {"model": model, "prompt": "hello", "max_tokens": 4}
+
+
+# --- the tests ----------------------------------------------------------------------
+
+
+async def test_a_serving_engine_with_a_fresh_heartbeat_gets_the_request(world: World) -> None:
+    upstream = await world.upstream("u1")
+    async with world.gateway() as gateway:
+        await world.engines.serving("e1", model="llama", endpoint=upstream.url)
+        await eventually(lambda: gateway.routable(world.session, "llama"))
+        status, body = await gateway.post(world.session, completion("llama"))
+        chat_status, _ = await gateway.post(
+            world.session, {"model": "llama", "messages": [{"role": "user", "content": "hi"}]},
+            path="/v1/chat/completions")
+        async with world.session.get(gateway.url + "/v1/models") as response:
+            models = await response.json()
+    assert (status, body["served_by"], chat_status) == (200, "u1", 200)
+    assert [seen["model"] for seen in upstream.seen] == ["llama", "llama"]
+    assert [m["id"] for m in models["data"]] == ["llama"]
+
+
+async def test_an_engine_that_turns_draining_gets_no_new_requests(world: World) -> None:
+    leaving, staying = await world.upstream("leaving"), await world.upstream("staying")
+    async with world.gateway() as gateway:
+        await world.engines.serving("e1", model="llama", endpoint=leaving.url)
+        await world.engines.serving("e2", model="llama", endpoint=staying.url)
+        await eventually(lambda: _equals(gateway.routable(world.session, "llama"), 2))
+        await world.engines.status("e1", phase="Draining")
+        await eventually(lambda: _equals(gateway.routable(world.session, "llama"), 1))
+        answers = [await gateway.post(world.session, completion("llama")) for _ in range(10)]
+    assert {status for status, _ in answers} == {200}
+    assert (len(leaving.seen), len(staying.seen)) == (0, 10)
+
+
+async def test_an_engine_bound_elsewhere_or_not_serving_gets_no_requests(world: World) -> None:
+    upstream = await world.upstream("u1")
+    async with world.gateway() as gateway:
+        await world.engines.serving("e1", model="llama", endpoint=upstream.url)
+        await world.engines.serving("e2", model="llama", endpoint=upstream.url)
+        await eventually(lambda: _equals(gateway.routable(world.session, "llama"), 2))
+        await world.engines.spec("e1", modelRef="qwen")
+        await world.engines.status("e2", phase="Loading")
+        await eventually(lambda: _equals(gateway.routable(world.session, "llama"), 0))
+        status, _ = await gateway.post(world.session, completion("llama"))
+    assert status == 503
+    assert upstream.seen == []
+
+
+async def test_no_routable_engine_is_a_503_in_the_openai_shape(world: World) -> None:
+    async with world.gateway() as gateway:
+        await eventually(lambda: _ready(world.session, gateway))
+        status, body = await gateway.post(world.session, completion("llama"))
+        missing, missing_body = await gateway.post(world.session, {"prompt": "no model"})
+        garbage, _ = await gateway.post(world.session, "not an object")
+        async with world.session.get(gateway.url + "/v1/models") as response:
+            models = await response.json()
+    assert (status, body) == (503, {"error": {"message": "model llama has no serving capacity",
+                                              "type": "service_unavailable",
+                                              "code": "no_capacity"}})
+    assert (missing, missing_body["error"]["type"], garbage) == (400, "invalid_request_error",
+                                                                 400)
+    assert models == {"object": "list", "data": []}
+
+
+async def test_when_every_engine_answers_429_the_client_gets_429(world: World) -> None:
+    first, second = await world.upstream("a", status=429), await world.upstream("b", status=429)
+    async with world.gateway() as gateway:
+        await world.engines.serving("e1", model="llama", endpoint=first.url)
+        await world.engines.serving("e2", model="llama", endpoint=second.url)
+        await eventually(lambda: _equals(gateway.routable(world.session, "llama"), 2))
+        status, body = await gateway.post(world.session, completion("llama"))
+        page = await gateway.metrics(world.session)
+    assert status == 429
+    assert body["error"]["code"] == "busy"  # the upstream's answer, passed through
+    assert (len(first.seen), len(second.seen)) == (1, 1)  # each engine tried once
+    assert page.total("capguard_gateway_upstream_retries_total") == 1
+
+
+async def test_a_saturated_or_unreachable_engine_hands_the_request_to_the_next(
+        world: World) -> None:
+    busy, free = await world.upstream("busy", status=429), await world.upstream("free")
+    async with world.gateway() as gateway:
+        await world.engines.serving("e1", model="llama", endpoint=busy.url)
+        await world.engines.serving("e2", model="llama", endpoint="http://127.0.0.1:1")
+        await world.engines.serving("e3", model="llama", endpoint=free.url)
+        await eventually(lambda: _equals(gateway.routable(world.session, "llama"), 3))
+        answers = [await gateway.post(world.session, completion("llama")) for _ in range(6)]
+    assert [(status, body["served_by"]) for status, body in answers] == [(200, "free")] * 6
+    assert len(free.seen) == 6
+
+
+async def test_a_stale_or_missing_heartbeat_is_not_routed(world: World) -> None:
+    silent, missing, alive = (await world.upstream("silent"), await world.upstream("missing"),
+                              await world.upstream("alive"))
+    async with world.gateway("--heartbeat-timeout=40s") as gateway:
+        await world.engines.serving("e1", model="llama", endpoint=silent.url,
+                                    heartbeat=now_rfc3339(ago=3600))
+        await world.engines.serving("e2", model="llama", endpoint=missing.url, heartbeat=None)
+        await world.engines.serving("e3", model="qwen", endpoint=alive.url)
+        await eventually(lambda: _equals(gateway.routable(world.session, "qwen"), 1))
+        stale, _ = await gateway.post(world.session, completion("llama"))
+        await world.engines.status("e1", lastHeartbeatTime=now_rfc3339())
+        await eventually(lambda: _equals(gateway.routable(world.session, "llama"), 1))
+        renewed, body = await gateway.post(world.session, completion("llama"))
+    assert (stale, renewed, body["served_by"]) == (503, 200, "silent")
+    assert (len(silent.seen), len(missing.seen)) == (1, 0)
+
+
+async def test_heartbeat_timeout_zero_routes_engines_without_an_agent(world: World) -> None:
+    upstream = await world.upstream("u1")
+    async with world.gateway("--heartbeat-timeout=0") as gateway:
+        await world.engines.serving("e1", model="llama", endpoint=upstream.url, heartbeat=None)
+        await eventually(lambda: gateway.routable(world.session, "llama"))
+        status, _ = await gateway.post(world.session, completion("llama"))
+    assert status == 200
+
+
+async def test_metrics_count_requests_by_model_and_code(world: World) -> None:
+    upstream = await world.upstream("u1")
+    async with world.gateway() as gateway:
+        await world.engines.serving("e1", model="llama", endpoint=upstream.url)
+        await world.engines.serving("e2", model="qwen", endpoint="", heartbeat=None)
+        await eventually(lambda: gateway.routable(world.session, "llama"))
+        for body in [completion("llama")] * 3 + [completion("qwen")] * 2 + [
+                completion("nobody-serves-this"), completion("nor-this"), {"no": "model"}]:
+            await gateway.post(world.session, body)
+        page = await gateway.metrics(world.session)
+    count = "capguard_gateway_requests_total"
+    assert page.total(count, model="llama", code="200") == 3
+    assert page.total(count, model="qwen", code="503") == 2
+    assert page.total(count, model="_unknown", code="503") == 2
+    assert page.total(count, model="_unknown", code="400") == 1
+    assert page.total(count) == 8
+    assert page.total("capguard_gateway_request_duration_seconds_count", model="llama") == 3
+    assert not page.has(count, model="nobody-serves-this")
+
+
+async def test_readyz_once_the_engines_are_listed_and_a_bad_flag_is_one_line(
+        world: World) -> None:
+    async with world.gateway() as gateway:
+        assert await eventually(lambda: _ready(world.session, gateway))
+        async with world.session.get(gateway.url + "/healthz") as response:
+            assert response.status == 200
+    done = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "capguard.serving.gateway", "--heartbeat-timeout=soon",
+        stderr=asyncio.subprocess.PIPE, env=harness.clean_env())
+    _, stderr = await done.communicate()
+    lines = stderr.decode().strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, lines
+    assert "--heartbeat-timeout" in lines[0]
+
+
+async def _equals(value: Awaitable[float], wanted: float) -> bool:
+    return await value == wanted
+
+
+async def _ready(session: aiohttp.ClientSession, gateway: Gateway) -> bool:
+    async with session.get(gateway.url + "/readyz") as response:
+        return response.status == 200
+
