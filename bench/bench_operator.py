@@ -190,7 +190,9 @@ class Operator:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "capguard.cli", "run", "--kubeconfig", str(server.kubeconfig),
              "--metrics-host", "127.0.0.1", "--metrics-port", str(self.metrics_port),
-             "--no-leader-election", "--driver", driver, "--load-time", load_time],
+             "--no-leader-election", "--driver", driver, "--load-time", load_time,
+             # Agents in the bench are played by hand and send no heartbeat.
+             "--heartbeat-timeout", "0"],
             stdout=subprocess.DEVNULL, stderr=self.log, text=True, env=env())
 
     def memory_mib(self) -> tuple[float, float]:
@@ -419,7 +421,7 @@ async def handled_fleet(workdir: pathlib.Path, setup: Setup, rows: list[Row],
             # Restart over the handled fleet: the cold start a user sees after an upgrade.
             # A spec change made meanwhile tells us when the new operator has looked at all.
             await scale(session, server.url, f"m{setup.models - 1}", setup.per_model + 1)
-            operator = Operator(server, driver="none")
+            operator = Operator(server, driver="agent")
             stop = asyncio.Event()
             peak = [0.0]
             sampler = asyncio.create_task(sample_memory(operator, peak, stop))
@@ -487,7 +489,7 @@ async def handled_fleet(workdir: pathlib.Path, setup: Setup, rows: list[Row],
 async def first_start(session: aiohttp.ClientSession, server: Server, models: Models,
                       rows: list[Row]) -> None:
     """First start: every model status is written for the first time."""
-    operator = Operator(server, driver="none")
+    operator = Operator(server, driver="agent")
     first_pass = await operator.wait_metric(
         session, "capguard_reconcile_duration_seconds_count", lambda v: v >= 1, timeout=120)
     all_current = await models.until(models.all_current, timeout=120) - operator.started

@@ -125,7 +125,13 @@ def _duration(_: click.Context, param: click.Parameter, value: str | None) -> fl
 @click.option("--metrics-host", default=defaults.METRICS_HOST, show_default=True)
 @click.option("--driver", "engine_driver", type=click.Choice(defaults.DRIVERS),
               default=defaults.DRIVER, show_default=True,
-              help="Who moves engines through their phases: simulated, or an external agent.")
+              help="Who moves engines through their phases: agent (`capguard engine` next "
+              "to each engine, docs/engines.md), or simulated (the operator fakes them: "
+              "demos and tests only).")
+@click.option("--heartbeat-timeout", default=defaults.seconds(defaults.HEARTBEAT_TIMEOUT),
+              show_default=True, callback=_duration,
+              help="Agent driver: an engine whose agent is silent this long is out of "
+              "service (0: believe any status, for agents that send no heartbeat).")
 @click.option("--load-time", default=defaults.seconds(defaults.LOAD_TIME), show_default=True,
               callback=_duration,
               help="Simulated driver: time to load a model.")

@@ -12,9 +12,13 @@ from typing import Final
 
 from capguard.core import engines
 
-# Who moves engines through their phases: the operator's simulated driver, or an agent.
-DRIVERS: Final = ("simulated", "none")
+# Who moves engines through their phases: an engine agent next to each engine
+# (`capguard engine`, docs/engines.md), or the operator's own simulated driver (the
+# simulator's engines, for demos and fast tests).
+DRIVERS: Final = ("agent", "simulated")
 DRIVER: Final = DRIVERS[0]
+# With agents: an engine whose agent is silent this long counts as out of service.
+HEARTBEAT_TIMEOUT: Final = engines.HEARTBEAT_TIMEOUT
 LOAD_TIME: Final = engines.LOAD_SECONDS  # the simulated driver's; drain: a quarter of it
 
 METRICS_HOST: Final = "0.0.0.0"

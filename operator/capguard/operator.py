@@ -47,6 +47,7 @@ class Options:
     metrics_host: str = defaults.METRICS_HOST
     metrics_port: int = defaults.METRICS_PORT  # 0 picks a free port (tests)
     engine_driver: str = defaults.DRIVER
+    heartbeat_timeout: float = defaults.HEARTBEAT_TIMEOUT
     load_time: float = defaults.LOAD_TIME
     drain_time: float | None = None
     failure_rate: float = 0.0
@@ -218,6 +219,7 @@ def assemble(
         api=api, recorder=recorder, metrics=metrics,
         config=reconcile.Config(
             engine_driver=options.engine_driver,
+            heartbeat_timeout=options.heartbeat_timeout,
             driver_config=driver.DriverConfig(
                 engines.Timing(load=options.load_time, drain=options.drain_time),
                 failure_rate=options.failure_rate),

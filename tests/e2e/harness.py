@@ -313,7 +313,8 @@ def operator_command(*, kubeconfig: Path, namespaces: Sequence[str], identity: s
     command = [sys.executable, "-m", "capguard.cli", "run", f"--kubeconfig={kubeconfig}",
                *(f"--namespace={ns}" for ns in namespaces),
                "--metrics-host=127.0.0.1", "--metrics-port=0", f"--identity={identity}",
-               "--load-time=1s", "--drain-time=0.25s", "--reconcile-interval=0.3s", "--seed=1"]
+               "--driver=simulated", "--load-time=1s", "--drain-time=0.25s",
+               "--reconcile-interval=0.3s", "--seed=1"]
     if leader_election:
         command += ["--leader-election", f"--lease-namespace={OPERATOR_NAMESPACE}",
                     "--lease-duration=3s", "--lease-renew=1s"]

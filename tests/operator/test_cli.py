@@ -33,7 +33,8 @@ async def test_capguard_run_serves_metrics_and_stops_on_sigterm(
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "capguard.cli", "run", "--kubeconfig",
         str(cluster.kubeconfig_path), "--namespace", "default", "--metrics-host", "127.0.0.1",
-        "--metrics-port", str(port), "--load-time", "300ms", "--reconcile-interval", "200ms",
+        "--metrics-port", str(port), "--driver", "simulated", "--load-time", "300ms",
+        "--reconcile-interval", "200ms",
         "--no-leader-election", "--log-format", log_format, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT, env={**os.environ, "KUBECONFIG": ""})
     try:

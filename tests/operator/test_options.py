@@ -26,7 +26,8 @@ def test_the_parts_configs_take_their_defaults_from_the_same_place() -> None:
     config = reconcile.Config()
     options = operator.Options()
     assert config.interval == options.reconcile_interval == defaults.RECONCILE_INTERVAL
-    assert config.engine_driver == options.engine_driver == driver.SIMULATED == defaults.DRIVER
+    assert config.engine_driver == options.engine_driver == driver.AGENT == defaults.DRIVER
+    assert config.heartbeat_timeout == options.heartbeat_timeout == defaults.HEARTBEAT_TIMEOUT
     timing = driver.DriverConfig().timing
     assert timing.load == options.load_time == defaults.LOAD_TIME
     lease = leases.LeaseConfig(namespace="ns", identity="me")

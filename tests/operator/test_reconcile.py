@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import pytest
 from operator_harness import Kube, StartOperator, condition, eventually, metric
 
-from capguard.core import planner
+from capguard.core import clock, planner
 from capguard.handlers import narrator
 from capguard.kube import client
 
@@ -51,25 +52,35 @@ async def test_engines_are_assigned_and_reach_serving(
     assert (metric(text, "capguard_reconcile_duration_seconds_count") or 0) > 0
 
 
-async def test_with_no_driver_the_operator_binds_and_records_but_moves_no_phase(
+async def test_with_agents_the_operator_binds_records_and_counts_only_what_is_heard(
     kube: Kube, start_operator: StartOperator
 ) -> None:
+    """--driver agent: the operator moves no phase; it counts what agents report, while
+    their heartbeats are fresh (an agent played here by hand)."""
     await kube.engines("e0", "e1")
     await kube.model("chat", 1, minAvailable=0)
-    await start_operator(engine_driver="none")
+
+    async def heartbeat(name: str, **status: str) -> None:
+        now = clock.precise_timestamp(time.time())
+        await kube.patch(client.ENGINES, name, {"status": {**status, "lastHeartbeatTime": now}},
+                         subresource="status")
+
+    for name in ("e0", "e1"):
+        await heartbeat(name, phase="Idle")
+    await start_operator(engine_driver="agent", heartbeat_timeout=1.5)
 
     async def recorded() -> list[dict[str, Any]]:
         return [e for e in await kube.items(client.ENGINES)
                 if (e.get("status") or {}).get("lastAction")]
 
     [engine] = await eventually(recorded)
+    name = engine["metadata"]["name"]
     assert engine["spec"]["modelRef"] == "chat"
-    assert "phase" not in engine["status"]  # an external agent reports phases
-    # An agent reports Serving: the model counts it.
-    await kube.patch(client.ENGINES, engine["metadata"]["name"], {"status": {
-        "phase": "Serving", "model": "chat", "since": "2026-01-01T00:00:00Z"}},
-        subresource="status")
+    assert engine["status"]["phase"] == "Idle"  # the agent's to move, not the operator's
+    await heartbeat(name, phase="Serving", model="chat", since="2026-01-01T00:00:00Z")
     await eventually(lambda: _model_serving(kube, "chat", 1))
+    # The agent falls silent: past the bound its engine serves nothing, whatever it said.
+    await eventually(lambda: _model_serving(kube, "chat", 0), timeout=10)
 
 
 async def _model_serving(kube: Kube, name: str, serving: int) -> dict[str, Any] | None:

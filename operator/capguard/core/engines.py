@@ -13,12 +13,15 @@ fails) comes in as a function the caller owns.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 from capguard.core import specs
 
 LOAD_SECONDS: Final = 120.0  # the one default load time (the operator's flag and the sim's)
+# How long an engine agent's silence is tolerated before its engine counts as out of
+# service: four missed heartbeats at the agent's default 10 s, as a Node's 40 s grace.
+HEARTBEAT_TIMEOUT: Final = 40.0
 # Draining -> Idle -> Loading is the longest run of moves one moment allows.
 MAX_MOVES_AT_ONCE: Final = 4
 
@@ -149,3 +152,27 @@ def fail(engine: specs.Engine, *, now: float, resource_version: str) -> specs.En
     """A hardware or process failure: the engine stops serving until repaired."""
     failure = Transition(specs.Phase.FAILED, engine.model, engine.revision, "engine failed")
     return moved(engine, failure, now=now, resource_version=resource_version)
+
+
+def silent(engine: specs.Engine, *, now: float, timeout: float) -> bool:
+    """No heartbeat from the engine's agent for longer than ``timeout`` (or never): whatever
+    its status says, nobody vouches for it."""
+    return engine.heartbeat is None or now - engine.heartbeat > timeout
+
+
+def heard(engine: specs.Engine, *, now: float, timeout: float | None) -> specs.Engine:
+    """The engine as every count must see it. With agents (``timeout`` set), a silent
+    engine is Failed: out of service for the floor, the budgets and drift, given no new
+    model, and released from the one it holds, as a Node whose lease expired is NotReady
+    and its Pods evicted. Its agent, back, reports the truth again."""
+    if timeout is None or not silent(engine, now=now, timeout=timeout):
+        return engine
+    return dataclasses.replace(engine, phase=specs.Phase.FAILED)
+
+
+def heartbeat_expiry(
+    engines: Iterable[specs.Engine], *, now: float, timeout: float
+) -> float | None:
+    """When the next engine heard now falls silent, if it does not speak before."""
+    return min((e.heartbeat + timeout for e in engines
+                if e.heartbeat is not None and e.heartbeat + timeout >= now), default=None)

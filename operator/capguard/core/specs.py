@@ -165,6 +165,9 @@ class Engine:
     since: float | None = None
     last_action_id: str | None = None
     namespace: str = "default"
+    # When the engine's agent last said it is alive (status.lastHeartbeatTime); None when
+    # no agent ever did (the simulated driver writes none).
+    heartbeat: float | None = None
 
     @property
     def units(self) -> int:
@@ -490,6 +493,7 @@ def parse_engine(body: Mapping[str, object]) -> Engine:
         since=_timestamp(status, "since"),
         last_action_id=annotations.get(ACTION_ID_ANNOTATION),
         namespace=meta.string("namespace", default="default") or "default",
+        heartbeat=_timestamp(status, "lastHeartbeatTime"),
     )
 
 

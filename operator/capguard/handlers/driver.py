@@ -20,7 +20,7 @@ from capguard.handlers import records, writer
 from capguard.handlers import status as status_
 
 DRIVERS: Final = defaults.DRIVERS
-SIMULATED, NONE = DRIVERS
+AGENT, SIMULATED = DRIVERS
 
 
 @dataclasses.dataclass(frozen=True)

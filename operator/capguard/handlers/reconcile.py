@@ -33,7 +33,7 @@ from typing import Final
 
 from capguard import defaults
 from capguard import metrics as metrics_
-from capguard.core import backoff, drift, gate, pipeline, queue
+from capguard.core import backoff, drift, engines, gate, pipeline, queue, specs
 from capguard.core import fleet as fleet_
 from capguard.handlers import driver, index, narrator, statuses, writer
 from capguard.handlers import status as status_
@@ -46,7 +46,7 @@ RESYNC_RETRY_CAP: Final = 5.0  # seconds between LIST tries while the API is dow
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    engine_driver: str = driver.SIMULATED
+    engine_driver: str = defaults.DRIVER
     driver_config: driver.DriverConfig = dataclasses.field(default_factory=driver.DriverConfig)
     guarded: bool = True
     interval: float = defaults.RECONCILE_INTERVAL
@@ -65,6 +65,18 @@ class Config:
     # Engine status writes beyond recording this pass's actions (phase moves, an unhandled
     # engine's first Idle) wait for the next pass beyond this, for the same reason.
     max_engine_writes_per_pass: int = 1000
+    # With engine agents: an engine whose agent has not said it is alive for this long
+    # counts as out of service (`core.engines.heard`). The simulated driver vouches for
+    # the engines itself.
+    heartbeat_timeout: float = defaults.HEARTBEAT_TIMEOUT
+
+    @property
+    def heard_within(self) -> float | None:
+        """The heartbeat bound that applies: agents' engines only, and 0 turns it off
+        (agents that send no heartbeat: their status is believed as it is)."""
+        if self.engine_driver != driver.AGENT or self.heartbeat_timeout <= 0:
+            return None
+        return self.heartbeat_timeout
 
     def pipeline(self) -> pipeline.Config:
         return pipeline.Config(
@@ -140,7 +152,8 @@ class Reconciler:
         self._listed_at = -math.inf  # monotonic end of the last successful LIST
         self.progress_at = time.monotonic()  # the loop's last sign of life (liveness)
         self._quiet_until = 0.0
-        self._fleets: dict[str, tuple[int, fleet_.Fleet]] = {}  # namespace -> (version, fleet)
+        # namespace -> ((version, silent engines), fleet)
+        self._fleets: dict[str, tuple[tuple[int, frozenset[str]], fleet_.Fleet]] = {}
         # namespace -> (fleet, failed engines per model)
         self._failed_by_fleet: dict[str, tuple[fleet_.Fleet, dict[str, int]]] = {}
 
@@ -219,9 +232,9 @@ class Reconciler:
             record = self.index.models.records.get(key)
             if record is None or record.value is None:
                 continue  # gone or invalid: the full pass reports it
-            engines = [r.value for r in self.index.engines_of(namespace, name)
-                       if r.value is not None]
-            own = fleet_.Fleet.of(engines=engines, models=[record.value])
+            held = [self._heard(r.value, now) for r in self.index.engines_of(namespace, name)
+                    if r.value is not None]
+            own = fleet_.Fleet.of(engines=held, models=[record.value])
             found = self._with_share(key, record.value.generation,
                                      drift.measure(own, queue.ActionQueue(), now).models[name])
             self.narrator.model(key, found)
@@ -307,7 +320,13 @@ class Reconciler:
         gauges: list[pipeline.QueueGauges] = []
         stale_view = 0
         for namespace, view in sorted(views.items()):
-            fleet = self._fleet(namespace, view, version=versions.get(namespace, 0))
+            fleet = self._fleet(namespace, view, version=versions.get(namespace, 0), now=now)
+            timeout = self.config.heard_within
+            if timeout is not None:
+                # A heard engine that stays quiet falls silent then: look again at that time.
+                result.due(engines.heartbeat_expiry(
+                    (r.value for r in view.engines if r.value is not None), now=now,
+                    timeout=timeout))
             if leading:
                 step = await self._act(namespace, view=view, fleet=fleet, now=now,
                                        result=result)
@@ -331,12 +350,23 @@ class Reconciler:
             logger.debug("Pass: %s", result)
         return result
 
-    def _fleet(self, namespace: str, view: view_.View, *, version: int) -> fleet_.Fleet:
-        """The namespace's fleet, rebuilt only when something the core reads changed: a
-        steady fleet's pass reuses it and the counts it already computed."""
+    def _heard(self, engine: specs.Engine, now: float) -> specs.Engine:
+        return engines.heard(engine, now=now, timeout=self.config.heard_within)
+
+    def _fleet(self, namespace: str, view: view_.View, *, version: int,
+               now: float) -> fleet_.Fleet:
+        """The namespace's fleet, rebuilt only when something the core reads changed (an
+        object, or which engines are silent): a steady fleet's pass reuses it and the
+        counts it already computed."""
+        silent: frozenset[str] = frozenset()
+        timeout = self.config.heard_within
+        if timeout is not None:
+            silent = frozenset(r.meta.name for r in view.engines if r.value is not None
+                               and engines.silent(r.value, now=now, timeout=timeout))
         cached = self._fleets.get(namespace)
-        if cached is None or cached[0] != version:
-            cached = self._fleets[namespace] = (version, view_.build_fleet(view))
+        if cached is None or cached[0] != (version, silent):
+            fleet = view_.build_fleet(view, heard=lambda e: self._heard(e, now))
+            cached = self._fleets[namespace] = ((version, silent), fleet)
         return cached[1]
 
     def _failed(self, namespace: str, fleet: fleet_.Fleet) -> dict[str, int]:

@@ -10,20 +10,18 @@ only reads; the reconcile loop does the rest, level-triggered.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import kopf
 
 from capguard.handlers import index, reconcile, writer
-from capguard.kube import client
+from capguard.kube import client, credentials
 
 logger = logging.getLogger(__name__)
 
 GROUP: Final = "capguard.dev"
 VERSION: Final = "v1alpha1"
-SERVICE_ACCOUNT_TOKEN: Final = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
 def build(
@@ -43,7 +41,7 @@ def build(
     @kopf.on.login(registry=registry, id="login")
     async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
         try:
-            info = _credentials(kubeconfig, **kwargs)
+            info = credentials.login(kubeconfig, **kwargs)
         except Exception as error:  # a kubeconfig Kopf cannot read: one line, not a trace
             logger.error("Cannot log in to the API server: %s", writer.one_line(error))
             raise kopf.TemporaryError(writer.one_line(error), delay=10) from None
@@ -54,7 +52,7 @@ def build(
         # The reconciler's requests go through a session of their own: Kopf closes its
         # session when it logs in again, and a request of ours must never meet a closed one.
         reconciler.api.login(info, connection_limit=connection_limit,
-                             relogin=lambda: _credentials(kubeconfig, **kwargs))
+                             relogin=lambda: credentials.login(kubeconfig, **kwargs))
         session = client.make_session(info, connection_limit=connection_limit)
         return kopf.AiohttpSession(aiohttp_session=session, server=info.server,
                                    default_namespace=info.default_namespace,
@@ -92,23 +90,3 @@ def register_feed(
         else:
             store.apply(raw)
         reconciler.wake()
-
-
-def _credentials(kubeconfig: str | None, **kwargs: Any) -> kopf.ConnectionInfo | None:
-    """--kubeconfig, else KUBECONFIG or ~/.kube/config, else the pod's service account."""
-    if kubeconfig:
-        # Kopf's kubeconfig login reads only the environment; no await happens in between.
-        saved = os.environ.get("KUBECONFIG")
-        os.environ["KUBECONFIG"] = kubeconfig
-        try:
-            return kopf.login_with_kubeconfig(**kwargs)
-        finally:
-            if saved is None:
-                del os.environ["KUBECONFIG"]
-            else:
-                os.environ["KUBECONFIG"] = saved
-    in_cluster = os.path.exists(SERVICE_ACCOUNT_TOKEN) and not os.environ.get("KUBECONFIG")
-    if in_cluster:
-        return kopf.login_with_service_account(**kwargs)
-    return kopf.login_with_kubeconfig(**kwargs)
-

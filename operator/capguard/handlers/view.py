@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+from collections.abc import Callable
 
 from capguard.core import fleet as fleet_
-from capguard.core import pipeline
+from capguard.core import pipeline, specs
 from capguard.handlers import index, narrator, records
 from capguard.handlers import status as status_
 
@@ -33,6 +34,10 @@ class View:
             available_models=frozenset(available_models(self, known=established)))
 
 
+def _as_is(engine: specs.Engine) -> specs.Engine:
+    return engine
+
+
 def snapshot(found: index.Index) -> dict[str, View]:
     views: dict[str, View] = collections.defaultdict(View)
     for namespace, engines_ in found.engines.by_namespace().items():
@@ -44,11 +49,15 @@ def snapshot(found: index.Index) -> dict[str, View]:
     return dict(views)
 
 
-def build_fleet(view: View) -> fleet_.Fleet:
+def build_fleet(
+    view: View, *, heard: Callable[[specs.Engine], specs.Engine] = _as_is
+) -> fleet_.Fleet:
     """The core's snapshot. A model whose spec is invalid is kept by name: its engines stay
-    in the fleet (they count fleet-wide) and nothing moves them, so a typo drains nothing."""
+    in the fleet (they count fleet-wide) and nothing moves them, so a typo drains nothing.
+    ``heard`` is how an engine counts (`capguard.core.engines.heard`: a silent agent's
+    engine is out of service)."""
     return fleet_.Fleet.of(
-        engines=[r.value for r in view.engines if r.value is not None],
+        engines=[heard(r.value) for r in view.engines if r.value is not None],
         models=[r.value for r in view.models if r.value is not None],
         breakers=[r.value for r in view.breakers if r.value is not None],
         unreadable_models=[r.meta.name for r in view.models if r.value is None],

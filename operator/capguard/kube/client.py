@@ -239,6 +239,41 @@ class Api:
                 yield item
 
 
+    async def watch(
+        self, resource: Resource, *, namespace: str | None, resource_version: str,
+        field_selector: str | None = None, timeout_seconds: int = 300,
+    ) -> AsyncIterator[Body]:
+        """The events of one watch from ``resource_version`` (``{"type", "object"}``), until the
+        server ends it. BOOKMARKs come through (their object carries only the resourceVersion
+        to resume from). A resourceVersion the server no longer keeps raises `Expired`: a real
+        API server says so with a 200 and one ERROR event holding a 410 Status, not an HTTP
+        410 (k8s-reference 081); both are handled."""
+        params = {"watch": "true", "resourceVersion": resource_version,
+                  "allowWatchBookmarks": "true", "timeoutSeconds": str(timeout_seconds)}
+        if field_selector:
+            params["fieldSelector"] = field_selector
+        await self._ready.wait()
+        session = self._own_session()
+        # No total timeout: the server ends the stream after timeoutSeconds; a stream that
+        # goes quiet far longer than that is dead.
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=timeout_seconds + 30)
+        async with session.get(self._server + resource.path(namespace=namespace), params=params,
+                               headers={"Accept": JSON}, timeout=timeout) as response:
+            if response.status >= 400:
+                raise _error(response.status, await response.text(), headers=response.headers)
+            async for line in response.content:
+                if not line.strip():
+                    continue
+                event: Body = json.loads(line)
+                if event.get("type") == "ERROR":
+                    status = event.get("object") or {}
+                    raise _error(int(status.get("code") or 500), json.dumps(status))
+                yield event
+
+class Expired(ApiError):
+    """410: the watch's resourceVersion is older than the server keeps; LIST again."""
+
+
 def _error(status: int, text: str, *, headers: Mapping[str, str] | None = None) -> ApiError:
     try:
         parsed = json.loads(text)
@@ -246,7 +281,7 @@ def _error(status: int, text: str, *, headers: Mapping[str, str] | None = None) 
         parsed = {}
     reason = str(parsed.get("reason") or "") if isinstance(parsed, dict) else ""
     message = str(parsed.get("message") or text[:200]) if isinstance(parsed, dict) else text[:200]
-    kind = {409: Conflict, 404: NotFound, 401: Unauthorized}.get(status, ApiError)
+    kind = {409: Conflict, 404: NotFound, 401: Unauthorized, 410: Expired}.get(status, ApiError)
     return kind(status=status, reason=reason, message=message,
                 retry_after=retry_after(headers or {}, parsed))
 

@@ -1,0 +1,467 @@
+"""The engine agent: the process that owns one InferenceEngine and makes its status true.
+
+    capguard engine --name h100-a-0 --serve-command "vllm serve {model} --port {port}"
+
+It plays the kubelet's part for one engine. It watches its engine's spec (what the
+operator bound it to) and converges a real model-server process on it, writing what is
+really happening to the engine's status:
+
+    Idle -> Loading (server started, not yet healthy) -> Serving (health answers 200)
+    Serving -> Draining (SIGTERM: the server stops taking requests and finishes the
+               ones in flight within --drain-grace) -> Idle -> Loading the next model
+    Loading -> Failed (the server exited or was not healthy within --load-timeout),
+               and after --retry-after back to Idle (the operator has released it meanwhile)
+
+and renews `status.lastHeartbeatTime` every --heartbeat-interval, so the operator knows
+an engine whose agent died (docs/engines.md). The server is a command template, so in
+production it is vLLM or any OpenAI-compatible server, and in demos and tests the
+stand-in `capguard model-server`.
+
+Level-triggered: every tick compares the spec with the server the agent runs, so a
+restarted agent (its old server gone with it) reports Idle and loads again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import shlex
+import signal
+import socket
+import time
+from collections.abc import Mapping
+from typing import Any, Final
+
+import click
+
+from capguard.commandline import OneLineCommand, OneLineUsage
+from capguard.core import clock, specs
+
+logger = logging.getLogger("capguard.engine")
+
+TICK: Final = 0.1  # seconds between looks while something is under way
+QUIET_TICK: Final = 1.0  # between looks while nothing is (the watch wakes it sooner)
+HEARTBEAT_INTERVAL: Final = 10.0
+PLACEHOLDERS: Final = ("model", "revision", "port", "units", "engine", "host")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Options:
+    name: str
+    namespace: str = "default"
+    kubeconfig: str | None = None
+    serve_command: str
+    health_path: str = "/health"
+    host: str = "127.0.0.1"  # where the server listens and the endpoint points
+    port: int = 0  # 0: a free port for each server
+    heartbeat_interval: float = HEARTBEAT_INTERVAL
+    drain_grace: float = 30.0
+    load_timeout: float = 600.0
+    retry_after: float = 30.0
+    create_pool: str | None = None  # create the engine if missing, in this pool
+    create_units: int = 1
+    create_labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Wanted:
+    """What the engine's spec asks for."""
+
+    model: str | None
+    revision: str | None
+    units: int
+    generation: int
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any]) -> Wanted:
+        spec = body.get("spec") or {}
+        return cls(model=spec.get("modelRef") or None, revision=spec.get("revision") or None,
+                   units=int(spec.get("capacityUnits") or 1),
+                   generation=int((body.get("metadata") or {}).get("generation") or 0))
+
+
+@dataclasses.dataclass
+class Server:
+    """One model-server process the agent started."""
+
+    model: str
+    revision: str | None
+    endpoint: str
+    process: asyncio.subprocess.Process
+    started: float
+    stderr_tail: list[str] = dataclasses.field(default_factory=list)
+
+    def exit_reason(self) -> str:
+        last = f": {self.stderr_tail[-1]}" if self.stderr_tail else ""
+        return f"model server exited with code {self.process.returncode}{last}"
+
+
+def render(template: str, *, values: Mapping[str, str]) -> list[str]:
+    """The serve command for one model: the template's {placeholders} filled, split as a
+    shell would (no shell runs it)."""
+    try:
+        return [part.format(**values) for part in shlex.split(template)]
+    except (KeyError, IndexError) as error:
+        raise ValueError(f"--serve-command has an unknown placeholder {error}; use "
+                         f"{', '.join('{' + p + '}' for p in PLACEHOLDERS)}") from None
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class Agent:
+    """One engine's agent: converge a server on the spec, report it, heartbeat."""
+
+    def __init__(self, options: Options, *, api: Any) -> None:
+        from capguard.kube import client
+
+        self.options = options
+        self.api = api
+        self.resource = client.ENGINES
+        self.wanted: Wanted | None = None
+        self.phase = specs.Phase.IDLE
+        self.server: Server | None = None
+        self.reported: dict[str, Any] = {}
+        self.failed_until = 0.0
+        self.drain_deadline = 0.0
+        self.changed = asyncio.Event()
+        self.stopping = False
+
+    # -- the API side -------------------------------------------------------------
+
+    async def adopt(self) -> dict[str, Any]:
+        """The engine's body: read it, or create it (--pool) when it does not exist."""
+        from capguard.kube import client
+
+        try:
+            body: dict[str, Any] = await self.api.get(
+                self.resource, namespace=self.options.namespace, name=self.options.name)
+            return body
+        except client.NotFound:
+            if self.options.create_pool is None:
+                raise
+        created: dict[str, Any] = await self.api.create(
+            self.resource, namespace=self.options.namespace, body={
+                "apiVersion": self.resource.api_version, "kind": "InferenceEngine",
+                "metadata": {"name": self.options.name, "labels": {
+                    "capguard.dev/pool": self.options.create_pool,
+                    **self.options.create_labels}},
+                "spec": {"pool": self.options.create_pool,
+                         "capacityUnits": self.options.create_units}})
+        logger.info("Created InferenceEngine %s/%s in pool %s.", self.options.namespace,
+                    self.options.name, self.options.create_pool)
+        return created
+
+    async def watch_spec(self, body: Mapping[str, Any]) -> None:
+        """Keep `self.wanted` current from a watch of the engine (re-read on any break)."""
+        from capguard.kube import client
+
+        version = str((body.get("metadata") or {}).get("resourceVersion") or "")
+        selector = f"metadata.name={self.options.name}"
+        while True:
+            try:
+                async for event in self.api.watch(
+                        self.resource, namespace=self.options.namespace,
+                        resource_version=version, field_selector=selector):
+                    found = event.get("object") or {}
+                    version = str((found.get("metadata") or {}).get("resourceVersion")
+                                  or version)
+                    if event.get("type") in ("ADDED", "MODIFIED"):
+                        self.learn(found)
+                    elif event.get("type") == "DELETED":
+                        logger.warning("InferenceEngine %s was deleted; stopping its server.",
+                                       self.options.name)
+                        self.wanted = Wanted(None, None, 1, 0)
+                        self.changed.set()
+            except (client.Expired, client.NotFound, aiohttp_errors()) as error:
+                logger.info("Watch of %s ended (%s); reading it again.", self.options.name,
+                            error)
+                await asyncio.sleep(1.0)
+                with contextlib.suppress(Exception):
+                    fresh = await self.api.get(self.resource, namespace=self.options.namespace,
+                                               name=self.options.name)
+                    version = str((fresh.get("metadata") or {}).get("resourceVersion") or "")
+                    self.learn(fresh)
+
+    def learn(self, body: Mapping[str, Any]) -> None:
+        wanted = Wanted.of(body)
+        if wanted != self.wanted:
+            self.wanted = wanted
+            self.changed.set()
+
+    async def report(self, *, message: str, force: bool = False) -> None:
+        """Write the phase (and what goes with it) when it changed, with a heartbeat."""
+        server = self.server
+        status: dict[str, Any] = {
+            "phase": self.phase.value,
+            "model": server.model if server else None,
+            "revision": server.revision if server else None,
+            "endpoint": server.endpoint if server else None,
+            "message": message,
+            "observedGeneration": self.wanted.generation if self.wanted else None,
+        }
+        if status == self.reported and not force:
+            return
+        now = time.time()
+        if status != self.reported:
+            status["since"] = clock.precise_timestamp(now)
+        serving = self.phase is specs.Phase.SERVING
+        status["conditions"] = [{
+            "type": "Ready", "status": "True" if serving else "False",
+            "reason": self.phase.value, "message": message,
+            "lastTransitionTime": clock.timestamp(now),
+            "observedGeneration": self.wanted.generation if self.wanted else 0}]
+        status["lastHeartbeatTime"] = clock.precise_timestamp(now)
+        await self.api.merge_patch(self.resource, namespace=self.options.namespace,
+                                   name=self.options.name, patch={"status": status},
+                                   subresource="status")
+        self.reported = {k: status[k] for k in ("phase", "model", "revision", "endpoint",
+                                                 "message", "observedGeneration")}
+        logger.info("%s %s%s: %s", self.options.name, self.phase.value,
+                    f" {server.model}" if server else "", message)
+
+    async def heartbeat(self) -> None:
+        """Renew status.lastHeartbeatTime; a failed renewal is tried again next time."""
+        while True:
+            await asyncio.sleep(self.options.heartbeat_interval)
+            with contextlib.suppress(Exception):
+                await self.api.merge_patch(
+                    self.resource, namespace=self.options.namespace, name=self.options.name,
+                    patch={"status": {"lastHeartbeatTime": clock.precise_timestamp(time.time())}},
+                    subresource="status")
+
+    # -- the process side ---------------------------------------------------------
+
+    async def start_server(self, wanted: Wanted) -> Server:
+        assert wanted.model is not None
+        port = self.options.port or free_port(self.options.host)
+        argv = render(self.options.serve_command, values={
+            "model": wanted.model, "revision": wanted.revision or "", "port": str(port),
+            "units": str(wanted.units), "engine": self.options.name,
+            "host": self.options.host})
+        process = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        server = Server(wanted.model, wanted.revision, f"http://{self.options.host}:{port}",
+                        process, time.monotonic())
+        asyncio.get_running_loop().create_task(_tail(process, server.stderr_tail))
+        return server
+
+    async def healthy(self, server: Server) -> bool:
+        import aiohttp
+
+        try:
+            async with aiohttp.ClientSession() as session, session.get(
+                    server.endpoint + self.options.health_path,
+                    timeout=aiohttp.ClientTimeout(total=2)) as response:
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
+
+    # -- the machine --------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """One look: move at most one phase on towards the spec."""
+        wanted, server, now = self.wanted, self.server, time.monotonic()
+        if wanted is None:
+            return
+        target = (wanted.model, wanted.revision) if not self.stopping else (None, None)
+        if self.phase is specs.Phase.IDLE:
+            if target[0] is not None and server is None:
+                self.server = await self.start_server(wanted)
+                self.phase = specs.Phase.LOADING
+                await self.report(message=f"loading {wanted.model}")
+            else:
+                await self.report(message="no model bound")
+            return
+        assert server is not None or self.phase is specs.Phase.FAILED
+        if self.phase is specs.Phase.FAILED:
+            if now >= self.failed_until:
+                self.phase = specs.Phase.IDLE
+                await self.report(message="ready to load again")
+            return
+        assert server is not None
+        exited = server.process.returncode is not None
+        moved = (server.model, server.revision) != target
+        if self.phase is specs.Phase.LOADING:
+            if moved:
+                await self._drain(server, grace=0.0, why=f"load of {server.model} abandoned: "
+                                  "rebound")
+            elif exited:
+                await self._fail(server, server.exit_reason())
+            elif now - server.started > self.options.load_timeout:
+                await self._kill(server)
+                await self._fail(server, f"not healthy within {self.options.load_timeout:g}s")
+            elif await self.healthy(server):
+                self.phase = specs.Phase.SERVING
+                await self.report(message=f"serving {server.model}")
+        elif self.phase is specs.Phase.SERVING:
+            if moved:
+                await self._drain(server, grace=self.options.drain_grace,
+                                  why=f"draining {server.model}")
+            elif exited:
+                await self._fail(server, server.exit_reason())
+        elif self.phase is specs.Phase.DRAINING and (exited or now >= self.drain_deadline):
+            if not exited:
+                await self._kill(server)
+            self.server = None
+            self.phase = specs.Phase.IDLE
+            await self.report(message=f"drained {server.model}")
+
+    async def _drain(self, server: Server, *, grace: float, why: str) -> None:
+        """SIGTERM: a graceful server stops taking requests and finishes those in flight."""
+        self.phase = specs.Phase.DRAINING
+        self.drain_deadline = time.monotonic() + grace
+        await self.report(message=why)
+        with contextlib.suppress(ProcessLookupError):
+            server.process.send_signal(signal.SIGTERM)
+
+    async def _kill(self, server: Server) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.process.pid, signal.SIGKILL)
+        await server.process.wait()
+
+    async def _fail(self, server: Server, reason: str) -> None:
+        self.phase = specs.Phase.FAILED
+        self.failed_until = time.monotonic() + self.options.retry_after
+        await self.report(message=f"failed to load {server.model}: {reason}")
+        self.server = None
+
+    async def run(self, *, stop: asyncio.Event) -> None:
+        body = await self.adopt()
+        self.learn(body)
+        tasks = [asyncio.create_task(self.watch_spec(body)),
+                 asyncio.create_task(self.heartbeat())]
+        try:
+            while not (stop.is_set() and self.server is None):
+                if stop.is_set():
+                    self.stopping = True
+                before = self.phase
+                await self.tick()
+                if self.phase is not before:
+                    continue  # a phase ended: the next one may start at once
+                busy = self.phase in (specs.Phase.LOADING, specs.Phase.DRAINING) or self.stopping
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.changed.wait(), TICK if busy else QUIET_TICK)
+                self.changed.clear()
+            await self.report(message="agent stopped", force=True)
+        finally:
+            for task in tasks:
+                task.cancel()
+            if self.server is not None:
+                await self._kill(self.server)
+
+
+async def _tail(process: asyncio.subprocess.Process, lines: list[str]) -> None:
+    """Keep the last lines the server wrote to stderr (a failure's reason), and log them."""
+    assert process.stderr is not None
+    async for raw in process.stderr:
+        line = raw.decode(errors="replace").rstrip()
+        if line:
+            lines[:] = [*lines[-4:], line]
+            logger.debug("server: %s", line)
+
+
+def aiohttp_errors() -> type[Exception]:
+    import aiohttp
+
+    return aiohttp.ClientError
+
+
+async def serve(options: Options, *, stop: asyncio.Event) -> None:
+    from capguard.kube import client, credentials
+
+    info = credentials.login(options.kubeconfig, settings=_kopf_settings())
+    if info is None:
+        raise OneLineUsage("no kubeconfig found and not in a cluster; pass --kubeconfig FILE")
+    api = client.Api()
+    api.login(info, connection_limit=4)
+    try:
+        await Agent(options, api=api).run(stop=stop)
+    finally:
+        await api.close()
+
+
+def _kopf_settings() -> Any:
+    import kopf
+
+    return kopf.OperatorSettings()
+
+
+def _labels(_: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    found = {}
+    for value in values:
+        key, sep, label = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{value!r} is not KEY=VALUE", param=param)
+        found[key] = label
+    return found
+
+
+def _duration(_: click.Context, param: click.Parameter, value: str) -> float:
+    try:
+        return specs.parse_duration(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a duration such as 10s or 500ms",
+                                 param=param) from None
+
+
+@click.command("engine", cls=OneLineCommand)
+@click.option("--name", required=True, help="The InferenceEngine this agent owns.")
+@click.option("-n", "--namespace", default=lambda: os.environ.get("POD_NAMESPACE", "default"),
+              show_default="POD_NAMESPACE, else default", help="The engine's namespace.")
+@click.option("--kubeconfig", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Kubeconfig file. Default: KUBECONFIG, ~/.kube/config, or in-cluster.")
+@click.option("--serve-command", required=True,
+              help="The model server to run, with {model}, {revision}, {port}, {units}, "
+              "{engine}, {host} filled in; e.g. \"vllm serve {model} --port {port}\".")
+@click.option("--health-path", default="/health", show_default=True,
+              help="The server is Serving once GET of this path answers 200.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address the server listens on, and the endpoint's host (a Pod: its IP).")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="The server's port; 0 picks a free one for each server.")
+@click.option("--heartbeat-interval", default="10s", show_default=True, callback=_duration)
+@click.option("--drain-grace", default="30s", show_default=True, callback=_duration,
+              help="How long a draining server may finish its requests before SIGKILL.")
+@click.option("--load-timeout", default="10m", show_default=True, callback=_duration,
+              help="A server not healthy this long after its start is Failed.")
+@click.option("--retry-after", default="30s", show_default=True, callback=_duration,
+              help="How long a Failed engine waits before it is Idle again.")
+@click.option("--pool", "create_pool", default=None,
+              help="Create the engine in this pool if it does not exist (engines as Pods).")
+@click.option("--units", "create_units", type=click.IntRange(1, 1024), default=1,
+              show_default=True, help="With --pool: the created engine's capacityUnits.")
+@click.option("--label", "create_labels", multiple=True, callback=_labels, metavar="KEY=VALUE",
+              help="With --pool: a label of the created engine (repeatable).")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging (the server's stderr too).")
+def command(verbose: bool, **flags: Any) -> None:
+    """Run the agent of one InferenceEngine: converge a model server on its spec and
+    report the truth in its status (docs/engines.md)."""
+    try:
+        render(flags["serve_command"], values=dict.fromkeys(PLACEHOLDERS, "x"))
+    except ValueError as error:
+        raise OneLineUsage(str(error)) from None
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options = Options(**flags)
+    asyncio.run(_main(options))
+
+
+async def _main(options: Options) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(number, stop.set)
+    await serve(options, stop=stop)
+
+
+if __name__ == "__main__":
+    command()
