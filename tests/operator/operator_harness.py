@@ -30,6 +30,7 @@ NAMESPACE = "default"
 FAST: dict[str, Any] = dict(
     metrics_host="127.0.0.1", metrics_port=0, load_time=0.3, drain_time=0.1,
     reconcile_interval=0.2, leader_election=False, identity="test-operator", seed=1,
+    engine_driver="simulated",
 )
 
 
