@@ -35,9 +35,10 @@ NAMESPACE = "default"
 class Upstream:
     """An OpenAI-compatible server on loopback that answers `status` and counts requests."""
 
-    def __init__(self, *, name: str, status: int = 200) -> None:
+    def __init__(self, *, name: str, status: int = 200, delay: float = 0.0) -> None:
         self.name = name
         self.status = status
+        self.delay = delay
         self.seen: list[dict[str, Any]] = []
         self._runner: web.AppRunner | None = None
         self.url = ""
@@ -57,6 +58,7 @@ class Upstream:
     async def _answer(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.seen.append(body)
+        await asyncio.sleep(self.delay)
         if self.status != 200:
             return web.json_response({"error": {"message": f"{self.name} is busy",
                                                 "type": "rate_limit", "code": "busy"}},
@@ -167,8 +169,8 @@ class World:
     session: aiohttp.ClientSession
     upstreams: list[Upstream]
 
-    async def upstream(self, name: str, *, status: int = 200) -> Upstream:
-        started = await Upstream(name=name, status=status).start()
+    async def upstream(self, name: str, *, status: int = 200, delay: float = 0.0) -> Upstream:
+        started = await Upstream(name=name, status=status, delay=delay).start()
         self.upstreams.append(started)
         return started
 
@@ -176,20 +178,27 @@ class World:
         return running_gateway(self.kubeconfig, self.directory, *flags)
 
 
-@pytest.fixture
-async def world(tmp_path: pathlib.Path) -> AsyncIterator[World]:
+@contextlib.asynccontextmanager
+async def started_world(directory: pathlib.Path) -> AsyncIterator[World]:
+    """The embedded API server and a client of it; upstreams started in it stop with it."""
     async with (LocalCluster(crds_dir=ROOT / "crds",
-                             kubeconfig_path=tmp_path / "kubeconfig") as cluster,
+                             kubeconfig_path=directory / "kubeconfig") as cluster,
                 aiohttp.ClientSession() as session):
         api = client.Api()
         api.connect(session=session, server=cluster.url)
-        found = World(kubeconfig=cluster.kubeconfig_path, directory=tmp_path,
+        found = World(kubeconfig=cluster.kubeconfig_path, directory=directory,
                       engines=Engines(api), session=session, upstreams=[])
         try:
             yield found
         finally:
             for upstream in found.upstreams:
                 await upstream.stop()
+
+
+@pytest.fixture
+async def world(tmp_path: pathlib.Path) -> AsyncIterator[World]:
+    async with started_world(tmp_path) as found:
+        yield found
 
 
 def completion(model: str) -> dict[str, Any]:
