@@ -52,3 +52,18 @@ def test_the_breaker_trips_on_the_tracked_signals() -> None:
     for now in (0.0, 150.0, 300.0):
         machine.observe(CB, observed(tracker, found, now), now)
     assert (machine.state, machine.reason) == (breaker.BreakerState.OPEN, breaker.TripReason.DRIFT)
+
+
+def test_a_model_reaches_desired_only_at_its_revision_with_nothing_on_the_way() -> None:
+    engines = [engine("a", model="chat", revision="r1"), engine("b", model="chat", revision="r2")]
+    chat = model("chat", replicas=2, revision="r2")
+    found = drift.measure(fleet.Fleet.of(engines=engines, models=[chat]),
+                          queue.ActionQueue(), 0.0).models["chat"]
+    assert (found.serving, found.outdated, found.drift) == (2, 1, 0)
+    assert not found.reached_desired  # one unit still serves r1
+    current = drift.measure(
+        fleet.Fleet.of(engines=[engine("a", model="chat", revision="r2"), engines[1]],
+                       models=[chat]), queue.ActionQueue(), 0.0).models["chat"]
+    assert current.reached_desired
+    assert not drift.ModelDrift(desired=2, serving=2, floor=1, draining=1).reached_desired
+    assert not drift.ModelDrift(desired=3, serving=2, floor=1).reached_desired

@@ -271,7 +271,6 @@ def saved_status(snapshot: Snapshot, *, now: float) -> dict[str, Any]:
         "state": snapshot.state.value,
         "since": clock.timestamp(snapshot.since),
         "reason": snapshot.reason.value if snapshot.reason else "",
-        "heldActions": snapshot.held,
         "refusedActions": snapshot.refused,
         "probesSucceeded": snapshot.probes_succeeded,
         "secondsInState": {s.value: round(v, 1) for s, v in snapshot.seconds_in_state.items()},

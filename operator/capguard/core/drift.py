@@ -18,6 +18,8 @@ class ModelDrift:
     floor: int
     loading: int = 0  # engines loading or bound but not yet serving
     draining: int = 0
+    # Serving units of engines on another revision than the model's: refreshed, one by one.
+    outdated: int = 0
     # What the allocation gives the model (core/allocation.py): scarcity, said out loud.
     # None: not measured (a drift built by hand), read as "no shortage".
     allocated: int | None = None  # units the planner moves it toward: desired unless short
@@ -46,6 +48,13 @@ class ModelDrift:
     @property
     def drift_ratio(self) -> float:
         return self.drift / self.desired if self.desired else 0.0
+
+    @property
+    def reached_desired(self) -> bool:
+        """Every desired unit serves at the model's revision and no engine is still on its
+        way in or out: a scale or a rollout is complete (what `Ready` says)."""
+        return (self.serving - self.outdated >= self.desired
+                and not self.loading and not self.draining)
 
     @property
     def below_floor(self) -> bool:
@@ -147,12 +156,16 @@ def _model_drift(fleet: fleet_.Fleet, name: str) -> ModelDrift:
     out = [fleet.engines[e] for e in fleet.unavailable_engines(name)]
     draining = sum(1 for e in out if e.spec.model_ref != name)  # leaving, whatever its phase
     share = fleet.allocation.models[name]
+    revision = fleet.models[name].revision
+    outdated = sum(fleet.engines[e].units for e in fleet.serving_engines(name)
+                   if revision is not None and fleet.engines[e].revision != revision)
     return ModelDrift(
         desired=fleet.desired_units(name),
         serving=fleet.serving_units(name),
         floor=fleet.floor_units(name),
         loading=len(out) - draining,
         draining=draining,
+        outdated=outdated,
         allocated=share.target,
         covered=min(share.covered, share.floor),
         pools=share.pools,

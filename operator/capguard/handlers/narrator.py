@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 from capguard import metrics as metrics_
-from capguard.core import allocation, breaker, drift, gate, pipeline, planner
+from capguard.core import allocation, breaker, drift, gate, holdings, pipeline, planner
 from capguard.core import fleet as fleet_
 from capguard.handlers import records, writer
 from capguard.handlers import status as status_
@@ -85,6 +85,7 @@ class Narrator:
         self._capacity_told: dict[metrics_.ModelKey, tuple[bool, bool]] = {}
         self._pools_seen: set[metrics_.PoolKey] = set()
         self._waiting_told: set[tuple[str, str]] = set()
+        self._nothing_told: set[tuple[str, str]] = set()  # breakers told to select nothing
 
     def lead(self, leading: bool) -> None:
         """Whether this replica leads now; one that stops drops its model and pool gauges
@@ -136,6 +137,7 @@ class Narrator:
                            metas.namespace, name, batch.batch, batch.size)
         for name, found in result.report.models.items():
             self._tell_capacity(metas, name, found)
+        self._tell_selecting(metas, result.fleet)
         self._tell_waiting(metas, result.fleet)
         for name, snapshot in result.breakers.items():
             self.metrics.set_breaker(key=(metas.namespace, name), state=snapshot.state.value,
@@ -164,6 +166,25 @@ class Narrator:
             message = f"the floor of {found.floor} units is covered again"
             self.event(metas.of(MODEL, name), MODEL, events.NORMAL, "FloorCovered", message)
             logger.info("Model %s/%s: %s.", *key, message)
+
+    def _tell_selecting(self, metas: Metas, fleet: fleet_.Fleet) -> None:
+        """One Warning Event when a breaker's selector comes to match no model, one
+        Normal Event when it matches one again (its `SelectsNothing` condition says so
+        all along)."""
+        selects = holdings.selected(fleet)
+        now = {(metas.namespace, name) for name, models in selects.items() if not models}
+        mine = {k for k in self._nothing_told if k[0] == metas.namespace}
+        for key in sorted(now - mine):
+            message = status_.selects_nothing_message(fleet.breakers[key[1]].selector)
+            self.event(metas.of(BREAKER, key[1]), BREAKER, events.WARNING,
+                       status_.NO_MODELS_SELECTED, message)
+            logger.warning("Breaker %s/%s: %s.", *key, message)
+        for key in sorted(k for k in mine - now if k[1] in selects):
+            message = f"spec.selector matches {len(selects[key[1]])} models again"
+            self.event(metas.of(BREAKER, key[1]), BREAKER, events.NORMAL, "ModelsSelected",
+                       message)
+            logger.info("Breaker %s/%s: %s.", *key, message)
+        self._nothing_told = (self._nothing_told - mine) | now
 
     def _tell_waiting(self, metas: Metas, fleet: fleet_.Fleet) -> None:
         """One Warning Event per engine a user bound to a model that does not exist."""

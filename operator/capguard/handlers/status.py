@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
-from capguard.core import breaker, clock, drift, gate, specs
+from capguard.core import breaker, clock, drift, gate, holdings, specs
 from capguard.core import fleet as fleet_
 from capguard.handlers import records
 
@@ -34,6 +34,13 @@ class Condition:
 VALID: Final = Condition("Valid", TRUE, "SpecValid", "")
 INSUFFICIENT_CAPACITY: Final = "InsufficientCapacity"
 NO_ELIGIBLE_ENGINES: Final = "NoEligibleEngines"
+# The summary conditions kstatus (and so Argo CD, Flux, kpt) reads.
+READY: Final = "Ready"
+RECONCILING: Final = "Reconciling"
+STALLED: Final = "Stalled"
+NO_MODELS_SELECTED: Final = "NoModelsSelected"
+# What only a person can fix: a spec the parser refuses, a supply the selector cannot find.
+STALLED_REASONS: Final = frozenset({INVALID_SPEC, INSUFFICIENT_CAPACITY, NO_ELIGIBLE_ENGINES})
 
 
 # Time as status writes it: one definition, in the core (the breaker status format uses it).
@@ -131,7 +138,40 @@ def model_conditions(
         Condition("DriftDetected", TRUE, "BelowDesired",
                   f"{view.drift} units short of {view.desired}")
         if view.drift else Condition("DriftDetected", FALSE, "NoDrift", numbers))
-    return [VALID, available, progressing, degraded, drifted]
+    return [VALID, available, progressing, degraded, drifted,
+            *summary_conditions(view, progressing=progressing)]
+
+
+def summary_conditions(view: drift.ModelDrift, *, progressing: Condition) -> list[Condition]:
+    """`Ready`, `Reconciling` and `Stalled`, as kstatus, Argo CD and `kubectl wait` read them.
+
+    Ready: the desired units serve at the model's revision (`ModelDrift.reached_desired`);
+    Stalled: only a person can get it there (no engine matches, or the supply is short);
+    Reconciling: the operator is on its way (or a breaker holds the way).
+    """
+    stalled = progressing.status == FALSE and progressing.reason in STALLED_REASONS
+    if stalled:
+        return [Condition(READY, FALSE, progressing.reason, progressing.message),
+                Condition(RECONCILING, FALSE, progressing.reason, progressing.message),
+                Condition(STALLED, TRUE, progressing.reason, progressing.message)]
+    not_stalled = Condition(STALLED, FALSE, "Progressing", "")
+    if view.reached_desired:
+        message = f"serving {view.serving} of {view.desired} units at the model's revision"
+        return [Condition(READY, TRUE, "DesiredServing", message),
+                Condition(RECONCILING, FALSE, "DesiredServing", message), not_stalled]
+    if progressing.reason == "Held":
+        reason, message = progressing.reason, progressing.message
+    elif view.outdated:
+        reason, message = "OutdatedRevision", (
+            f"{view.outdated} serving units are on another revision than the model's; "
+            f"they are reloaded one by one")
+    else:
+        reason = "Converging"
+        message = (f"serving {view.serving - view.outdated} of {view.desired} units at the "
+                   f"model's revision, {view.loading} engines loading, "
+                   f"{view.draining} draining")
+    return [Condition(READY, FALSE, reason, message),
+            Condition(RECONCILING, TRUE, reason, message), not_stalled]
 
 
 def no_eligible_message() -> str:
@@ -183,8 +223,10 @@ def invalid_model_status(
     *, error: specs.SpecError, existing: Mapping[str, Any], generation: int, now: float
 ) -> dict[str, Any]:
     unavailable = Condition("Available", FALSE, INVALID_SPEC, str(error))
+    stuck = [Condition(kind, status, INVALID_SPEC, str(error)) for kind, status in
+             ((READY, FALSE), (RECONCILING, FALSE), (STALLED, TRUE))]
     return invalid_status(error=error, existing=existing, generation=generation, now=now,
-                          extra=[unavailable])
+                          extra=[unavailable, *stuck])
 
 
 RELEASE_PLAN_SHOWN: Final = 50  # actions listed in status.releasePlan; `size` has them all
@@ -202,12 +244,69 @@ def batch_refused_condition(
     return Condition("BatchRefused", FALSE, "NoRefusal", "the last release ran its backlog")
 
 
+HELD_MODELS_SHOWN: Final = 50  # models listed in status.heldModels; heldActions counts all
+NAMES_SHOWN: Final = 5  # model names a condition message lists before "and N more"
+
+
+def names(found: Sequence[str]) -> str:
+    shown = ", ".join(found[:NAMES_SHOWN])
+    return shown + (f" and {len(found) - NAMES_SHOWN} more" if len(found) > NAMES_SHOWN else "")
+
+
+def holding_condition(holding: holdings.Holding) -> Condition:
+    """What the breaker holds itself and who else holds it, or who holds what it selects."""
+    if holding.models:
+        held = names([f"{m.model} ({m.actions})" for m in holding.models])
+        shared = [f"breaker {', '.join(m.also_held_by)} also holds those of {m.model}"
+                  for m in holding.models if m.also_held_by]
+        message = f"holds {holding.actions} actions of models {held}"
+        return Condition("Holding", TRUE, "ActionsHeld",
+                         "; ".join([message, *shared[:NAMES_SHOWN]]))
+    if holding.held_elsewhere:
+        elsewhere = [f"those of {model} are held by breaker {', '.join(by)}"
+                     for model, by in holding.held_elsewhere[:NAMES_SHOWN]]
+        return Condition("Holding", FALSE, "HeldByOtherBreakers",
+                         "holds no action; " + "; ".join(elsewhere))
+    return Condition("Holding", FALSE, "NothingHeld", "holds no action")
+
+
+def selection_condition(holding: holdings.Holding, *, selector: specs.LabelSelector) -> Condition:
+    if holding.selects_nothing:
+        return Condition("SelectsNothing", TRUE, NO_MODELS_SELECTED,
+                         selects_nothing_message(selector))
+    return Condition("SelectsNothing", FALSE, "ModelsSelected",
+                     f"selects {len(holding.selected)} models: {names(holding.selected)}")
+
+
+def selects_nothing_message(selector: specs.LabelSelector) -> str:
+    chosen = selector_string(selector) or "{} (every model)"
+    return (f"spec.selector {chosen} matches no ModelCapacity in this namespace, so this "
+            f"breaker pauses nothing: label models to match it (kubectl label modelcapacity "
+            f"NAME KEY=VALUE) or change the selector")
+
+
+def holding_status(
+    holding: holdings.Holding, *, selector: specs.LabelSelector
+) -> tuple[dict[str, Any], list[Condition]]:
+    """The holding's status fields and its two conditions."""
+    fields = {
+        "heldActions": holding.actions,
+        "selectedModels": len(holding.selected),
+        "heldModels": [{"model": m.model, "heldActions": m.actions,
+                        "alsoHeldBy": list(m.also_held_by)}
+                       for m in holding.models[:HELD_MODELS_SHOWN]],
+    }
+    return fields, [holding_condition(holding), selection_condition(holding, selector=selector)]
+
+
 def breaker_status(
     *, record: records.BreakerRecord, snapshot: breaker.Snapshot,
     plan: gate.ReleasePlan | None, refused: gate.RefusedBatch | None, now: float,
+    holding: holdings.Holding | None = None,
 ) -> dict[str, Any]:
     """The machine's saved fields (`breaker.saved_status`, read back on a restart), with
-    the conditions, the release plan and the last refused batch around them."""
+    the conditions, what it holds (None: not measured, left as written), the release
+    plan and the last refused batch around them."""
     paused = snapshot.state is not breaker.BreakerState.CLOSED
     why = snapshot.reason.value if snapshot.reason else ""
     if snapshot.state is breaker.BreakerState.HALF_OPEN:
@@ -221,8 +320,13 @@ def breaker_status(
         Condition("Paused", TRUE if paused else FALSE, paused_reason, message),
         batch_refused_condition(snapshot, refused),
     ]
+    held: dict[str, Any] = {}
+    if holding is not None and record.value is not None:
+        held, more = holding_status(holding, selector=record.value.selector)
+        conditions += more
     wanted: dict[str, Any] = {
         **breaker.saved_status(snapshot, now=now),
+        **held,
         "observedGeneration": snapshot.generation,
         "releasePlan": None if plan is None else {
             "batch": plan.batch, "size": plan.size,

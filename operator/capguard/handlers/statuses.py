@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
-from capguard.core import drift, pipeline, specs
+from capguard.core import drift, holdings, pipeline, specs
 from capguard.handlers import records
 from capguard.handlers import status as status_
 from capguard.kube import client
@@ -77,6 +77,7 @@ class StatusBook:
         result: pipeline.StepResult,
     ) -> list[StatusWrite]:
         writes = []
+        held = holdings.of(result)
         for record in found:
             name = record.meta.name
             snapshot = result.breakers.get(name)
@@ -84,7 +85,8 @@ class StatusBook:
                 continue
             wanted = status_.breaker_status(
                 record=record, snapshot=snapshot, plan=result.release_plans.get(name),
-                refused=result.last_refused_batches.get(name), now=result.now)
+                refused=result.last_refused_batches.get(name), now=result.now,
+                holding=held.get(name))
             key = (namespace, name)
             stale = result.now - self._breaker_written_at.get(key, 0.0) >= BREAKER_STATUS_REFRESH
             if status_.changed(record.status, wanted) or stale:
