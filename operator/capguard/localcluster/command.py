@@ -1,26 +1,65 @@
-"""`capguard localcluster`: serve in the foreground until interrupted."""
+"""`capguard localcluster`: serve in the foreground until interrupted.
+
+A user's mistake on its command line is reported as every `capguard` subcommand reports
+one: one line naming the flag and what to change, exit code 2. It stays on argparse
+rather than capguard's click helpers, so this package imports nothing else of capguard.
+"""
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
 import gc
+import pathlib
 import signal
 import sys
+from typing import NoReturn
 
 from capguard.localcluster import cluster
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, not its usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        # argparse's own messages name the flag; ours (the types below) also say what to do.
+        hint = "" if ";" in message else f"; {self.prog} --help lists the flags"
+        self.exit(2, f"{self.prog}: {message}{hint}\n")
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a port; give 0 to 65535 (0 picks a free one)")
+    return int(text)
+
+
+def _folder(text: str) -> str:
+    if not pathlib.Path(text).is_dir():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a folder; give the folder that holds the CRDs' YAML files")
+    return text
+
+
+def _in_a_folder(text: str) -> str:
+    """A file to write: its folder must exist (the server would fail at start otherwise)."""
+    if not pathlib.Path(text).resolve().parent.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"the folder of {text!r} does not exist; create it or choose another path")
+    return text
+
+
 def parser() -> argparse.ArgumentParser:
-    result = argparse.ArgumentParser(
+    result = _OneLineParser(
         prog="capguard localcluster",
         description="Serve an embedded Kubernetes API server for tests, demos and kubectl.")
     result.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    result.add_argument("--port", type=int, default=0, help="port; 0 picks a free one")
-    result.add_argument("--kubeconfig", default=None,
+    result.add_argument("--port", type=_port, default=0, help="port; 0 picks a free one")
+    result.add_argument("--kubeconfig", type=_in_a_folder, default=None,
                         help="where to write a kubeconfig (default: a temporary file)")
-    result.add_argument("--crds", default=None, help="directory of CRD YAML files to preload")
-    result.add_argument("--audit-log", default=None,
+    result.add_argument("--crds", type=_folder, default=None,
+                        help="directory of CRD YAML files to preload")
+    result.add_argument("--audit-log", type=_in_a_folder, default=None,
                         help="append every request as a JSON line to this file "
                              "(a watch when its stream opens)")
     result.add_argument("--no-namespace-controller", dest="namespace_controller",
@@ -48,12 +87,14 @@ async def _serve(args: argparse.Namespace) -> None:
         # for tens of milliseconds (bench/bench_localcluster.py: ~35 ms with 10,000
         # objects). A higher gen0 threshold was measured too and did not help.
         gc.freeze()
-        print(f"capguard localcluster serving at {local.url}", flush=True)
-        print(f"export KUBECONFIG={local.kubeconfig_path}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(signum, stop.set)
+        # Announced once a SIGTERM would stop it cleanly: whoever waits for this line
+        # may signal it at once.
+        print(f"capguard localcluster serving at {local.url}", flush=True)
+        print(f"export KUBECONFIG={local.kubeconfig_path}", flush=True)
         await stop.wait()
     print("capguard localcluster stopped", file=sys.stderr, flush=True)
