@@ -30,6 +30,7 @@ import re
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
@@ -259,7 +260,7 @@ class ModelServer:
             if request is None:
                 return
             self.busy.add(task)
-            response = await self.respond(request)
+            response = await self.answer(request)
             self.codes[(self._route(request.path), response.status)] += 1
             keep_alive = request.keep_alive and not self.draining()
             writer.write(response.encode(served_by=self.served_by, keep_alive=keep_alive))
@@ -275,6 +276,15 @@ class ModelServer:
     def _route(path: str) -> str:
         known = path in COMPLETION_ROUTES or path in ("/health", "/v1/models", "/metrics")
         return path if known else "other"
+
+    async def answer(self, request: Request) -> Response:
+        """The response to one request; a bug of ours is a 500 and a traceback on stderr."""
+        try:
+            return await self.respond(request)
+        except Exception:
+            traceback.print_exc()
+            return openai_error(500, "the model-server failed; its stderr says why",
+                                kind="server_error", code=None)
 
     async def respond(self, request: Request) -> Response:
         route = (request.method, request.path)
