@@ -25,6 +25,8 @@ from capguard.kube import client
 from capguard.localcluster import LocalCluster
 from e2e import harness
 
+from . import processes
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NAMESPACE = "default"
 
@@ -222,6 +224,33 @@ async def test_a_serving_engine_with_a_fresh_heartbeat_gets_the_request(world: W
     assert (status, body["served_by"], chat_status) == (200, "u1", 200)
     assert [seen["model"] for seen in upstream.seen] == ["llama", "llama"]
     assert [m["id"] for m in models["data"]] == ["llama"]
+
+
+async def test_real_model_servers_serve_through_it_and_their_saturation_is_a_429(
+        world: World) -> None:
+    """Two stand-in model servers, one request in flight each at most, slow enough that
+    four concurrent requests overlap: two are served, one by each; two get 429."""
+    slow = ("--model=llama", "--port=0", "--load-time=0s", "--latency=5s",
+            "--concurrency-per-unit=1")
+    async with (processes.running("capguard.serving.modelserver", *slow, "--name=ms-1") as one,
+                processes.running("capguard.serving.modelserver", *slow, "--name=ms-2") as two,
+                world.gateway() as gateway):
+        await world.engines.serving("e1", model="llama", endpoint=one.url)
+        await world.engines.serving("e2", model="llama", endpoint=two.url)
+        await eventually(lambda: _equals(gateway.routable(world.session, "llama"), 2))
+        answers = await asyncio.gather(*(_served_by(world.session, gateway) for _ in range(4)))
+        page = await gateway.metrics(world.session)
+    assert sorted(answers) == [(200, "ms-1"), (200, "ms-2"), (429, None), (429, None)]
+    assert page.total("capguard_gateway_requests_total", model="llama", code="429") == 2
+    assert page.total("capguard_gateway_upstream_retries_total") == 2
+
+
+async def _served_by(session: aiohttp.ClientSession,
+                     gateway: Gateway) -> tuple[int, str | None]:
+    async with session.post(gateway.url + "/v1/completions", json=completion("llama")) as answer:
+        await answer.read()
+        served_by = answer.headers.get("x-capguard-served-by") if answer.status == 200 else None
+        return answer.status, served_by
 
 
 async def test_an_engine_that_turns_draining_gets_no_new_requests(world: World) -> None:

@@ -31,8 +31,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from capguard import commandline
-from capguard.core import specs
-from capguard.kube import client
+from capguard.kube import client, credentials
+from capguard.serving import modelserver
 
 logger = logging.getLogger("capguard.gateway")
 
@@ -45,6 +45,8 @@ DEFAULT_HEARTBEAT_TIMEOUT: Final = 40.0
 DEFAULT_REQUEST_TIMEOUT: Final = 60.0
 WATCH_SECONDS: Final = 300  # the server ends each watch after this; the gateway resumes it
 MAX_BACKOFF: Final = 30.0
+_HOP_BY_HOP: Final = frozenset({"connection", "keep-alive", "transfer-encoding",
+                                 "content-length", "content-encoding", "date", "server"})
 _LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -130,107 +132,53 @@ class Fleet:
 # --- following the engines ----------------------------------------------------------
 
 
-class Expired(Exception):
-    """The watch's resourceVersion is older than the server keeps: list again."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Connection:
-    """One login: a session and the API server it talks to."""
-
-    api: client.Api
-    session: aiohttp.ClientSession
-    server: str
-
-
-def login() -> kopf.ConnectionInfo:
-    """Credentials from KUBECONFIG, ~/.kube/config, or the Pod's service account."""
-    settings = kopf.OperatorSettings()
-    info = kopf.login_with_kubeconfig(settings=settings)
-    info = info or kopf.login_with_service_account(settings=settings)
+def login(kubeconfig: str | None) -> kopf.ConnectionInfo:
+    """--kubeconfig, KUBECONFIG, ~/.kube/config, or the Pod's service account."""
+    info = credentials.login(kubeconfig, settings=kopf.OperatorSettings())
     if info is None:
         raise click.UsageError("no kubeconfig found and not in a cluster; pass --kubeconfig FILE")
     return info
 
 
-def connect(info: kopf.ConnectionInfo) -> Connection:
-    session = client.make_session(info, connection_limit=4)
-    api = client.Api()
-    api.connect(session=session, server=info.server)
-    return Connection(api=api, session=session, server=info.server.rstrip("/"))
-
-
-async def follow(*, namespace: str, fleet: Fleet,
-                 credentials: kopf.ConnectionInfo | None = None) -> None:
-    """List and watch the engines for ever: again after 410, with backoff after errors,
-    and with a fresh login after 401 (a rotated service-account token)."""
-    connection = connect(credentials or login())
+async def follow(api: client.Api, *, namespace: str, fleet: Fleet) -> None:
+    """List and watch the engines for ever: again after 410 Expired, with backoff after
+    errors (the Api logs in again on a 401)."""
     backoff = 1.0
-    try:
-        while True:
-            try:
-                version = await relist(connection, namespace=namespace, fleet=fleet)
-                backoff = 1.0
-                while True:
-                    version = await watch(connection, namespace=namespace, fleet=fleet,
-                                          version=version)
-            except Expired:
-                logger.info("the engines' watch expired; listing again")
-            except client.Unauthorized:
-                logger.warning("the API server refused the credentials; logging in again")
-                await connection.session.close()
-                connection = connect(login())
-            except (TimeoutError, aiohttp.ClientError, client.ApiError, ValueError) as error:
-                logger.warning("following the engines failed (%s); again in %.0fs",
-                               error or type(error).__name__, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
-    finally:
-        await connection.session.close()
+    while True:
+        try:
+            version = await relist(api, namespace=namespace, fleet=fleet)
+            backoff = 1.0
+            while True:
+                version = await watch(api, namespace=namespace, fleet=fleet, version=version)
+        except client.Expired:
+            logger.info("the engines' watch expired; listing again")
+        except (TimeoutError, aiohttp.ClientError, client.ApiError, ValueError) as error:
+            logger.warning("following the engines failed (%s); again in %.0fs",
+                           error or type(error).__name__, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
 
 
-async def relist(connection: Connection, *, namespace: str, fleet: Fleet) -> str:
+async def relist(api: client.Api, *, namespace: str, fleet: Fleet) -> str:
     """Replace the fleet with a fresh LIST; the list's resourceVersion."""
     bodies: list[client.Body] = []
     version = ""
-    async for page in connection.api.pages(client.ENGINES, namespace=namespace):
+    async for page in api.pages(client.ENGINES, namespace=namespace):
         version = version or str((page.get("metadata") or {}).get("resourceVersion") or "")
         bodies.extend(page.get("items") or [])
     fleet.replace(bodies)
     return version
 
 
-async def watch(connection: Connection, *, namespace: str, fleet: Fleet, version: str) -> str:
+async def watch(api: client.Api, *, namespace: str, fleet: Fleet, version: str) -> str:
     """One WATCH from `version` until the server ends it; the last version seen."""
-    params = {"watch": "1", "resourceVersion": version, "allowWatchBookmarks": "true",
-              "timeoutSeconds": str(WATCH_SECONDS)}
-    url = connection.server + client.ENGINES.path(namespace=namespace)
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=WATCH_SECONDS + 30)
-    async with connection.session.get(url, params=params, timeout=timeout,
-                                      headers={"Accept": client.JSON}) as response:
-        if response.status == 410:
-            raise Expired()
-        if response.status >= 400:
-            raise client._error(response.status, await response.text(),
-                                headers=response.headers)
-        async for line in response.content:
-            if line.strip():
-                version = _event(json.loads(line), fleet=fleet) or version
+    async for event in api.watch(client.ENGINES, namespace=namespace, resource_version=version,
+                                 timeout_seconds=WATCH_SECONDS):
+        kind, body = event.get("type"), event.get("object") or {}
+        if kind in {"ADDED", "MODIFIED", "DELETED"}:
+            fleet.apply(kind, body)
+        version = str((body.get("metadata") or {}).get("resourceVersion") or version)
     return version
-
-
-def _event(event: Mapping[str, Any], *, fleet: Fleet) -> str:
-    """Apply one watch event; the resourceVersion it carries."""
-    kind, body = event.get("type"), event.get("object") or {}
-    if kind == "ERROR":
-        if body.get("code") == 410:
-            raise Expired()
-        raise client.ApiError(status=int(body.get("code") or 500),
-                              reason=str(body.get("reason") or ""),
-                              message=str(body.get("message") or ""))
-    if kind in {"ADDED", "MODIFIED", "DELETED"}:
-        fleet.apply(kind, body)
-    return str((body.get("metadata") or {}).get("resourceVersion") or "")
 
 
 # --- serving requests ---------------------------------------------------------------
@@ -267,7 +215,7 @@ class Upstream:
 
     status: int
     body: bytes
-    content_type: str
+    headers: Mapping[str, str]
 
 
 class Gateway:
@@ -351,8 +299,7 @@ class Gateway:
             return relayed
         if declined:  # a saturated engine's 429 says more than a leaving one's 503
             chosen = min(declined, key=lambda d: d.status != 429)
-            return web.Response(status=chosen.status, body=chosen.body,
-                                headers={"Content-Type": chosen.content_type})
+            return web.Response(status=chosen.status, body=chosen.body, headers=chosen.headers)
         return error(502, message=f"no engine of {engines[0].model} could be reached",
                      type_="bad_gateway", code="upstream_unreachable")
 
@@ -361,14 +308,13 @@ class Gateway:
         assert self._session is not None
         async with self._session.post(engine.endpoint + request.path, data=raw,
                                       headers={"Content-Type": "application/json"}) as upstream:
-            content_type = upstream.headers.get("Content-Type", "application/json")
+            headers = _end_to_end(upstream.headers)
             if upstream.status in RETRYABLE:
-                return Upstream(upstream.status, await upstream.read(), content_type)
-            if not content_type.startswith("text/event-stream"):
+                return Upstream(upstream.status, await upstream.read(), headers)
+            if not headers.get("Content-Type", "").startswith("text/event-stream"):
                 return web.Response(status=upstream.status, body=await upstream.read(),
-                                    headers={"Content-Type": content_type})
-            streamed = web.StreamResponse(status=upstream.status,
-                                          headers={"Content-Type": content_type})
+                                    headers=headers)
+            streamed = web.StreamResponse(status=upstream.status, headers=headers)
             await streamed.prepare(request)
             async for chunk in upstream.content.iter_any():
                 await streamed.write(chunk)
@@ -399,6 +345,12 @@ class Gateway:
         return web.Response(status=503, text="the engines have not been listed yet")
 
 
+def _end_to_end(headers: Mapping[str, str]) -> dict[str, str]:
+    """The upstream's headers a client should see (Retry-After, the engine that served),
+    without those of the upstream connection or the encoding aiohttp already undid."""
+    return {k: v for k, v in headers.items() if k.lower() not in _HOP_BY_HOP}
+
+
 def _model_of(raw: bytes) -> str | None:
     try:
         body = json.loads(raw)
@@ -411,20 +363,9 @@ def _model_of(raw: bytes) -> str | None:
 # --- the command --------------------------------------------------------------------
 
 
-def duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
-    """A click callback: seconds, written as 40s, 1m30s or a plain number."""
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        return specs.parse_duration(value)
-    except ValueError as failure:
-        raise click.BadParameter(str(failure), ctx=ctx, param=param) from None
-
-
-async def serve(*, namespace: str, host: str, port: int, heartbeat_timeout: float,
-                request_timeout: float, credentials: kopf.ConnectionInfo) -> None:
+async def serve(*, kubeconfig: str | None, namespace: str, host: str, port: int,
+                heartbeat_timeout: float, request_timeout: float,
+                info: kopf.ConnectionInfo) -> None:
     """Follow the engines and serve until SIGTERM or SIGINT."""
     fleet = Fleet()
     gateway = Gateway(fleet=fleet, heartbeat_timeout=heartbeat_timeout,
@@ -439,8 +380,10 @@ async def serve(*, namespace: str, host: str, port: int, heartbeat_timeout: floa
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    following = asyncio.create_task(follow(namespace=namespace, fleet=fleet,
-                                           credentials=credentials))
+    api = client.Api()
+    api.login(info, connection_limit=4,
+              relogin=lambda: credentials.login(kubeconfig, settings=kopf.OperatorSettings()))
+    following = asyncio.create_task(follow(api, namespace=namespace, fleet=fleet))
     try:
         await stop.wait()
     finally:
@@ -448,6 +391,7 @@ async def serve(*, namespace: str, host: str, port: int, heartbeat_timeout: floa
         with contextlib.suppress(asyncio.CancelledError):
             await following
         await runner.cleanup()
+        await api.close()
 
 
 @click.command("gateway", cls=commandline.OneLineCommand)
@@ -459,27 +403,25 @@ async def serve(*, namespace: str, host: str, port: int, heartbeat_timeout: floa
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
               help="Port to listen on; 0 picks a free one (the first line says which).")
-@click.option("--heartbeat-timeout", default="40s", callback=duration, show_default=True,
+@click.option("--heartbeat-timeout", default="40s", show_default=True,
+              callback=modelserver.duration,
               help="An engine whose agent has not renewed its heartbeat for this long gets no "
                    "requests; 0 turns the check off (engines without an agent).")
-@click.option("--request-timeout", default="60s", callback=duration, show_default=True,
+@click.option("--request-timeout", default="60s", show_default=True,
+              callback=modelserver.duration,
               help="How long an engine may take to answer before the client gets a 504.")
 def command(*, namespace: str, kubeconfig: str | None, context: str | None, host: str,
             port: int, heartbeat_timeout: float, request_timeout: float) -> None:
     """Route OpenAI-compatible requests by model to the engines that serve it."""
-    import os
-
     from capguard import cli
 
     if context is not None:
         kubeconfig = cli._with_context(kubeconfig, context)
-    if kubeconfig:
-        os.environ["KUBECONFIG"] = kubeconfig  # Kopf's kubeconfig login reads only this
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    credentials = login()
-    asyncio.run(serve(namespace=namespace, host=host, port=port,
+    info = login(kubeconfig)
+    asyncio.run(serve(kubeconfig=kubeconfig, namespace=namespace, host=host, port=port,
                       heartbeat_timeout=heartbeat_timeout, request_timeout=request_timeout,
-                      credentials=credentials))
+                      info=info))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import aiohttp
 import click
 
 from capguard import commandline
-from capguard.serving import gateway as gateway_
+from capguard.serving import modelserver
 
 Rate = Callable[[str, float], float] | Mapping[str, float]
 OnSecond = Callable[[int, Mapping[str, "Second"]], None]
@@ -286,9 +286,9 @@ def _table(recording: Recording) -> str:
 @click.option("--gateway", "url", required=True, help="The gateway's base URL.")
 @click.option("--rate", "rate", multiple=True, required=True, callback=rates,
               help="MODEL=RPS: requests per second for a model (repeat for more models).")
-@click.option("--duration", default="60s", show_default=True, callback=gateway_.duration,
+@click.option("--duration", default="60s", show_default=True, callback=modelserver.duration,
               help="How long to send for.")
-@click.option("--timeout", default="30s", show_default=True, callback=gateway_.duration,
+@click.option("--timeout", default="30s", show_default=True, callback=modelserver.duration,
               help="A request unanswered for this long counts as failed (timeout).")
 @click.option("--seed", type=int, default=0, show_default=True, help="The schedule's seed.")
 @click.option("--max-in-flight", type=click.IntRange(min=1), default=DEFAULT_MAX_IN_FLIGHT,
