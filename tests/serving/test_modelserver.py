@@ -187,13 +187,26 @@ async def test_a_load_that_fails_exits_3_with_one_line_naming_the_model() -> Non
 ])
 async def test_a_users_mistake_is_one_line_and_exit_2(flag: str, value: str,
                                                       named: str) -> None:
+    line = await one_line_exit_2("--model", MODEL, "--port", "0", flag, value)
+    assert named in line
+
+
+async def test_a_busy_port_is_one_line_and_exit_2() -> None:
+    async with server("--load-time", "0") as started:
+        port = started.url.rsplit(":", 1)[1]
+        line = await one_line_exit_2("--model", MODEL, "--port", port)
+    assert f"'--port': cannot listen on 127.0.0.1:{port}" in line
+
+
+async def one_line_exit_2(*args: str) -> str:
     process = await asyncio.create_subprocess_exec(
-        *processes.python_module(MODULE), "--model", MODEL, "--port", "0", flag, value,
+        *processes.python_module(MODULE), *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     stdout, stderr = await process.communicate()
     assert (process.returncode, stdout) == (2, b"")
     [line] = stderr.decode().splitlines()
-    assert named in line
+    assert line.startswith("capguard model-server: ")
+    return line
 
 
 @pytest.mark.parametrize("text", ["0", "1.5", "90s", "250ms", "1h30m", "1.5m", "5m2s"])

@@ -25,6 +25,7 @@ import enum
 import http
 import json
 import math
+import os
 import random
 import re
 import signal
@@ -414,7 +415,8 @@ async def serve(options: Options, *, host: str, port: int) -> int:
     try:
         listener = await asyncio.start_server(server.connection, host, port, limit=MAX_HEAD)
     except OSError as error:
-        raise click.BadParameter(f"cannot listen on {host}:{port}: {error.strerror}",
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise click.BadParameter(f"cannot listen on {host}:{port}: {reason}",
                                  param_hint="'--port'") from None
     bound_host, bound_port = listener.sockets[0].getsockname()[:2]
     server.served_by = options.name or f"{bound_host}:{bound_port}"
@@ -489,4 +491,4 @@ def command(*, host: str, port: int, revision: str | None, **flags: Any) -> None
 
 
 if __name__ == "__main__":
-    command()
+    command(prog_name="model-server")  # errors read `capguard model-server: ...`, as in cli
