@@ -1,7 +1,10 @@
 """The `capguard` command: the only place that wires the parts together.
 
 Subcommands import their wing lazily so `capguard simulate` never pays for Kopf or
-aiohttp, and `capguard localcluster` never imports the operator.
+aiohttp, and `capguard localcluster` never imports the operator. The base install is
+the image's (the operator, the engine agent, the gateway); a subcommand that needs one
+of pyproject.toml's extras checks for it first and, when it is missing, names it in one
+line (`_needs`) instead of failing with an ImportError.
 """
 
 from __future__ import annotations
@@ -10,8 +13,10 @@ import datetime
 import json
 import logging
 import pathlib
+import re
 import socket
 import sys
+from importlib import metadata
 from typing import Any
 
 import click
@@ -35,6 +40,7 @@ def main() -> None:
 @click.pass_context
 def localcluster(ctx: click.Context) -> None:
     """Serve the embedded Kubernetes API server in the foreground (see --help)."""
+    _needs("localcluster")
     from capguard import localcluster as embedded
 
     sys.exit(embedded.main(list(ctx.args)))
@@ -69,6 +75,7 @@ def simulate(
     list_scenarios: bool,
 ) -> None:
     """Replay an incident scenario on a virtual clock, naive vs guarded."""
+    _needs("console", *(["plot"] if plot else []))
     import pathlib
 
     import rich.console
@@ -238,6 +245,7 @@ def demo(
     seed: int, speed: float, keep: bool, crds: str | None,
 ) -> None:
     """Play the march-4 incident live: embedded cluster, real operator, measured."""
+    _needs("demo")
     import pathlib
 
     from capguard import demo as demo_
@@ -293,6 +301,7 @@ def crds() -> None:
 def status(*, kubeconfig: str | None, namespace: str | None, all_namespaces: bool,
            context: str | None, output: str) -> None:
     """Show the fleet, its models and breakers as tables, from any cluster."""
+    _needs("console")
     import asyncio
     import os
 
@@ -310,6 +319,43 @@ def status(*, kubeconfig: str | None, namespace: str | None, all_namespaces: boo
         console = rich.console.Console(width=160)  # a pipe gets whole rows, not 80 columns
     sys.exit(asyncio.run(status_.show(namespace=namespace, all_namespaces=all_namespaces,
                                       console=console, output=output)))
+
+
+def _needs(*extras: str) -> None:
+    """A subcommand whose extras are not all installed names them in one line (exit 2)."""
+    missing = [extra for extra in extras if not _installed(extra)]
+    if missing:
+        plural = "s" if len(missing) > 1 else ""
+        raise OneLineUsage(f"needs the {' and '.join(missing)} extra{plural}: "
+                           f"pip install 'capguard[{','.join(missing)}]'",
+                           click.get_current_context(silent=True))
+
+
+def _installed(extra: str) -> bool:
+    """Whether every distribution that capguard's metadata lists for `extra` is installed.
+
+    pyproject.toml stays the one list of what each extra holds. capguard run from a
+    source tree without metadata has nothing to check against: the import decides.
+    """
+    try:
+        requirements = metadata.requires("capguard") or []
+    except metadata.PackageNotFoundError:
+        return True
+    for requirement in requirements:
+        named, _, marker = requirement.partition(";")
+        if not re.search(rf"""extra\s*==\s*["']{re.escape(extra)}["']""", marker):
+            continue
+        found = re.match(r"\s*([A-Za-z0-9._-]+)\s*(?:\[([^\]]*)\])?", named)
+        assert found is not None, requirement  # a name starts every requirement
+        if found[1] == "capguard":  # an extra made of others: capguard[console,plot]
+            if not all(_installed(inner.strip()) for inner in (found[2] or "").split(",")):
+                return False
+            continue
+        try:
+            metadata.distribution(found[1])
+        except metadata.PackageNotFoundError:
+            return False
+    return True
 
 
 def _with_context(kubeconfig: str | None, context: str) -> str:

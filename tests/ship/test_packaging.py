@@ -1,10 +1,18 @@
-"""What `pip install capguard` gives a user without a checkout: the CRDs travel in the wheel.
+"""What `pip install capguard` gives a user without a checkout: the CRDs travel in the wheel,
+and the base install (the image's) runs the operator's commands and names the extra that
+any other command needs.
 
 crds/*.yaml is their one source; setup.py copies it into the wheel as capguard/crds/, so
 nothing is mirrored in git. The wheel is built as the Dockerfile builds it (the session's
-`capguard_wheel`), installed into an empty virtualenv with no index (its dependencies come
-from the tests' own site-packages through a path line), and run from a folder outside the
-checkout. About 20 s in all, most of it the demo (14 s at --speed 600).
+`capguard_wheel`) and run from a folder outside the checkout, installed two ways:
+
+- `installed`: into an empty virtualenv with no index, its dependencies (every extra's)
+  from the tests' own site-packages through a path line: what `capguard[demo]` gives;
+- `base`: as the Dockerfile installs it, operator/requirements.lock from the package
+  index with --require-hashes, then the wheel with no dependencies: the image's install.
+
+About 25 s in all, most of it the demo (14 s at --speed 600) and the lock's download
+(a few seconds from pip's cache).
 """
 
 from __future__ import annotations
@@ -21,8 +29,10 @@ import pytest
 import yaml
 from click import testing
 
+import capguard
 from capguard import cli
 
+from . import lockfile
 from .manifests import ROOT
 
 CRDS = sorted((ROOT / "crds").glob("*.yaml"))
@@ -68,6 +78,22 @@ def installed(capguard_wheel: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return venv / "bin"
 
 
+@pytest.fixture(scope="module")
+def base(capguard_wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty virtualenv given the lock, then the wheel, as the image's build stage does;
+    returns its bin/."""
+    venv = tmp_path_factory.mktemp("base") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python")]
+    for step in (["install", "--only-binary=:all:", "--require-hashes",
+                  "--requirement", str(lockfile.LOCK)],
+                 ["install", "--no-deps", "--no-index", str(capguard_wheel)]):
+        done = subprocess.run([*pip, "--quiet", "--disable-pip-version-check", *step],
+                              capture_output=True, text=True, check=False, timeout=300)
+        assert done.returncode == 0, f"pip {' '.join(step)}:\n{done.stderr[-3000:]}"
+    return venv / "bin"
+
+
 @pytest.fixture
 def elsewhere(tmp_path: Path) -> dict[str, str]:
     """An environment whose working folder and PYTHONPATH know nothing of the checkout."""
@@ -108,3 +134,44 @@ def test_installed_capguard_demo_installs_its_crds_and_plays(
     measures = json.loads(played.stdout.strip().splitlines()[-1])
     assert measures["mode"] == "guarded"
     assert measures["floor_breaking_actions"] == 0
+
+
+@pytest.mark.slow
+def test_the_lock_is_exactly_what_the_base_install_needs(base: Path) -> None:
+    pip = [sys.executable, "-m", "pip", "--python", str(base / "python"),
+           "--disable-pip-version-check"]
+    checked = subprocess.run([*pip, "check"], capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, f"the lock does not meet the wheel's needs: {checked.stdout}"
+    listed = subprocess.run([*pip, "list", "--format=json"], capture_output=True, text=True,
+                            check=True)
+    installed = {lockfile.normalized(d["name"]): d["version"] for d in json.loads(listed.stdout)}
+    assert installed.pop("capguard") == capguard.__version__
+    installed.pop("pip", None)  # the virtualenv's own tool, uninstalled in the image
+    assert installed == {name: pin.version for name, pin in lockfile.pins().items()}
+
+
+@pytest.mark.slow
+def test_the_base_install_runs_the_operator_commands(
+        base: Path, elsewhere: dict[str, str], tmp_path: Path) -> None:
+    for argv in (["--help"], ["run", "--help"], ["demo", "--help"]):
+        helped = _run([str(base / "capguard"), *argv], cwd=tmp_path, env=elsewhere)
+        assert helped.returncode == 0, f"capguard {' '.join(argv)}: {helped.stderr}"
+    printed = _run([str(base / "capguard"), "crds"], cwd=tmp_path, env=elsewhere)
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout == _stream()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("argv", "says"), [
+    (["demo"], "capguard demo: needs the demo extra: pip install 'capguard[demo]'"),
+    (["localcluster", "--port", "0"],
+     "capguard localcluster: needs the localcluster extra: pip install 'capguard[localcluster]'"),
+    (["simulate", "--plot", "timeline.png"], "capguard simulate: needs the console and plot "
+     "extras: pip install 'capguard[console,plot]'"),
+    (["status"], "capguard status: needs the console extra: pip install 'capguard[console]'"),
+], ids=lambda v: v[0] if isinstance(v, list) else "")
+def test_the_base_install_names_the_extra_a_command_needs(
+        base: Path, elsewhere: dict[str, str], tmp_path: Path, argv: list[str], says: str,
+) -> None:
+    done = _run([str(base / "capguard"), *argv], cwd=tmp_path, env=elsewhere)
+    assert (done.returncode, done.stderr, done.stdout) == (2, says + "\n", "")
