@@ -110,7 +110,7 @@ async def test_it_answers_for_its_model_in_openai_shapes() -> None:
         assert body["choices"][0]["message"]["content"]
 
 
-async def test_another_model_is_404_and_a_bad_body_400() -> None:
+async def test_another_model_is_404_a_bad_body_400_and_an_unknown_url_404() -> None:
     async with server("--load-time", "0") as started, aiohttp.ClientSession() as session:
         status, body, _ = await post(session, started.url, {"model": "qwen", "prompt": "x"})
         assert status == 404
@@ -124,6 +124,9 @@ async def test_another_model_is_404_and_a_bad_body_400() -> None:
 
         status, body, _ = await post(session, started.url, {"model": MODEL})
         assert status == 400 and body["error"]["param"] == "prompt"
+
+        assert (await get(session, started.url + "/v1/embeddings"))[0] == 404
+        assert (await get(session, started.url + "/v1/completions"))[0] == 405
 
         async with session.get(started.url + "/metrics") as response:
             metrics = await response.text()

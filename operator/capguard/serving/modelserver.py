@@ -41,6 +41,7 @@ from capguard import commandline
 
 COMPLETION_ROUTES: Final = {"/v1/completions": "text_completion",
                             "/v1/chat/completions": "chat.completion"}
+PATHS: Final = frozenset({*COMPLETION_ROUTES, "/health", "/v1/models", "/metrics"})
 MAX_HEAD: Final = 64 * 1024  # request line and headers
 MAX_BODY: Final = 8 * 1024 * 1024
 JITTER: Final = 0.25  # each latency is the mean times uniform(1 - JITTER, 1 + JITTER)
@@ -275,8 +276,7 @@ class ModelServer:
 
     @staticmethod
     def _route(path: str) -> str:
-        known = path in COMPLETION_ROUTES or path in ("/health", "/v1/models", "/metrics")
-        return path if known else "other"
+        return path if path in PATHS else "other"  # a bounded label set for /metrics
 
     async def answer(self, request: Request) -> Response:
         """The response to one request; a bug of ours is a 500 and a traceback on stderr."""
@@ -297,8 +297,7 @@ class ModelServer:
             return self.unavailable() or self.models()
         if request.method == "POST" and request.path in COMPLETION_ROUTES:
             return await self.complete(request)
-        known = request.path in COMPLETION_ROUTES or request.path in ("/health", "/v1/models")
-        return openai_error(405 if known else 404,
+        return openai_error(405 if request.path in PATHS else 404,
                             f"Invalid URL ({request.method} {request.path})",
                             kind="invalid_request_error", code="unknown_url")
 
