@@ -37,14 +37,17 @@ def test_kubectl_wait_for_ready_returns_only_after_a_scale_up_is_complete(
                                      "Stalled": ("False", "Progressing")}
 
 
-def test_a_model_no_engine_can_serve_is_stalled_not_reconciling_forever(
+def test_a_floor_the_engines_cannot_cover_is_stalled_not_reconciling_forever(
     kube: harness.Kubectl, operators: Operators,
 ) -> None:
-    lost = harness.model("lost", replicas=2, extra={
-        "engineSelector": {"matchLabels": {"capguard.dev/pool": "nowhere"}}})
-    kube.apply(*harness.engines("ie", 2), lost)
+    kube.apply(*harness.engines("ie", 2), harness.model("big", replicas=4, min_available=4))
     operators.start()
-    kube.run("wait", "--for=condition=Stalled", "mc/lost", "--timeout=20s")
-    assert summary(kube, "lost") == {"Ready": ("False", "NoEligibleEngines"),
-                                     "Reconciling": ("False", "NoEligibleEngines"),
-                                     "Stalled": ("True", "NoEligibleEngines")}
+    kube.run("wait", "--for=condition=Stalled", "mc/big", "--timeout=20s")
+    assert summary(kube, "big") == {"Ready": ("False", "InsufficientCapacity"),
+                                    "Reconciling": ("False", "InsufficientCapacity"),
+                                    "Stalled": ("True", "InsufficientCapacity")}
+    # Engines added, the supply covers it: no longer stalled, and Ready once it serves.
+    kube.apply(*harness.engines("more", 2))
+    kube.run("wait", "--for=condition=Ready", "mc/big", "--timeout=30s", timeout=45)
+    assert harness.serving_units(kube.items("ie")).get("big") == 4
+    assert summary(kube, "big")["Stalled"] == ("False", "Progressing")
