@@ -8,7 +8,7 @@ and are all that is printed when the output is not a terminal (CI, `--json` in a
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Final
+from typing import IO, Any, Final
 
 from rich import console as rich_console
 from rich import table as rich_table
@@ -19,9 +19,30 @@ from capguard.demo import record
 from capguard.sim import measures, scenarios
 
 BAR_WIDTH: Final = 20
+# Off a terminal rich assumes 80 columns and wraps every longer line and table; a pipe
+# or a log file has no width, so a line stays one line (a grep finds it whole).
+PIPE_WIDTH: Final = 1000
 # Event reasons worth a line of their own (the operator's stable reasons).
 NARRATED: Final = frozenset({"BreakerOpened", "BreakerHalfOpen", "BreakerClosed",
                              "BatchRefused", "FloorProtected", "ActionConflict"})
+
+
+def time_note(*, speed: float, duration: float) -> list[str]:
+    """Said once, before the incident: its clock against the real one everything else shows."""
+    if speed >= 60:
+        rate = f"{_count(speed / 60, 'incident minute')} = 1 real second"
+    else:
+        rate = f"1 incident minute = {_count(60 / speed, 'real second')}"
+    return [
+        f"time: {rate} at --speed {speed:g}; the MM:SS clock here is the incident's "
+        f"(up to {duration / 60:g} minutes: {duration / speed:.0f} real seconds)",
+        f"      Events, kubectl describe and the operator's log show real time: "
+        f"an Event's '10s' is {_count(10 * speed / 60, 'incident minute')}",
+    ]
+
+
+def _count(number: float, unit: str) -> str:
+    return f"{number:.3g} {unit}{'' if number == 1 else 's'}"
 
 
 def clock(virtual_seconds: float) -> str:
@@ -105,5 +126,10 @@ def kubectl_lines(*, kubeconfig: str, namespace: str, metrics_port: int,
     )
 
 
-def make_console(*, stderr: bool) -> rich_console.Console:
-    return rich_console.Console(stderr=stderr, highlight=False)
+def make_console(*, stderr: bool, file: IO[str] | None = None) -> rich_console.Console:
+    """A terminal's own width; elsewhere lines as long as they are, never wrapped."""
+    console = rich_console.Console(stderr=stderr, file=file, highlight=False)
+    if console.is_terminal:
+        return console
+    return rich_console.Console(stderr=stderr, file=file, highlight=False, width=PIPE_WIDTH,
+                                soft_wrap=True)

@@ -181,7 +181,7 @@ class Run:
         self.console.print(
             f"fleet: {s.models} models x {s.units_per_model} units, {s.engine_count} engines "
             f"in pools {', '.join(s.pools)}, breaker {fleet.BREAKER_NAME!r} "
-            f"(namespace {ns}); time runs {self.options.speed:g}x")
+            f"(namespace {ns})")
 
     async def _create_engine(self, engine: fleet.Engine) -> None:
         api, ns = self.connection.api, self.options.namespace
@@ -251,6 +251,9 @@ class Run:
     # -- the incident ---------------------------------------------------------------------
 
     async def _incident(self) -> None:
+        for line in display.time_note(speed=self.options.speed,
+                                      duration=self.options.scenario.duration):
+            self.console.print(line)
         self.recorder.start()
         self.zero = time.monotonic()
         background = [asyncio.create_task(self._scrape_metrics(), name="capguard-demo metrics")]
