@@ -38,6 +38,7 @@ StopFlag = (asyncio.Event | asyncio.Future[Any] | threading.Event
 SERVICE_ACCOUNT_NAMESPACE: Final = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 # /livez fails when the reconcile loop stood still this long (or 10 intervals, if longer).
 LIVENESS_MIN_SECONDS: Final = 60.0
+ACCESS_LOGGER: Final = "aiohttp.access"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,6 +254,7 @@ async def serve(
     writer between the planner and the API server.
     """
     handles, registry = assemble(options, api=api)
+    _quiet_access_log()
     if options.naive:
         logger.warning("NAIVE mode, the incident's capacity manager: the guard is off, only an "
                        "Open breaker holds actions; while one is Open plans build on a cached "
@@ -292,6 +294,14 @@ async def serve(
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await handles.reconciler.api.close()
+
+
+def _quiet_access_log() -> None:
+    """No line per probe or scrape: Kopf's liveness server logs every request at INFO
+    (aiohttp's access log; the metrics server asks for none), and a kubelet probing every
+    few seconds makes that thousands of lines a day per pod. Debug logging keeps them."""
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        logging.getLogger(ACCESS_LOGGER).setLevel(logging.WARNING)
 
 
 def run(options: Options) -> None:
