@@ -390,5 +390,16 @@ def _with_context(kubeconfig: str | None, context: str) -> str:
     return copy
 
 
+def _serving_commands() -> None:
+    """The engines' side (issue 12, docs/engines.md): their modules define their commands
+    and import their wings lazily, like the ones above."""
+    from capguard.serving import agent, gateway, loadgen, modelserver
+
+    for command in (agent.command, modelserver.command, gateway.command, loadgen.command):
+        main.add_command(command)
+
+
+_serving_commands()
+
 if __name__ == "__main__":
     main()

@@ -14,8 +14,9 @@ The audit log is JSON lines in either of two shapes:
 - a Kubernetes audit event (``kind: Event`` from kind's audit backend): ``verb``,
   ``objectRef`` and ``user.username``.
 
-Only the operator's requests count: by default those whose user agent starts with
-``kopf`` or ``capguard`` (the two HTTP clients in the operator process), or whose user
+Only the operator's requests count: by default those whose user agent is
+``kopf/…`` or ``capguard`` (the two HTTP clients in the operator process, not the engine
+agent's ``capguard-engine/…``), or whose user
 is the operator's service account. Non-resource requests (discovery: ``/api``,
 ``/apis/...``, ``/version``) are allowed to every authenticated user by the built-in
 ``system:discovery`` role and are not checked against capguard's rules.
@@ -37,7 +38,7 @@ from typing import Any, Final
 
 import yaml
 
-OPERATOR_AGENTS: Final = re.compile(r"^(kopf|capguard)(/|\b)")
+OPERATOR_AGENTS: Final = re.compile(r"^(kopf|capguard)(/|$)")  # not capguard-engine
 SERVICE_ACCOUNT: Final = ("capguard-system", "capguard-operator")
 _METHOD_VERBS: Final = {"POST": "create", "PUT": "update", "PATCH": "patch"}
 
@@ -253,6 +254,14 @@ def parse_path(*, method: str, path: str) -> Request | None:
         verb = "delete" if name else "deletecollection"
     else:
         verb = _METHOD_VERBS.get(method, method.lower())
+    if verb in ("list", "watch") and not name:
+        # A list or watch of one object by fieldSelector=metadata.name=X is authorized as
+        # a request for X (RequestInfo does this), so resourceNames can allow it.
+        for selector in query.get("fieldSelector", []):
+            for term in selector.split(","):
+                key, _, value = term.partition("=")
+                if key == "metadata.name" and value and not value.startswith("="):
+                    name = value
     return Request(verb=verb, api_group=group, resource=resource, subresource=subresource,
                    namespace=namespace, name=name)
 

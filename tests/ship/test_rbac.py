@@ -41,6 +41,13 @@ LEASE_RULE = rbac.Rule(source="Role/l", api_groups=("coordination.k8s.io",),
     ("GET", "/api/v1/namespaces/prod", rbac.Request("get", "", "namespaces", "", "prod", "prod")),
     ("DELETE", "/api/v1/namespaces/prod/events", rbac.Request("deletecollection", "", "events",
                                                                 "", "prod")),
+    # One object by name: resourceNames may allow it (RequestInfo reads the selector).
+    ("GET", "/apis/capguard.dev/v1alpha1/namespaces/prod/inferenceengines?watch=true"
+            "&fieldSelector=metadata.name%3De-1",
+     rbac.Request("watch", "capguard.dev", "inferenceengines", "", "prod", "e-1")),
+    ("GET", "/apis/capguard.dev/v1alpha1/namespaces/prod/inferenceengines"
+            "?fieldSelector=metadata.name%21%3De-1",
+     rbac.Request("list", "capguard.dev", "inferenceengines", "", "prod")),
     ("GET", "/apis", None),
     ("GET", "/apis/capguard.dev/v1alpha1", None),
     ("GET", "/version", None),

@@ -25,6 +25,7 @@ MERGE_PATCH: Final = "application/merge-patch+json"
 JSON: Final = "application/json"
 DEFAULT_CONNECTION_LIMIT: Final = defaults.CONNECTION_LIMIT
 DEFAULT_REQUEST_TIMEOUT: Final = 30.0
+USER_AGENT: Final = "capguard"
 
 Body = dict[str, Any]
 
@@ -92,12 +93,14 @@ class Unauthorized(ApiError):
 
 
 def make_session(
-    info: kopf.ConnectionInfo, *, connection_limit: int = DEFAULT_CONNECTION_LIMIT
+    info: kopf.ConnectionInfo, *, connection_limit: int = DEFAULT_CONNECTION_LIMIT,
+    user_agent: str = USER_AGENT,
 ) -> aiohttp.ClientSession:
-    """An aiohttp session from Kopf's credentials, with a bounded connection pool."""
+    """An aiohttp session from Kopf's credentials, with a bounded connection pool. The
+    user agent names the process in audit logs (the operator, an engine agent, ...)."""
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=connection_limit, ssl=info.as_ssl_context()),
-        headers={"User-Agent": "capguard", **info.as_http_headers()},
+        headers={"User-Agent": user_agent, **info.as_http_headers()},
         trust_env=info.trust_env,
     )
 
@@ -110,7 +113,9 @@ class Api:
     service-account token, say) before the request is tried once more.
     """
 
-    def __init__(self, *, request_timeout: float = DEFAULT_REQUEST_TIMEOUT) -> None:
+    def __init__(self, *, request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+                 user_agent: str = USER_AGENT) -> None:
+        self.user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
         self._server = ""
         self._ready = asyncio.Event()
@@ -137,8 +142,8 @@ class Api:
         old = self._session if self._info is not None else None
         self._info, self._connection_limit = info, connection_limit
         self._relogin = relogin or self._relogin
-        self.connect(session=make_session(info, connection_limit=connection_limit),
-                     server=info.server)
+        self.connect(session=make_session(info, connection_limit=connection_limit,
+                                          user_agent=self.user_agent), server=info.server)
         if old is not None and not old.closed:
             asyncio.get_running_loop().create_task(old.close())
 
@@ -182,7 +187,8 @@ class Api:
     def _own_session(self) -> aiohttp.ClientSession:
         assert self._session is not None
         if self._session.closed and self._info is not None:
-            self.connect(session=make_session(self._info, connection_limit=self._connection_limit),
+            self.connect(session=make_session(self._info, connection_limit=self._connection_limit,
+                                              user_agent=self.user_agent),
                          server=self._info.server)
         return self._session
 

@@ -37,6 +37,7 @@ from typing import Any, Final
 
 import click
 
+import capguard
 from capguard.commandline import OneLineCommand, OneLineUsage
 from capguard.core import clock, specs
 
@@ -381,7 +382,7 @@ async def serve(options: Options, *, stop: asyncio.Event) -> None:
     info = credentials.login(options.kubeconfig, settings=_kopf_settings())
     if info is None:
         raise OneLineUsage("no kubeconfig found and not in a cluster; pass --kubeconfig FILE")
-    api = client.Api()
+    api = client.Api(user_agent=f"{client.USER_AGENT}-engine/{capguard.__version__}")
     api.login(info, connection_limit=4)
     try:
         await Agent(options, api=api).run(stop=stop)

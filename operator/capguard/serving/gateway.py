@@ -30,6 +30,7 @@ import prometheus_client
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+import capguard
 from capguard import commandline
 from capguard.kube import client, credentials
 from capguard.serving import modelserver
@@ -380,7 +381,7 @@ async def serve(*, kubeconfig: str | None, namespace: str, host: str, port: int,
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    api = client.Api()
+    api = client.Api(user_agent=f"{client.USER_AGENT}-gateway/{capguard.__version__}")
     api.login(info, connection_limit=4,
               relogin=lambda: credentials.login(kubeconfig, settings=kopf.OperatorSettings()))
     following = asyncio.create_task(follow(api, namespace=namespace, fleet=fleet))

@@ -1,0 +1,162 @@
+"""Engines driven by their agents (issue 12): `capguard run --driver agent` with one
+`capguard engine` process per engine, each supervising a real model-server process.
+
+What the operator reads is only what the agents report: an engine with no agent is
+never given a model, and an engine whose agent dies is out of service within the
+heartbeat bound and its model's capacity is placed elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from . import harness
+from .conftest import _FAILED as FAILED
+from .conftest import Operators, Target
+
+HEARTBEAT_TIMEOUT = "2s"
+# The stand-in model server, started by the agent for each model it is bound to.
+MODEL_SERVER = (f"{sys.executable} -m capguard.serving.modelserver --model {{model}} "
+                "--port {port} --units {units} --load-time 0.3s --name {engine}")
+
+
+class Agents:
+    """`capguard engine` processes of one test, killed with their servers when it ends."""
+
+    def __init__(self, *, target: Target, namespace: str, log_dir: Path) -> None:
+        self.target, self.namespace, self.log_dir = target, namespace, log_dir
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, engine: str, *, serve_command: str = MODEL_SERVER,
+              flags: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+        log = (self.log_dir / f"agent-{engine}.log").open("wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "capguard.cli", "engine", "--name", engine,
+             "--namespace", self.namespace, f"--kubeconfig={self.target.kubeconfig}",
+             "--serve-command", serve_command, "--heartbeat-interval=0.5s",
+             "--drain-grace=2s", "--retry-after=1s", *flags],
+            stdout=log, stderr=subprocess.STDOUT, env=harness.clean_env())
+        self.processes[engine] = process
+        return process
+
+    def servers_of(self, engine: str) -> list[int]:
+        """The model-server processes an agent started (its children)."""
+        found = subprocess.run(["pgrep", "-P", str(self.processes[engine].pid)],
+                               capture_output=True, text=True, check=False)
+        return [int(pid) for pid in found.stdout.split()]
+
+    def kill(self, engine: str) -> None:
+        """The agent and its server die at once, as a Pod whose node failed."""
+        servers = self.servers_of(engine)
+        self.processes[engine].kill()
+        self.processes[engine].wait()
+        for pid in servers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def stop_all(self, *, show_logs: bool) -> None:
+        for engine, process in self.processes.items():
+            servers = self.servers_of(engine) if process.poll() is None else []
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            for pid in servers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            if show_logs:
+                text = (self.log_dir / f"agent-{engine}.log").read_text(errors="replace")
+                print(f"----- agent {engine} -----\n{text[-3000:]}")
+
+
+@pytest.fixture
+def agents(target: Target, kube: harness.Kubectl, tmp_path: Path,
+           request: pytest.FixtureRequest) -> Iterator[Agents]:
+    if not target.embedded:
+        pytest.skip("agents run on the host next to the embedded API server; on kind they "
+                    "are Pods (deploy/overlays/demo)")
+    assert kube.namespace is not None
+    started = Agents(target=target, namespace=kube.namespace, log_dir=tmp_path)
+    try:
+        yield started
+    finally:
+        started.stop_all(show_logs=request.node.stash.get(FAILED, False))
+
+
+def phase(kube: harness.Kubectl, engine: str) -> tuple[str, str, str]:
+    status = kube.get("ie", engine).get("status") or {}
+    return (str(status.get("phase")), str(status.get("model") or ""),
+            str(status.get("message") or ""))
+
+
+def test_agents_serve_what_is_assigned_and_a_dead_agents_engine_is_replaced(
+    kube: harness.Kubectl, operators: Operators, agents: Agents,
+) -> None:
+    kube.apply(*harness.engines("ie", 4), harness.model("chat", replicas=2, min_available=1))
+    for name in ("ie-0", "ie-1", "ie-2"):  # ie-3 has no agent: nobody vouches for it
+        agents.start(name)
+    operators.start(flags=("--driver=agent", f"--heartbeat-timeout={HEARTBEAT_TIMEOUT}"))
+    harness.wait_serving(kube, {"chat": 2}, timeout=30)
+    serving = sorted(e["metadata"]["name"] for e in kube.items("ie")
+                     if (e.get("status") or {}).get("phase") == "Serving")
+    assert len(serving) == 2 and "ie-3" not in serving, serving
+    for name in serving:  # what an agent reports is what its server really does
+        status = kube.get("ie", name)["status"]
+        assert status["endpoint"].startswith("http://127.0.0.1:")
+        assert status["lastHeartbeatTime"]
+        assert agents.servers_of(name), f"{name} reports Serving with no server process"
+
+    victim = serving[0]
+    agents.kill(victim)
+    killed_at = time.monotonic()
+    # Out of service within the bound, released, and its unit placed on the spare engine.
+    harness.wait_until(lambda: not kube.get("ie", victim)["spec"].get("modelRef"),
+                       timeout=15, what=f"{victim} released after its agent died")
+    released_after = time.monotonic() - killed_at
+    spare = next(n for n in ("ie-0", "ie-1", "ie-2") if n not in serving)
+    harness.wait_until(lambda: phase(kube, spare)[:2] == ("Serving", "chat"), timeout=30,
+                       what=f"{spare} serves chat in place of {victim}")
+    harness.wait_serving(kube, {"chat": 2}, timeout=30)
+    # Silence counts from the last heartbeat, at most one interval (0.5 s) before the kill.
+    assert released_after >= 2.0 - 0.5, "released before the heartbeat bound passed"
+    assert not kube.get("ie", "ie-3")["spec"].get("modelRef"), "an engine with no agent got work"
+
+
+def test_a_load_that_fails_is_failed_with_the_servers_reason(
+    kube: harness.Kubectl, agents: Agents,
+) -> None:
+    kube.apply(harness.engine("ie-0"))
+    crash = (f"{sys.executable} -c \"import sys; sys.stderr.write('CUDA out of memory "
+             "loading {model}\\n'); sys.exit(3)\"")
+    agents.start("ie-0", serve_command=crash, flags=("--retry-after=60s",))
+    harness.wait_until(lambda: phase(kube, "ie-0")[0] == "Idle", timeout=15,
+                       what="the agent reports its engine")
+    kube.patch("ie", "ie-0", {"spec": {"modelRef": "chat"}})
+    harness.wait_until(lambda: phase(kube, "ie-0")[0] == "Failed", timeout=15,
+                       what="a crashing server makes the engine Failed")
+    _, model, message = phase(kube, "ie-0")
+    assert model == "chat"
+    assert "exited with code 3" in message and "CUDA out of memory loading chat" in message
+    ready = harness.condition(kube.get("ie", "ie-0"), "Ready") or {}
+    assert (ready.get("status"), ready.get("reason")) == ("False", "Failed")
+
+
+def test_an_unknown_placeholder_in_the_serve_command_is_one_line() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "capguard.cli", "engine", "--name", "e", "--serve-command",
+         "vllm serve {modle} --port {port}"], capture_output=True, text=True, check=False,
+        env=harness.clean_env(), timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "capguard engine: --serve-command has an unknown placeholder 'modle'; use {model}, "
+        "{revision}, {port}, {units}, {engine}, {host}"]
