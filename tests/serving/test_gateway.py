@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import json
 import pathlib
 import sys
 import time
@@ -166,6 +167,7 @@ class Engines:
 @dataclasses.dataclass
 class World:
     kubeconfig: pathlib.Path
+    server: str
     directory: pathlib.Path
     engines: Engines
     session: aiohttp.ClientSession
@@ -181,14 +183,15 @@ class World:
 
 
 @contextlib.asynccontextmanager
-async def started_world(directory: pathlib.Path) -> AsyncIterator[World]:
+async def started_world(directory: pathlib.Path, **cluster: Any) -> AsyncIterator[World]:
     """The embedded API server and a client of it; upstreams started in it stop with it."""
-    async with (LocalCluster(crds_dir=ROOT / "crds",
-                             kubeconfig_path=directory / "kubeconfig") as cluster,
+    async with (LocalCluster(crds_dir=ROOT / "crds", kubeconfig_path=directory / "kubeconfig",
+                             **cluster) as cluster,
                 aiohttp.ClientSession() as session):
         api = client.Api()
         api.connect(session=session, server=cluster.url)
-        found = World(kubeconfig=cluster.kubeconfig_path, directory=directory,
+        found = World(kubeconfig=cluster.kubeconfig_path, server=cluster.url,
+                      directory=directory,
                       engines=Engines(api), session=session, upstreams=[])
         try:
             yield found
@@ -382,6 +385,80 @@ async def test_readyz_once_the_engines_are_listed_and_a_bad_flag_is_one_line(
     lines = stderr.decode().strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1, lines
     assert "--heartbeat-timeout" in lines[0]
+
+
+class ExpiringProxy:
+    """Between the gateway and the API server: the first watch ends after a second, as a
+    server's timeoutSeconds ends it; before the second reaches the server, `meanwhile`
+    writes enough that the version it resumes from has left the server's window."""
+
+    def __init__(self, *, server: str, meanwhile: Callable[[], Awaitable[None]]) -> None:
+        self.server = server
+        self.meanwhile = meanwhile
+        self.watches = 0
+        self._session = aiohttp.ClientSession()
+        self._runner: web.AppRunner | None = None
+
+    @contextlib.asynccontextmanager
+    async def kubeconfig(self, directory: pathlib.Path) -> AsyncIterator[pathlib.Path]:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._forward)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        host, port = self._runner.addresses[0][:2]
+        path = directory / "proxied.kubeconfig"
+        path.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "proxied",
+            "clusters": [{"name": "proxied", "cluster": {"server": f"http://{host}:{port}"}}],
+            "users": [{"name": "proxied", "user": {}}],
+            "contexts": [{"name": "proxied",
+                          "context": {"cluster": "proxied", "user": "proxied"}}]}))
+        try:
+            yield path
+        finally:
+            await self._session.close()  # ends the watch still streaming
+            await self._runner.cleanup()
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        query = dict(request.query)
+        if query.get("watch"):
+            self.watches += 1
+            if self.watches == 1:
+                query["timeoutSeconds"] = "1"
+            elif self.watches == 2:
+                await self.meanwhile()
+        async with self._session.request(request.method, self.server + request.path,
+                                         params=query, data=await request.read()) as upstream:
+            response = web.StreamResponse(status=upstream.status, headers={
+                "Content-Type": upstream.headers.get("Content-Type", "application/json")})
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+
+
+async def test_a_watch_resumed_from_a_version_the_server_no_longer_keeps_lists_again(
+        tmp_path: pathlib.Path) -> None:
+    async with started_world(tmp_path, window=5) as world:
+        upstream = await world.upstream("u1")
+        await world.engines.serving("e1", model="llama", endpoint=upstream.url)
+
+        async def meanwhile() -> None:
+            for ago in range(8):  # each a change: a write that changes nothing is no event
+                await world.engines.status("e1", lastHeartbeatTime=now_rfc3339(ago=ago + 1))
+            await world.engines.status("e1", phase="Draining")
+
+        proxy = ExpiringProxy(server=world.server, meanwhile=meanwhile)
+        async with (proxy.kubeconfig(tmp_path) as kubeconfig,
+                    running_gateway(kubeconfig, tmp_path) as gateway):
+            await eventually(lambda: _equals(gateway.routable(world.session, "llama"), 1))
+            await eventually(lambda: _equals(gateway.routable(world.session, "llama"), 0))
+            status, _ = await gateway.post(world.session, completion("llama"))
+        log = gateway.log.read_text()
+    assert status == 503 and upstream.seen == []
+    assert proxy.watches >= 3 and "watch expired; listing again" in log, log
 
 
 async def _equals(value: Awaitable[float], wanted: float) -> bool:

@@ -71,7 +71,7 @@ async def test_requests_over_the_in_flight_bound_are_counted_as_overload(world: 
 
 
 async def test_an_unreachable_or_silent_gateway_is_counted_not_waited_for(world: World) -> None:
-    silent = await world.upstream("silent", delay=5.0)
+    silent = await world.upstream("silent", delay=2.5)
     async with world.gateway() as gateway:
         await world.engines.serving("e1", model="llama", endpoint=silent.url)
         await eventually(lambda: gateway.routable(world.session, "llama"))
