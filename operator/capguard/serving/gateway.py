@@ -103,31 +103,55 @@ def parse_time(value: object) -> datetime.datetime | None:
 
 
 class Fleet:
-    """The namespace's engines as last listed or watched, by name."""
+    """The namespace's engines as last listed or watched, indexed by the model they have
+    loaded, so that routing a request looks only at that model's engines."""
 
     def __init__(self) -> None:
         self._engines: dict[str, Engine] = {}
+        self._by_model: dict[str, dict[str, Engine]] = collections.defaultdict(dict)
+        self._named: collections.Counter[str] = collections.Counter()  # model -> mentions
         self.listed = asyncio.Event()  # set once the first LIST has arrived
 
     def replace(self, bodies: Iterable[Mapping[str, Any]]) -> None:
-        self._engines = {e.name: e for e in map(Engine.from_body, bodies)}
+        for name in list(self._engines):
+            self._forget(name)
+        for engine in map(Engine.from_body, bodies):
+            self._remember(engine)
         self.listed.set()
 
     def apply(self, kind: str, body: Mapping[str, Any]) -> None:
         engine = Engine.from_body(body)
-        if kind == "DELETED":
-            self._engines.pop(engine.name, None)
-        else:
-            self._engines[engine.name] = engine
+        self._forget(engine.name)
+        if kind != "DELETED":
+            self._remember(engine)
+
+    def _remember(self, engine: Engine) -> None:
+        self._engines[engine.name] = engine
+        self._by_model[engine.model][engine.name] = engine
+        self._named.update(m for m in {engine.model, engine.model_ref} if m)
+
+    def _forget(self, name: str) -> None:
+        engine = self._engines.pop(name, None)
+        if engine is None:
+            return
+        del self._by_model[engine.model][name]
+        if not self._by_model[engine.model]:
+            del self._by_model[engine.model]
+        self._named.subtract(m for m in {engine.model, engine.model_ref} if m)
+        self._named += collections.Counter()  # drops the models no engine names any more
 
     def routable(self, model: str, *, heartbeat_timeout: float) -> list[Engine]:
         now = datetime.datetime.now(datetime.UTC)
-        return [e for e in self._engines.values()
+        return [e for e in self._by_model.get(model, {}).values()
                 if e.routable_for(model, now=now, heartbeat_timeout=heartbeat_timeout)]
 
-    def models(self) -> set[str]:
-        """Every model an engine names: the bounded set of `model` label values."""
-        return {m for e in self._engines.values() for m in (e.model, e.model_ref) if m}
+    def names(self, model: str) -> bool:
+        """Whether an engine names the model (loaded or bound): such a model is its own
+        `model` label value; any other is counted as _unknown, so labels stay bounded."""
+        return model in self._named
+
+    def models(self) -> list[str]:
+        return sorted(self._named)
 
 
 # --- following the engines ----------------------------------------------------------
@@ -251,7 +275,7 @@ class Gateway:
     async def route(self, request: web.Request) -> web.StreamResponse:
         started = asyncio.get_running_loop().time()
         model, response = await self._answer(request)
-        label = model if model in self.fleet.models() else UNKNOWN_MODEL
+        label = model if self.fleet.names(model) else UNKNOWN_MODEL
         self.metrics.requests.labels(label, str(response.status)).inc()
         self.metrics.duration.labels(label).observe(asyncio.get_running_loop().time() - started)
         return response
@@ -323,8 +347,8 @@ class Gateway:
             return streamed
 
     async def models(self, request: web.Request) -> web.Response:
-        served = sorted(m for m in self.fleet.models()
-                        if self.fleet.routable(m, heartbeat_timeout=self.heartbeat_timeout))
+        served = [m for m in self.fleet.models()
+                  if self.fleet.routable(m, heartbeat_timeout=self.heartbeat_timeout)]
         return web.json_response({"object": "list", "data": [
             {"id": m, "object": "model", "owned_by": "capguard"} for m in served]})
 
