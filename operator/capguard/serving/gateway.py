@@ -450,4 +450,4 @@ def command(*, namespace: str, kubeconfig: str | None, context: str | None, host
 
 
 if __name__ == "__main__":
-    command()
+    command(prog_name="gateway")  # errors read "capguard gateway: ...", as registered

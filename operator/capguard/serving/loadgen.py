@@ -309,4 +309,4 @@ def command(*, url: str, rate: dict[str, float], duration: float, timeout: float
 
 
 if __name__ == "__main__":
-    command()
+    command(prog_name="load")  # errors read "capguard load: ...", as registered
