@@ -326,6 +326,14 @@ async def test_a_saturated_or_unreachable_engine_hands_the_request_to_the_next(
     assert len(free.seen) == 6
 
 
+async def test_when_no_engine_can_be_reached_the_client_gets_502(world: World) -> None:
+    async with world.gateway() as gateway:
+        await world.engines.serving("e1", model="llama", endpoint="http://127.0.0.1:1")
+        await eventually(lambda: gateway.routable(world.session, "llama"))
+        status, body = await gateway.post(world.session, completion("llama"))
+    assert (status, body["error"]["code"]) == (502, "upstream_unreachable")
+
+
 async def test_a_stale_or_missing_heartbeat_is_not_routed(world: World) -> None:
     silent, missing, alive = (await world.upstream("silent"), await world.upstream("missing"),
                               await world.upstream("alive"))
