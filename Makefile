@@ -8,6 +8,7 @@ SHELL := /usr/bin/env bash
 
 PYTHON ?= .venv/bin/python
 IMAGE ?= capguard:0.1.0
+INSTALLER ?= dist/install.yaml
 NAMESPACE := capguard-system
 
 .PHONY: help
@@ -17,7 +18,7 @@ help: ## List the targets with one line each
 	  /^[a-zA-Z0-9_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 ##@ Develop
-.PHONY: setup test lint demo e2e chaos bench tools prometheusrule min-deps
+.PHONY: setup test lint demo e2e chaos bench tools prometheusrule min-deps lock
 setup: ## Create .venv and install capguard with its dev dependencies (hack/setup.sh)
 	bash hack/setup.sh
 
@@ -34,6 +35,9 @@ lint: setup ## Lint Python, shell scripts, alert rules and the Dockerfile
 
 min-deps: ## Unit tests with every dependency at pyproject's lowest allowed version (hack/min-deps.sh)
 	bash hack/min-deps.sh
+
+lock: ## Refresh the image's pinned requirements (hack/lock.sh)
+	bash hack/lock.sh
 
 tools: ## Install promtool, shellcheck, hadolint, kubernetes-validate if missing
 	bash hack/install-tools.sh
@@ -56,26 +60,41 @@ prometheusrule: ## Regenerate deploy/prometheus/prometheusrule.yaml from alerts.
 	bash hack/gen-prometheusrule.sh
 
 ##@ Ship
-.PHONY: image kind-up kind-down e2e-kind deploy undeploy uninstall-crds
+.PHONY: image docker-push build-installer kind-up kind-down e2e-kind
 image: ## Build the operator image (IMAGE=capguard:0.1.0; needs Docker)
-	docker build --tag $(IMAGE) --file operator/Dockerfile .
+	docker build --tag '$(IMAGE)' --file operator/Dockerfile .
+
+docker-push: ## Push the operator image IMAGE to its registry (IMAGE=REGISTRY/capguard:TAG)
+	docker push '$(IMAGE)'
+
+build-installer: ## Write dist/install.yaml: CRDs, namespace, RBAC and the operator at IMAGE, for kubectl apply -f
+	bash hack/render.sh '$(IMAGE)' '$(INSTALLER)'
 
 kind-up: ## Create kind cluster capguard, load the image, install CRDs, deploy (needs Docker, kind)
-	IMAGE=$(IMAGE) bash hack/kind-up.sh
+	IMAGE='$(IMAGE)' bash hack/kind-up.sh
 
 kind-down: ## Delete kind cluster capguard
 	bash hack/kind-down.sh
 
-e2e-kind: ## Run the end-to-end suite against kind cluster capguard
+e2e-kind: ## Run the end-to-end suite against kind cluster capguard, its operator running in the cluster
 	bash hack/e2e-kind.sh
 
-deploy: ## Install CRDs and the operator into the current kubectl context (kubectl apply -k deploy/)
-	kubectl apply -k deploy/
+##@ Deploy (the current kubectl context)
+.PHONY: install uninstall deploy undeploy run
+install: ## Install the CRDs only (kubectl apply -k crds/)
+	kubectl apply -k crds/
+	kubectl wait --for=condition=Established --timeout=60s --filename=crds/
+
+uninstall: ## Delete capguard's CRDs, and with them EVERY InferenceEngine, ModelCapacity and CircuitBreaker
+	kubectl delete -k crds/ --ignore-not-found
+
+deploy: ## Install CRDs, RBAC and the operator at IMAGE (hack/render.sh IMAGE | kubectl apply -f -)
+	bash hack/render.sh '$(IMAGE)' | kubectl apply --filename=-
 	kubectl -n $(NAMESPACE) rollout status deployment/capguard-operator --timeout=180s
 
 undeploy: ## Remove the operator (namespace capguard-system and its RBAC), keep CRDs and your objects
 	kubectl delete namespace $(NAMESPACE) --ignore-not-found
 	kubectl delete clusterrolebinding/capguard-operator clusterrole/capguard-operator --ignore-not-found
 
-uninstall-crds: ## Delete capguard's CRDs, and with them EVERY InferenceEngine, ModelCapacity and CircuitBreaker
-	kubectl delete -k crds/ --ignore-not-found
+run: ## Run the operator here against the current context: agent driver, deployed Lease (hack/run.sh; ARGS=...)
+	bash hack/run.sh $(ARGS)

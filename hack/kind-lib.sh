@@ -1,12 +1,15 @@
 # shellcheck shell=bash
-# Shared by hack/kind-*.sh and hack/e2e-kind.sh: names, and checks for the tools kind needs.
-# Sourced, not run.
+# Shared by hack/kind-*.sh, hack/e2e-kind.sh, hack/render.sh and hack/run.sh: names, and
+# checks for the tools they need. Sourced, not run.
 
 CLUSTER="${CLUSTER:-capguard}"
 # A fixed tag (not :latest), so the Deployment uses the copy kind loaded instead of
 # pulling. It must match deploy/manager/kustomization.yaml (a test checks it).
 DEFAULT_IMAGE=capguard:0.1.0
 IMAGE="${IMAGE:-$DEFAULT_IMAGE}"
+# Where deploy/ puts the operator, its RBAC and its Lease (read by the scripts that source this).
+# shellcheck disable=SC2034
+OPERATOR_NAMESPACE=capguard-system
 # kind writes this cluster's kubeconfig here instead of changing ~/.kube/config.
 KIND_KUBECONFIG="${KIND_KUBECONFIG:-$PWD/out/kind-$CLUSTER.kubeconfig}"
 # The oldest Kubernetes capguard supports, for the cluster and for kubectl: the CRDs' CEL

@@ -37,20 +37,17 @@ kubectl wait --for=condition=Established --timeout=60s \
   crd/circuitbreakers.capguard.dev
 
 redeploy=false
-if kubectl -n capguard-system get deployment/capguard-operator >/dev/null 2>&1; then
+if kubectl -n "$OPERATOR_NAMESPACE" get deployment/capguard-operator >/dev/null 2>&1; then
   redeploy=true
 fi
-echo "==> deploying the operator"
-kubectl apply -k deploy/
-if [ "$IMAGE" != "$DEFAULT_IMAGE" ]; then
-  # deploy/ pins the default tag; point the Deployment at the image just loaded.
-  kubectl -n capguard-system set image deployment/capguard-operator operator="$IMAGE"
-fi
+echo "==> deploying the operator ($IMAGE)"
+# What make deploy applies: deploy/ with the image just loaded.
+bash hack/render.sh "$IMAGE" | kubectl apply --filename=-
 if [ "$redeploy" = true ]; then
   # Same tag, new image: restart so the pods pick up what was just loaded.
-  kubectl -n capguard-system rollout restart deployment/capguard-operator
+  kubectl -n "$OPERATOR_NAMESPACE" rollout restart deployment/capguard-operator
 fi
-kubectl -n capguard-system rollout status deployment/capguard-operator --timeout=180s
+kubectl -n "$OPERATOR_NAMESPACE" rollout status deployment/capguard-operator --timeout=180s
 
 cat <<DONE
 

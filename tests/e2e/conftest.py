@@ -5,6 +5,11 @@ The suite runs against an existing cluster only when asked explicitly with
 server (`python -m capguard.localcluster`) serves the whole session. Each test gets
 its own namespace, deleted afterwards, and every operator it started is stopped, also
 when the test fails (its log is printed then).
+
+On a cluster where capguard is deployed (hack/kind-up.sh, then hack/e2e-kind.sh), the
+operator under test is the deployed one, running in the cluster from its image: the
+suite never scales it, tests/e2e/test_in_cluster.py exercises it, and the tests that
+start operators of their own on this machine skip (theirs would race it).
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ class Target:
 
     kubectl: harness.Kubectl  # cluster-scoped
     embedded: bool
+    # capguard's Deployment runs in the cluster (with replicas), acting on every namespace.
+    deployed: bool = False
 
     @property
     def kubeconfig(self) -> Path:
@@ -74,9 +81,10 @@ def _kubectl_binary() -> str:
 
 
 @contextlib.contextmanager
-def embedded_cluster(directory: Path, *, crds: Path = harness.CRDS,
+def embedded_cluster(directory: Path, *, crds: Path | None = harness.CRDS,
                      binary: str = "kubectl") -> Iterator[tuple[harness.Kubectl, Path]]:
-    """An embedded API server in a subprocess, CRDs applied with kubectl as a user would.
+    """An embedded API server in a subprocess, CRDs applied with kubectl as a user would
+    (none with `crds=None`, for tests of installing them).
 
     Yields a cluster-scoped kubectl and the server's audit log (complete once the
     server has stopped: a watch is recorded when it ends).
@@ -91,9 +99,10 @@ def embedded_cluster(directory: Path, *, crds: Path = harness.CRDS,
         first = server.stdout.readline()
         assert "serving at" in first, f"the embedded API server did not start: {first}"
         kubectl = harness.Kubectl(kubeconfig=kubeconfig, binary=binary)
-        kubectl.run("apply", f"--filename={crds}")
-        kubectl.run("wait", "--for=condition=Established", "--timeout=30s",
-                    "customresourcedefinitions", "--all")
+        if crds is not None:
+            kubectl.run("apply", f"--filename={crds}")
+            kubectl.run("wait", "--for=condition=Established", "--timeout=30s",
+                        "customresourcedefinitions", "--all")
         kubectl.run("create", "namespace", harness.OPERATOR_NAMESPACE)
         yield kubectl, audit_log
     finally:
@@ -120,32 +129,20 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
                       for p in ("inferenceengines", "modelcapacities", "circuitbreakers")))
         if not kubectl.exists("namespace", harness.OPERATOR_NAMESPACE):
             kubectl.run("create", "namespace", harness.OPERATOR_NAMESPACE)
-        with _deployed_operator_paused(kubectl):
-            yield Target(kubectl=kubectl, embedded=False)
+        yield Target(kubectl=kubectl, embedded=False, deployed=_operator_deployed(kubectl))
         return
     with embedded_cluster(tmp_path_factory.mktemp("cluster"), binary=binary) as (kubectl, _):
         yield Target(kubectl=kubectl, embedded=True)
 
 
-@contextlib.contextmanager
-def _deployed_operator_paused(kubectl: harness.Kubectl) -> Iterator[None]:
-    """A deployed capguard (deploy/, cluster-wide) would act on the tests' namespaces too,
-    against the operators the tests start: it is scaled to 0 for the session."""
+def _operator_deployed(kubectl: harness.Kubectl) -> bool:
+    """Whether capguard's Deployment (deploy/) has replicas: read, never changed. Pausing it
+    for the session would test something other than what users run, and a killed run
+    would leave it at 0."""
     system = kubectl.in_namespace(harness.OPERATOR_NAMESPACE)
     found = system.run("get", DEPLOYED_OPERATOR, "--ignore-not-found",
                        "--output=jsonpath={.spec.replicas}").stdout.strip()
-    if not found or found == "0":
-        yield
-        return
-    print(f"e2e: scaling {DEPLOYED_OPERATOR} in {harness.OPERATOR_NAMESPACE} from {found} to 0 "
-          "for the session", file=sys.stderr)
-    system.run("scale", DEPLOYED_OPERATOR, "--replicas=0")
-    system.run("wait", "--for=delete", "pod", "--selector=app.kubernetes.io/name=capguard",
-               "--timeout=120s", check=False)
-    try:
-        yield
-    finally:
-        system.run("scale", DEPLOYED_OPERATOR, f"--replicas={found}")
+    return bool(found) and found != "0"
 
 
 def _namespace_name(test_name: str) -> str:
@@ -225,6 +222,9 @@ class Operators:
 @pytest.fixture
 def operators(target: Target, kube: harness.Kubectl, tmp_path: Path,
               request: pytest.FixtureRequest) -> Iterator[Operators]:
+    if target.deployed:
+        pytest.skip(f"{DEPLOYED_OPERATOR} runs in the cluster and acts on every namespace: "
+                    "an operator started here would race it (test_in_cluster.py tests it)")
     assert kube.namespace is not None
     started = Operators(target=target, namespace=kube.namespace, log_dir=tmp_path)
     try:

@@ -13,7 +13,8 @@ from .manifests import ROOT, require_tool
 
 SCRIPTS = sorted((ROOT / "hack").glob("*.sh"))
 MAKE_TARGETS = ("setup", "test", "demo", "lint", "e2e", "bench", "image", "kind-up",
-                "kind-down", "deploy", "undeploy")
+                "kind-down", "e2e-kind", "deploy", "undeploy", "install", "uninstall", "run",
+                "docker-push", "build-installer", "lock")
 
 
 def test_shellcheck_finds_nothing_in_hack() -> None:
