@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from capguard.core import drift, engines, fleet, queue, specs
+from capguard.core import drift, engines, fleet, planner, queue, specs
 
 TIMEOUT = 40.0
 
@@ -28,7 +28,7 @@ def test_an_engine_no_agent_ever_spoke_for_is_silent_and_the_simulated_driver_ne
     assert engines.heard(unheard, now=0.0, timeout=None) is unheard
 
 
-def test_a_silent_engine_serves_nothing_and_is_released_from_its_model() -> None:
+def test_a_silent_engine_serves_nothing_and_its_units_are_placed_elsewhere() -> None:
     model = specs.ModelSpec("chat", replicas=2, min_available=specs.IntOrPercent(1))
     heard = [engine("a", heartbeat=100.0), engine("b", heartbeat=50.0),
              engine("c", heartbeat=100.0, model=None)]
@@ -36,8 +36,22 @@ def test_a_silent_engine_serves_nothing_and_is_released_from_its_model() -> None
                           models=[model])
     found = drift.measure(seen, queue.ActionQueue(), 100.0).models["chat"]
     assert found.serving == 1  # b's agent has been silent for 50 s
-    assert seen.engines["b"].phase is specs.Phase.FAILED
-    assert dataclasses.replace(seen.engines["b"], phase=specs.Phase.SERVING) == heard[1]
+    assert seen.engines["b"].phase is specs.Phase.FAILED and seen.engines["b"].silent
+    assert dataclasses.replace(seen.engines["b"], phase=specs.Phase.SERVING,
+                               silent=False) == heard[1]
+    # The spare is bound in b's place; b keeps its binding (it may still serve: an agent
+    # cut off from the API server is not a dead engine), so nothing drains it.
+    assert planner.plan(seen) == [planner.Intent(planner.ActionType.ASSIGN, "c", "chat")]
+
+
+def test_a_failed_engine_is_released_but_a_silent_one_is_not() -> None:
+    model = specs.ModelSpec("chat", replicas=1)
+    failed = dataclasses.replace(engine("a", heartbeat=100.0), phase=specs.Phase.FAILED)
+    silent = engines.heard(engine("a", heartbeat=0.0), now=100.0, timeout=TIMEOUT)
+    drains = [i for e in (failed, silent)
+              for i in planner.plan(fleet.Fleet.of(engines=[e], models=[model]))
+              if i.kind is planner.ActionType.DRAIN]
+    assert drains == [planner.Intent(planner.ActionType.DRAIN, "a", None, "chat")]
 
 
 def test_the_next_look_is_when_the_first_heard_engine_would_fall_silent() -> None:

@@ -162,12 +162,16 @@ def silent(engine: specs.Engine, *, now: float, timeout: float) -> bool:
 
 def heard(engine: specs.Engine, *, now: float, timeout: float | None) -> specs.Engine:
     """The engine as every count must see it. With agents (``timeout`` set), a silent
-    engine is Failed: out of service for the floor, the budgets and drift, given no new
-    model, and released from the one it holds, as a Node whose lease expired is NotReady
-    and its Pods evicted. Its agent, back, reports the truth again."""
+    engine is Failed: out of service for the floor, the budgets and drift, and given no
+    new model, as a Node whose lease expired is NotReady; its model's units are placed
+    on engines that are heard. Unlike a Failed engine it keeps its binding: many silent
+    agents at once are more likely cut off from the API server than dead, and releasing
+    their engines would drain servers that still serve (the mass action after a blind
+    spell this project exists to prevent). Its agent, back, reports the truth again, and
+    the surplus goes back through the gate."""
     if timeout is None or not silent(engine, now=now, timeout=timeout):
         return engine
-    return dataclasses.replace(engine, phase=specs.Phase.FAILED)
+    return dataclasses.replace(engine, phase=specs.Phase.FAILED, silent=True)
 
 
 def heartbeat_expiry(

@@ -146,6 +146,9 @@ def _bound_engines(fleet: fleet_.Fleet) -> dict[str, list[specs.Engine]]:
 def _orphan_drains(fleet: fleet_.Fleet) -> Iterator[Intent]:
     """Release failed engines and engines capguard bound to a model that no longer exists.
 
+    A silent engine (its agent unheard: `engines.heard`) is not released: it is out of
+    service, and its model is filled from other engines meanwhile.
+
     A model that exists but does not parse is not gone: its engines are left alone. A
     modelRef capguard did not write that names no model is the user's (``Engine.waits``):
     it is never cleared.
@@ -154,7 +157,8 @@ def _orphan_drains(fleet: fleet_.Fleet) -> Iterator[Intent]:
         model = engine.spec.model_ref
         if not model or model in fleet.unreadable_models or engine.waits(fleet.models):
             continue
-        if model not in fleet.models or engine.phase is specs.Phase.FAILED:
+        failed = engine.phase is specs.Phase.FAILED and not engine.silent
+        if model not in fleet.models or failed:
             yield Intent(ActionType.DRAIN, name, None, model)
 
 

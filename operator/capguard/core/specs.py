@@ -168,6 +168,10 @@ class Engine:
     # When the engine's agent last said it is alive (status.lastHeartbeatTime); None when
     # no agent ever did (the simulated driver writes none).
     heartbeat: float | None = None
+    # Set by `engines.heard`: counted Failed because its agent is silent, not because it
+    # said so. Its binding is kept (the engine may well still serve: an agent cut off
+    # from the API server is not a dead engine), so the agent, back, finds it unchanged.
+    silent: bool = False
 
     @property
     def units(self) -> int:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 from capguard import defaults
-from capguard.core import engines, specs
+from capguard.core import clock, engines, specs
 from capguard.core import fleet as fleet_
 from capguard.handlers import records, writer
 from capguard.handlers import status as status_
@@ -114,6 +114,34 @@ def writes(
         if name not in recorded:  # no phase change now: record the action on its own
             recording.append((name, {"status": {"lastAction": done.last_action}}))
     return Writes(tuple(recording), tuple(moves + notes), next_due)
+
+
+HEARTBEAT_EXPIRED: Final = "HeartbeatExpired"
+
+
+def silence_notes(
+    fleet: fleet_.Fleet, *, found: Iterable[records.EngineRecord], now: float,
+) -> tuple[Patch, ...]:
+    """With agents: say on each silent engine that nobody vouches for it (Ready Unknown,
+    as the node controller marks a Node whose lease expired), once. Its phase stays what
+    its agent last said; the agent, back, writes Ready again."""
+    notes = []
+    for record in found:
+        engine = fleet.engines.get(record.meta.name)
+        if engine is None or not engine.silent:
+            continue
+        ready = status_.condition_of(record.status, "Ready")
+        if ready is not None and ready.get("reason") == HEARTBEAT_EXPIRED:
+            continue
+        heard = (f"since {clock.timestamp(engine.heartbeat)}" if engine.heartbeat is not None
+                 else "ever")
+        silent = status_.Condition("Ready", status_.UNKNOWN, HEARTBEAT_EXPIRED,
+                                   f"no heartbeat from its agent {heard}: out of service, "
+                                   "given no new model; its binding is kept")
+        notes.append((record.meta.name, {"status": {"conditions": status_.merge_conditions(
+            record.status.get("conditions"), [silent], generation=record.meta.generation,
+            now=now)}}))
+    return tuple(notes)
 
 
 def make_roll(seed: int | None) -> Callable[[], float]:

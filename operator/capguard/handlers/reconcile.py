@@ -461,6 +461,9 @@ class Reconciler:
                   for name, patch in planned.recording]
         writes += [self.writer.engine_status(namespace, name, patch)
                    for name, patch in planned.others[:budget]]
+        if self.config.heard_within is not None:
+            writes += [self.writer.engine_status(namespace, name, patch) for name, patch
+                       in driver.silence_notes(fleet, found=view.engines, now=now)]
         result.transitions += sum(1 for w in await asyncio.gather(*writes) if w is not None)
 
     async def _write_statuses(self, writes: list[statuses.StatusWrite]) -> int:

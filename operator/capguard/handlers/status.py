@@ -17,6 +17,7 @@ from capguard.handlers import records
 
 TRUE: Final = "True"
 FALSE: Final = "False"
+UNKNOWN: Final = "Unknown"
 INVALID_SPEC: Final = "InvalidSpec"
 
 # Fields that tick with the clock: refreshed when something else changes, never alone.
@@ -70,6 +71,14 @@ def merge_conditions(
 def changed(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
     """Whether writing `wanted` would change anything a reader cares about."""
     return any(current.get(k) != v for k, v in wanted.items() if k not in VOLATILE)
+
+
+def condition_of(status: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+    """The condition of that type in a status, if there is one."""
+    for c in status.get("conditions") or ():
+        if isinstance(c, Mapping) and c.get("type") == kind:
+            return c
+    return None
 
 
 def condition_since(status: Mapping[str, Any], kind: str) -> float | None:

@@ -130,6 +130,7 @@ class Agent:
         self.phase = specs.Phase.IDLE
         self.server: Server | None = None
         self.reported: dict[str, Any] = {}
+        self.ready: dict[str, Any] = {}  # the Ready condition as last reported
         self.failed_until = 0.0
         self.drain_deadline = 0.0
         self.changed = asyncio.Event()
@@ -213,12 +214,13 @@ class Agent:
         now = time.time()
         if status != self.reported:
             status["since"] = clock.precise_timestamp(now)
-        serving = self.phase is specs.Phase.SERVING
-        status["conditions"] = [{
-            "type": "Ready", "status": "True" if serving else "False",
-            "reason": self.phase.value, "message": message,
-            "lastTransitionTime": clock.timestamp(now),
-            "observedGeneration": self.wanted.generation if self.wanted else 0}]
+            serving = self.phase is specs.Phase.SERVING
+            self.ready = {
+                "type": "Ready", "status": "True" if serving else "False",
+                "reason": self.phase.value, "message": message,
+                "lastTransitionTime": clock.timestamp(now),
+                "observedGeneration": self.wanted.generation if self.wanted else 0}
+        status["conditions"] = [self.ready]
         status["lastHeartbeatTime"] = clock.precise_timestamp(now)
         await self.api.merge_patch(self.resource, namespace=self.options.namespace,
                                    name=self.options.name, patch={"status": status},
@@ -229,14 +231,18 @@ class Agent:
                     f" {server.model}" if server else "", message)
 
     async def heartbeat(self) -> None:
-        """Renew status.lastHeartbeatTime; a failed renewal is tried again next time."""
+        """Renew status.lastHeartbeatTime, with the Ready condition (which the operator
+        set to Unknown if it stopped hearing this agent); a failed renewal is tried again
+        next time."""
         while True:
             await asyncio.sleep(self.options.heartbeat_interval)
+            beat: dict[str, Any] = {"lastHeartbeatTime": clock.precise_timestamp(time.time())}
+            if self.ready:
+                beat["conditions"] = [self.ready]
             with contextlib.suppress(Exception):
                 await self.api.merge_patch(
                     self.resource, namespace=self.options.namespace, name=self.options.name,
-                    patch={"status": {"lastHeartbeatTime": clock.precise_timestamp(time.time())}},
-                    subresource="status")
+                    patch={"status": beat}, subresource="status")
 
     # -- the process side ---------------------------------------------------------
 
