@@ -98,3 +98,19 @@ def test_a_busy_metrics_port_is_one_line_not_a_traceback() -> None:
     assert done.stderr.strip() == (
         f"capguard run: Invalid value for '--metrics-port': 127.0.0.1:{port} is not free "
         "(Address already in use): stop what listens there or choose another port")
+
+
+# What only some subcommands need; `capguard --help` (and a typo) must not wait for them.
+HEAVY_FOR_HELP = ("kopf", "aiohttp", "prometheus_client", "rich", "matplotlib")
+
+
+def test_capguard_help_imports_no_subcommand_wings() -> None:
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "capguard.cli", "--help"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    imported = {line.rpartition("|")[2].strip().split(".")[0]
+                for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "capguard" in imported  # the measurement saw the imports at all
+    assert sorted(imported.intersection(HEAVY_FOR_HELP)) == []
+    for name in ("engine", "model-server", "gateway", "load"):
+        assert f"\n  {name} " in done.stdout, done.stdout  # the serving commands stay listed

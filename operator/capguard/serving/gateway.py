@@ -21,19 +21,20 @@ import logging
 import random
 import signal
 from collections.abc import Iterable, Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import aiohttp
 import click
-import kopf
-import prometheus_client
-from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 import capguard
 from capguard import commandline
-from capguard.kube import client, credentials
 from capguard.serving import modelserver
+
+if TYPE_CHECKING:  # imported where they run: `capguard --help` loads none of them
+    import aiohttp
+    import kopf
+    from aiohttp import web
+
+    from capguard.kube import client
 
 logger = logging.getLogger("capguard.gateway")
 
@@ -159,6 +160,10 @@ class Fleet:
 
 def login(kubeconfig: str | None) -> kopf.ConnectionInfo:
     """--kubeconfig, KUBECONFIG, ~/.kube/config, or the Pod's service account."""
+    import kopf
+
+    from capguard.kube import credentials
+
     info = credentials.login(kubeconfig, settings=kopf.OperatorSettings())
     if info is None:
         raise click.UsageError("no kubeconfig found and not in a cluster; pass --kubeconfig FILE")
@@ -168,6 +173,10 @@ def login(kubeconfig: str | None) -> kopf.ConnectionInfo:
 async def follow(api: client.Api, *, namespace: str, fleet: Fleet) -> None:
     """List and watch the engines for ever: again after 410 Expired, with backoff after
     errors (the Api logs in again on a 401)."""
+    import aiohttp
+
+    from capguard.kube import client
+
     backoff = 1.0
     while True:
         try:
@@ -186,6 +195,8 @@ async def follow(api: client.Api, *, namespace: str, fleet: Fleet) -> None:
 
 async def relist(api: client.Api, *, namespace: str, fleet: Fleet) -> str:
     """Replace the fleet with a fresh LIST; the list's resourceVersion."""
+    from capguard.kube import client
+
     bodies: list[client.Body] = []
     version = ""
     async for page in api.pages(client.ENGINES, namespace=namespace):
@@ -197,6 +208,8 @@ async def relist(api: client.Api, *, namespace: str, fleet: Fleet) -> str:
 
 async def watch(api: client.Api, *, namespace: str, fleet: Fleet, version: str) -> str:
     """One WATCH from `version` until the server ends it; the last version seen."""
+    from capguard.kube import client
+
     async for event in api.watch(client.ENGINES, namespace=namespace, resource_version=version,
                                  timeout_seconds=WATCH_SECONDS):
         kind, body = event.get("type"), event.get("object") or {}
@@ -213,6 +226,8 @@ class Metrics:
     """The gateway's series, in a registry of its own."""
 
     def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter("capguard_gateway_requests", "Requests answered, by model "
@@ -230,6 +245,8 @@ class Metrics:
 
 def error(status: int, *, message: str, type_: str, code: str) -> web.Response:
     """An error in the OpenAI shape clients already parse."""
+    from aiohttp import web
+
     return web.json_response({"error": {"message": message, "type": type_, "code": code}},
                              status=status)
 
@@ -256,6 +273,8 @@ class Gateway:
         self._session: aiohttp.ClientSession | None = None
 
     def app(self) -> web.Application:
+        from aiohttp import web
+
         app = web.Application()
         app.router.add_routes([*(web.post(path, self.route) for path in ROUTES),
                                web.get("/v1/models", self.models),
@@ -266,6 +285,8 @@ class Gateway:
         return app
 
     async def _upstream_session(self, app: web.Application) -> Any:
+        import aiohttp
+
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0),  # open-loop clients: never queue here
             timeout=aiohttp.ClientTimeout(total=self.request_timeout))
@@ -299,6 +320,9 @@ class Gateway:
 
     async def _forward(self, request: web.Request, *, raw: bytes,
                        engines: list[Engine]) -> web.StreamResponse:
+        import aiohttp
+        from aiohttp import web
+
         declined: list[Upstream] = []
         for attempt, engine in enumerate(engines):
             if attempt:
@@ -330,6 +354,8 @@ class Gateway:
 
     async def _send(self, request: web.Request, *, raw: bytes,
                     engine: Engine) -> web.StreamResponse | Upstream:
+        from aiohttp import web
+
         assert self._session is not None
         async with self._session.post(engine.endpoint + request.path, data=raw,
                                       headers={"Content-Type": "application/json"}) as upstream:
@@ -347,12 +373,17 @@ class Gateway:
             return streamed
 
     async def models(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
         served = [m for m in self.fleet.models()
                   if self.fleet.routable(m, heartbeat_timeout=self.heartbeat_timeout)]
         return web.json_response({"object": "list", "data": [
             {"id": m, "object": "model", "owned_by": "capguard"} for m in served]})
 
     async def scrape(self, request: web.Request) -> web.Response:
+        import prometheus_client
+        from aiohttp import web
+
         self.metrics.routable.clear()
         for model in self.fleet.models():
             found = self.fleet.routable(model, heartbeat_timeout=self.heartbeat_timeout)
@@ -362,9 +393,13 @@ class Gateway:
                             headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
 
     async def healthz(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
         return web.Response(text="ok")
 
     async def readyz(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
         if self.fleet.listed.is_set():
             return web.Response(text="ok")
         return web.Response(status=503, text="the engines have not been listed yet")
@@ -392,6 +427,11 @@ async def serve(*, kubeconfig: str | None, namespace: str, host: str, port: int,
                 heartbeat_timeout: float, request_timeout: float,
                 info: kopf.ConnectionInfo) -> None:
     """Follow the engines and serve until SIGTERM or SIGINT."""
+    import kopf
+    from aiohttp import web
+
+    from capguard.kube import client, credentials
+
     fleet = Fleet()
     gateway = Gateway(fleet=fleet, heartbeat_timeout=heartbeat_timeout,
                       request_timeout=request_timeout)

@@ -17,14 +17,17 @@ import heapq
 import json
 import math
 import random
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import aiohttp
 import click
 
 from capguard import commandline
 from capguard.serving import modelserver
+
+if TYPE_CHECKING:  # imported where it runs: `capguard --help` does not load it
+    import aiohttp
 
 Rate = Callable[[str, float], float] | Mapping[str, float]
 OnSecond = Callable[[int, Mapping[str, "Second"]], None]
@@ -185,6 +188,8 @@ async def run(*, gateway: str, rate: Rate, models: Sequence[str], duration: floa
 
     `on_second(second, {model: Second})` is called for each second, in order, once every
     request scheduled in it has ended (at most `timeout` after the second)."""
+    import aiohttp
+
     plan = schedule(rate=rate, models=models, duration=duration, seed=seed)
     arrivals = list(heapq.merge(*([(t, m) for t in times] for m, times in plan.items())))
     tally = _Tally(models=models, seconds=math.ceil(duration))
@@ -229,6 +234,8 @@ async def _tick(emit: Callable[[], None]) -> None:
 
 async def _request(session: aiohttp.ClientSession, *, url: str, model: str, second: int,
                    tally: _Tally) -> None:
+    import aiohttp
+
     loop = asyncio.get_running_loop()
     started = loop.time()
     body = {"model": model, "prompt": PROMPT, "max_tokens": 16}
@@ -295,10 +302,13 @@ def _table(recording: Recording) -> str:
               show_default=True, help="Requests beyond this many unanswered ones are not sent "
                                       "and count as failed (overload).")
 @click.option("--json", "as_json", is_flag=True,
-              help="One JSON object per model per second, then {'summary': ...}.")
+              help="{'started': UNIX_TIME}, then one JSON object per model per second, "
+                   "then {'summary': ...}.")
 def command(*, url: str, rate: dict[str, float], duration: float, timeout: float, seed: int,
             max_in_flight: int, as_json: bool) -> None:
     """Send open-loop requests per model to a gateway and report the success rate."""
+    if as_json:  # second 0 starts now: a reader maps seconds to its own clock from this
+        click.echo(json.dumps({"started": time.time()}))
     recording = asyncio.run(run(gateway=url, rate=rate, models=list(rate), duration=duration,
                                 seed=seed, timeout=timeout, max_in_flight=max_in_flight,
                                 on_second=_print_second if as_json else None))
