@@ -22,7 +22,7 @@ from typing import Any
 import click
 
 import capguard
-from capguard import defaults
+from capguard import commandline, defaults
 from capguard.commandline import OneLineCommand, OneLineUsage
 
 
@@ -295,7 +295,7 @@ def crds() -> None:
 @click.option("-n", "--namespace", default=None,
               help="Namespace. Default: the kubeconfig context's, else default.")
 @click.option("-A", "--all-namespaces", is_flag=True, help="Every namespace.")
-@click.option("--context", default=None, help="The kubeconfig context to use, as kubectl's.")
+@commandline.context_option
 @click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table",
               show_default=True, help="Tables for people, or one JSON or YAML document.")
 def status(*, kubeconfig: str | None, namespace: str | None, all_namespaces: bool,
@@ -310,7 +310,7 @@ def status(*, kubeconfig: str | None, namespace: str | None, all_namespaces: boo
     from capguard import status as status_
 
     if context is not None:
-        kubeconfig = _with_context(kubeconfig, context)
+        kubeconfig = commandline.with_context(kubeconfig, context)
     if kubeconfig:
         # Kopf's kubeconfig login reads only KUBECONFIG; this process does nothing else.
         os.environ["KUBECONFIG"] = kubeconfig
@@ -356,38 +356,6 @@ def _installed(extra: str) -> bool:
         except metadata.PackageNotFoundError:
             return False
     return True
-
-
-def _with_context(kubeconfig: str | None, context: str) -> str:
-    """A copy of the kubeconfig whose current-context is `context` (Kopf logs in with the
-    current one); a context it does not have is the user's mistake, said in one line."""
-    import atexit
-    import os
-    import tempfile
-
-    import yaml
-
-    path = pathlib.Path(kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
-                        or pathlib.Path.home() / ".kube" / "config")
-    try:
-        config = yaml.safe_load(path.read_text()) or {}
-    except OSError as error:
-        raise click.BadParameter(f"cannot read {path}: {error.strerror}",
-                                 param_hint="'--context'") from None
-    names = [c.get("name") for c in config.get("contexts") or [] if isinstance(c, dict)]
-    if context not in names:
-        raise click.BadParameter(f"{context!r} is not a context of {path}; it has "
-                                 f"{', '.join(map(str, names)) or 'none'}",
-                                 param_hint="'--context'")
-    config["current-context"] = context
-    try:  # next to the original, so paths in it relative to its folder still resolve
-        handle, copy = tempfile.mkstemp(prefix=".capguard-", suffix=".yaml", dir=path.parent)
-    except OSError:
-        handle, copy = tempfile.mkstemp(prefix="capguard-kubeconfig-", suffix=".yaml")
-    atexit.register(os.unlink, copy)  # it holds credentials: gone when the command ends
-    with os.fdopen(handle, "w") as written:
-        yaml.safe_dump(config, written)
-    return copy
 
 
 def _serving_commands() -> None:

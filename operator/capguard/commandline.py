@@ -1,12 +1,14 @@
 """How every `capguard` subcommand reports a user's mistake: one line, exit code 2.
 
 Subcommands defined outside cli.py (the serving parts) use the same class, so the
-rule has one source.
+rule has one source; so do the flags they share (`--context`). It stays light: every
+command imports it, `capguard --help` too.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import pathlib
+from typing import Any, Final
 
 import click
 
@@ -33,3 +35,41 @@ class OneLineCommand(click.Command):
             return super().invoke(ctx)
         except click.UsageError as error:  # a check inside the command (BadParameter)
             raise OneLineUsage(error.format_message(), ctx) from None
+
+
+# --context, for every command that logs in; with_context() applies it.
+context_option: Final = click.option(
+    "--context", default=None, help="The kubeconfig context to use, as kubectl's.")
+
+
+def with_context(kubeconfig: str | None, context: str) -> str:
+    """A copy of the kubeconfig whose current-context is `context`, for `--context` (Kopf
+    logs in with the current one); a context it does not have is the user's mistake, said in
+    one line. The copy is deleted when the process ends."""
+    import atexit
+    import os
+    import tempfile
+
+    import yaml
+
+    path = pathlib.Path(kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
+                        or pathlib.Path.home() / ".kube" / "config")
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except OSError as error:
+        raise click.BadParameter(f"cannot read {path}: {error.strerror}",
+                                 param_hint="'--context'") from None
+    names = [c.get("name") for c in config.get("contexts") or [] if isinstance(c, dict)]
+    if context not in names:
+        raise click.BadParameter(f"{context!r} is not a context of {path}; it has "
+                                 f"{', '.join(map(str, names)) or 'none'}",
+                                 param_hint="'--context'")
+    config["current-context"] = context
+    try:  # next to the original, so paths in it relative to its folder still resolve
+        handle, copy = tempfile.mkstemp(prefix=".capguard-", suffix=".yaml", dir=path.parent)
+    except OSError:
+        handle, copy = tempfile.mkstemp(prefix="capguard-kubeconfig-", suffix=".yaml")
+    atexit.register(os.unlink, copy)  # it holds credentials: gone when the command ends
+    with os.fdopen(handle, "w") as written:
+        yaml.safe_dump(config, written)
+    return copy

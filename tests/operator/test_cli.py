@@ -73,6 +73,10 @@ async def test_capguard_run_serves_metrics_and_stops_on_sigterm(
     (["status", "--bogus"], "--bogus"),
     (["simulate", "--seed", "x"], "--seed"),
     (["crds", "extra"], "extra"),
+    (["status", "--context", "no-such-context"], "--context"),
+    (["gateway", "--context", "no-such-context"], "--context"),
+    (["engine", "--name", "e0", "--serve-command", "serve {port}", "--context",
+      "no-such-context"], "--context"),
 ])
 def test_every_subcommand_says_a_users_mistake_in_one_line_with_exit_2(
     args: list[str], says: str,

@@ -38,6 +38,7 @@ from typing import Any, Final
 import click
 
 import capguard
+from capguard import commandline
 from capguard.commandline import OneLineCommand, OneLineUsage
 from capguard.core import clock, specs
 
@@ -426,6 +427,7 @@ def _duration(_: click.Context, param: click.Parameter, value: str) -> float:
               show_default="POD_NAMESPACE, else default", help="The engine's namespace.")
 @click.option("--kubeconfig", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Kubeconfig file. Default: KUBECONFIG, ~/.kube/config, or in-cluster.")
+@commandline.context_option
 @click.option("--serve-command", required=True,
               help="The model server to run, with {model}, {revision}, {port}, {units}, "
               "{engine}, {host} filled in; e.g. \"vllm serve {model} --port {port}\".")
@@ -449,9 +451,11 @@ def _duration(_: click.Context, param: click.Parameter, value: str) -> float:
 @click.option("--label", "create_labels", multiple=True, callback=_labels, metavar="KEY=VALUE",
               help="With --pool: a label of the created engine (repeatable).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging (the server's stderr too).")
-def command(verbose: bool, **flags: Any) -> None:
+def command(verbose: bool, context: str | None, **flags: Any) -> None:
     """Run the agent of one InferenceEngine: converge a model server on its spec and
     report the truth in its status (docs/engines.md)."""
+    if context is not None:
+        flags["kubeconfig"] = commandline.with_context(flags["kubeconfig"], context)
     try:
         render(flags["serve_command"], values=dict.fromkeys(PLACEHOLDERS, "x"))
     except ValueError as error:

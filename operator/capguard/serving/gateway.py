@@ -464,7 +464,7 @@ async def serve(*, kubeconfig: str | None, namespace: str, host: str, port: int,
               help="The namespace whose InferenceEngines serve.")
 @click.option("--kubeconfig", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Kubeconfig file. Default: KUBECONFIG, ~/.kube/config, or in-cluster.")
-@click.option("--context", default=None, help="The kubeconfig context to use, as kubectl's.")
+@commandline.context_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
               help="Port to listen on; 0 picks a free one (the first line says which).")
@@ -478,10 +478,8 @@ async def serve(*, kubeconfig: str | None, namespace: str, host: str, port: int,
 def command(*, namespace: str, kubeconfig: str | None, context: str | None, host: str,
             port: int, heartbeat_timeout: float, request_timeout: float) -> None:
     """Route OpenAI-compatible requests by model to the engines that serve it."""
-    from capguard import cli
-
     if context is not None:
-        kubeconfig = cli._with_context(kubeconfig, context)
+        kubeconfig = commandline.with_context(kubeconfig, context)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     info = login(kubeconfig)
     asyncio.run(serve(kubeconfig=kubeconfig, namespace=namespace, host=host, port=port,
