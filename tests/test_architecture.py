@@ -1,6 +1,7 @@
 """The layering contract of STYLE.md, checked: arrows point down, never up.
 
     cli -> handlers -> kube/core,  sim -> core,  localcluster -> (nothing of capguard)
+    cli -> serving -> kube/core
 
 A module may import only the wings its row allows. The check reads the source with
 `ast`, so it also catches imports inside functions (the lazy ones cli.py uses).
@@ -27,6 +28,10 @@ ALLOWED: dict[str, set[str]] = {
     "operator": {"core", "defaults", "kube", "handlers", "metrics"},
     "demo": {"core", "defaults", "sim", "kube", "localcluster", "metrics"},
     "status": {"core", "kube"},
+    "commandline": set(),
+    # The engines' side: agents, model servers, the gateway and the load run next to
+    # engines, not in the operator: never its handlers, the simulator or the demo.
+    "serving": {"core", "defaults", "kube", "commandline"},
 }
 
 
