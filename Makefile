@@ -79,6 +79,10 @@ kind-down: ## Delete kind cluster capguard
 e2e-kind: ## Run the end-to-end suite against kind cluster capguard, its operator running in the cluster
 	bash hack/e2e-kind.sh
 
+.PHONY: kind-demo
+kind-demo: ## Play the incident on kind with traffic: engine Pods, gateway, load Job (needs Docker, kind)
+	bash hack/kind-demo.sh
+
 ##@ Deploy (the current kubectl context)
 .PHONY: install uninstall deploy undeploy run
 install: ## Install the CRDs only (kubectl apply -k crds/)
