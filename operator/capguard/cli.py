@@ -110,18 +110,6 @@ def simulate(
         rich.console.Console().print(report.as_table(summaries))
 
 
-def _duration(_: click.Context, param: click.Parameter, value: str | None) -> float | None:
-    """Go-style durations on the command line: 3s, 120s, 2m, 1h30m (a bare number is seconds)."""
-    if value is None:
-        return None
-    from capguard.core import specs
-
-    try:
-        return float(value) if value.replace(".", "", 1).isdigit() else specs.parse_duration(value)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param=param) from None
-
-
 @main.command("run", cls=OneLineCommand)
 @click.option("--namespace", "namespaces", multiple=True, metavar="NS",
               help="Watch this namespace (repeatable). Default: all namespaces.")
@@ -136,13 +124,13 @@ def _duration(_: click.Context, param: click.Parameter, value: str | None) -> fl
               "to each engine, docs/engines.md), or simulated (the operator fakes them: "
               "demos and tests only).")
 @click.option("--heartbeat-timeout", default=defaults.seconds(defaults.HEARTBEAT_TIMEOUT),
-              show_default=True, callback=_duration,
+              show_default=True, callback=commandline.duration,
               help="Agent driver: an engine whose agent is silent this long is out of "
               "service (0: believe any status, for agents that send no heartbeat).")
 @click.option("--load-time", default=defaults.seconds(defaults.LOAD_TIME), show_default=True,
-              callback=_duration,
+              callback=commandline.duration,
               help="Simulated driver: time to load a model.")
-@click.option("--drain-time", default=None, callback=_duration,
+@click.option("--drain-time", default=None, callback=commandline.duration,
               help="Simulated driver: time to drain. Default: a quarter of --load-time.")
 @click.option("--failure-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Simulated driver: share of loads that fail.")
@@ -153,9 +141,9 @@ def _duration(_: click.Context, param: click.Parameter, value: str | None) -> fl
               help="Namespace of the Lease. Default: POD_NAMESPACE, the pod's, or the first "
                    "--namespace, else default.")
 @click.option("--lease-duration", default=defaults.seconds(defaults.LEASE_DURATION),
-              show_default=True, callback=_duration)
+              show_default=True, callback=commandline.duration)
 @click.option("--lease-renew", default=defaults.seconds(defaults.LEASE_RENEW), show_default=True,
-              callback=_duration)
+              callback=commandline.duration)
 @click.option("--identity", default=None, help="This replica's name in the Lease and to "
               "Kopf. Default: POD_NAME, else hostname-pid.")
 @click.option("--naive", is_flag=True,
@@ -163,10 +151,10 @@ def _duration(_: click.Context, param: click.Parameter, value: str | None) -> fl
               "holds), plans built on a cached view while Open, writes without a "
               "resourceVersion precondition.")
 @click.option("--reconcile-interval", default=defaults.seconds(defaults.RECONCILE_INTERVAL),
-              show_default=True, callback=_duration,
+              show_default=True, callback=commandline.duration,
               help="Longest time between reconcile passes (changes trigger one sooner).")
 @click.option("--max-write-delay", default=defaults.seconds(defaults.MAX_WRITE_DELAY),
-              show_default=True, callback=_duration,
+              show_default=True, callback=commandline.duration,
               help="An action decided longer ago than this is not written; it is re-planned.")
 @click.option("--liveness", default=None, metavar="URL",
               help="Kopf's liveness endpoint, e.g. http://0.0.0.0:8081/healthz.")
@@ -222,8 +210,14 @@ def _port_free(host: str, port: int) -> None:
 
 
 @main.command("demo", cls=OneLineCommand)
-@click.option("--naive", is_flag=True,
-              help="Run the operator with the guard off, to watch the incident happen.")
+@click.option("--mode", type=click.Choice(["both", "guarded", "naive"]), default="both",
+              show_default=True, help="both: the incident with the guard on, then with it "
+              "off (the incident's capacity manager), each on a fresh fleet.")
+@click.option("--naive", is_flag=True, help="Only the naive run: --mode naive.")
+@click.option("--engines", type=click.Choice(["real", "simulated"]), default="real",
+              show_default=True, help="real: an agent and a model server per engine, a "
+              "gateway and request traffic, measured in requests; simulated: the operator "
+              "plays the engines (faster, no requests).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the measures as one JSON object, the last line of output.")
 @click.option("--plot", type=click.Path(dir_okay=False), default="out/demo-timeline.png",
@@ -241,8 +235,8 @@ def _port_free(host: str, port: int) -> None:
 @click.option("--crds", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder of the CRDs. Default: the ones capguard carries (capguard crds).")
 def demo(
-    *, naive: bool, as_json: bool, plot: str, kubeconfig: str | None, namespace: str,
-    seed: int, speed: float, keep: bool, crds: str | None,
+    *, mode: str, naive: bool, engines: str, as_json: bool, plot: str, kubeconfig: str | None,
+    namespace: str, seed: int, speed: float, keep: bool, crds: str | None,
 ) -> None:
     """Play the march-4 incident live: embedded cluster, real operator, measured."""
     _needs("demo")
@@ -260,13 +254,15 @@ def demo(
         except OSError as error:
             raise click.BadParameter(f"cannot create the folder of {plot!r}: {error.strerror}",
                                      param_hint="--plot") from None
+    modes = ("naive",) if naive else ("guarded", "naive") if mode == "both" else (mode,)
     options = demo_.Options(
-        naive=naive, seed=seed, speed=speed, namespace=namespace, keep=keep,
+        naive=modes[0] == "naive", seed=seed, speed=speed, namespace=namespace, keep=keep,
+        engines=engines,
         kubeconfig=pathlib.Path(kubeconfig) if kubeconfig else None,
         crds=pathlib.Path(crds) if crds else _packaged_crds(),
         plot=pathlib.Path(plot) if plot else None,
     )
-    sys.exit(demo_.main(options, as_json=as_json))
+    sys.exit(demo_.main(options, as_json=as_json, modes=modes))
 
 
 def _packaged_crds() -> pathlib.Path:

@@ -11,6 +11,7 @@ import json
 import math
 import pathlib
 import sys
+import time
 from collections.abc import AsyncIterator, Mapping
 
 import pytest
@@ -125,7 +126,8 @@ async def test_the_load_command_prints_each_second_and_a_summary(world: World) -
         stdout, stderr = await done.communicate()
     assert done.returncode == 0, stderr.decode()
     lines = [json.loads(line) for line in stdout.decode().splitlines()]
-    seconds, summary = lines[:-1], lines[-1]["summary"]
+    started, seconds, summary = lines[0]["started"], lines[1:-1], lines[-1]["summary"]
+    assert abs(started - time.time()) < 60  # the wall clock its second 0 began at
     assert [(line["second"], line["model"]) for line in seconds] == [
         (0, "llama"), (0, "qwen"), (1, "llama"), (1, "qwen")]
     assert summary["sent"] == sum(line["sent"] for line in seconds)

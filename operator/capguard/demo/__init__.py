@@ -8,13 +8,15 @@ simulator's own measures and plot computed from what a watcher of the cluster sa
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import signal
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any, Final
 
-from capguard.demo import display, play
-from capguard.sim import measures
+from rich import console as rich_console
+
+from capguard.demo import display, play, postmortem
 from capguard.sim import plot as sim_plot
 from capguard.sim import report as sim_report
 
@@ -22,29 +24,62 @@ Options = play.Options
 EXIT_INTERRUPTED: Final = 130
 
 
-def main(options: Options, *, as_json: bool) -> int:
-    """Run the demo, print the report (and the JSON last); the process exit code."""
+def main(options: Options, *, as_json: bool, modes: Sequence[str] = ("guarded",)) -> int:
+    """Play the incident in each mode in turn (a fresh fleet each time), print each one's
+    report, then the plot of all of them and the JSON last; the process exit code."""
     console = display.make_console(stderr=False)
+    outcomes: list[play.Outcome] = []
 
-    def report(timeline: measures.Timeline) -> None:
-        summary = timeline.summary()
-        if options.plot is not None:
-            options.plot.parent.mkdir(parents=True, exist_ok=True)
-            sim_plot.draw([timeline], path=options.plot)
-        console.print(sim_report.as_table({f"{timeline.mode} (live)": summary}))
-        if options.plot is not None:
-            console.print(f"timeline: {options.plot}")
-        if as_json:
-            # One line, the last of the output: tools read it with `tail -n 1`.
-            console.file.write(json.dumps(summary) + "\n")
-            console.file.flush()
+    def report(outcome: play.Outcome) -> None:
+        outcomes.append(outcome)
+        summary = outcome.summary()
+        mode = outcome.timeline.mode
+        console.print(sim_report.as_table({f"{mode} (live)": outcome.timeline.summary()}))
+        if outcome.traffic is not None:
+            console.print(display.success_table({mode: _minutes(outcome)}))
+            console.print(f"{mode}: {summary['requests_total']} requests, "
+                          f"{summary['requests_failed']} failed "
+                          f"{summary['requests_failed_by_code'] or ''}", soft_wrap=True)
+        if len(outcomes) == len(modes) or options.keep:
+            _finish(outcomes, options=options, as_json=as_json, console=console)
 
     try:
-        asyncio.run(_until_signalled(play.play(options, console=console, report=report)))
+        for mode in modes:
+            chosen = dataclasses.replace(options, naive=mode == "naive")
+            asyncio.run(_until_signalled(play.play(chosen, console=console, report=report)))
     except (KeyboardInterrupt, asyncio.CancelledError):
         console.print("stopped; everything the demo started is cleaned up", style="bold")
         return EXIT_INTERRUPTED
     return 0
+
+
+def _minutes(outcome: play.Outcome) -> list[tuple[int, float, float]]:
+    """(minute, overall, worst model's) success rate for every minute with requests."""
+    worst: dict[int, float] = {}
+    for name in outcome.timeline.scenario.model_names:
+        for minute, rate in outcome.success_by_minute(name):
+            worst[minute] = min(rate, worst.get(minute, 1.0))
+    return [(m, rate, worst.get(m, rate)) for m, rate in outcome.success_by_minute()]
+
+
+def _finish(outcomes: Sequence[play.Outcome], *, options: Options, as_json: bool,
+            console: rich_console.Console) -> None:
+    if len(outcomes) > 1 and outcomes[0].traffic is not None:
+        console.print(display.success_table({o.timeline.mode: _minutes(o) for o in outcomes}))
+    if options.plot is not None:
+        options.plot.parent.mkdir(parents=True, exist_ok=True)
+        if all(o.traffic is not None for o in outcomes):
+            postmortem.draw(outcomes, path=options.plot)
+        else:
+            sim_plot.draw([o.timeline for o in outcomes], path=options.plot)
+        console.print(f"timeline: {options.plot}")
+    if as_json:
+        # One line, the last of the output: tools read it with `tail -n 1`. One mode: its
+        # report; several: {mode: report}, as `capguard simulate --mode both` prints.
+        summaries = {o.timeline.mode: o.summary() for o in outcomes}
+        document = summaries if len(summaries) > 1 else next(iter(summaries.values()))
+        console.file.write(json.dumps(document) + "\n")
+        console.file.flush()
 
 
 async def _until_signalled(work: Coroutine[Any, Any, None]) -> None:

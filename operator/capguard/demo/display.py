@@ -133,3 +133,34 @@ def make_console(*, stderr: bool, file: IO[str] | None = None) -> rich_console.C
         return console
     return rich_console.Console(stderr=stderr, file=file, highlight=False, width=PIPE_WIDTH,
                                 soft_wrap=True)
+
+
+WINDOW: Final = 5  # incident minutes per row of the success-rate table
+
+
+def success_table(rows: Mapping[str, Sequence[tuple[int, float, float]]]) -> rich_table.Table:
+    """The request success rate by incident minute, per mode: each row the worst minute of
+    a window, overall and of the worst model. ``rows``: mode -> (minute, overall, worst
+    model) for every minute with requests."""
+    table = rich_table.Table(title="request success rate (the worst minute of each "
+                             f"{WINDOW} incident minutes)")
+    table.add_column("minutes")
+    for mode in rows:
+        table.add_column(f"{mode}: all", justify="right")
+        table.add_column(f"{mode}: worst model", justify="right")
+    last = max((m for found in rows.values() for m, _, _ in found), default=-1)
+    for start in range(0, last + 1, WINDOW):
+        cells = [f"{start:02d}-{start + WINDOW - 1:02d}"]
+        for found in rows.values():
+            window = [(o, w) for m, o, w in found if start <= m < start + WINDOW]
+            cells += [_percent(min((o for o, _ in window), default=None)),
+                      _percent(min((w for _, w in window), default=None))]
+        table.add_row(*cells)
+    return table
+
+
+def _percent(rate: float | None) -> str:
+    if rate is None:
+        return "-"
+    text = f"{100 * rate:.1f}%"
+    return text if rate >= 0.99 else f"[bold red]{text}[/bold red]"

@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import os
 import pathlib
 import random
+import signal
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -24,10 +26,13 @@ from rich import live as rich_live
 from capguard.demo import connection as connection_
 from capguard.demo import display, fleet, processes, record, script
 from capguard.demo import mirror as mirror_
+from capguard.demo import serving as serving_
 from capguard.kube import client
 from capguard.sim import measures, scenarios
 
 WRITE_CONCURRENCY: Final = 16
+ENGINES: Final = ("real", "simulated")  # who serves: agents and model servers, or the operator
+ENGINES_READY_TIMEOUT: Final = 120.0  # real seconds for every bound engine to serve
 READY_TIMEOUT: Final = 60.0  # real seconds for the operator's first complete reconcile
 SETTLE: Final = 120.0  # virtual seconds a converged fleet must hold before the demo ends
 METRICS_EVERY: Final = 0.2  # real seconds between scrapes of the operator's /metrics
@@ -45,17 +50,46 @@ class Options:
     plot: pathlib.Path | None = None
     keep: bool = False
     scenario: scenarios.Scenario = scenarios.MARCH_4
+    engines: str = ENGINES[0]
 
     @property
     def mode(self) -> str:
         return "naive" if self.naive else "guarded"
+
+    @property
+    def real(self) -> bool:
+        return self.engines == "real"
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """One run, as measured: the simulator's timeline, and with real engines the requests."""
+
+    timeline: measures.Timeline
+    traffic: serving_.Traffic | None = None
+    zero: float = 0.0  # the wall clock (epoch) of the incident's second 0
+    speed: float = 1.0
+    refused_at: tuple[float, ...] = ()  # incident seconds a batch was refused
+
+    def summary(self) -> dict[str, object]:
+        """The simulator's report, plus the request measures when engines really served."""
+        report = self.timeline.summary()
+        if self.traffic is not None:
+            report |= self.traffic.summary(zero=self.zero, speed=self.speed,
+                                           models=self.timeline.scenario.model_names)
+        return report
+
+    def success_by_minute(self, model: str | None = None) -> list[tuple[int, float]]:
+        if self.traffic is None:
+            return []
+        return self.traffic.success_by_minute(zero=self.zero, speed=self.speed, model=model)
 
 
 class Run:
     """The state of one run, shared by its concurrent parts (sampling, script, display)."""
 
     def __init__(self, options: Options, *, console: rich_console.Console,
-                 report: Callable[[measures.Timeline], None]) -> None:
+                 report: Callable[[Outcome], None]) -> None:
         self.options = options
         self.console = console
         self.report = report
@@ -69,6 +103,14 @@ class Run:
         self._mirror: mirror_.Mirror | None = None
         self._recorder: record.Recorder | None = None
         self._events_seen = 0
+        self.serving = serving_.Serving(
+            load_time=self.plan.real(options.scenario.physics.load_seconds),
+            # A drain lets requests in flight finish, however compressed the incident.
+            drain_grace=max(self.plan.real(options.scenario.physics.drain_seconds), 1.0))
+        self._agents: serving_.Agents | None = None
+        self._traffic: serving_.Traffic | None = None
+        self.zero_epoch = 0.0
+        self._refused_at: list[float] = []
 
     @property
     def connection(self) -> connection_.Connection:
@@ -103,9 +145,10 @@ class Run:
     async def _with_cluster(self) -> None:
         async with self._connected(), self._namespace():
             await self._create_fleet()
-            async with self._mirrored(), self._operator():
+            async with self._mirrored(), self._engines(), self._operator(), self._load():
                 await self._incident()
-                self.report(self.recorder.timeline)
+                self.report(Outcome(self.recorder.timeline, self._traffic, self.zero_epoch,
+                                    self.options.speed, tuple(self._refused_at)))
                 if self.options.keep:
                     await self._keep()
 
@@ -187,6 +230,8 @@ class Run:
         api, ns = self.connection.api, self.options.namespace
         name = engine.body["metadata"]["name"]
         await api.create(client.ENGINES, namespace=ns, body=engine.body)
+        if self.options.real:
+            return  # its agent loads what it is bound to and says so
         # The fleet starts settled, as in the simulator: its engines already serve.
         await api.merge_patch(client.ENGINES, namespace=ns, name=name,
                               patch={"status": engine.status}, subresource="status")
@@ -206,6 +251,57 @@ class Run:
             await asyncio.gather(task, return_exceptions=True)
 
     @contextlib.asynccontextmanager
+    async def _engines(self) -> AsyncIterator[None]:
+        """With real engines: an agent per engine, and every bound engine serving before
+        the operator starts (it must never see a fleet nobody vouches for)."""
+        if not self.options.real:
+            yield
+            return
+        names = sorted(self.mirror.engines)
+        log = self._log_path("engines")
+        async with serving_.agents(kubeconfig=self.kubeconfig, namespace=self.options.namespace,
+                                   engines=names, serving=self.serving, log=log) as started:
+            self._agents = started
+            began = time.monotonic()
+            await self._until_engines_serve(log=log)
+            self.console.print(
+                f"engines: {len(names)} agents (capguard engine), each running a model server "
+                f"(capguard model-server, {self.serving.concurrency_per_unit} requests at "
+                f"once per unit, {self.serving.latency * 1000:g} ms each); all bound engines "
+                f"serving after {time.monotonic() - began:.1f}s (log: {log})")
+            yield
+
+    async def _until_engines_serve(self, *, log: pathlib.Path) -> None:
+        deadline = time.monotonic() + ENGINES_READY_TIMEOUT
+        while time.monotonic() < deadline:
+            bodies = list(self.mirror.engines.values())
+            bound = [b for b in bodies if (b.get("spec") or {}).get("modelRef")]
+            if all((b.get("status") or {}).get("phase") == "Serving" for b in bound):
+                return
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"the engines did not all serve within {ENGINES_READY_TIMEOUT:g}s; "
+                           f"see {log}")
+
+    @contextlib.asynccontextmanager
+    async def _load(self) -> AsyncIterator[None]:
+        """With real engines: the gateway, and each model's demand sent through it."""
+        if not self.options.real:
+            yield
+            return
+        s = self.options.scenario
+        rates = {name: self.serving.rate(s.units_per_model) for name in s.model_names}
+        async with serving_.gateway(kubeconfig=self.kubeconfig, namespace=self.options.namespace,
+                                    serving=self.serving, log=self._log_path("gateway")) as url, \
+                serving_.load(url=url, rates=rates, duration=self.plan.real(s.duration) + 60,
+                              seed=self.options.seed, log=self._log_path("load")) as traffic:
+            self._traffic = traffic
+            self.console.print(
+                f"traffic: capguard gateway at {url}; capguard load sends "
+                f"{sum(rates.values()):g} requests/s ({self.serving.utilization:.0%} of each "
+                "model's desired capacity)")
+            yield
+
+    @contextlib.asynccontextmanager
     async def _operator(self) -> AsyncIterator[None]:
         port = processes.free_port()
         self.metrics_url = f"http://127.0.0.1:{port}/metrics"
@@ -214,7 +310,9 @@ class Run:
             load_time=self.plan.real(self.options.scenario.physics.load_seconds),
             drain_time=self.plan.real(self.options.scenario.physics.drain_seconds),
             reconcile_interval=max(0.05, self.plan.real(self.options.scenario.tick_seconds)),
-            seed=self.options.seed, naive=self.options.naive)
+            seed=self.options.seed, naive=self.options.naive,
+            driver="agent" if self.options.real else "simulated",
+            heartbeat_timeout=self.serving.heartbeat_timeout)
         log = self._log_path("operator")
         async with processes.operator(flags, log=log) as pid:
             self.console.print(f"operator: capguard run{' --naive' if self.options.naive else ''}"
@@ -255,7 +353,7 @@ class Run:
                                       duration=self.options.scenario.duration):
             self.console.print(line)
         self.recorder.start()
-        self.zero = time.monotonic()
+        self.zero, self.zero_epoch = time.monotonic(), time.time()
         background = [asyncio.create_task(self._scrape_metrics(), name="capguard-demo metrics")]
         try:
             with self._live() as refresh:
@@ -311,10 +409,17 @@ class Run:
                                               name=name, patch={"spec": spec})
 
     async def _fail(self, count: int) -> None:
-        """Serving engines break (what the driver would report for a crashed server)."""
+        """Serving engines break: with real engines their model servers are killed (their
+        agents report it), otherwise what the driver would report for a crashed server."""
         serving = sorted(n for n, b in self.mirror.engines.items()
                          if (b.get("status") or {}).get("phase") == "Serving")
         rng = random.Random(self.options.seed)
+        if self._agents is not None:
+            broken = rng.sample(serving, k=min(count, len(serving)))
+            for pid in self._agents.servers(broken):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            return
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         for name in rng.sample(serving, k=min(count, len(serving))):
             await self.connection.api.merge_patch(
@@ -371,7 +476,10 @@ class Run:
 
     async def _refresh_counts(self) -> None:
         text = await self.connection.get_text(self.metrics_url)
+        before = self.recorder.counts.refused_batches
         self.recorder.update_counts(record.parse_metrics(text))
+        if self.recorder.counts.refused_batches > before:
+            self._refused_at.append(self.now())
 
     async def _keep(self) -> None:
         self.console.print("--keep: the cluster and the operator keep running; Ctrl-C stops them",
@@ -380,7 +488,7 @@ class Run:
 
 
 async def play(options: Options, *, console: rich_console.Console,
-               report: Callable[[measures.Timeline], None]) -> None:
+               report: Callable[[Outcome], None]) -> None:
     """Run the demo and hand the recorded timeline to ``report`` once the incident is over.
 
     With ``keep`` it returns only when cancelled (Ctrl-C), after cleaning up.

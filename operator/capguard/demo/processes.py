@@ -16,7 +16,7 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Sequence
-from typing import Final
+from typing import IO, Final
 
 SERVING_PREFIX: Final = "capguard localcluster serving at "
 STOP_GRACE: Final = 5.0  # seconds between SIGTERM and SIGKILL
@@ -34,6 +34,9 @@ class OperatorFlags:
     reconcile_interval: float
     seed: int
     naive: bool
+    # simulated: the operator plays the engines; agent: real agents do (with heartbeats)
+    driver: str = "simulated"
+    heartbeat_timeout: float = 5.0
 
     def argv(self) -> list[str]:
         argv = [
@@ -42,7 +45,8 @@ class OperatorFlags:
             "--namespace", self.namespace,
             "--metrics-host", "127.0.0.1",
             "--metrics-port", str(self.metrics_port),
-            "--driver", "simulated",
+            "--driver", self.driver,
+            "--heartbeat-timeout", f"{self.heartbeat_timeout:g}s",
             "--load-time", f"{self.load_time:.3f}s",
             "--drain-time", f"{self.drain_time:.3f}s",
             "--reconcile-interval", f"{self.reconcile_interval:.3f}s",
@@ -71,12 +75,23 @@ async def embedded_server(
         url = await _read_url(process, log=log)
         assert process.stdout is not None
         # Keep draining its output into the log so the pipe never fills up.
-        drain = asyncio.create_task(_drain(process.stdout, log=log))
+        drain_ = asyncio.create_task(drain(process.stdout, log=log))
         try:
             yield url
         finally:
-            drain.cancel()
-            await asyncio.gather(drain, return_exceptions=True)
+            drain_.cancel()
+            await asyncio.gather(drain_, return_exceptions=True)
+
+
+async def first_line_url(process: asyncio.subprocess.Process, *, log: pathlib.Path,
+                         what: str) -> str:
+    """The URL a capguard server names at the end of its first line (`... listening at
+    URL`): that line is its interface."""
+    assert process.stdout is not None
+    line = (await asyncio.wait_for(process.stdout.readline(), timeout=30)).decode()
+    if not line.strip():
+        raise RuntimeError(f"{what} exited early; see {log}")
+    return line.split()[-1]
 
 
 async def _read_url(process: asyncio.subprocess.Process, *, log: pathlib.Path) -> str:
@@ -89,7 +104,7 @@ async def _read_url(process: asyncio.subprocess.Process, *, log: pathlib.Path) -
             return line.removeprefix(SERVING_PREFIX).strip()
 
 
-async def _drain(stream: asyncio.StreamReader, *, log: pathlib.Path) -> None:
+async def drain(stream: asyncio.StreamReader, *, log: pathlib.Path) -> None:
     with log.open("ab") as sink:
         while chunk := await stream.read(65536):
             sink.write(chunk)
@@ -104,16 +119,17 @@ async def operator(flags: OperatorFlags, *, log: pathlib.Path) -> AsyncIterator[
 
 @contextlib.asynccontextmanager
 async def child(
-    argv: Sequence[str], *, log: pathlib.Path | None
+    argv: Sequence[str], *, log: pathlib.Path | None, stderr: IO[bytes] | None = None,
 ) -> AsyncIterator[asyncio.subprocess.Process]:
-    """A child process in its own session, stopped (TERM, then KILL) and reaped on exit."""
+    """A child process in its own session, stopped (TERM, then KILL) and reaped on exit.
+    Without ``log`` its stdout is a pipe for the caller (stderr too, or ``stderr``)."""
     sink = log.open("ab") if log is not None else None
     try:
         process = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=sink if sink is not None else asyncio.subprocess.PIPE,
-            stderr=sink if sink is not None else asyncio.subprocess.STDOUT,
+            stderr=sink if sink is not None else (stderr or asyncio.subprocess.STDOUT),
             start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )

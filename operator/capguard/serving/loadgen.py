@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, Final
 import click
 
 from capguard import commandline
-from capguard.serving import modelserver
 
 if TYPE_CHECKING:  # imported where it runs: `capguard --help` does not load it
     import aiohttp
@@ -293,9 +292,9 @@ def _table(recording: Recording) -> str:
 @click.option("--gateway", "url", required=True, help="The gateway's base URL.")
 @click.option("--rate", "rate", multiple=True, required=True, callback=rates,
               help="MODEL=RPS: requests per second for a model (repeat for more models).")
-@click.option("--duration", default="60s", show_default=True, callback=modelserver.duration,
+@click.option("--duration", default="60s", show_default=True, callback=commandline.duration,
               help="How long to send for.")
-@click.option("--timeout", default="30s", show_default=True, callback=modelserver.duration,
+@click.option("--timeout", default="30s", show_default=True, callback=commandline.duration,
               help="A request unanswered for this long counts as failed (timeout).")
 @click.option("--seed", type=int, default=0, show_default=True, help="The schedule's seed.")
 @click.option("--max-in-flight", type=click.IntRange(min=1), default=DEFAULT_MAX_IN_FLIGHT,

@@ -52,7 +52,7 @@ def _breaker_band(ax: Axes, timeline: measures.Timeline) -> None:
     """Shade the time the breaker spent Open (red) and HalfOpen (amber)."""
     tick = timeline.scenario.tick_seconds
     labelled: set[str] = set()
-    for state, start, end in _stretches(timeline.samples, tick=tick):
+    for state, start, end in stretches(timeline.samples, tick=tick):
         colour = _BREAKER_COLOURS.get(state)
         if colour is None:
             continue
@@ -61,7 +61,7 @@ def _breaker_band(ax: Axes, timeline: measures.Timeline) -> None:
         ax.axvspan(start / 60, end / 60, color=colour, alpha=0.15, linewidth=0, label=label)
 
 
-def _stretches(
+def stretches(
     samples: Sequence[measures.Sample], *, tick: float
 ) -> list[tuple[str, float, float]]:
     """Consecutive samples in the same breaker state, as (state, start, end) in seconds."""

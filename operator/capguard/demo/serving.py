@@ -1,0 +1,229 @@
+"""The demo's engines that really serve: one `capguard engine` agent per engine, each
+running a `capguard model-server`, the `capguard gateway` in front, and `capguard load`
+sending each model's demand through it. All real processes on loopback ports.
+
+Request latency, concurrency and the heartbeat are real time (a request takes what it
+takes); the incident's durations the agents read (a model's load, a drain) are
+compressed like everything else the operator reads.
+
+The demand is a share of each model's desired capacity (`Serving.utilization`): a model
+at its desired units answers practically everything, one below its floor visibly less,
+one with no engine serving it nothing (the gateway's 503). The per-minute success rate
+is measured on the incident's clock, from the load's own per-second counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import signal
+import sys
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any, Final
+
+from capguard.demo import processes
+
+STOP_GRACE: Final = 10.0  # seconds for every agent to drain its server and exit
+ERROR_MINUTE: Final = 0.99  # a minute below this success rate is an error minute
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Serving:
+    """How the real engines behave, in real seconds (the agents', the servers' flags)."""
+
+    load_time: float  # a model's load, compressed
+    drain_grace: float  # what a draining server may finish, compressed but never cut short
+    latency: float = 0.2  # per request, real
+    concurrency_per_unit: int = 4
+    utilization: float = 0.4  # demand as a share of a model's desired capacity
+    heartbeat_interval: float = 1.0
+    heartbeat_timeout: float = 5.0
+
+    def rate(self, desired_units: int) -> float:
+        """Requests per second a model's demand is: a share of what its units answer."""
+        return round(self.utilization * desired_units * self.concurrency_per_unit
+                     / self.latency, 3)
+
+    def serve_command(self) -> str:
+        grace = max(0.05, self.drain_grace * 0.9)  # exits before the agent's SIGKILL
+        return (f"{sys.executable} -m capguard.serving.modelserver --model {{model}} "
+                "--revision {revision} --port {port} --units {units} --name {engine} "
+                f"--load-time {self.load_time:.3f}s --latency {self.latency:g}s "
+                f"--concurrency-per-unit {self.concurrency_per_unit} --grace {grace:.3f}s")
+
+
+@dataclasses.dataclass
+class Agents:
+    """The agent processes, by engine name."""
+
+    processes: dict[str, asyncio.subprocess.Process] = dataclasses.field(default_factory=dict)
+
+    def servers(self, names: Sequence[str] | None = None) -> list[int]:
+        """The model-server processes the agents (of ``names``, or all) run: their children."""
+        found = []
+        for name in self.processes if names is None else names:
+            pid = self.processes[name].pid
+            with contextlib.suppress(OSError):
+                children = pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text()
+                found += [int(child) for child in children.split()]
+        return found
+
+
+@contextlib.asynccontextmanager
+async def agents(*, kubeconfig: pathlib.Path, namespace: str, engines: Sequence[str],
+                 serving: Serving, log: pathlib.Path) -> AsyncIterator[Agents]:
+    """One agent per engine, started together and stopped together (each drains its
+    server); a straggler is killed, with its server."""
+    started = Agents()
+    sink = log.open("ab")
+    try:
+        for name in engines:
+            started.processes[name] = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "capguard.cli", "engine", "--name", name,
+                "--namespace", namespace, "--kubeconfig", str(kubeconfig),
+                "--serve-command", serving.serve_command(),
+                "--heartbeat-interval", f"{serving.heartbeat_interval:g}s",
+                "--drain-grace", f"{serving.drain_grace:.3f}s", "--retry-after", "1s",
+                stdin=asyncio.subprocess.DEVNULL, stdout=sink, stderr=sink,
+                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        yield started
+    finally:
+        await asyncio.shield(_stop_all(started))
+        sink.close()
+
+
+async def _stop_all(started: Agents) -> None:
+    servers = started.servers()
+    alive = [p for p in started.processes.values() if p.returncode is None]
+    for process in alive:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+    done = asyncio.gather(*(p.wait() for p in alive))
+    try:
+        await asyncio.wait_for(done, timeout=STOP_GRACE)
+    except TimeoutError:
+        for process in alive:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+        await asyncio.gather(*(p.wait() for p in alive))
+    for pid in servers:  # orphaned only if its agent was killed: never left behind
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.asynccontextmanager
+async def gateway(*, kubeconfig: pathlib.Path, namespace: str, serving: Serving,
+                  log: pathlib.Path) -> AsyncIterator[str]:
+    """`capguard gateway` for the namespace; yields its URL."""
+    argv = [sys.executable, "-m", "capguard.cli", "gateway", "--namespace", namespace,
+            "--kubeconfig", str(kubeconfig), "--port", "0",
+            "--heartbeat-timeout", f"{serving.heartbeat_timeout:g}s"]
+    async with processes.child(argv, log=None) as process:
+        url = await processes.first_line_url(process, log=log, what="the gateway")
+        assert process.stdout is not None
+        drain = asyncio.create_task(processes.drain(process.stdout, log=log))
+        try:
+            yield url
+        finally:
+            drain.cancel()
+            await asyncio.gather(drain, return_exceptions=True)
+
+
+@dataclasses.dataclass
+class Traffic:
+    """What the load saw: per model and second of its run, requests sent and answered."""
+
+    started: float | None = None  # the wall clock (epoch) of the load's second 0
+    sent: dict[tuple[str, int], int] = dataclasses.field(default_factory=dict)
+    succeeded: dict[tuple[str, int], int] = dataclasses.field(default_factory=dict)
+    failed: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+
+    def add(self, line: Mapping[str, Any]) -> None:
+        if "started" in line:
+            self.started = float(line["started"])
+        elif "model" in line:
+            key = (str(line["model"]), int(line["second"]))
+            self.sent[key] = int(line["sent"])
+            self.succeeded[key] = int(line["succeeded"])
+            self.failed.update({str(k): int(v) for k, v in (line.get("failed") or {}).items()})
+
+    def by_minute(self, *, zero: float, speed: float,
+                  model: str | None = None) -> dict[int, tuple[int, int]]:
+        """Incident minute -> (sent, succeeded), a second counted at its middle; ``zero``
+        is the wall clock (epoch) of the incident's second 0."""
+        minutes: dict[int, tuple[int, int]] = {}
+        if self.started is None:
+            return minutes
+        for (name, second), sent in self.sent.items():
+            if model is not None and name != model:
+                continue
+            at = (self.started + second + 0.5 - zero) * speed
+            if at < 0:
+                continue
+            minute = int(at // 60)
+            total, ok = minutes.get(minute, (0, 0))
+            minutes[minute] = (total + sent, ok + self.succeeded[(name, second)])
+        return minutes
+
+    def success_by_minute(self, *, zero: float, speed: float,
+                          model: str | None = None) -> list[tuple[int, float]]:
+        return [(minute, ok / sent) for minute, (sent, ok)
+                in sorted(self.by_minute(zero=zero, speed=speed, model=model).items()) if sent]
+
+    def summary(self, *, zero: float, speed: float,
+                models: Sequence[str]) -> dict[str, object]:
+        """The request measures the demo adds to the simulator's report."""
+        overall = self.success_by_minute(zero=zero, speed=speed)
+        by_model = {m: self.success_by_minute(zero=zero, speed=speed, model=m) for m in models}
+        sent = sum(self.sent.values())
+        return {
+            "requests_total": sent,
+            "requests_failed": sent - sum(self.succeeded.values()),
+            "requests_failed_by_code": dict(sorted(self.failed.items())),
+            "min_success_rate": _lowest(overall),
+            "min_success_rate_by_model": {m: _lowest(found) for m, found in by_model.items()},
+            "error_minutes": sum(1 for _, rate in overall if rate < ERROR_MINUTE),
+            "success_rate_by_minute": {str(minute): round(rate, 4) for minute, rate in overall},
+        }
+
+
+def _lowest(minutes: list[tuple[int, float]]) -> float | None:
+    return round(min(rate for _, rate in minutes), 4) if minutes else None
+
+
+@contextlib.asynccontextmanager
+async def load(*, url: str, rates: Mapping[str, float], duration: float, seed: int,
+               log: pathlib.Path) -> AsyncIterator[Traffic]:
+    """`capguard load` through the gateway for ``duration`` real seconds (stopped sooner
+    when the demo ends); its per-second counts fill the yielded `Traffic`."""
+    argv = [sys.executable, "-m", "capguard.cli", "load", "--gateway", url, "--json",
+            "--duration", f"{math.ceil(duration)}s", "--timeout", "10s", "--seed", str(seed),
+            *(f"--rate={model}={rate:g}" for model, rate in rates.items())]
+    traffic = Traffic()
+    sink = log.open("ab")
+    try:
+        async with processes.child(argv, log=None, stderr=sink) as process:
+            reading = asyncio.create_task(_read(process, traffic))
+            try:
+                yield traffic
+            finally:
+                # Seconds still in flight are answered within the load's timeout.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(reading), timeout=0.5)
+                reading.cancel()
+                await asyncio.gather(reading, return_exceptions=True)
+    finally:
+        sink.close()
+
+
+async def _read(process: asyncio.subprocess.Process, traffic: Traffic) -> None:
+    assert process.stdout is not None
+    async for raw in process.stdout:
+        with contextlib.suppress(ValueError):
+            traffic.add(json.loads(raw))
