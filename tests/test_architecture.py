@@ -28,10 +28,11 @@ ALLOWED: dict[str, set[str]] = {
     "operator": {"core", "defaults", "kube", "handlers", "metrics"},
     "demo": {"core", "defaults", "sim", "kube", "localcluster", "metrics"},
     "status": {"core", "kube"},
-    "commandline": set(),
+    "durations": set(),
+    "commandline": {"durations"},
     # The engines' side: agents, model servers, the gateway and the load run next to
     # engines, not in the operator: never its handlers, the simulator or the demo.
-    "serving": {"core", "defaults", "kube", "commandline"},
+    "serving": {"core", "defaults", "kube", "commandline", "durations"},
 }
 
 

@@ -1,7 +1,7 @@
 """How every `capguard` subcommand reports a user's mistake: one line, exit code 2.
 
 Subcommands defined outside cli.py (the serving parts) use the same class, so the
-rule has one source; so do the flags they share (`--context`). It stays light: every
+rule has one source; so do the flags they share (`--context`, durations). It stays light: every
 command imports it, `capguard --help` too.
 """
 
@@ -11,6 +11,8 @@ import pathlib
 from typing import Any, Final
 
 import click
+
+from capguard import durations
 
 
 class OneLineUsage(click.UsageError):
@@ -35,6 +37,18 @@ class OneLineCommand(click.Command):
             return super().invoke(ctx)
         except click.UsageError as error:  # a check inside the command (BadParameter)
             raise OneLineUsage(error.format_message(), ctx) from None
+
+
+def duration(ctx: click.Context | None, param: click.Parameter | None,
+             value: str | None) -> float | None:
+    """A click callback: seconds, written as 5s, 200ms, 1m30s or a plain number; an
+    option without a default stays None."""
+    if value is None:
+        return None
+    try:
+        return durations.parse(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error), ctx=ctx, param=param) from None
 
 
 # --context, for every command that logs in; with_context() applies it.

@@ -77,6 +77,8 @@ async def test_capguard_run_serves_metrics_and_stops_on_sigterm(
     (["gateway", "--context", "no-such-context"], "--context"),
     (["engine", "--name", "e0", "--serve-command", "serve {port}", "--context",
       "no-such-context"], "--context"),
+    (["engine", "--name", "e0", "--serve-command", "serve {port}", "--drain-grace", "soon"],
+     "'soon' is not a duration like 5s, 200ms or 1m30s"),
 ])
 def test_every_subcommand_says_a_users_mistake_in_one_line_with_exit_2(
     args: list[str], says: str,

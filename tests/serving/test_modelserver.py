@@ -15,6 +15,7 @@ import aiohttp
 import click
 import pytest
 
+from capguard import commandline
 from capguard.core import specs
 from capguard.serving import modelserver
 from serving import processes
@@ -215,7 +216,7 @@ async def one_line_exit_2(*args: str) -> str:
 @pytest.mark.parametrize("text", ["0", "1.5", "90s", "250ms", "1h30m", "1.5m", "5m2s"])
 def test_durations_read_as_the_core_reads_them(text: str) -> None:
     expected = float(text) if text.replace(".", "", 1).isdigit() else specs.parse_duration(text)
-    assert modelserver.duration(click.Context(modelserver.command), click.Option(["--x"]),
+    assert commandline.duration(click.Context(modelserver.command), click.Option(["--x"]),
                                 text) == expected
 
 
@@ -224,4 +225,4 @@ def test_durations_the_core_refuses_are_refused(text: str) -> None:
     with pytest.raises(ValueError):
         specs.parse_duration(text)
     with pytest.raises(click.BadParameter):
-        modelserver.duration(click.Context(modelserver.command), click.Option(["--x"]), text)
+        commandline.duration(click.Context(modelserver.command), click.Option(["--x"]), text)

@@ -413,14 +413,6 @@ def _labels(_: click.Context, param: click.Parameter, values: tuple[str, ...]) -
     return found
 
 
-def _duration(_: click.Context, param: click.Parameter, value: str) -> float:
-    try:
-        return specs.parse_duration(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a duration such as 10s or 500ms",
-                                 param=param) from None
-
-
 @click.command("engine", cls=OneLineCommand)
 @click.option("--name", required=True, help="The InferenceEngine this agent owns.")
 @click.option("-n", "--namespace", default=lambda: os.environ.get("POD_NAMESPACE", "default"),
@@ -437,12 +429,13 @@ def _duration(_: click.Context, param: click.Parameter, value: str) -> float:
               help="Address the server listens on, and the endpoint's host (a Pod: its IP).")
 @click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
               help="The server's port; 0 picks a free one for each server.")
-@click.option("--heartbeat-interval", default="10s", show_default=True, callback=_duration)
-@click.option("--drain-grace", default="30s", show_default=True, callback=_duration,
+@click.option("--heartbeat-interval", default="10s", show_default=True,
+              callback=commandline.duration)
+@click.option("--drain-grace", default="30s", show_default=True, callback=commandline.duration,
               help="How long a draining server may finish its requests before SIGKILL.")
-@click.option("--load-timeout", default="10m", show_default=True, callback=_duration,
+@click.option("--load-timeout", default="10m", show_default=True, callback=commandline.duration,
               help="A server not healthy this long after its start is Failed.")
-@click.option("--retry-after", default="30s", show_default=True, callback=_duration,
+@click.option("--retry-after", default="30s", show_default=True, callback=commandline.duration,
               help="How long a Failed engine waits before it is Idle again.")
 @click.option("--pool", "create_pool", default=None,
               help="Create the engine in this pool if it does not exist (engines as Pods).")

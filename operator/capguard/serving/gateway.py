@@ -27,7 +27,6 @@ import click
 
 import capguard
 from capguard import commandline
-from capguard.serving import modelserver
 
 if TYPE_CHECKING:  # imported where they run: `capguard --help` loads none of them
     import aiohttp
@@ -469,11 +468,11 @@ async def serve(*, kubeconfig: str | None, namespace: str, host: str, port: int,
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
               help="Port to listen on; 0 picks a free one (the first line says which).")
 @click.option("--heartbeat-timeout", default="40s", show_default=True,
-              callback=modelserver.duration,
+              callback=commandline.duration,
               help="An engine whose agent has not renewed its heartbeat for this long gets no "
                    "requests; 0 turns the check off (engines without an agent).")
 @click.option("--request-timeout", default="60s", show_default=True,
-              callback=modelserver.duration,
+              callback=commandline.duration,
               help="How long an engine may take to answer before the client gets a 504.")
 def command(*, namespace: str, kubeconfig: str | None, context: str | None, host: str,
             port: int, heartbeat_timeout: float, request_timeout: float) -> None:

@@ -27,7 +27,6 @@ import json
 import math
 import os
 import random
-import re
 import signal
 import sys
 import time
@@ -46,10 +45,6 @@ MAX_HEAD: Final = 64 * 1024  # request line and headers
 MAX_BODY: Final = 8 * 1024 * 1024
 JITTER: Final = 0.25  # each latency is the mean times uniform(1 - JITTER, 1 + JITTER)
 EXIT_LOAD_FAILED: Final = 3
-_DURATION: Final = re.compile(r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$")
-_DURATION_PART: Final = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
-_NUMBER: Final = re.compile(r"^[0-9]+(\.[0-9]+)?$")
-_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 class Phase(enum.Enum):
@@ -444,20 +439,6 @@ async def serve(options: Options, *, host: str, port: int) -> int:
     return 0
 
 
-def duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
-    """A click callback: seconds, written as 5s, 200ms, 1m30s or a plain number.
-
-    The same Go-style format as capguard.core.specs.parse_duration, parsed here so the
-    stand-in does not import the core (60 ms and 5 MB at every start).
-    """
-    if _NUMBER.match(value):
-        return float(value)
-    if not _DURATION.match(value):
-        raise click.BadParameter(f"{value!r} is not a duration like 5s, 200ms or 1m30s",
-                                 ctx=ctx, param=param)
-    return sum(float(n) * _SECONDS[unit] for n, unit in _DURATION_PART.findall(value))
-
-
 @click.command("model-server", cls=commandline.OneLineCommand)
 @click.option("--model", required=True, help="The one model this server serves.")
 @click.option("--revision", default=None, help="The model's revision, reported by /health.")
@@ -467,19 +448,19 @@ def duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), required=True,
               help="Port to listen on; 0 picks a free one (the first line says which).")
-@click.option("--load-time", default="3s", show_default=True, callback=duration,
+@click.option("--load-time", default="3s", show_default=True, callback=commandline.duration,
               help="How long the model takes to load; /health answers 503 until then.")
 @click.option("--load-failure-rate", type=click.FloatRange(0, 1), default=0.0,
               show_default=True,
               help="The chance that the load fails at its end: exit 3, one stderr line.")
-@click.option("--latency", default="0s", show_default=True, callback=duration,
+@click.option("--latency", default="0s", show_default=True, callback=commandline.duration,
               help="Mean time to answer a completion, with a jitter of ±25% from --seed.")
 @click.option("--units", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="Capacity units (the engine's capacityUnits).")
 @click.option("--concurrency-per-unit", type=click.IntRange(1, 100_000), default=4,
               show_default=True,
               help="Completions in flight per unit; one more than units x this gets a 429.")
-@click.option("--grace", default="30s", show_default=True, callback=duration,
+@click.option("--grace", default="30s", show_default=True, callback=commandline.duration,
               help="On SIGTERM, how long requests in flight may finish before they are cut.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seeds the load failure and the latency jitter.")
