@@ -32,7 +32,7 @@ ALLOWED: dict[str, set[str]] = {
     "commandline": {"durations"},
     # The engines' side: agents, model servers, the gateway and the load run next to
     # engines, not in the operator: never its handlers, the simulator or the demo.
-    "serving": {"core", "defaults", "kube", "commandline", "durations"},
+    "serving": {"core", "defaults", "kube", "commandline", "durations", "metrics"},
 }
 
 

@@ -35,6 +35,8 @@ QUEUE_STATES: Final = ("pending", "held")
 BREAKER_STATES: Final = ("Closed", "Open", "HalfOpen")
 CONTENT_TYPE: Final = prometheus_client.CONTENT_TYPE_LATEST
 
+# A gateway answers in milliseconds from a model server and in tens of seconds from a slow one.
+_GATEWAY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 # Reconciles are milliseconds when healthy and seconds when the API server struggles.
 _RECONCILE_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
@@ -51,15 +53,21 @@ def version() -> str:
         return capguard.__version__
 
 
+def _registry() -> CollectorRegistry:
+    """A fresh registry carrying the standard process_*, python_gc_* and python_info series."""
+    registry = CollectorRegistry(auto_describe=True)
+    prometheus_client.ProcessCollector(registry=registry)
+    prometheus_client.PlatformCollector(registry=registry)
+    prometheus_client.GCCollector(registry=registry)
+    return registry
+
+
 class Metrics:
     """The operator's metrics; a fresh registry per instance."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = _registry()
         r = self.registry
-        prometheus_client.ProcessCollector(registry=r)
-        prometheus_client.PlatformCollector(registry=r)
-        prometheus_client.GCCollector(registry=r)
         self.build_info = Gauge(
             "capguard_build_info", "Always 1; the labels say which capguard and Python run.",
             ("version", "python_version"), registry=r)
@@ -237,3 +245,31 @@ class Metrics:
     def count_refusals(self, by_reason: Mapping[str, int]) -> None:
         for reason, amount in by_reason.items():
             self.refusals_total.labels(reason=reason).inc(amount)
+
+
+class GatewayMetrics:
+    """`capguard gateway`'s series (a process of its own, so a registry of its own).
+
+    Labelled by model; a model no engine names is counted as one `_unknown` model, so a
+    client cannot grow the label set."""
+
+    def __init__(self) -> None:
+        self.registry = _registry()
+        r = self.registry
+        self.requests = Counter(
+            "capguard_gateway_requests", "Requests answered, by model and HTTP status code.",
+            ("model", "code"), registry=r)
+        self.duration = Histogram(
+            "capguard_gateway_request_duration_seconds",
+            "Time from a request's arrival to its answer.", ("model",),
+            buckets=_GATEWAY_BUCKETS, registry=r)
+        self.routable = Gauge(
+            "capguard_gateway_routable_engines",
+            "Engines a request for the model can be sent to.", ("model",), registry=r)
+        self.retries = Counter(
+            "capguard_gateway_upstream_retries",
+            "Requests sent to another engine after one answered 429/503 or could not be "
+            "reached.", registry=r)
+
+    def render(self) -> bytes:
+        return prometheus_client.generate_latest(self.registry)

@@ -378,6 +378,9 @@ async def test_metrics_count_requests_by_model_and_code(world: World) -> None:
     assert page.total(count) == 8
     assert page.total("capguard_gateway_request_duration_seconds_count", model="llama") == 3
     assert not page.has(count, model="nobody-serves-this")
+    # Defined in capguard.metrics like the operator's: process series, no _created gauges.
+    assert page.has("process_resident_memory_bytes")
+    assert not any(name.endswith("_created") for name, _, _ in page.samples)
 
 
 async def test_readyz_once_the_engines_are_listed_and_a_bad_flag_is_one_line(

@@ -48,7 +48,6 @@ WATCH_SECONDS: Final = 300  # the server ends each watch after this; the gateway
 MAX_BACKOFF: Final = 30.0
 _HOP_BY_HOP: Final = frozenset({"connection", "keep-alive", "transfer-encoding",
                                  "content-length", "content-encoding", "date", "server"})
-_LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,27 +220,6 @@ async def watch(api: client.Api, *, namespace: str, fleet: Fleet, version: str) 
 # --- serving requests ---------------------------------------------------------------
 
 
-class Metrics:
-    """The gateway's series, in a registry of its own."""
-
-    def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.requests = Counter("capguard_gateway_requests", "Requests answered, by model "
-                                "and HTTP status code.", ["model", "code"], registry=r)
-        self.duration = Histogram("capguard_gateway_request_duration_seconds",
-                                  "Time from a request's arrival to its answer.", ["model"],
-                                  buckets=_LATENCY_BUCKETS, registry=r)
-        self.routable = Gauge("capguard_gateway_routable_engines",
-                              "Engines a request for the model can be sent to.", ["model"],
-                              registry=r)
-        self.retries = Counter("capguard_gateway_upstream_retries",
-                               "Requests sent to another engine after one answered 429/503 "
-                               "or could not be reached.", registry=r)
-
-
 def error(status: int, *, message: str, type_: str, code: str) -> web.Response:
     """An error in the OpenAI shape clients already parse."""
     from aiohttp import web
@@ -267,7 +245,9 @@ class Gateway:
         self.fleet = fleet
         self.heartbeat_timeout = heartbeat_timeout
         self.request_timeout = request_timeout
-        self.metrics = Metrics()
+        from capguard import metrics
+
+        self.metrics = metrics.GatewayMetrics()
         self.in_flight: collections.Counter[str] = collections.Counter()
         self._session: aiohttp.ClientSession | None = None
 
@@ -380,16 +360,16 @@ class Gateway:
             {"id": m, "object": "model", "owned_by": "capguard"} for m in served]})
 
     async def scrape(self, request: web.Request) -> web.Response:
-        import prometheus_client
         from aiohttp import web
+
+        from capguard import metrics
 
         self.metrics.routable.clear()
         for model in self.fleet.models():
             found = self.fleet.routable(model, heartbeat_timeout=self.heartbeat_timeout)
             self.metrics.routable.labels(model).set(len(found))
-        body = prometheus_client.generate_latest(self.metrics.registry)
-        return web.Response(body=body,
-                            headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
+        return web.Response(body=self.metrics.render(),
+                            headers={"Content-Type": metrics.CONTENT_TYPE})
 
     async def healthz(self, request: web.Request) -> web.Response:
         from aiohttp import web
