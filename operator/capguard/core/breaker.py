@@ -2,7 +2,8 @@
 
 A machine remembers what the gate needs to stop a post-pause flush: when the current
 pause began, when it was released and how long it lasted. It also counts time per
-state, held and refused actions, and probe results, for status and metrics.
+state, refused actions and probe results, for status and metrics (which actions each
+breaker holds is core/holdings.py's).
 """
 
 from __future__ import annotations
@@ -65,7 +66,6 @@ class BreakerMachine:
         self.last_pause_seconds = last_pause_seconds
         self.probes_in_flight = 0
         self.probes_succeeded = 0
-        self.held = 0
         self.refused = 0
         self._seconds: dict[BreakerState, float] = dict.fromkeys(BreakerState, 0.0)
         self._outcomes: collections.deque[tuple[float, bool]] = collections.deque()
@@ -166,10 +166,8 @@ class BreakerMachine:
         """A probe that never ran (its write lost with 409 or failed) gives its slot back."""
         self.probes_in_flight = max(0, self.probes_in_flight - 1)
 
-    def count(self, *, held: int, refused: int) -> None:
-        """Held is what waits now (a gauge); refused accumulates (a counter)."""
-        self.held = held
-        self.refused += refused
+    def count_refused(self, actions: int) -> None:
+        self.refused += actions
 
     def snapshot(self, now: float) -> Snapshot:
         return Snapshot(
@@ -184,7 +182,6 @@ class BreakerMachine:
             probes_in_flight=self.probes_in_flight,
             probes_succeeded=self.probes_succeeded,
             probe_slots=self.probe_slots(),
-            held=self.held,
             refused=self.refused,
             seconds_in_state=self.seconds_in_state(now),
         )
@@ -257,7 +254,6 @@ class Snapshot:
     probes_in_flight: int
     probes_succeeded: int
     probe_slots: int
-    held: int
     refused: int
     seconds_in_state: Mapping[BreakerState, float]
 

@@ -6,7 +6,7 @@ of every later one. Checks run cheapest first and refusals before holds: a refus
 action leaves the queue, a held one waits for the next triage.
 
 The gate reads the breaker machines and changes none of them: what a triage means for
-them (probe slots taken, actions held and refused, a refused post-pause batch) comes
+them (probe slots taken, actions refused, a refused post-pause batch) comes
 back in its `Triage`, for `capguard.core.pipeline` to apply. Its own memory is the
 token buckets of the rate limits.
 """
@@ -103,7 +103,6 @@ class Triage:
 
     decisions: tuple[Decision, ...]
     refused_batches: Mapping[str, RefusedBatch]  # breaker -> the backlog refused now
-    held: Mapping[str, int]  # breaker -> actions it governs that wait
     refused: Mapping[str, int]  # breaker -> actions it governs refused now
 
 
@@ -187,8 +186,7 @@ class Gate:
                 self._decide(a, tally=tally, governing=governing, batches=batches, now=now)
                 for a in actions
             ]
-        held, refused = _count(decisions, breakers=breakers)
-        return Triage(tuple(decisions), refused_batches, held, refused)
+        return Triage(tuple(decisions), refused_batches, _refused(decisions, breakers=breakers))
 
     def release_plan(
         self,
@@ -532,16 +530,13 @@ def _add(counts: dict[str, int], key: str) -> None:
     counts[key] = counts.get(key, 0) + 1
 
 
-def _count(
+def _refused(
     decisions: Sequence[Decision], *, breakers: Mapping[str, breaker_.BreakerMachine]
-) -> tuple[dict[str, int], dict[str, int]]:
-    """(held, refused) actions per breaker that governs them."""
-    held = dict.fromkeys(breakers, 0)
+) -> dict[str, int]:
+    """Refused actions per breaker that governs them."""
     refused = dict.fromkeys(breakers, 0)
     for decision in decisions:
-        if decision.verdict is Verdict.EXECUTE:
-            continue
-        counter = held if decision.verdict is Verdict.HOLD else refused
-        for name in decision.breakers:
-            counter[name] += 1
-    return held, refused
+        if decision.verdict is Verdict.REFUSE:
+            for name in decision.breakers:
+                refused[name] += 1
+    return refused

@@ -10,7 +10,7 @@ differ only in where the fleet comes from and how the writes are made. In order:
    incident's cached view) and the queue coalesces; a step that releases a breaker
    plans nothing, so the gate meets the backlog as the pause left it;
 4. release plans are published for Open breakers, and the gate triages the queue;
-5. what the triage means for the breakers (probe slots, held and refused counts, a
+5. what the triage means for the breakers (probe slots, refused counts, a
    refused batch) is applied, and executed and refused actions leave the queue.
 
 ``Pipeline.step`` returns everything the outside world needs as a value; the caller
@@ -189,7 +189,7 @@ class Pipeline:
         judged_by = {name: m.snapshot(now) for name, m in self.machines.items()}
         waiting, ready = self._backing_off(fleet, now=now)
         if observed.unreadable_breakers:
-            triage = gate_.Triage((), {}, {}, {})
+            triage = gate_.Triage((), {}, {})
         else:
             triage = self.gate.triage(ready, fleet, self.machines, now)
         decisions = _spread_assigns(triage.decisions, limit=self.config.max_assigns_per_step)
@@ -363,7 +363,7 @@ class Pipeline:
     ) -> tuple[tuple[Execution, ...], list[BreakerTransition]]:
         """What the triage means for the breakers and the queue; the writes to make."""
         for name, machine in self.machines.items():
-            machine.count(held=triage.held.get(name, 0), refused=triage.refused.get(name, 0))
+            machine.count_refused(triage.refused.get(name, 0))
         self.last_refused_batches.update(triage.refused_batches)
         executions, transitions = [], []
         for decision in decisions:
