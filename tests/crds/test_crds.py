@@ -102,15 +102,29 @@ def is_free_object(schema: Schema) -> bool:
     )
 
 
+# One step of a printer column's path: a field, and optionally a filter on its items
+# such as [?(@.type=="Ready")], as kubectl's columns select one condition.
+_STEP = re.compile(r'\.([^.\[]+)(?:\[\?\(@\.([^=\s]+)\s*==\s*"([^"]*)"\)\])?')
+
+
 def node_at(schema: Schema, json_path: str) -> Schema | None:
-    """The schema node of a simple JSONPath such as .status.model, or None."""
-    node = schema
-    for name in json_path.strip(".").split("."):
+    """The schema node of a JSONPath such as .status.model or
+    .status.conditions[?(@.type=="Ready")].status, or None."""
+    node: Schema | None = schema
+    position = 0
+    while position < len(json_path):
+        step = _STEP.match(json_path, position)
+        if step is None or node is None:
+            return None
         if is_free_object(node):
             return {"type": "string"}  # metadata.creationTimestamp and friends
+        name, key, _ = step.groups()
         node = node.get("properties", {}).get(name)
-        if node is None:
-            return None
+        if key is not None:  # a filter reads the array's items, by one of their fields
+            node = node.get("items") if node and node.get("type") == "array" else None
+            if node is None or key not in node.get("properties", {}):
+                return None
+        position = step.end()
     return node
 
 
@@ -245,6 +259,15 @@ def test_spec_strings_and_lists_are_bounded(kind: str) -> None:
             assert "maxProperties" in node, path
 
 
+def test_a_column_path_follows_a_condition_filter_into_the_items() -> None:
+    schema = schema_of("ModelCapacity")
+    ready = node_at(schema, '.status.conditions[?(@.type=="Ready")].status')
+    assert ready is not None and ready["type"] == "string"
+    assert node_at(schema, '.status.conditions[?(@.kind=="Ready")].status') is None
+    assert node_at(schema, '.status.serving[?(@.type=="Ready")]') is None  # not an array
+    assert node_at(schema, '.status.conditions[?(@.type=="Ready")].nothing') is None
+
+
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_printer_columns_point_at_fields(kind: str) -> None:
     schema = schema_of(kind)
@@ -262,7 +285,8 @@ def test_printer_columns_answer_the_first_question() -> None:
         return [c["name"] for c in version_of(CRDS[kind])["additionalPrinterColumns"]]
 
     assert columns("InferenceEngine")[:3] == ["Model", "Phase", "Pool"]
-    assert columns("ModelCapacity")[:5] == ["Desired", "Serving", "Floor", "Drift", "Available%"]
+    assert columns("ModelCapacity")[:6] == [
+        "Desired", "Serving", "Floor", "Drift", "Available%", "Ready"]  # as Deployments: READY
     assert columns("CircuitBreaker")[:4] == ["State", "Since", "Held", "Refused"]
     for kind in KINDS:
         assert columns(kind)[-1] == "Age"

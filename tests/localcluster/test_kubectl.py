@@ -344,7 +344,8 @@ def test_server_side_apply_creates_and_updates(kubectl: Kubectl, namespace: str)
 def test_get_prints_the_printer_columns(kubectl: Kubectl, fleet: str) -> None:
     output = kubectl.run("get", "mc", namespace=fleet).stdout
     header = output.splitlines()[0].split()
-    assert header == ["NAME", "DESIRED", "SERVING", "FLOOR", "DRIFT", "AVAILABLE%", "AGE"]
+    assert header == ["NAME", "DESIRED", "SERVING", "FLOOR", "DRIFT", "AVAILABLE%", "READY",
+                      "AGE"]
     table = by_name(output)
     assert sorted(table) == sorted(MODELS)
     assert table["llama-70b-chat"]["DESIRED"] == "8"
@@ -356,10 +357,26 @@ def test_get_prints_the_printer_columns(kubectl: Kubectl, fleet: str) -> None:
     assert {row["POOL"] for row in engines} == {"h100-a", "l40s-b"}
 
 
+def test_get_shows_the_ready_condition_as_deployments_show_ready(
+        kubectl: Kubectl, namespace: str) -> None:
+    kubectl.run("apply", "-f", str(SAMPLES / "modelcapacities.yaml"), namespace=namespace)
+    assert by_name(kubectl.run("get", "mc", namespace=namespace).stdout)[
+        "llama-70b-chat"]["READY"] == ""  # no status yet: a blank cell, as kubectl prints
+    conditions = [
+        {"type": "Available", "status": "True", "reason": "FloorHeld",
+         "message": "8 of 8 units serving", "lastTransitionTime": "2024-01-02T03:04:05Z"},
+        {"type": "Ready", "status": "False", "reason": "Progressing",
+         "message": "6 of 8 units serving", "lastTransitionTime": "2024-01-02T03:04:05Z"}]
+    kubectl.run("patch", "mc", "llama-70b-chat", "--subresource=status", "--type=merge",
+                "-p", json.dumps({"status": {"conditions": conditions}}), namespace=namespace)
+    table = by_name(kubectl.run("get", "mc", namespace=namespace).stdout)
+    assert table["llama-70b-chat"]["READY"] == "False"  # the Ready one, not the first
+
+
 def test_get_wide_adds_the_priority_columns(kubectl: Kubectl, fleet: str) -> None:
     wide = kubectl.run("get", "mc", "-o", "wide", namespace=fleet).stdout
     assert wide.splitlines()[0].split() == ["NAME", "DESIRED", "SERVING", "FLOOR", "DRIFT",
-                                            "AVAILABLE%", "PRIORITY", "AGE"]
+                                            "AVAILABLE%", "READY", "PRIORITY", "AGE"]
     assert by_name(wide)["llama-70b-chat"]["PRIORITY"] == "100"
     engines = kubectl.run("get", "ie", "-o", "wide", namespace=fleet).stdout.splitlines()[0]
     assert "UNITS" in engines.split()
