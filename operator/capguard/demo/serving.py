@@ -24,12 +24,14 @@ import os
 import pathlib
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Final
 
 from capguard.demo import processes
 
 STOP_GRACE: Final = 10.0  # seconds for every agent to drain its server and exit
+REQUEST_TIMEOUT: Final = 10.0  # real seconds a request may take before it counts failed
 ERROR_MINUTE: Final = 0.99  # a minute below this success rate is an error minute
 
 
@@ -153,22 +155,30 @@ class Traffic:
             self.succeeded[key] = int(line["succeeded"])
             self.failed.update({str(k): int(v) for k, v in (line.get("failed") or {}).items()})
 
+    @property
+    def last_second(self) -> int:
+        return max((second for _, second in self.sent), default=-1)
+
     def by_minute(self, *, zero: float, speed: float,
-                  model: str | None = None) -> dict[int, tuple[int, int]]:
-        """Incident minute -> (sent, succeeded), a second counted at its middle; ``zero``
-        is the wall clock (epoch) of the incident's second 0."""
-        minutes: dict[int, tuple[int, int]] = {}
+                  model: str | None = None) -> dict[int, tuple[float, float]]:
+        """Incident minute -> (sent, succeeded); ``zero`` is the wall clock (epoch) of the
+        incident's second 0. A real second spans ``speed / 60`` incident minutes: its
+        counts are shared among them by the time it spent in each."""
+        minutes: dict[int, tuple[float, float]] = {}
         if self.started is None:
             return minutes
         for (name, second), sent in self.sent.items():
             if model is not None and name != model:
                 continue
-            at = (self.started + second + 0.5 - zero) * speed
-            if at < 0:
-                continue
-            minute = int(at // 60)
-            total, ok = minutes.get(minute, (0, 0))
-            minutes[minute] = (total + sent, ok + self.succeeded[(name, second)])
+            start = (self.started + second - zero) * speed
+            end = start + speed
+            for minute in range(max(0, int(start // 60)), math.ceil(end / 60)):
+                share = (min(end, 60 * (minute + 1)) - max(start, 60 * minute)) / speed
+                if share <= 0:
+                    continue
+                total, ok = minutes.get(minute, (0.0, 0.0))
+                minutes[minute] = (total + share * sent,
+                                   ok + share * self.succeeded[(name, second)])
         return minutes
 
     def success_by_minute(self, *, zero: float, speed: float,
@@ -203,7 +213,8 @@ async def load(*, url: str, rates: Mapping[str, float], duration: float, seed: i
     """`capguard load` through the gateway for ``duration`` real seconds (stopped sooner
     when the demo ends); its per-second counts fill the yielded `Traffic`."""
     argv = [sys.executable, "-m", "capguard.cli", "load", "--gateway", url, "--json",
-            "--duration", f"{math.ceil(duration)}s", "--timeout", "10s", "--seed", str(seed),
+            "--duration", f"{math.ceil(duration)}s", "--timeout", f"{REQUEST_TIMEOUT:g}s",
+            "--seed", str(seed),
             *(f"--rate={model}={rate:g}" for model, rate in rates.items())]
     traffic = Traffic()
     sink = log.open("ab")
@@ -213,13 +224,21 @@ async def load(*, url: str, rates: Mapping[str, float], duration: float, seed: i
             try:
                 yield traffic
             finally:
-                # Seconds still in flight are answered within the load's timeout.
+                # A second is reported once its last request ended (at most the timeout):
+                # wait for the seconds up to now, so the incident's end is measured too.
+                ended = time.time()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(reading), timeout=0.5)
+                    await asyncio.wait_for(_until_covered(traffic, ended),
+                                           timeout=REQUEST_TIMEOUT + 2)
                 reading.cancel()
                 await asyncio.gather(reading, return_exceptions=True)
     finally:
         sink.close()
+
+
+async def _until_covered(traffic: Traffic, moment: float) -> None:
+    while traffic.started is None or traffic.started + traffic.last_second + 1 < moment - 1:
+        await asyncio.sleep(0.1)
 
 
 async def _read(process: asyncio.subprocess.Process, traffic: Traffic) -> None:
