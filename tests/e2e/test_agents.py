@@ -85,7 +85,7 @@ def agents(target: Target, kube: harness.Kubectl, tmp_path: Path,
            request: pytest.FixtureRequest) -> Iterator[Agents]:
     if not target.embedded:
         pytest.skip("agents run on the host next to the embedded API server; on kind they "
-                    "are Pods (deploy/overlays/demo)")
+                    "are Pods (deploy/demo)")
     assert kube.namespace is not None
     started = Agents(target=target, namespace=kube.namespace, log_dir=tmp_path)
     try:
