@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Final
 
 from capguard.core import breaker as breaker_
 from capguard.sim import scenarios as scenarios_
@@ -265,14 +266,12 @@ def _model_measures(timeline: Timeline, *, index: int | None) -> dict[str, objec
     """Measures of one model (``index``) or of the whole fleet (``None``)."""
     tick = timeline.scenario.tick_seconds
     name = None if index is None else timeline.scenario.model_names[index]
-    ratios, below_ticks, unserved, demand = [], 0, 0, 0
+    ratios, below_ticks = [], 0
     for sample in timeline.samples:
         models = _pick(sample.models, index=index)
         ratios += [m.serving / m.desired for m in models if m.desired > 0]
         below_ticks += any(m.serving < m.floor for m in models)
-        if sample.at >= timeline.scenario.release_at:
-            demand += sum(m.desired for m in models)
-            unserved += sum(max(0, m.desired - m.serving) for m in models)
+    unserved, demand = _unserved(timeline, index=index)
     mine = [e for e in timeline.executed if name is None or name in (e.model, e.from_model)]
     return {
         "min_serving_ratio": round(min(ratios, default=1.0), 4),
@@ -286,6 +285,27 @@ def _model_measures(timeline: Timeline, *, index: int | None) -> dict[str, objec
         "stale_actions_executed": sum(1 for e in mine if e.stale),
         "unserved_demand_share": round(unserved / demand, 4) if demand else 0.0,
     } | (_model_floor_measures(timeline, index=index) if timeline.scenario.floor_measures else {})
+
+
+UNSERVED_WINDOW: Final = 1800.0  # seconds after the release: the incident's half hour
+
+
+def _unserved(timeline: Timeline, *, index: int | None) -> tuple[float, float]:
+    """Desired unit-seconds not served, and desired unit-seconds, over the window after the
+    last release, each sample holding until the next. A fixed window, so that runs of
+    different lengths (the simulator's, to the scenario's end; the demo's, to
+    convergence) and sampling (ticks; real time) measure the same thing; a run that ends
+    sooner counts the window's rest as it ended."""
+    start = timeline.scenario.release_at
+    end = start + UNSERVED_WINDOW
+    window = [s for s in timeline.samples if start <= s.at < end]
+    unserved = demand = 0.0
+    for sample, after in zip(window, [*window[1:], None], strict=True):
+        held = (after.at if after is not None else end) - sample.at
+        models = _pick(sample.models, index=index)
+        demand += held * sum(m.desired for m in models)
+        unserved += held * sum(max(0, m.desired - m.serving) for m in models)
+    return unserved, demand
 
 
 def _model_floor_measures(timeline: Timeline, *, index: int | None) -> dict[str, object]:
