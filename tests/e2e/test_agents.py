@@ -3,7 +3,9 @@
 
 What the operator reads is only what the agents report: an engine with no agent is
 never given a model, and an engine whose agent dies is out of service within the
-heartbeat bound and its model's capacity is placed elsewhere.
+heartbeat bound and its model's capacity is placed elsewhere. With the gateway in
+front, a move drains the engine without cutting a request and routes the new model to
+it only once its server is loaded.
 """
 
 from __future__ import annotations
@@ -174,3 +176,86 @@ def test_an_unknown_placeholder_in_the_serve_command_is_one_line() -> None:
     assert done.stderr.strip().splitlines() == [
         "capguard engine: --serve-command has an unknown placeholder 'modle'; use {model}, "
         "{revision}, {port}, {units}, {engine}, {host}"]
+
+
+@contextlib.contextmanager
+def gateway(target: Target, namespace: str, log: Path) -> Iterator[str]:
+    """`capguard gateway` for the namespace; yields its URL."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "capguard.cli", "gateway", "--namespace", namespace,
+         f"--kubeconfig={target.kubeconfig}", "--port=0", "--heartbeat-timeout=5s"],
+        stdout=subprocess.PIPE, stderr=log.open("wb"), env=harness.clean_env())
+    try:
+        assert process.stdout is not None
+        yield process.stdout.readline().decode().split()[-1]
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def complete(url: str, model: str) -> int:
+    """One completion through the gateway: its HTTP status."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{url}/v1/completions", data=f'{{"model": "{model}", "prompt": "hi"}}'.encode(),
+        headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+def in_flight_on(endpoint: str) -> float:
+    """Requests a model server is answering now, from its /metrics."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{endpoint}/metrics", timeout=5) as response:
+        page = harness.MetricsPage.parse(response.read().decode())
+    return page.total("capguard_model_server_requests_in_flight")
+
+
+def test_a_reassigned_engine_drains_then_serves_its_new_model_only_once_loaded(
+    kube: harness.Kubectl, agents: Agents, target: Target, tmp_path: Path,
+) -> None:
+    """The operator's part (a move from chat to code) played by kubectl: the requests in
+    flight on chat all finish, chat has no capacity while the engine is away (503), and
+    the gateway sends code requests to it only once its server is loaded."""
+    from concurrent import futures
+
+    assert kube.namespace is not None
+    kube.apply(harness.engine("ie-0"))
+    slow = (f"{sys.executable} -m capguard.serving.modelserver --model {{model}} "
+            "--port {port} --units {units} --load-time 1.5s --latency 1.5s "
+            "--concurrency-per-unit 8 --grace 5s")
+    agents.start("ie-0", serve_command=slow, flags=("--drain-grace=6s",))
+    kube.patch("ie", "ie-0", {"spec": {"modelRef": "chat"}})
+    harness.wait_until(lambda: phase(kube, "ie-0")[:2] == ("Serving", "chat"), timeout=20,
+                       what="ie-0 serving chat")
+    with gateway(target, kube.namespace, tmp_path / "gateway.log") as url, \
+            futures.ThreadPoolExecutor(max_workers=8) as pool:
+        harness.wait_until(lambda: complete(url, "chat") == 200, timeout=15,
+                           what="the gateway routes chat to ie-0")
+        in_flight = [pool.submit(complete, url, "chat") for _ in range(6)]
+        endpoint = kube.get("ie", "ie-0")["status"]["endpoint"]
+        harness.wait_until(lambda: in_flight_on(endpoint) == 6, timeout=10,
+                           what="all six requests on ie-0's server (each takes 1.5 s)")
+        kube.patch("ie", "ie-0", {"spec": {"modelRef": "code"}})
+        harness.wait_until(lambda: phase(kube, "ie-0")[0] == "Draining", timeout=10,
+                           what="ie-0 draining chat")
+        assert complete(url, "chat") == 503  # nobody else serves chat: no capacity
+        assert [f.result() for f in in_flight] == [200] * 6  # the drain cut none of them
+        served_while: list[str] = []
+        while len(served_while) < 3:
+            status = complete(url, "code")
+            now = phase(kube, "ie-0")[0]
+            if status == 200:
+                served_while.append(now)
+            else:
+                assert status == 503, status
+                assert now != "Serving" or served_while == [], now
+            time.sleep(0.05)
+    # A success means the engine said Serving by then (Serving is never left but by a move).
+    assert served_while == ["Serving"] * 3, served_while
