@@ -19,14 +19,13 @@ import re
 from collections.abc import Mapping
 from typing import Final
 
+from capguard import durations
+
 ENGINE: Final = "InferenceEngine"
 MODEL: Final = "ModelCapacity"
 BREAKER: Final = "CircuitBreaker"
 ACTION_ID_ANNOTATION: Final = "capguard.dev/action-id"
 
-_DURATION: Final = re.compile(r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$")
-_DURATION_PART: Final = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
-_SECONDS_PER_UNIT: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PERCENT: Final = re.compile(r"^([0-9]+)%$")
 # Kubernetes' label syntax (apimachinery's IsQualifiedName and IsValidLabelValue), written
 # once: the selector rules of crds/*.yaml quote these patterns, and tests/crds/
@@ -250,9 +249,7 @@ class BreakerSpec:
 
 def parse_duration(text: str) -> float:
     """Go-style durations (``90s``, ``5m``, ``1h30m``, ``250ms``) to seconds."""
-    if not _DURATION.match(text):
-        raise ValueError(f"{text!r} is not a duration like 90s, 5m or 1h30m")
-    return sum(float(n) * _SECONDS_PER_UNIT[u] for n, u in _DURATION_PART.findall(text))
+    return durations.parse_go(text)
 
 
 @dataclasses.dataclass(frozen=True)
