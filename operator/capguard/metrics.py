@@ -16,6 +16,9 @@ Counters export no ``_created`` series: Prometheus reads them as gauges of start
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import dataclasses
 import importlib.metadata
 import platform
 from collections.abc import Callable, Iterable, Mapping
@@ -23,6 +26,7 @@ from typing import Final
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import utils as prometheus_utils
 
 import capguard
 
@@ -34,6 +38,10 @@ ACTION_RESULTS: Final = ("executed", "refused", "expired", "conflict", "failed")
 QUEUE_STATES: Final = ("pending", "held")
 BREAKER_STATES: Final = ("Closed", "Open", "HalfOpen")
 CONTENT_TYPE: Final = prometheus_client.CONTENT_TYPE_LATEST
+# One thread renders every page of the process: a scrape never holds the event loop, and
+# scrapes never take more than one core's turn from it (the GIL is shared either way).
+_RENDERER: Final = concurrent.futures.ThreadPoolExecutor(
+    max_workers=1, thread_name_prefix="capguard-metrics")
 
 # A gateway answers in milliseconds from a model server and in tens of seconds from a slow one.
 _GATEWAY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -80,23 +88,7 @@ class Metrics:
             "capguard_workqueue_depth",
             "Models whose status awaits the fast path (changed since it last looked).",
             ("name",), registry=r)
-        model_labels = ("namespace", "model")
         breaker_labels = ("namespace", "breaker")
-        self.model_desired_units = Gauge(
-            "capguard_model_desired_units", "Capacity units the model asks for (spec.replicas).",
-            model_labels, registry=r)
-        self.model_serving_units = Gauge(
-            "capguard_model_serving_units", "Capacity units serving the model now.",
-            model_labels, registry=r)
-        self.model_floor_units = Gauge(
-            "capguard_model_floor_units", "Capacity units that must stay serving (minAvailable).",
-            model_labels, registry=r)
-        self.model_drift_units = Gauge(
-            "capguard_model_drift_units", "Desired minus serving capacity units (0 or more).",
-            model_labels, registry=r)
-        self.model_serving_ratio = Gauge(
-            "capguard_model_serving_ratio", "Serving over desired units (1 when nothing desired).",
-            model_labels, registry=r)
         self.queue_actions = Gauge(
             "capguard_queue_actions",
             "Queued actions: held by a breaker, or pending on rate limits, budget or floor.",
@@ -130,15 +122,6 @@ class Metrics:
             "capguard_planner_view_stale_engines",
             "Engines whose queued plan was made from a resourceVersion they no longer have.",
             registry=r)
-        self.model_allocated_units = Gauge(
-            "capguard_model_allocated_units",
-            "Capacity units the model is allocated: desired, unless engines are scarce "
-            "(floors first, then priority, then max-min fair).",
-            model_labels, registry=r)
-        self.model_floor_shortfall_units = Gauge(
-            "capguard_model_floor_shortfall_units",
-            "Floor units the supply cannot cover; pool lists the pools its selector matches.",
-            (*model_labels, "pool"), registry=r)
         self.pool_supply_units = Gauge(
             "capguard_pool_supply_units",
             "Capacity units of the pool's usable engines (not failed, not cordoned idle).",
@@ -151,8 +134,8 @@ class Metrics:
             "capguard_pool_desired_units",
             "Desired units of the models whose selector matches an engine of the pool.",
             ("namespace", "pool"), registry=r)
-        self._models: set[ModelKey] = set()
-        self._shortfall_pool: dict[ModelKey, str] = {}
+        self._rendering: asyncio.Future[bytes] | None = None
+        self._models = _ModelSeries()
         self._pools: set[PoolKey] = set()
         self._breakers: set[BreakerKey] = set()
         # Pre-create the bounded label sets so a dashboard shows 0, not "no data".
@@ -168,43 +151,30 @@ class Metrics:
         self.workqueue_depth.labels(name=name).set_function(depth)
 
     def render(self) -> bytes:
-        return prometheus_client.generate_latest(self.registry)
+        return prometheus_client.generate_latest(self.registry) + self._models.render()
 
-    def set_model(
-        self, *, key: ModelKey, desired: int, serving: int, floor: int
-    ) -> None:
-        namespace, model = key
-        self._models.add(key)
-        self.model_desired_units.labels(namespace, model).set(desired)
-        self.model_serving_units.labels(namespace, model).set(serving)
-        self.model_floor_units.labels(namespace, model).set(floor)
-        self.model_drift_units.labels(namespace, model).set(max(0, desired - serving))
+    async def render_aside(self) -> bytes:
+        """The page, rendered in the metrics thread while the loop goes on reacting to events.
+
+        Scrapes that arrive during a render share it (two Prometheus replicas, or one
+        scraping faster than a page renders, cost one render, not a queue of them). Safe
+        to read from that thread: prometheus-client copies each metric's series under its
+        lock, and a value set meanwhile shows either before or after, never torn."""
+        if self._rendering is None or self._rendering.done():
+            self._rendering = asyncio.get_running_loop().run_in_executor(_RENDERER, self.render)
+        # A scraper that hangs up does not cancel the render the others wait for.
+        return await asyncio.shield(self._rendering)
+
+    def set_model(self, *, key: ModelKey, desired: int, serving: int, floor: int) -> None:
         ratio = serving / desired if desired > 0 else 1.0
-        self.model_serving_ratio.labels(namespace, model).set(ratio)
+        self._models.set(key, 0, (desired, serving, floor, max(0, desired - serving), ratio))
 
     def set_shortfall(self, *, key: ModelKey, allocated: int, shortfall: int, pool: str) -> None:
-        namespace, model = key
-        self._models.add(key)
-        self.model_allocated_units.labels(namespace, model).set(allocated)
-        before = self._shortfall_pool.get(key)
-        if before is not None and before != pool:
-            self.model_floor_shortfall_units.remove(namespace, model, before)
-        self._shortfall_pool[key] = pool
-        self.model_floor_shortfall_units.labels(namespace, model, pool).set(shortfall)
+        self._models.set(key, _SHORTFALL_AT, (allocated, shortfall), pool=pool)
 
     def forget_models_except(self, keep: Iterable[ModelKey]) -> None:
         """Drop the series of models that are gone, so a deleted model does not alert forever."""
-        gone = self._models - set(keep)
-        for namespace, model in gone:
-            for gauge in (self.model_desired_units, self.model_serving_units,
-                          self.model_floor_units, self.model_drift_units,
-                          self.model_serving_ratio):
-                gauge.remove(namespace, model)
-            if (namespace, model) in self._shortfall_pool:
-                self.model_allocated_units.remove(namespace, model)
-                self.model_floor_shortfall_units.remove(
-                    namespace, model, self._shortfall_pool.pop((namespace, model)))
-        self._models -= gone
+        self._models.forget_except(keep)
 
     def set_pool(self, *, key: PoolKey, supply: int, floors: int, desired: int) -> None:
         self._pools.add(key)
@@ -245,6 +215,82 @@ class Metrics:
     def count_refusals(self, by_reason: Mapping[str, int]) -> None:
         for reason, amount in by_reason.items():
             self.refusals_total.labels(reason=reason).inc(amount)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Family:
+    name: str
+    help: str
+    labels: tuple[str, ...] = ("namespace", "model")
+
+
+# A model's series, in the order `_ModelSeries` keeps their lines.
+_MODEL_FAMILIES: Final = (
+    _Family("capguard_model_desired_units", "Capacity units the model asks for (spec.replicas)."),
+    _Family("capguard_model_serving_units", "Capacity units serving the model now."),
+    _Family("capguard_model_floor_units", "Capacity units that must stay serving (minAvailable)."),
+    _Family("capguard_model_drift_units", "Desired minus serving capacity units (0 or more)."),
+    _Family("capguard_model_serving_ratio",
+            "Serving over desired units (1 when nothing desired)."),
+    _Family("capguard_model_allocated_units",
+            "Capacity units the model is allocated: desired, unless engines are scarce "
+            "(floors first, then priority, then max-min fair)."),
+    _Family("capguard_model_floor_shortfall_units",
+            "Floor units the supply cannot cover; pool lists the pools its selector matches.",
+            ("namespace", "model", "pool")),
+)
+_SHORTFALL_AT: Final = 5  # allocated and shortfall: set only when engines are scarce
+
+
+class _ModelSeries:
+    """Every model's gauges as exposition lines, written when a value changes.
+
+    A fleet has thousands of models and a scrape reads every one of their series: through
+    prometheus-client's labelled gauges that cost ~50 us of CPU per model per scrape (its
+    collect and format, per sample), here it is a join. Each model's lines are one
+    immutable tuple, replaced whole, so the metrics thread reads a snapshot of the dict's
+    values (copied in one C call) while the loop goes on changing them, and a model's
+    series on a page always come from one moment."""
+
+    def __init__(self) -> None:
+        self._lines: dict[ModelKey, tuple[str, ...]] = {}
+
+    def set(self, key: ModelKey, at: int, values: tuple[float, ...], *, pool: str = "") -> None:
+        namespace, model = key
+        lines = list(self._lines.get(key, ("",) * len(_MODEL_FAMILIES)))
+        for offset, value in enumerate(values):
+            family = _MODEL_FAMILIES[at + offset]
+            labels = {"namespace": namespace, "model": model, "pool": pool}
+            lines[at + offset] = _sample(family, {k: labels[k] for k in family.labels}, value)
+        self._lines[key] = tuple(lines)
+
+    def forget_except(self, keep: Iterable[ModelKey]) -> None:
+        for key in self._lines.keys() - set(keep):
+            del self._lines[key]
+
+    def render(self) -> bytes:
+        rows = tuple(self._lines.values())  # one C call: no loop write lands half way
+        parts: list[str] = []
+        for at, family in enumerate(_MODEL_FAMILIES):
+            parts.append(f"# HELP {family.name} {_escape_help(family.help)}\n"
+                         f"# TYPE {family.name} gauge\n")
+            parts.extend(row[at] for row in rows if row[at])
+        return "".join(parts).encode()
+
+
+def _sample(family: _Family, labels: Mapping[str, str], value: float) -> str:
+    """One line as prometheus-client writes it: labels sorted, values as Go prints them."""
+    pairs = ",".join(f'{k}="{_escape_label(v)}"' for k, v in sorted(labels.items()))
+    value_text: str = prometheus_utils.floatToGoString(value)  # type: ignore[no-untyped-call]
+    return f"{family.name}{{{pairs}}} {value_text}\n"
+
+
+def _escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
 
 
 class GatewayMetrics:

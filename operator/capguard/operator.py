@@ -127,7 +127,7 @@ async def metrics_server(
     replica; yields the port."""
 
     async def render(_: web.Request) -> web.Response:
-        body = metrics.render()
+        body = await metrics.render_aside()
         return web.Response(body=body, headers={"Content-Type": metrics_.CONTENT_TYPE})
 
     def probe(check: Health) -> Callable[[web.Request], Awaitable[web.Response]]:

@@ -3,8 +3,14 @@ series, build info, reconcile errors and the work queue, and no `_created` serie
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import Iterator
+
+import aiohttp
 import pytest
 from operator_harness import Kube, StartOperator, eventually, metric
+from prometheus_client import core, parser
 
 from capguard import metrics as metrics_
 from capguard.core import drift
@@ -70,3 +76,69 @@ def test_a_replica_that_stops_leading_drops_its_model_and_pool_gauges() -> None:
 
 def _model_series(metrics: metrics_.Metrics) -> set[str]:
     return {n for n in _names(metrics.render().decode()) if n.startswith("capguard_model_")}
+
+
+class _HeldCollector:
+    """A collector that holds the scrape until released: a page that takes forever."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def collect(self) -> Iterator[core.Metric]:
+        self.entered.set()
+        self.release.wait(timeout=30)  # bounded, so a broken test cannot hang the suite
+        yield core.GaugeMetricFamily("capguard_test_held", "Held until released.", value=1)
+
+
+async def test_the_loop_answers_probes_while_a_scrape_renders(
+    start_operator: StartOperator,
+) -> None:
+    started = await start_operator()
+    held = _HeldCollector()
+    started.handles.metrics.registry.register(held)
+    base = f"http://127.0.0.1:{started.handles.metrics_port}"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
+        scrape = asyncio.create_task(_get(session, f"{base}/metrics"))
+        assert await asyncio.to_thread(held.entered.wait, 10), "the scrape never rendered"
+        # The page is being rendered right now; the operator's loop still answers.
+        assert await _get(session, f"{base}/livez") == (200, "ok\n")
+        assert await _get(session, f"{base}/readyz") in ((200, "ok\n"), (
+            503, "the first LIST of the cluster is not done\n"))
+        assert not scrape.done(), "the scrape ended before it was released"
+        held.release.set()
+        status, page = await scrape
+    assert status == 200
+    assert metric(page, "capguard_test_held") == 1
+
+
+async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
+    async with session.get(url) as response:
+        return response.status, await response.text()
+
+
+def test_a_models_series_are_the_labelled_gauges_they_always_were() -> None:
+    metrics = metrics_.Metrics()
+    metrics.set_model(key=("default", "chat"), desired=4, serving=1, floor=2)
+    metrics.set_model(key=("default", "gone"), desired=1, serving=1, floor=0)
+    metrics.set_model(key=("team-b", "idle"), desired=0, serving=0, floor=0)
+    metrics.set_shortfall(key=("default", "chat"), allocated=3, shortfall=2, pool="a")
+    metrics.set_shortfall(key=("default", "chat"), allocated=3, shortfall=1, pool='h100,"x"')
+    metrics.forget_models_except([("default", "chat"), ("team-b", "idle")])
+    families = {f.name: f for f in parser.text_string_to_metric_families(
+        metrics.render().decode()) if f.name.startswith("capguard_model_")}
+    assert {(f.type, bool(f.documentation)) for f in families.values()} == {("gauge", True)}
+    found = {(s.name, tuple(sorted(s.labels.items())), s.value)
+             for f in families.values() for s in f.samples}
+    chat, idle = (("model", "chat"), ("namespace", "default")), (("model", "idle"),
+                                                                 ("namespace", "team-b"))
+    assert found == {
+        ("capguard_model_desired_units", chat, 4), ("capguard_model_serving_units", chat, 1),
+        ("capguard_model_floor_units", chat, 2), ("capguard_model_drift_units", chat, 3),
+        ("capguard_model_serving_ratio", chat, 0.25),
+        ("capguard_model_allocated_units", chat, 3),
+        ("capguard_model_floor_shortfall_units", (*chat, ("pool", 'h100,"x"')), 1),
+        ("capguard_model_desired_units", idle, 0), ("capguard_model_serving_units", idle, 0),
+        ("capguard_model_floor_units", idle, 0), ("capguard_model_drift_units", idle, 0),
+        ("capguard_model_serving_ratio", idle, 1),
+    }
