@@ -214,6 +214,10 @@ def _assert_budgets(record: world_.Triage, taking: list[queue.Action]) -> None:
         assert count <= max(0, room), f"{source}: {count} taken, room {room}"
     cap = max(1, record.config.fleet_max_unavailable_percent * len(before.engines) // 100)
     assert len(taking) <= max(0, cap - before.out_of_service_engines)
+    if taking:
+        # Takes go before assigns, but no assign of the same triage uses up the room a
+        # take counted on: the fleet ends within its cap, whatever put engines out.
+        assert record.after.out_of_service_engines <= cap, (record.now, len(taking))
 
 
 def _epochs(played: world_.World) -> list[tuple[int, world_.Triage]]:

@@ -161,7 +161,7 @@ class Fleet:
     @functools.cached_property
     def out_of_service_engines(self) -> int:
         """Engines across the fleet that hold or await a model but do not serve it, or failed."""
-        return sum(1 for e in self.engines.values() if _out_of_service(e))
+        return sum(1 for e in self.engines.values() if out_of_service(e))
 
     def breakers_for(self, model: str) -> tuple[specs.BreakerSpec, ...]:
         """The breakers governing ``model``; a name no model has is a departed one."""
@@ -240,7 +240,8 @@ def _held_models(engine: specs.Engine) -> set[str]:
     return {m for m in (engine.spec.model_ref, engine.model) if m}
 
 
-def _out_of_service(engine: specs.Engine) -> bool:
+def out_of_service(engine: specs.Engine) -> bool:
+    """Holding or awaiting a model without serving it, or failed."""
     if engine.phase is specs.Phase.FAILED:
         return True
     bound = engine.spec.model_ref

@@ -155,12 +155,18 @@ class _Tally:
     extra_unavailable: dict[str, int] = dataclasses.field(default_factory=dict)
     extra_out_of_service: int = 0
     probe_slots: dict[str, int] = dataclasses.field(default_factory=dict)
+    # Something in this triage would take capacity: the fleet cap is shared by every
+    # action that puts an engine out (`_room_hold`).
+    moving: bool = False
+    floors: set[str] = dataclasses.field(default_factory=set)  # ids of `_for_floors`
 
 
 class Gate:
     def __init__(self, config: GateConfig | None = None) -> None:
         self.config = config or GateConfig()
         self._buckets: dict[str, TokenBucket] = {}
+        # Engines this gate took from a model that are not back in service yet.
+        self._taken: set[str] = set()
 
     def triage(
         self,
@@ -180,7 +186,8 @@ class Gate:
             batches = _post_pause_batches(
                 actions, governing=governing, now=now, refused=refused_batches
             )
-            tally = _Tally(fleet=fleet, fleet_cap=self._fleet_cap(fleet))
+            tally = _Tally(fleet=fleet, fleet_cap=self._fleet_cap(fleet), floors=floors,
+                           moving=self._moving(actions, fleet=fleet))
             tally.probe_slots = {n: m.probe_slots() for n, m in breakers.items()}
             decisions = [
                 self._decide(a, tally=tally, governing=governing, batches=batches, now=now)
@@ -227,10 +234,12 @@ class Gate:
             return Decision(action, Verdict.REFUSE, refusal[0], refusal[1], None, names)
         hold = _breaker_hold(machines, tally=tally)
         engine = tally.fleet.engines[action.intent.engine]
-        takes = action.intent.from_model is not None and engine.serves(action.intent.from_model)
+        takes = _takes(action, fleet=tally.fleet)
         if hold is None and takes:
             hold = _capacity_hold(action, engine=engine, tally=tally)
             hold = hold or self._rate_hold(action, tally=tally, machines=machines, now=now)
+        elif hold is None:
+            hold = _room_hold(action, tally=tally)
         if hold is not None:
             return Decision(action, Verdict.HOLD, hold[0], hold[1], None, names)
         probes = self._execute(
@@ -295,6 +304,7 @@ class Gate:
                 action, fleet=tally.fleet, machines=machines, now=now
             ):
                 bucket.tokens -= 1.0  # tokens are spent only here, on EXECUTE
+            self._taken.add(intent.engine)
             tally.taken_units[intent.from_model] = (
                 tally.taken_units.get(intent.from_model, 0) + engine.units
             )
@@ -307,6 +317,13 @@ class Gate:
         for name in probes:
             tally.probe_slots[name] -= 1
         return probes
+
+    def _moving(self, actions: Sequence[queue_.Action], *, fleet: fleet_.Fleet) -> bool:
+        """Whether capacity is being moved: an engine this gate took is still out of
+        service, or an action of this triage would take one."""
+        self._taken = {e for e in self._taken
+                       if e in fleet.engines and fleet_.out_of_service(fleet.engines[e])}
+        return bool(self._taken) or any(_takes(a, fleet=fleet) for a in actions)
 
     def _fleet_cap(self, fleet: fleet_.Fleet) -> int:
         share = self.config.fleet_max_unavailable_percent * len(fleet.engines) / 100
@@ -346,15 +363,30 @@ class _Governing:
 
 def _order(
     action: queue_.Action, *, fleet: fleet_.Fleet, floors: set[str]
-) -> tuple[bool, int, int, float, str]:
+) -> tuple[bool, int, bool, int, float, str]:
     """Floors first (an action that brings a model toward a floor it is below goes before
     any surplus, whatever the priorities: tokens and budgets go to floors first), then
-    higher priority; within it, make before break (assign before drain), oldest first."""
+    higher priority; within it, what takes capacity before what only adds some (except
+    toward a floor), then assign before drain, oldest first.
+
+    Takes first, because a take spends a rate-limit token and the bucket holds only its
+    burst: a token not spent when a take could run is gone, while an assign costs none
+    and loses nothing by waiting a pass. Make before break still holds action by action
+    (a take runs only while its model keeps its floor without the engine), and an action
+    after a take may not use up the room the take counted on (`_room_hold`)."""
     intent = action.intent
     model = fleet.models.get(intent.model or intent.from_model or "")
     priority = model.priority if model else 0
-    return (action.id not in floors, -priority, _KIND_ORDER[intent.kind], action.planned_at,
-            intent.engine)
+    floor = action.id in floors  # among these, assigns first: each floor take counts them
+    return (not floor, -priority, floor or not _takes(action, fleet=fleet),
+            _KIND_ORDER[intent.kind], action.planned_at, intent.engine)
+
+
+def _takes(action: queue_.Action, *, fleet: fleet_.Fleet) -> bool:
+    """Whether the action takes an engine that serves the model it leaves."""
+    source = action.intent.from_model
+    engine = fleet.engines.get(action.intent.engine)
+    return source is not None and engine is not None and engine.serves(source)
 
 
 def _for_floors(actions: Sequence[queue_.Action], *, fleet: fleet_.Fleet) -> set[str]:
@@ -507,6 +539,30 @@ def _capacity_hold(
     if fleet_out + 1 > tally.fleet_cap:
         message = f"{fleet_out} engines out in the fleet, cap {tally.fleet_cap}"
         return Reason.FLEET_DISRUPTION_BUDGET, message
+    return None
+
+
+def _room_hold(action: queue_.Action, *, tally: _Tally) -> tuple[Reason, str] | None:
+    """An action that puts an engine out without taking capacity (an assign) while
+    capacity is being moved (`Gate._moving`): it may not push the fleet past its cap nor
+    its model past maxUnavailable, budgets the takes count on and had first (`_order`),
+    so it waits a pass instead. Adding capacity alone (a cold start, a scale-up) and
+    restoring a floor are never held."""
+    to = action.intent.model
+    moves = to is not None and to != action.intent.from_model
+    if not moves or not tally.moving or action.id in tally.floors:
+        return None
+    assert to is not None
+    fleet = tally.fleet
+    fleet_out = fleet.out_of_service_engines + tally.extra_out_of_service
+    if fleet_out + 1 > tally.fleet_cap:
+        message = f"{fleet_out} engines out in the fleet, cap {tally.fleet_cap}, takes first"
+        return Reason.FLEET_DISRUPTION_BUDGET, message
+    out = len(fleet.unavailable_engines(to)) + tally.extra_unavailable.get(to, 0)
+    budget = fleet.max_unavailable_engines(to)
+    if to in fleet.models and out + 1 > budget:
+        message = f"{to} has {out} engines out, maxUnavailable {budget}, takes first"
+        return Reason.DISRUPTION_BUDGET, message
     return None
 
 

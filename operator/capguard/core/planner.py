@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import itertools
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Final
 
@@ -90,7 +91,7 @@ def plan(fleet: fleet_.Fleet) -> list[Intent]:
     models = sorted(fleet.models.values(), key=lambda m: (-m.priority, m.name))
     bound = _bound_engines(fleet)
     intents: list[Intent] = list(_orphan_drains(fleet))
-    idle, surplus, need = _Supply(), _Supply(), {}
+    idle, surplus, need, arriving = _Supply(), _Supply(), {}, {}
     for engine in _idle_engines(fleet):
         idle.add(engine, origin=None, claim=claims.get(engine.name))
     for model in models:
@@ -104,11 +105,18 @@ def plan(fleet: fleet_.Fleet) -> list[Intent]:
             if not _fits(e, model)
         ]
         need[model.name] = target - sum(e.units for e in good)
+        arriving[model.name] = sum(1 for e in good if not e.serves(model.name))
         for engine in _removable(fleet, model=model, engines=engines, good=good,
                                  target=target, claims=claims):
             surplus.add(engine, origin=model.name, claim=claims.get(engine.name))
-    for model in models:
-        intents += _fill(model, need=need[model.name], idle=idle, surplus=surplus)
+    givers = set(surplus.origin.values())
+    for _, tier in itertools.groupby(models, key=lambda m: m.priority):
+        # Models with a surplus of their own to give are served last (see _fill).
+        for _, group in itertools.groupby(
+            sorted(tier, key=lambda m: (m.name in givers, arriving[m.name])),
+            key=lambda m: m.name in givers,
+        ):
+            intents += _fill(list(group), need=need, idle=idle, surplus=surplus)
     for engine in surplus.remaining():
         intents.append(Intent(ActionType.DRAIN, engine.name, None, surplus.origin[engine.name]))
     return intents
@@ -203,24 +211,43 @@ def _removable(
 
 
 def _fill(
-    model: specs.ModelSpec, *, need: int, idle: _Supply, surplus: _Supply
+    models: list[specs.ModelSpec], *, need: dict[str, int], idle: _Supply, surplus: _Supply
 ) -> Iterator[Intent]:
-    """Cover the model's need: the engines claimed for it, then unclaimed idle engines,
-    then unclaimed surplus."""
-    while need > 0:
-        engine = idle.take_claimed(model.name) or surplus.take_claimed(model.name)
-        if engine is None:
-            engine = idle.take_free(model.engine_selector, exclude=model.name)
-        if engine is None:
-            engine = surplus.take_free(model.engine_selector, exclude=model.name)
-        if engine is None:
-            return
-        origin = surplus.origin.get(engine.name) if engine.spec.model_ref else None
-        if origin is None:
-            yield Intent(ActionType.ASSIGN, engine.name, model.name, None)
-        else:
-            yield Intent(ActionType.REASSIGN, engine.name, model.name, origin)
-        need -= engine.units
+    """Cover the needs of one priority, an engine per model per round: the engines claimed
+    for it, then unclaimed idle engines, then unclaimed surplus.
+
+    Rounds, not one model after another, because every engine a model receives holds its
+    own gives back while it loads (its disruption budget counts the engine), and a model
+    gives only from a serving surplus: spreading spares and surplus over the models puts
+    each of them in a position to give sooner, which is what keeps a rate-limited release
+    busy. For the same reason the caller serves the models with a surplus of their own to
+    give only after the others, and a round serves first those with the fewest engines on
+    their way.
+    """
+    waiting = [m for m in models if need[m.name] > 0]
+    while waiting:
+        for model in waiting:
+            engine = _take(model, idle=idle, surplus=surplus)
+            if engine is None:
+                need[model.name] = 0  # nothing left that fits it in this plan
+                continue
+            origin = surplus.origin.get(engine.name) if engine.spec.model_ref else None
+            if origin is None:
+                yield Intent(ActionType.ASSIGN, engine.name, model.name, None)
+            else:
+                yield Intent(ActionType.REASSIGN, engine.name, model.name, origin)
+            need[model.name] -= engine.units
+        waiting = [m for m in waiting if need[m.name] > 0]
+
+
+def _take(model: specs.ModelSpec, *, idle: _Supply, surplus: _Supply) -> specs.Engine | None:
+    """The engine the model gets next: claimed for it, then idle, then surplus."""
+    engine = idle.take_claimed(model.name) or surplus.take_claimed(model.name)
+    if engine is None:
+        engine = idle.take_free(model.engine_selector, exclude=model.name)
+    if engine is None:
+        engine = surplus.take_free(model.engine_selector, exclude=model.name)
+    return engine
 
 
 # -- the incident's view: what a naive capacity manager plans from while paused ---------
