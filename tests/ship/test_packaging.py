@@ -123,17 +123,20 @@ def test_installed_capguard_crds_prints_crds_folder(
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_installed_capguard_demo_installs_its_crds_and_plays(
         installed: Path, elsewhere: dict[str, str], tmp_path: Path) -> None:
-    # The demo's embedded server and the operator run as `python -m capguard...` children
-    # of the installed interpreter, so every CRD lookup here is the wheel's.
+    # The demo's embedded server, the operator, the agents, their model servers, the
+    # gateway and the load run as `python -m capguard...` children of the installed
+    # interpreter, so every CRD lookup and every process here is the wheel's.
     played = _run([str(installed / "capguard"), "demo", "--json", "--speed", "600",
-                   "--plot", ""], cwd=tmp_path, env=elsewhere, timeout=100)
+                   "--mode", "guarded", "--plot", ""], cwd=tmp_path, env=elsewhere,
+                  timeout=240)
     assert played.returncode == 0, played.stdout[-3000:] + played.stderr[-3000:]
     measures = json.loads(played.stdout.strip().splitlines()[-1])
     assert measures["mode"] == "guarded"
     assert measures["floor_breaking_actions"] == 0
+    assert measures["requests_total"] > 0
 
 
 @pytest.mark.slow
