@@ -186,3 +186,24 @@ def test_a_plan_made_at_the_release_instant_is_not_part_of_the_backlog() -> None
     decisions = gate.Gate().triage(q, found, {"cb": cb}, 1800.0).decisions
     assert R.POST_PAUSE_BATCH not in {d.reason for d in decisions}
     assert sum(d.probe for d in decisions) == 1  # HalfOpen probes still bound it
+
+
+def test_a_take_gets_the_fleet_cap_before_assigns_and_assigns_alone_are_not_held() -> None:
+    """A token not spent is lost at burst; an assign loses nothing by waiting a pass. So
+    the take goes first, and the assigns wait rather than push the fleet past its cap."""
+    found = serving_fleet({"a": 3}, spares=2).with_model(model("a", replicas=2, maxUnavailable=1))
+    found = found.with_model(model("b", replicas=2, minAvailable=0))  # no floor to restore
+    q = queue.ActionQueue()
+    q.enqueue(planner.plan(found), found, 0.0)
+    decisions = gate.Gate().triage(q, found, {}, 0.0).decisions  # 10% of 5 engines: cap 1
+    assert [(d.action.intent.engine, d.verdict.value, d.reason.value) for d in decisions] == [
+        ("a-002", "Execute", "Allowed"),
+        ("spare-000", "Hold", "FleetDisruptionBudget"),
+        ("spare-001", "Hold", "FleetDisruptionBudget"),
+    ]
+    # Nothing to take (a needs its three): adding capacity is never held by the cap.
+    wanted = found.with_model(model("a", replicas=3, maxUnavailable=1))
+    q = queue.ActionQueue()
+    q.enqueue(planner.plan(wanted), wanted, 0.0)
+    decisions = gate.Gate().triage(q, wanted, {}, 0.0).decisions
+    assert verdicts(decisions) == [("Execute", "Allowed")] * 2

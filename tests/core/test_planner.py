@@ -115,3 +115,32 @@ def test_a_paused_cached_view_builds_plans_on_plans_that_never_ran() -> None:
     assert assumed.engines["e1"].resource_version.endswith(planner.EXPECTED)
     assert planner.plan(assumed) == []
     assert cached.current(live, paused=False) is live  # closed: the cluster again
+
+
+def test_spares_are_spread_over_the_models_a_round_at_a_time() -> None:
+    """One spare each, not both to the first model: each model can then give an engine of
+    its old revision as soon as its spare serves, instead of one model holding both."""
+    found = serving_fleet({"m": 2, "n": 2}, spares=2)
+    found = found.with_model(model("m", replicas=2, revision="v2"))
+    found = found.with_model(model("n", replicas=2, revision="v2"))
+    assert kinds(planner.plan(found)) == [
+        ("Assign", "spare-000", "m", None),
+        ("Assign", "spare-001", "n", None),
+    ]
+
+
+def test_a_model_with_surplus_to_give_receives_after_the_others() -> None:
+    """An engine arriving holds a model's own gives back while it loads (its budget counts
+    it), so surplus goes first to a model that has none to give."""
+    engines = [engine("r-000", model="r")]
+    for giver in ("g1", "g2"):  # one engine on v2, two old ones: one may go, one more needed
+        engines += [engine(f"{giver}-000", model=giver, revision="v2"),
+                    engine(f"{giver}-001", model=giver), engine(f"{giver}-002", model=giver)]
+    found = fleet.Fleet.of(engines=engines, models=[
+        model("g1", replicas=2, revision="v2"), model("g2", replicas=2, revision="v2"),
+        model("r", replicas=3),
+    ])
+    assert kinds(planner.plan(found)) == [
+        ("Reassign", "g1-001", "r", "g1"),
+        ("Reassign", "g2-001", "r", "g2"),
+    ]

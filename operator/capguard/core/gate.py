@@ -158,6 +158,7 @@ class _Tally:
     # Something in this triage would take capacity: the fleet cap is shared by every
     # action that puts an engine out (`_room_hold`).
     moving: bool = False
+    failed: int = 0  # failed engines in the fleet: out of service, but no move's doing
     floors: set[str] = dataclasses.field(default_factory=set)  # ids of `_for_floors`
 
 
@@ -186,8 +187,11 @@ class Gate:
             batches = _post_pause_batches(
                 actions, governing=governing, now=now, refused=refused_batches
             )
+            moving = self._moving(actions, fleet=fleet)
+            failed = sum(1 for e in fleet.engines.values()
+                         if e.phase is specs.Phase.FAILED) if moving else 0
             tally = _Tally(fleet=fleet, fleet_cap=self._fleet_cap(fleet), floors=floors,
-                           moving=self._moving(actions, fleet=fleet))
+                           moving=moving, failed=failed)
             tally.probe_slots = {n: m.probe_slots() for n, m in breakers.items()}
             decisions = [
                 self._decide(a, tally=tally, governing=governing, batches=batches, now=now)
@@ -554,11 +558,19 @@ def _room_hold(action: queue_.Action, *, tally: _Tally) -> tuple[Reason, str] | 
         return None
     assert to is not None
     fleet = tally.fleet
+    # Once a take ran in this triage, everything out counts, as it did for the take.
+    # Before, failed engines are left out: the room kept is the room moves use, and an
+    # assign that replaces failed capacity is no reason to wait.
+    ignore_failed = not tally.taken_units
     fleet_out = fleet.out_of_service_engines + tally.extra_out_of_service
+    fleet_out -= tally.failed if ignore_failed else 0
     if fleet_out + 1 > tally.fleet_cap:
         message = f"{fleet_out} engines out in the fleet, cap {tally.fleet_cap}, takes first"
         return Reason.FLEET_DISRUPTION_BUDGET, message
-    out = len(fleet.unavailable_engines(to)) + tally.extra_unavailable.get(to, 0)
+    out = tally.extra_unavailable.get(to, 0) + sum(
+        1 for e in fleet.unavailable_engines(to)
+        if not (ignore_failed and fleet.engines[e].phase is specs.Phase.FAILED)
+    )
     budget = fleet.max_unavailable_engines(to)
     if to in fleet.models and out + 1 > budget:
         message = f"{to} has {out} engines out, maxUnavailable {budget}, takes first"
