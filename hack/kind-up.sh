@@ -53,7 +53,6 @@ cat <<DONE
 
 capguard is running in kind cluster $CLUSTER. Try:
   export KUBECONFIG=$KIND_KUBECONFIG
-  kubectl create namespace demo
-  kubectl apply -k deploy/samples/ -n demo
-  kubectl get ie,mc,cb -n demo
+  kubectl apply -k deploy/demo/
+  kubectl get ie,mc,cb -n capguard-demo
 DONE
