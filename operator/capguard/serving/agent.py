@@ -136,6 +136,7 @@ class Agent:
         self.drain_deadline = 0.0
         self.changed = asyncio.Event()
         self.stopping = False
+        self.http: Any = None  # one session for the health polls, opened by `run`
 
     # -- the API side -------------------------------------------------------------
 
@@ -164,6 +165,8 @@ class Agent:
 
     async def watch_spec(self, body: Mapping[str, Any]) -> None:
         """Keep `self.wanted` current from a watch of the engine (re-read on any break)."""
+        import aiohttp
+
         from capguard.kube import client
 
         version = str((body.get("metadata") or {}).get("resourceVersion") or "")
@@ -183,7 +186,7 @@ class Agent:
                                        self.options.name)
                         self.wanted = Wanted(None, None, 1, 0)
                         self.changed.set()
-            except (client.Expired, client.NotFound, aiohttp_errors()) as error:
+            except (client.ApiError, aiohttp.ClientError, TimeoutError) as error:
                 logger.info("Watch of %s ended (%s); reading it again.", self.options.name,
                             error)
                 await asyncio.sleep(1.0)
@@ -262,14 +265,13 @@ class Agent:
         asyncio.get_running_loop().create_task(_tail(process, server.stderr_tail))
         return server
 
-    async def healthy(self, server: Server) -> bool:
+    async def healthy(self, server: Server, *, http: Any) -> bool:
         import aiohttp
 
         try:
-            async with aiohttp.ClientSession() as session, session.get(
-                    server.endpoint + self.options.health_path,
-                    timeout=aiohttp.ClientTimeout(total=2)) as response:
-                return response.status == 200
+            async with http.get(server.endpoint + self.options.health_path,
+                                timeout=aiohttp.ClientTimeout(total=2)) as response:
+                return bool(response.status == 200)
         except (aiohttp.ClientError, TimeoutError, OSError):
             return False
 
@@ -307,7 +309,7 @@ class Agent:
             elif now - server.started > self.options.load_timeout:
                 await self._kill(server)
                 await self._fail(server, f"not healthy within {self.options.load_timeout:g}s")
-            elif await self.healthy(server):
+            elif await self.healthy(server, http=self.http):
                 self.phase = specs.Phase.SERVING
                 await self.report(message=f"serving {server.model}")
         elif self.phase is specs.Phase.SERVING:
@@ -343,6 +345,9 @@ class Agent:
         self.server = None
 
     async def run(self, *, stop: asyncio.Event) -> None:
+        import aiohttp
+
+        self.http = aiohttp.ClientSession()
         body = await self.adopt()
         self.learn(body)
         tasks = [asyncio.create_task(self.watch_spec(body)),
@@ -365,6 +370,7 @@ class Agent:
                 task.cancel()
             if self.server is not None:
                 await self._kill(self.server)
+            await self.http.close()
 
 
 async def _tail(process: asyncio.subprocess.Process, lines: list[str]) -> None:
@@ -377,30 +383,23 @@ async def _tail(process: asyncio.subprocess.Process, lines: list[str]) -> None:
             logger.debug("server: %s", line)
 
 
-def aiohttp_errors() -> type[Exception]:
-    import aiohttp
-
-    return aiohttp.ClientError
-
-
 async def serve(options: Options, *, stop: asyncio.Event) -> None:
+    import kopf
+
     from capguard.kube import client, credentials
 
-    info = credentials.login(options.kubeconfig, settings=_kopf_settings())
+    def login() -> Any:
+        return credentials.login(options.kubeconfig, settings=kopf.OperatorSettings())
+
+    info = login()
     if info is None:
         raise OneLineUsage("no kubeconfig found and not in a cluster; pass --kubeconfig FILE")
     api = client.Api(user_agent=f"{client.USER_AGENT}-engine/{capguard.__version__}")
-    api.login(info, connection_limit=4)
+    api.login(info, connection_limit=4, relogin=login)  # a rotated token: log in again
     try:
         await Agent(options, api=api).run(stop=stop)
     finally:
         await api.close()
-
-
-def _kopf_settings() -> Any:
-    import kopf
-
-    return kopf.OperatorSettings()
 
 
 def _labels(_: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
