@@ -57,4 +57,4 @@ def test_a_failed_engine_is_released_but_a_silent_one_is_not() -> None:
 def test_the_next_look_is_when_the_first_heard_engine_would_fall_silent() -> None:
     found = [engine("a", heartbeat=100.0), engine("b", heartbeat=90.0),
              engine("c", heartbeat=10.0), engine("d", heartbeat=None)]
-    assert engines.heartbeat_expiry(found, now=100.0, timeout=TIMEOUT) == 130.0
+    assert engines.hearing(found, now=100.0, timeout=TIMEOUT)[1] == 130.0

@@ -82,18 +82,26 @@ class Agents:
             print(f"----- {log.stem} -----\n{log.read_text(errors='replace')[-3000:]}")
 
 
-@pytest.fixture
-def agents(target: Target, kube: harness.Kubectl, tmp_path: Path,
-           request: pytest.FixtureRequest) -> Iterator[Agents]:
-    if not target.embedded:
-        pytest.skip("agents run on the host next to the embedded API server; on kind they "
-                    "are Pods (deploy/demo)")
+@contextlib.contextmanager
+def running_agents(target: Target, kube: harness.Kubectl, tmp_path: Path,
+                   request: pytest.FixtureRequest) -> Iterator[Agents]:
+    """Agents in the test's namespace, stopped at its end (their logs shown if it failed)."""
     assert kube.namespace is not None
     started = Agents(target=target, namespace=kube.namespace, log_dir=tmp_path)
     try:
         yield started
     finally:
         started.stop_all(show_logs=request.node.stash.get(FAILED, False))
+
+
+@pytest.fixture
+def agents(target: Target, kube: harness.Kubectl, tmp_path: Path,
+           request: pytest.FixtureRequest) -> Iterator[Agents]:
+    if not target.embedded:
+        pytest.skip("agents run on the host next to the embedded API server; on kind they "
+                    "are Pods (deploy/demo)")
+    with running_agents(target, kube, tmp_path, request) as started:
+        yield started
 
 
 def phase(kube: harness.Kubectl, engine: str) -> tuple[str, str, str]:

@@ -17,9 +17,8 @@ import pytest
 import yaml
 
 from . import harness
-from .conftest import _FAILED as FAILED
 from .conftest import DEPLOYED_OPERATOR, Target
-from .test_agents import Agents
+from .test_agents import Agents, running_agents
 
 SELECTOR = "--selector=app.kubernetes.io/name=capguard,app.kubernetes.io/component=operator"
 
@@ -36,12 +35,8 @@ def system(target: Target) -> harness.Kubectl:
 @pytest.fixture
 def host_agents(target: Target, kube: harness.Kubectl, tmp_path: Path,
                 request: pytest.FixtureRequest) -> Iterator[Agents]:
-    assert kube.namespace is not None
-    started = Agents(target=target, namespace=kube.namespace, log_dir=tmp_path)
-    try:
+    with running_agents(target, kube, tmp_path, request) as started:
         yield started
-    finally:
-        started.stop_all(show_logs=request.node.stash.get(FAILED, False))
 
 
 def _declared_replicas() -> int:

@@ -174,9 +174,18 @@ def heard(engine: specs.Engine, *, now: float, timeout: float | None) -> specs.E
     return dataclasses.replace(engine, phase=specs.Phase.FAILED, silent=True)
 
 
-def heartbeat_expiry(
+def hearing(
     engines: Iterable[specs.Engine], *, now: float, timeout: float
-) -> float | None:
-    """When the next engine heard now falls silent, if it does not speak before."""
-    return min((e.heartbeat + timeout for e in engines
-                if e.heartbeat is not None and e.heartbeat + timeout >= now), default=None)
+) -> tuple[frozenset[str], float | None]:
+    """In one look: the engines silent now, and when the next one heard now falls silent
+    if it does not speak before."""
+    quiet: set[str] = set()
+    expiry: float | None = None
+    for engine in engines:
+        if silent(engine, now=now, timeout=timeout):
+            quiet.add(engine.name)
+        else:
+            assert engine.heartbeat is not None  # heard, so it spoke
+            ends = engine.heartbeat + timeout
+            expiry = ends if expiry is None else min(expiry, ends)
+    return frozenset(quiet), expiry

@@ -55,10 +55,7 @@ def main(options: Options, *, as_json: bool, modes: Sequence[str] = ("guarded",)
 
 def _minutes(outcome: play.Outcome) -> list[tuple[int, float, float]]:
     """(minute, overall, worst model's) success rate for every minute with requests."""
-    worst: dict[int, float] = {}
-    for name in outcome.timeline.scenario.model_names:
-        for minute, rate in outcome.success_by_minute(name):
-            worst[minute] = min(rate, worst.get(minute, 1.0))
+    worst = outcome.worst_model_by_minute()
     return [(m, rate, worst.get(m, rate)) for m, rate in outcome.success_by_minute()]
 
 

@@ -84,6 +84,14 @@ class Outcome:
             return []
         return self.traffic.success_by_minute(zero=self.zero, speed=self.speed, model=model)
 
+    def worst_model_by_minute(self) -> dict[int, float]:
+        """The lowest success rate among the models, minute by minute."""
+        worst: dict[int, float] = {}
+        for name in self.timeline.scenario.model_names:
+            for minute, rate in self.success_by_minute(name):
+                worst[minute] = min(rate, worst.get(minute, 1.0))
+        return worst
+
 
 class Run:
     """The state of one run, shared by its concurrent parts (sampling, script, display)."""

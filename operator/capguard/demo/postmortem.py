@@ -33,7 +33,7 @@ def draw(outcomes: Sequence[play.Outcome], *, path: pathlib.Path) -> None:
         colour, line = _STYLE.get(outcome.timeline.mode, ("#555555", ":"))
         mode = outcome.timeline.mode
         overall = outcome.success_by_minute()
-        worst = _worst_model(outcome)
+        worst = sorted(outcome.worst_model_by_minute().items())
         success.plot([m + 0.5 for m, _ in overall], [100 * r for _, r in overall], line,
                      color=colour, linewidth=1.6, label=f"{mode}: all models")
         success.plot([m + 0.5 for m, _ in worst], [100 * r for _, r in worst], line,
@@ -65,15 +65,6 @@ def draw(outcomes: Sequence[play.Outcome], *, path: pathlib.Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     pyplot.close(figure)
-
-
-def _worst_model(outcome: play.Outcome) -> list[tuple[int, float]]:
-    """The lowest success rate among the models, minute by minute."""
-    worst: dict[int, float] = {}
-    for name in outcome.timeline.scenario.model_names:
-        for minute, rate in outcome.success_by_minute(name):
-            worst[minute] = min(rate, worst.get(minute, 1.0))
-    return sorted(worst.items())
 
 
 def _breaker_rows(ax: Axes, outcomes: Sequence[play.Outcome]) -> None:

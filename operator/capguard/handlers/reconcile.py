@@ -320,13 +320,9 @@ class Reconciler:
         gauges: list[pipeline.QueueGauges] = []
         stale_view = 0
         for namespace, view in sorted(views.items()):
-            fleet = self._fleet(namespace, view, version=versions.get(namespace, 0), now=now)
-            timeout = self.config.heard_within
-            if timeout is not None:
-                # A heard engine that stays quiet falls silent then: look again at that time.
-                result.due(engines.heartbeat_expiry(
-                    (r.value for r in view.engines if r.value is not None), now=now,
-                    timeout=timeout))
+            fleet, falls_silent = self._fleet(namespace, view,
+                                              version=versions.get(namespace, 0), now=now)
+            result.due(falls_silent)  # a heard engine that stays quiet: look again then
             if leading:
                 step = await self._act(namespace, view=view, fleet=fleet, now=now,
                                        result=result)
@@ -354,20 +350,22 @@ class Reconciler:
         return engines.heard(engine, now=now, timeout=self.config.heard_within)
 
     def _fleet(self, namespace: str, view: view_.View, *, version: int,
-               now: float) -> fleet_.Fleet:
+               now: float) -> tuple[fleet_.Fleet, float | None]:
         """The namespace's fleet, rebuilt only when something the core reads changed (an
         object, or which engines are silent): a steady fleet's pass reuses it and the
-        counts it already computed."""
+        counts it already computed. With agents, also when the next engine falls silent."""
         silent: frozenset[str] = frozenset()
+        falls_silent = None
         timeout = self.config.heard_within
         if timeout is not None:
-            silent = frozenset(r.meta.name for r in view.engines if r.value is not None
-                               and engines.silent(r.value, now=now, timeout=timeout))
+            silent, falls_silent = engines.hearing(
+                (r.value for r in view.engines if r.value is not None), now=now,
+                timeout=timeout)
         cached = self._fleets.get(namespace)
         if cached is None or cached[0] != (version, silent):
             fleet = view_.build_fleet(view, heard=lambda e: self._heard(e, now))
             cached = self._fleets[namespace] = ((version, silent), fleet)
-        return cached[1]
+        return cached[1], falls_silent
 
     def _failed(self, namespace: str, fleet: fleet_.Fleet) -> dict[str, int]:
         """Failed engines per model, reused while the fleet stands still."""
@@ -461,9 +459,11 @@ class Reconciler:
                   for name, patch in planned.recording]
         writes += [self.writer.engine_status(namespace, name, patch)
                    for name, patch in planned.others[:budget]]
-        if self.config.heard_within is not None:
-            writes += [self.writer.engine_status(namespace, name, patch) for name, patch
-                       in driver.silence_notes(fleet, found=view.engines, now=now)]
+        # The silent engines, as this pass's fleet was built (not a walk over every engine).
+        silent = (self.index.engines.records.get((namespace, name))
+                  for name in self._fleets[namespace][0][1])
+        writes += [self.writer.engine_status(namespace, name, patch) for name, patch
+                   in driver.silence_notes(fleet, found=[r for r in silent if r], now=now)]
         result.transitions += sum(1 for w in await asyncio.gather(*writes) if w is not None)
 
     async def _write_statuses(self, writes: list[statuses.StatusWrite]) -> int:
