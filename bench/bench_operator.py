@@ -24,8 +24,15 @@ churn on our terms; the unhandled start uses the simulated driver with a short l
 The server and the operator share this machine's cores: on 2 cores they compete, and the
 server's write path (a few hundred writes/s) bounds everything that needs writes.
 
+For issue 14 (scale to 50,000 engines), the unhandled start also shows when the first
+assignment is written (seen on a watch of InferenceEngines) and how every model serving
+compares with the least time the writes and the load allow (`rate_limit_minimum`: the
+server's write rate is measured in the same run, before the operator starts);
+`--scrape-interval` has /metrics scraped while idle latency is measured, as Prometheus
+would; `--json` ends the output with the rows as one JSON object (`bench_scale.py`).
+
     python bench/bench_operator.py [--engines 10000] [--models 1000] [--skip-unhandled]
-                                   [--idle-latency-only]
+                                   [--idle-latency-only] [--scrape-interval SECONDS] [--json]
 """
 from __future__ import annotations
 
@@ -34,6 +41,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import pathlib
 import random
@@ -49,11 +57,18 @@ from typing import Any, Final
 
 import aiohttp
 
+from capguard.handlers import reconcile
+
 REPO: Final = pathlib.Path(__file__).resolve().parents[1]
 NAMESPACE: Final = "bench"
 API: Final = "/apis/capguard.dev/v1alpha1"
 MERGE: Final = {"Content-Type": "application/merge-patch+json"}
 WRITERS: Final = 32
+LOAD_TIME: Final = 5.0  # the simulated driver's, in the unhandled start
+# Writes every unhandled engine needs before it serves: its assign (spec.modelRef), the
+# status that records it and starts the load (Loading), and Serving when the load ends.
+WRITES_PER_ENGINE: Final = 3
+PROBE_WRITES: Final = 2000  # the burst that measures the server's write rate
 # Between latency samples: the operator's full pass after a change (planning 10,000
 # engines) is over by then, so each sample meets an operator that is idle, or churning.
 SAMPLE_GAP: Final = 0.25
@@ -112,6 +127,11 @@ class Row:
     unit: str
     goal: str = ""
     met: bool | None = None
+
+    @property
+    def key(self) -> str:
+        """The row's name with its unit, as `--json` writes it."""
+        return f"{self.metric} [{self.unit}]" if self.unit else self.metric
 
     def cells(self) -> tuple[str, str, str, str]:
         shown = "n/a" if self.measured is None else f"{_number(self.measured)} {self.unit}"
@@ -316,9 +336,22 @@ class Setup:
     engines: int
     models: int
 
+    scrape_interval: float | None = None
+
     @property
     def per_model(self) -> int:
         return self.engines // self.models
+
+    def timeout(self, seconds: float) -> float:
+        """A timeout set for 10,000 engines, at this size."""
+        return seconds * max(1.0, self.engines / 10_000)
+
+    @property
+    def idle(self) -> str:
+        """How the idle latency rows are named: whether /metrics was scraped meanwhile."""
+        if self.scrape_interval is None:
+            return "idle"
+        return f"idle, scraped every {_number(self.scrape_interval)} s"
 
 
 async def latency(session: aiohttp.ClientSession, url: str, models: Models, *,
@@ -394,6 +427,19 @@ async def burst(session: aiohttp.ClientSession, url: str, models: Models, setup:
     return len(engines) / (written - started), len(engines) / (done - started)
 
 
+async def scrape_metrics(session: aiohttp.ClientSession, operator: Operator, taken: list[float],
+                         *, interval: float, stop: asyncio.Event) -> None:
+    """GET the operator's /metrics every `interval` seconds, as Prometheus would: ms each."""
+    url = f"http://127.0.0.1:{operator.metrics_port}/metrics"
+    while not stop.is_set():
+        sent = time.perf_counter()
+        async with session.get(url) as response:
+            await response.read()
+        taken.append((time.perf_counter() - sent) * 1000)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), max(0.0, sent + interval - time.perf_counter()))
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
@@ -417,7 +463,7 @@ async def handled_fleet(workdir: pathlib.Path, setup: Setup, rows: list[Row],
         async with aiohttp.ClientSession(connector=connector) as session, \
                 following(session, server.url) as models:
             if not idle_only:
-                await first_start(session, server, models, rows)
+                await first_start(session, server, models, rows, setup)
             # Restart over the handled fleet: the cold start a user sees after an upgrade.
             # A spec change made meanwhile tells us when the new operator has looked at all.
             await scale(session, server.url, f"m{setup.models - 1}", setup.per_model + 1)
@@ -427,8 +473,9 @@ async def handled_fleet(workdir: pathlib.Path, setup: Setup, rows: list[Row],
             sampler = asyncio.create_task(sample_memory(operator, peak, stop))
             first_pass = await operator.wait_metric(
                 session, "capguard_reconcile_duration_seconds_count", lambda v: v >= 1,
-                timeout=120)
-            all_current = await models.until(models.all_current, timeout=120) - operator.started
+                timeout=setup.timeout(120))
+            all_current = (await models.until(models.all_current, timeout=setup.timeout(120))
+                           - operator.started)
             start = "first start" if idle_only else "restart"
             rows.append(below(f"{start}: first reconcile pass done", first_pass, "s", 8))
             rows.append(below(f"{start}: every model status current", all_current, "s", 8))
@@ -437,18 +484,30 @@ async def handled_fleet(workdir: pathlib.Path, setup: Setup, rows: list[Row],
             sum0 = await operator.metric(session, "capguard_reconcile_duration_seconds_sum")
 
             half = setup.models // 2
+            scrapes: list[float] = []
+            scraped = asyncio.Event()
+            scraper = None if setup.scrape_interval is None else asyncio.create_task(
+                scrape_metrics(session, operator, scrapes, interval=setup.scrape_interval,
+                               stop=scraped))
             idle = await latency(session, server.url, models, candidates=list(range(half)),
                                  samples=samples)
+            scraped.set()
+            if scraper is not None:
+                await scraper
+                rows.append(Row(f"{setup.idle}: /metrics scrapes", len(scrapes), ""))
+                rows.append(Row(f"{setup.idle}: /metrics scrape max", max(scrapes, default=0),
+                                "ms"))
             count1 = await operator.metric(session, "capguard_reconcile_duration_seconds_count")
             sum1 = await operator.metric(session, "capguard_reconcile_duration_seconds_sum")
             if None not in (count0, sum0, count1, sum1) and count1 != count0:
                 assert count0 is not None and sum0 is not None
                 assert count1 is not None and sum1 is not None
-                rows.append(Row("reconcile pass while scaling (mean)",
+                rows.append(Row(f"{setup.idle}: reconcile pass while scaling (mean)",
                                 (sum1 - sum0) / (count1 - count0) * 1000, "ms"))
-            rows.append(Row("idle: event-to-status p50", statistics.median(idle), "ms"))
-            rows.append(below("idle: event-to-status p99", percentile(idle, 99), "ms", 30))
-            rows.append(Row("idle: event-to-status max", max(idle), "ms"))
+            rows.append(Row(f"{setup.idle}: event-to-status p50", statistics.median(idle), "ms"))
+            rows.append(below(f"{setup.idle}: event-to-status p99", percentile(idle, 99), "ms",
+                              30))
+            rows.append(Row(f"{setup.idle}: event-to-status max", max(idle), "ms"))
             if idle_only:
                 stop.set()
                 await sampler
@@ -487,43 +546,145 @@ async def handled_fleet(workdir: pathlib.Path, setup: Setup, rows: list[Row],
 
 
 async def first_start(session: aiohttp.ClientSession, server: Server, models: Models,
-                      rows: list[Row]) -> None:
+                      rows: list[Row], setup: Setup) -> None:
     """First start: every model status is written for the first time."""
     operator = Operator(server, driver="agent")
     first_pass = await operator.wait_metric(
-        session, "capguard_reconcile_duration_seconds_count", lambda v: v >= 1, timeout=120)
-    all_current = await models.until(models.all_current, timeout=120) - operator.started
+        session, "capguard_reconcile_duration_seconds_count", lambda v: v >= 1,
+        timeout=setup.timeout(120))
+    all_current = (await models.until(models.all_current, timeout=setup.timeout(120))
+                   - operator.started)
     rows.append(below("first start: first reconcile pass done", first_pass, "s", 8))
     rows.append(below("first start: every model status current", all_current, "s", 8))
     operator.stop()
+
+
+@dataclasses.dataclass(frozen=True)
+class Minimum:
+    """The least time from spawn to every model serving, and how it was bounded."""
+
+    seconds: float
+    how: str
+
+
+def rate_limit_minimum(*, engines: int, write_rate: float, load_time: float) -> Minimum:
+    """What bounds an unhandled start from below, the binding bound taken.
+
+    - the server's writes: every engine needs WRITES_PER_ENGINE of them at `write_rate`;
+    - the load: the last engine's assign and Loading writes come after 2 of every engine's
+      writes at best, and it serves `load_time` later;
+    - the operator's own per-pass limits (`reconcile.Config`): so many assigns, and so
+      many phase moves, a pass, and passes at least `plan_gap` apart.
+    Operator CPU is not a bound here: it is what the ratio to this minimum shows.
+    """
+    config = reconcile.Config()
+    passes = max(math.ceil(engines / config.max_assigns_per_pass),
+                 math.ceil(engines / config.max_engine_writes_per_pass))
+    bounds = {
+        f"{WRITES_PER_ENGINE} writes x {engines:,} engines at {write_rate:,.0f} writes/s":
+            WRITES_PER_ENGINE * engines / write_rate,
+        f"2 writes x {engines:,} engines at {write_rate:,.0f} writes/s + load {load_time:g} s":
+            2 * engines / write_rate + load_time,
+        f"{passes} passes (max_assigns_per_pass {config.max_assigns_per_pass}, "
+        f"max_engine_writes_per_pass {config.max_engine_writes_per_pass}) "
+        f"x plan_gap {config.plan_gap:g} s + load {load_time:g} s":
+            passes * config.plan_gap + load_time,
+    }
+    binding = max(bounds, key=lambda name: bounds[name])
+    how = "; ".join(f"{name} = {seconds:.2f} s" for name, seconds in bounds.items())
+    return Minimum(bounds[binding], f"{how}; binding: {binding}")
+
+
+async def write_rate(session: aiohttp.ClientSession, url: str, setup: Setup) -> float:
+    """Writes/s the server takes from WRITERS concurrent merge patches (an annotation on
+    engines, which the operator does not read), measured before the operator starts."""
+    names = iter(range(min(PROBE_WRITES, setup.engines)))
+    patch = json.dumps({"metadata": {"annotations": {"bench/write-rate": "probe"}}})
+
+    async def writer() -> int:
+        done = 0
+        for engine in names:  # shared: each writer takes the next engine
+            async with session.patch(f"{url}{API}/namespaces/{NAMESPACE}/inferenceengines/"
+                                     f"e{engine}", data=patch, headers=MERGE) as r:
+                r.raise_for_status()
+            done += 1
+        return done
+
+    started = time.perf_counter()
+    written = sum(await asyncio.gather(*(writer() for _ in range(WRITERS))))
+    return written / (time.perf_counter() - started)
+
+
+async def first_assignment(session: aiohttp.ClientSession, url: str,
+                           found: asyncio.Future[float]) -> None:
+    """Watch InferenceEngines from now on; resolve `found` with perf_counter() when one
+    first shows spec.modelRef. Only that is looked for: an event is parsed only when its
+    line names a modelRef, so 50,000 engines' status writes cost little."""
+    engines = f"{url}{API}/namespaces/{NAMESPACE}/inferenceengines"
+    async with session.get(engines, params={"limit": "1"}) as r:
+        version = (await r.json())["metadata"]["resourceVersion"]
+    while not found.done():
+        params = {"watch": "1", "resourceVersion": version, "allowWatchBookmarks": "true"}
+        async with session.get(engines, params=params,
+                               timeout=aiohttp.ClientTimeout(total=None)) as r:
+            async for line in r.content:
+                if b'"modelRef"' not in line:
+                    continue
+                obj = json.loads(line)["object"]
+                version = obj["metadata"]["resourceVersion"]
+                if (obj.get("spec") or {}).get("modelRef"):
+                    found.set_result(time.perf_counter())
+                    return
 
 
 async def unhandled_fleet(workdir: pathlib.Path, setup: Setup, rows: list[Row]) -> None:
     """Every engine new (no status, unbound): the backlog after a pause or an outage."""
     server = Server(workdir, engines=setup.engines, models=setup.models, state="unhandled")
     print(f"seeded {setup.engines} unhandled engines in {server.seeded_in:.1f}s", flush=True)
+    connector = aiohttp.TCPConnector(limit=WRITERS + 8)
     try:
-        async with aiohttp.ClientSession() as session, following(session, server.url) as models:
-            operator = Operator(server, driver="simulated", load_time="5s")
+        async with aiohttp.ClientSession(connector=connector) as session, \
+                following(session, server.url) as models:
+            rate = await write_rate(session, server.url, setup)
+            minimum = rate_limit_minimum(engines=setup.engines, write_rate=rate,
+                                         load_time=LOAD_TIME)
+            assigned: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+            watcher = asyncio.create_task(first_assignment(session, server.url, assigned))
+            await asyncio.sleep(0.2)  # the watch is open before the operator starts
+            operator = Operator(server, driver="simulated", load_time=f"{LOAD_TIME:g}s")
             stop = asyncio.Event()
             peak = [0.0]
             sampler = asyncio.create_task(sample_memory(operator, peak, stop))
             first_pass = await operator.wait_metric(
                 session, "capguard_reconcile_duration_seconds_count", lambda v: v >= 1,
-                timeout=300)
-            all_current = await models.until(models.all_current, timeout=300) - operator.started
+                timeout=setup.timeout(300))
+            first_assign = await asyncio.wait_for(assigned, setup.timeout(300)) - operator.started
+            await watcher
+            all_current = (await models.until(models.all_current, timeout=setup.timeout(300))
+                           - operator.started)
 
             def serving() -> bool:
                 return all((b.get("status") or {}).get("serving") == setup.per_model
                            for b in models.bodies.values())
 
-            all_serving = await models.until(serving, timeout=600) - operator.started
+            all_serving = (await models.until(serving, timeout=max(600, 3 * minimum.seconds))
+                           - operator.started)
             stop.set()
             await sampler
             hwm, rss = operator.memory_mib()
+            print(f"unhandled: rate-limit minimum {minimum.seconds:.2f} s from {minimum.how}",
+                  flush=True)
             rows.append(below("unhandled: first reconcile pass done", first_pass, "s", 8))
+            rows.append(below("unhandled: first assignment written", first_assign, "s", 2))
             rows.append(below("unhandled: every model status current", all_current, "s", 8))
-            rows.append(Row("unhandled: every model serving (load 5 s)", all_serving, "s"))
+            rows.append(Row(f"unhandled: every model serving (load {LOAD_TIME:g} s)",
+                            all_serving, "s"))
+            rows.append(Row("unhandled: server write rate (before the start)", rate,
+                            "writes/s"))
+            rows.append(Row("unhandled: rate-limit minimum to every model serving",
+                            minimum.seconds, "s"))
+            rows.append(below("unhandled: every model serving / rate-limit minimum",
+                              all_serving / minimum.seconds, "x", 1.2))
             rows.append(below("unhandled: operator RSS peak (VmHWM)", max(hwm, peak[0]),
                               "MB", 200))
             rows.append(below("unhandled: operator RSS at end", rss, "MB", 200))
@@ -551,8 +712,13 @@ async def main() -> int:
     parser.add_argument("--skip-unhandled", action="store_true")
     parser.add_argument("--idle-latency-only", action="store_true",
                         help="start once over the handled fleet and measure idle latency only")
+    parser.add_argument("--scrape-interval", type=float, metavar="SECONDS",
+                        help="scrape the operator's /metrics this often while idle latency "
+                             "is measured, as Prometheus would")
+    parser.add_argument("--json", action="store_true",
+                        help="end with the rows as one JSON object, \"measure [unit]\" -> value")
     args = parser.parse_args()
-    setup = Setup(args.engines, args.models)
+    setup = Setup(args.engines, args.models, scrape_interval=args.scrape_interval)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="capguard-bench-") as workdir:
         if not args.skip_handled:
@@ -561,6 +727,8 @@ async def main() -> int:
         if not args.skip_unhandled and not args.idle_latency_only:
             await unhandled_fleet(pathlib.Path(workdir), setup, rows)
     print_table(rows, setup)
+    if args.json:
+        print(json.dumps({row.key: row.measured for row in rows}))
     return 0 if all(r.met is not False for r in rows) else 1
 
 
