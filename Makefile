@@ -18,7 +18,7 @@ help: ## List the targets with one line each
 	  /^[a-zA-Z0-9_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 ##@ Develop
-.PHONY: setup test lint demo e2e chaos bench tools prometheusrule min-deps lock
+.PHONY: setup test lint demo e2e chaos bench bench-scale tools prometheusrule min-deps lock
 setup: ## Create .venv and install capguard with its dev dependencies (hack/setup.sh)
 	bash hack/setup.sh
 
@@ -55,6 +55,9 @@ chaos: setup ## Long chaos runs (10 freeze rounds, a 10-minute outage, 10 minute
 
 bench: setup ## Run the benchmarks in bench/ on the embedded API server
 	@for script in bench/*.py; do echo "==> $$script"; $(PYTHON) "$$script"; done
+
+bench-scale: setup ## How each measure of `capguard run` grows at 10k, 30k, 50k engines (SIZES=, ARGS= for bench_operator)
+	$(PYTHON) bench/bench_scale.py $(if $(SIZES),--sizes $(SIZES)) $(ARGS)
 
 prometheusrule: ## Regenerate deploy/prometheus/prometheusrule.yaml from alerts.yaml
 	bash hack/gen-prometheusrule.sh
