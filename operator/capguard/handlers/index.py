@@ -55,6 +55,8 @@ class Store(Generic[T]):
         self.parse = parse
         self.on_change = on_change
         self.records: dict[Key, records.Record[T]] = {}
+        # The same records by namespace, so a pass's snapshot is a copy, not a walk.
+        self._namespaces: dict[str, dict[str, records.Record[T]]] = {}
         # Deletions since the last LIST (so a LIST in flight cannot resurrect them).
         self._tombstones: dict[Key, str] = {}
 
@@ -75,6 +77,7 @@ class Store(Generic[T]):
             return False
         record = self.parse(body)
         self.records[key] = record
+        self._namespaces.setdefault(key[0], {})[key[1]] = record
         self.on_change(key, current, record)
         return True
 
@@ -83,7 +86,7 @@ class Store(Generic[T]):
         key = (meta.namespace, meta.name)
         current = self.records.get(key)
         if current is not None and _newer(meta.resource_version, current.meta.resource_version):
-            del self.records[key]
+            self._drop(key)
             self.on_change(key, current, None)
         self._tombstones[key] = meta.resource_version  # until the next LIST is applied
 
@@ -104,15 +107,19 @@ class Store(Generic[T]):
             if namespace is not None and key[0] != namespace:
                 continue
             if key not in listed and not _newer(record.meta.resource_version, list_version):
-                del self.records[key]
+                self._drop(key)
                 self.on_change(key, record, None)
         self._tombstones.clear()
 
+    def _drop(self, key: Key) -> None:
+        del self.records[key]
+        namespace = self._namespaces[key[0]]
+        del namespace[key[1]]
+        if not namespace:
+            del self._namespaces[key[0]]
+
     def by_namespace(self) -> dict[str, list[records.Record[T]]]:
-        grouped: dict[str, list[records.Record[T]]] = collections.defaultdict(list)
-        for (namespace, _), record in self.records.items():
-            grouped[namespace].append(record)
-        return grouped
+        return {namespace: list(found.values()) for namespace, found in self._namespaces.items()}
 
 
 class Index:

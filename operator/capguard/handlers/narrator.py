@@ -84,6 +84,7 @@ class Narrator:
         self._exported: dict[metrics_.ModelKey, drift.ModelDrift] = {}
         self._capacity_told: dict[metrics_.ModelKey, tuple[bool, bool]] = {}
         self._pools_seen: set[metrics_.PoolKey] = set()
+        self._models_seen: set[metrics_.ModelKey] = set()  # by the last `forget_except`
         self._waiting_told: set[tuple[str, str]] = set()
         self._nothing_told: set[tuple[str, str]] = set()  # breakers told to select nothing
 
@@ -95,6 +96,7 @@ class Narrator:
             self.metrics.forget_pools_except(())
             self._exported = {}
             self._pools_seen = set()
+            self._models_seen = set()
         self.leading = leading
 
     def event(self, meta: records.Meta, kind: str, type_: str, reason: str, message: str) -> None:
@@ -103,8 +105,11 @@ class Narrator:
         ref = events.ObjectRef(API_VERSION, kind, meta.namespace, meta.name, meta.uid)
         self.recorder.record(events.Event(ref, type_, reason, message))
 
-    def step(self, result: pipeline.StepResult, *, metas: Metas) -> None:
-        """Breaker transitions, refusals, expiries, floor holds and refused batches."""
+    def step(self, result: pipeline.StepResult, *, metas: Metas,
+             changed: Mapping[str, drift.ModelDrift] | None = None) -> None:
+        """Breaker transitions, refusals, expiries, floor holds and refused batches.
+        ``changed``: the models whose numbers moved since the last step (default: all);
+        only those can start or end a shortfall."""
         for t in result.transitions:
             reason, kind = _TRANSITION_EVENTS[t.after]
             self.event(metas.of(BREAKER, t.breaker), BREAKER, kind, reason, t.message)
@@ -135,7 +140,7 @@ class Narrator:
                        f"planned {batch.oldest_plan_age:.0f}s ago; re-planning from the cluster")
             logger.warning("Breaker %s/%s refused post-pause batch %s (%d actions).",
                            metas.namespace, name, batch.batch, batch.size)
-        for name, found in result.report.models.items():
+        for name, found in (result.report.models if changed is None else changed).items():
             self._tell_capacity(metas, name, found)
         self._tell_selecting(metas, result.fleet)
         self._tell_waiting(metas, result.fleet)
@@ -254,9 +259,12 @@ class Narrator:
 
     def forget_except(self, models: set[metrics_.ModelKey],
                       breakers: Iterable[metrics_.BreakerKey]) -> None:
-        self.metrics.forget_models_except(models)
-        self._exported = {k: v for k, v in self._exported.items() if k in models}
-        self._capacity_told = {k: v for k, v in self._capacity_told.items() if k in models}
+        if models != self._models_seen:  # at 5,000 models, a pass changes none mostly
+            self._models_seen = set(models)
+            self.metrics.forget_models_except(models)
+            self._exported = {k: v for k, v in self._exported.items() if k in models}
+            self._capacity_told = {k: v for k, v in self._capacity_told.items()
+                                   if k in models}
         self.metrics.forget_breakers_except(breakers)
         self.metrics.forget_pools_except(self._pools_seen)  # the pools this pass saw
         self._pools_seen = set()

@@ -22,14 +22,16 @@ fast path run just before and just after its step, and then leaves the models it
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
+import functools
 import gc
 import logging
 import math
 import random
 import time
 from collections.abc import Callable, Mapping
-from typing import Final
+from typing import Final, TypeVar
 
 from capguard import defaults
 from capguard import metrics as metrics_
@@ -43,6 +45,8 @@ from capguard.kube import client, events
 logger = logging.getLogger(__name__)
 
 RESYNC_RETRY_CAP: Final = 5.0  # seconds between LIST tries while the API is down, at most
+
+_T = TypeVar("_T")
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -107,6 +111,18 @@ class PassResult:
                 f"{self.conflicts} conflicts, {self.status_writes} statuses written")
 
 
+@dataclasses.dataclass(frozen=True)
+class _Prepared:
+    """What a pass's thread found for one namespace (`Reconciler._prepare`)."""
+
+    fleet: fleet_.Fleet
+    falls_silent: float | None  # when the next heard engine falls silent, if it stays quiet
+    step: pipeline.StepResult
+    changed: Mapping[str, drift.ModelDrift]  # models whose numbers moved since the last pass
+    failed: Mapping[str, int]  # failed engines per model
+    invalid: list[statuses.Invalid]
+
+
 class Reconciler:
     def __init__(
         self,
@@ -137,13 +153,18 @@ class Reconciler:
         self._driver = (config.driver_config if config.engine_driver == driver.SIMULATED
                         else None)
         self._wake = asyncio.Event()
+        # The step and the status rendering of a full pass run here, off the event loop:
+        # at 30,000 engines a pass is hundreds of ms that no watch event should wait for.
+        self._worker = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="capguard-pass")
         # Models whose status the fast path wrote during the current full pass: newer than
         # the pass's snapshot, so the pass leaves them to the fast path.
         self._refreshed: set[index.Key] = set()
         # namespace -> model -> why a breaker holds it, as the last step said (fast path)
         self._held_by: dict[str, Mapping[str, str]] = {}
         # (namespace, model) -> (generation, drift) of the last full pass: the allocation
-        # needs the whole namespace, so the fast path, which sees one model, reuses it.
+        # needs the whole namespace, so the fast path, which sees one model, reuses it. A
+        # pass writes it from its thread, one key at a time, while the fast path reads it.
         self._shares: dict[index.Key, tuple[int, drift.ModelDrift]] = {}
         self._roll = driver.make_roll(config.seed)
         self._jitter = random.Random(config.seed).random
@@ -306,6 +327,7 @@ class Reconciler:
             # A new leader starts from the cluster, never from a queue planned by someone else.
             self.pipelines.clear()
             self._held_by.clear()
+            self._shares.clear()  # and narrates every model afresh
             self._was_leader = leading
             if leading and time.monotonic() - self._listed_at > 2 * self.config.interval:
                 self._resync_due = True  # and LISTs before its first act
@@ -320,23 +342,22 @@ class Reconciler:
         gauges: list[pipeline.QueueGauges] = []
         stale_view = 0
         for namespace, view in sorted(views.items()):
-            fleet, falls_silent = self._fleet(namespace, view,
-                                              version=versions.get(namespace, 0), now=now)
-            result.due(falls_silent)  # a heard engine that stays quiet: look again then
+            version = versions.get(namespace, 0)
             if leading:
-                step = await self._act(namespace, view=view, fleet=fleet, now=now,
+                step = await self._act(namespace, view=view, version=version, now=now,
                                        result=result)
                 gauges.append(step.queue)
                 stale_view += step.report.stale_view_engines
-                self.narrator.models(namespace, self._remember(namespace, fleet,
-                                                               step.report.models))
-                self.narrator.pools(namespace, fleet.allocation.pools)
             else:
+                _, falls_silent = await self._off_loop(self._fleet, namespace, view, version,
+                                                       now)
+                result.due(falls_silent)
                 self.narrator.observed_breakers(namespace, view.breakers, now=now)
         kept = {(ns, r.meta.name) for ns, v in views.items() for r in v.models if r.value}
         self.narrator.forget_except(kept, ((ns, r.meta.name) for ns, v in views.items()
                                            for r in v.breakers))
-        self._shares = {k: v for k, v in self._shares.items() if k in kept}
+        if len(self._shares) != len(kept):
+            self._shares = {k: v for k, v in self._shares.items() if k in kept}
         self.metrics.set_queue(held=sum(g.held for g in gauges),
                                pending=sum(g.pending for g in gauges),
                                oldest_plan_age=max((g.oldest_plan_age for g in gauges),
@@ -349,7 +370,7 @@ class Reconciler:
     def _heard(self, engine: specs.Engine, now: float) -> specs.Engine:
         return engines.heard(engine, now=now, timeout=self.config.heard_within)
 
-    def _fleet(self, namespace: str, view: view_.View, *, version: int,
+    def _fleet(self, namespace: str, view: view_.View, version: int,
                now: float) -> tuple[fleet_.Fleet, float | None]:
         """The namespace's fleet, rebuilt only when something the core reads changed (an
         object, or which engines are silent): a steady fleet's pass reuses it and the
@@ -374,11 +395,24 @@ class Reconciler:
             cached = self._failed_by_fleet[namespace] = (fleet, status_.failed_engines(fleet))
         return cached[1]
 
-    def _remember(self, namespace: str, fleet: fleet_.Fleet,
-                  drifts: Mapping[str, drift.ModelDrift]) -> Mapping[str, drift.ModelDrift]:
-        for name, found in drifts.items():
-            self._shares[(namespace, name)] = (fleet.models[name].generation, found)
-        return drifts
+    def _prepare(self, namespace: str, view: view_.View, version: int, now: float,
+                 core: pipeline.Pipeline) -> _Prepared:
+        """A leader's pass over one namespace, up to its writes: everything that reads the
+        whole fleet, run in the pass thread (see `_off_loop`)."""
+        fleet, falls_silent = self._fleet(namespace, view, version, now)
+        step = core.step(view.observed(fleet, established=core.signals.established), now)
+        # The models whose numbers moved since the last pass: the only ones to narrate and
+        # to remember for the fast path (at 5,000 models, the rest cost only a compare).
+        changed = {}
+        for name, found in step.report.models.items():
+            remembered = (fleet.models[name].generation, found)
+            if self._shares.get((namespace, name)) != remembered:
+                self._shares[(namespace, name)] = remembered
+                changed[name] = found
+        return _Prepared(
+            fleet=fleet, falls_silent=falls_silent, step=step, changed=changed,
+            failed=self._failed(namespace, fleet),
+            invalid=statuses.invalid(view.engines, view.models, view.breakers, now=now))
 
     def _with_share(self, key: index.Key, generation: int,
                     found: drift.ModelDrift) -> drift.ModelDrift:
@@ -390,7 +424,7 @@ class Reconciler:
         return dataclasses.replace(found, allocated=last[1].allocated, covered=last[1].covered,
                                    pools=last[1].pools)
 
-    async def _act(self, namespace: str, *, view: view_.View, fleet: fleet_.Fleet, now: float,
+    async def _act(self, namespace: str, *, view: view_.View, version: int, now: float,
                    result: PassResult) -> pipeline.StepResult:
         """The leader's pass over one namespace: the step, then its writes, in the order a
         reader wants them (statuses describe the fleet the decisions were made on, and a
@@ -399,12 +433,14 @@ class Reconciler:
         if core is None:
             core = self.pipelines[namespace] = pipeline.Pipeline(self.config.pipeline())
         await self._let_events_in()
-        step = core.step(view.observed(fleet, established=core.signals.established), now)
+        prepared = await self._off_loop(self._prepare, namespace, view, version, now, core)
+        fleet, step = prepared.fleet, prepared.step
+        result.due(prepared.falls_silent)  # a heard engine that stays quiet: look again then
         triaged_at = time.monotonic()
         self._held_by[namespace] = step.held_by
         await self._let_events_in()  # what came during the step, before its writes
         metas = view.metas(namespace)
-        drifts, failed = step.report.models, self._failed(namespace, fleet)
+        drifts, failed = step.report.models, prepared.failed
         fresh = [r for r in view.models if (namespace, r.meta.name) not in self._refreshed]
         if len(fresh) != len(view.models):
             # Refreshed during this pass: newer than this pass's view, so not rewritten from
@@ -412,8 +448,9 @@ class Reconciler:
             self.index.mark_dirty((namespace, r.meta.name) for r in view.models
                                   if (namespace, r.meta.name) in self._refreshed)
             self.wake()
-        writes = self.statuses.models(namespace, fresh, drifts=drifts, failed=failed,
-                                      held_by=step.held_by, now=now)
+        writes = await self._off_loop(functools.partial(
+            self.statuses.models, namespace, fresh, drifts=drifts, failed=failed,
+            held_by=step.held_by, now=now))
         result.status_writes += await self._write_statuses(writes)
         written = await asyncio.gather(*(
             self.writer.action(namespace, e, engine=fleet.engines[e.action.intent.engine],
@@ -430,14 +467,16 @@ class Reconciler:
         result.refused += len(step.refusals)
         result.held += len(step.holds)
         result.due(step.next_due)
-        self.narrator.step(step, metas=metas)
+        self.narrator.step(step, metas=metas, changed=prepared.changed)
+        self.narrator.models(namespace, prepared.changed)
+        self.narrator.pools(namespace, fleet.allocation.pools)
         self.narrator.writes(written, metas=metas)
         for done in executed.values():
             fleet = fleet.with_engine(done.engine)
         await self._drive(namespace, view=view, fleet=fleet, executed=executed, now=now,
                           result=result)
         writes = self.statuses.breakers(namespace, view.breakers, result=step)
-        for bad in statuses.invalid(view.engines, view.models, view.breakers, now=now):
+        for bad in prepared.invalid:
             self.narrator.invalid(bad.meta, bad.kind, bad.error)
             writes += [bad.write] if bad.write is not None else []
         result.status_writes += await self._write_statuses(writes)
@@ -470,6 +509,26 @@ class Reconciler:
         done = await asyncio.gather(*(self.writer.status(w.resource, w.meta, w.status)
                                       for w in writes))
         return sum(done)
+
+    async def _off_loop(self, work: Callable[..., _T], *args: object) -> _T:
+        """Run a pass's CPU-bound work in the pass thread; meanwhile the loop keeps taking
+        watch events and the fast path keeps model statuses current. The work reads only
+        frozen values built before it started (the fleet, the records of the view) and the
+        pipeline, which nothing else touches while a pass runs."""
+        running = asyncio.get_running_loop().run_in_executor(self._worker, work, *args)
+        woken = False
+        while not running.done():
+            waking = asyncio.ensure_future(self._wake.wait())
+            await asyncio.wait((running, waking), return_when=asyncio.FIRST_COMPLETED)
+            waking.cancel()
+            if self._wake.is_set() and not running.done():
+                woken = True
+                self._wake.clear()
+                await asyncio.sleep(self.config.debounce)
+                await self.refresh_statuses()
+        if woken:
+            self._wake.set()  # the loop's own sleep still sees what woke it meanwhile
+        return running.result()
 
     async def _let_events_in(self) -> None:
         """Before a step (tens of ms at 10,000 engines), let the watch events that arrived
