@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from capguard.core import breaker, fleet, gate, planner, queue, specs
 
 from .core_fleets import breaker as breaker_spec
@@ -69,6 +71,24 @@ def test_tokens_are_spent_only_on_execute() -> None:
     assert {d.reason for d in first if d.verdict is V.HOLD} == {R.RATE_LIMITED}
     # Ten seconds refill exactly one token (6 a minute).
     assert [d.reason for d in g.triage(q, found, {}, 10.0).decisions].count(R.ALLOWED) == 1
+
+
+def test_a_token_due_at_a_pass_is_there_at_that_pass() -> None:
+    """2 a minute and a pass every 5 s: after the burst, a take every 30 s sharp. (Six
+    refills of 1/6 add up to a hair under 1.0 in floating point, which held each token a
+    pass too long.) A held take says when its token comes."""
+    found = drain_plan(replicas=2, rateLimit={"actionsPerMinute": 2, "burst": 2})
+    q = queue.ActionQueue()
+    q.enqueue(planner.plan(found), found, 0.0)
+    g = gate.Gate(gate.GateConfig(fleet_max_unavailable_percent=100))
+    executed, retry_at = {}, {}
+    for now in range(0, 65, 5):
+        decisions = g.triage(q, found, {}, float(now)).decisions
+        executed[now] = sum(d.verdict is V.EXECUTE for d in decisions)
+        retry_at[now] = sorted({d.retry_at or 0.0 for d in decisions if d.verdict is V.HOLD})
+        gate.settle(q, decisions)
+    assert {now: n for now, n in executed.items() if n} == {0: 2, 30: 1, 60: 1}
+    assert retry_at[0] == [pytest.approx(30.0)] and retry_at[25] == [pytest.approx(30.0)]
 
 
 def test_expired_and_stale_actions_are_refused() -> None:
@@ -207,3 +227,4 @@ def test_a_take_gets_the_fleet_cap_before_assigns_and_assigns_alone_are_not_held
     q.enqueue(planner.plan(wanted), wanted, 0.0)
     decisions = gate.Gate().triage(q, wanted, {}, 0.0).decisions
     assert verdicts(decisions) == [("Execute", "Allowed")] * 2
+

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
+import pytest
+
 from capguard.core import breaker, engines, fleet, gate, pipeline, specs
 
 from .core_fleets import breaker as breaker_spec
@@ -118,8 +120,25 @@ def test_the_release_step_meets_the_backlog_as_the_pause_left_it() -> None:
     (batch,) = release.refused_batches.values()
     assert batch.size == 8 and batch.batch == paused.release_plans["cb"].batch
     assert {d.reason for d in release.decisions} == {gate.Reason.POST_PAUSE_BATCH}
-    after = core.step(pipeline.Observed(found), 601.0)  # re-planned from the cluster
+    assert release.next_due == 600.0  # it planned nothing: the re-plan is due at once
+    after = core.step(pipeline.Observed(found), 600.0)  # re-planned from the cluster
     assert len(after.enqueued) == 8 and after.last_refused_batches["cb"] == batch
+    assert after.next_due != 600.0  # only the release step asks for another at once
+
+
+def test_a_step_is_due_when_a_held_take_gets_its_token() -> None:
+    """The rate limit's next token is a moment the step decides differently: it is in
+    next_due, so a caller that steps then (the operator, the simulator) loses no pass."""
+    found = settled(serving_fleet({"chat": 6}, minAvailable=1, maxUnavailable=6), now=0.0)
+    found = found.with_model(dataclasses.replace(found.models["chat"], replicas=2))
+    found = with_breaker(found, rateLimit={"actionsPerMinute": 4, "burst": 1})
+    uncapped = gate.GateConfig(fleet_max_unavailable_percent=100)
+    core = pipeline.Pipeline(pipeline.Config(gate=uncapped))
+    first = core.step(pipeline.Observed(found), 0.0)
+    assert len(first.executions) == 1
+    assert first.next_due == pytest.approx(15.0)  # 4 a minute: the next token in 15 s
+    assert core.step(pipeline.Observed(found), 14.0).executions == ()
+    assert len(core.step(pipeline.Observed(found), 15.0).executions) == 1
 
 
 def test_a_restarted_pipeline_continues_the_pause_from_status() -> None:

@@ -18,11 +18,17 @@ import enum
 import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Final
 
 from capguard.core import breaker as breaker_
 from capguard.core import fleet as fleet_
 from capguard.core import planner, specs
 from capguard.core import queue as queue_
+
+# Refills add rate x elapsed in floating point: a token due exactly at a pass can come
+# out a hair short of 1.0 (six 5 s refills at 2 a minute: 0.9999999999999999), which held
+# it a whole pass too long.
+_TOKEN_EPSILON: Final = 1e-9
 
 
 class Verdict(enum.Enum):
@@ -59,6 +65,9 @@ class Decision:
     breakers: tuple[str, ...] = ()
     # Executed under these HalfOpen breakers: it took a probe slot of each.
     probes: tuple[str, ...] = ()
+    # Held by a rate limit: when its buckets hold a token again, with nothing else changed
+    # (`pipeline.Pipeline` steps again then, rather than a pass later).
+    retry_at: float | None = None
 
     @property
     def probe(self) -> bool:
@@ -118,6 +127,13 @@ class TokenBucket:
         self.tokens = min(float(self.burst), self.tokens + elapsed * self.per_second)
         self.updated_at = now
         return self.tokens
+
+    def wait(self, now: float) -> float:
+        """Seconds from ``now`` until the bucket holds a whole token (0: it does)."""
+        short = 1.0 - self.refill(now)
+        if short <= _TOKEN_EPSILON:
+            return 0.0
+        return short / self.per_second if self.per_second > 0 else math.inf
 
 
 def batch_id(actions: Iterable[queue_.Action]) -> str:
@@ -241,7 +257,13 @@ class Gate:
         takes = _takes(action, fleet=tally.fleet)
         if hold is None and takes:
             hold = _capacity_hold(action, engine=engine, tally=tally)
-            hold = hold or self._rate_hold(action, tally=tally, machines=machines, now=now)
+            if hold is None:
+                short = self._token_wait(action, tally=tally, machines=machines, now=now)
+                if short is not None:
+                    key, wait = short
+                    message = f"{key} token bucket is empty (a token in {wait:.0f}s)"
+                    return Decision(action, Verdict.HOLD, Reason.RATE_LIMITED, message, None,
+                                    names, retry_at=now + wait)
         elif hold is None:
             hold = _room_hold(action, tally=tally)
         if hold is not None:
@@ -251,19 +273,19 @@ class Gate:
         )
         return Decision(action, Verdict.EXECUTE, Reason.ALLOWED, "", None, names, probes)
 
-    def _rate_hold(
+    def _token_wait(
         self,
         action: queue_.Action,
         *,
         tally: _Tally,
         machines: Sequence[breaker_.BreakerMachine],
         now: float,
-    ) -> tuple[Reason, str] | None:
+    ) -> tuple[str, float] | None:
+        """None when every bucket the action draws on holds a token; else the bucket that
+        refills last and the seconds until it does (infinity if it never refills)."""
         buckets = self._buckets_for(action, fleet=tally.fleet, machines=machines, now=now)
-        for key, bucket in buckets:
-            if bucket.refill(now) < 1.0:
-                return Reason.RATE_LIMITED, f"{key} token bucket is empty"
-        return None
+        wait, key = max(((b.wait(now), k) for k, b in buckets), default=(0.0, ""))
+        return (key, wait) if wait > 0 else None
 
     def _buckets_for(
         self,

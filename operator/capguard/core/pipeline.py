@@ -21,6 +21,7 @@ Nothing here does I/O or reads a clock: ``now`` is passed in.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
@@ -215,7 +216,7 @@ class Pipeline:
             held_by=held_by,
             breakers={name: m.snapshot(now) for name, m in sorted(self.machines.items())},
             queue=QueueGauges(held, max(0, len(self.queue) - held), self.queue.oldest_age(now)),
-            next_due=self._next_due(now),
+            next_due=self._next_due(now, decisions=decisions, released=released),
         )
 
     def written(
@@ -396,10 +397,17 @@ class Pipeline:
             self._enqueued_from = None  # executed or refused: re-plan from what is left
         return tuple(executions), transitions
 
-    def _next_due(self, now: float) -> float | None:
-        """The first moment a step decides differently with nothing else changed: an
-        automatic trip cools down, or a queued plan expires."""
-        due = [
+    def _next_due(
+        self, now: float, *, decisions: Iterable[gate_.Decision], released: bool
+    ) -> float | None:
+        """The first moment a step decides differently with nothing else changed: at once
+        after a release (that step planned nothing, the re-plan is due), when a rate limit
+        holds a token for a held action, when an automatic trip cools down, or a queued
+        plan expires."""
+        if released:
+            return now
+        due = [d.retry_at for d in decisions if d.retry_at is not None]
+        due += [
             m.since + m.spec.auto_trip.window
             for m in self.machines.values()
             if m.state is breaker_.BreakerState.OPEN
@@ -408,7 +416,7 @@ class Pipeline:
         ]
         due += [a.planned_at + a.max_age for a in self.queue.pending()]
         due += [b.until for b in self._backoff.values()]
-        future = [t for t in due if t > now]
+        future = [t for t in due if now < t < math.inf]  # a rate of 0 never refills
         return min(future, default=None)
 
 
