@@ -228,3 +228,18 @@ def test_a_take_gets_the_fleet_cap_before_assigns_and_assigns_alone_are_not_held
     decisions = gate.Gate().triage(q, wanted, {}, 0.0).decisions
     assert verdicts(decisions) == [("Execute", "Allowed")] * 2
 
+
+def test_a_take_from_the_model_with_most_takes_left_goes_first() -> None:
+    """A model gives one engine at a time: the one with the longest way to go gets the
+    token, even when another's take is older, so no model is left alone at the end."""
+    found = serving_fleet({"a": 6, "b": 3}, minAvailable=1, maxUnavailable=6)
+    for name in ("a", "b"):
+        found = found.with_model(model(name, replicas=2, minAvailable=1, maxUnavailable=6))
+    q = queue.ActionQueue()
+    intents = planner.plan(found)
+    q.enqueue([i for i in intents if i.from_model == "b"], found, 0.0)  # the older
+    q.enqueue([i for i in intents if i.from_model == "a"], found, 1.0)
+    limit = specs.RateLimit(actions_per_minute=1.0, burst=1)
+    config = gate.GateConfig(fleet_max_unavailable_percent=100, rate_limit=limit)
+    decisions = gate.Gate(config).triage(q, found, {}, 1.0).decisions
+    assert [d.action.intent.from_model for d in decisions if d.verdict is V.EXECUTE] == ["a"]

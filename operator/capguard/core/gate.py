@@ -194,7 +194,8 @@ class Gate:
     ) -> Triage:
         pending = queue.pending() if isinstance(queue, queue_.ActionQueue) else list(queue)
         floors = _for_floors(pending, fleet=fleet)
-        actions = sorted(pending, key=lambda a: _order(a, fleet=fleet, floors=floors))
+        left = _takes_left(pending, fleet=fleet)
+        actions = sorted(pending, key=lambda a: _order(a, fleet=fleet, floors=floors, left=left))
         governing = _Governing(breakers=breakers, fleet=fleet)
         refused_batches: dict[str, RefusedBatch] = {}
         if not self.config.guarded:
@@ -388,23 +389,31 @@ class _Governing:
 
 
 def _order(
-    action: queue_.Action, *, fleet: fleet_.Fleet, floors: set[str]
-) -> tuple[bool, int, bool, int, float, str]:
+    action: queue_.Action, *, fleet: fleet_.Fleet, floors: set[str], left: Mapping[str, int]
+) -> tuple[bool, int, bool, int, int, float, str]:
     """Floors first (an action that brings a model toward a floor it is below goes before
     any surplus, whatever the priorities: tokens and budgets go to floors first), then
     higher priority; within it, what takes capacity before what only adds some (except
-    toward a floor), then assign before drain, oldest first.
+    toward a floor), takes from the model with the most takes left first, then assign
+    before drain, oldest first.
 
     Takes first, because a take spends a rate-limit token and the bucket holds only its
     burst: a token not spent when a take could run is gone, while an assign costs none
     and loses nothing by waiting a pass. Make before break still holds action by action
     (a take runs only while its model keeps its floor without the engine), and an action
-    after a take may not use up the room the take counted on (`_room_hold`)."""
+    after a take may not use up the room the take counted on (`_room_hold`).
+
+    Most takes left first, because a model gives engines only a few at a time (its
+    maxUnavailable, which the replacements loading for it count against) and only once
+    they serve: a model left with many takes at the end is a queue of its own that no
+    token shortens (longest first, as a scheduler balances machines)."""
     intent = action.intent
     model = fleet.models.get(intent.model or intent.from_model or "")
     priority = model.priority if model else 0
     floor = action.id in floors  # among these, assigns first: each floor take counts them
-    return (not floor, -priority, floor or not _takes(action, fleet=fleet),
+    takes = _takes(action, fleet=fleet)
+    remaining = left.get(intent.from_model or "", 0) if takes else 0
+    return (not floor, -priority, floor or not takes, -remaining,
             _KIND_ORDER[intent.kind], action.planned_at, intent.engine)
 
 
@@ -413,6 +422,21 @@ def _takes(action: queue_.Action, *, fleet: fleet_.Fleet) -> bool:
     source = action.intent.from_model
     engine = fleet.engines.get(action.intent.engine)
     return source is not None and engine is not None and engine.serves(source)
+
+
+def _takes_left(actions: Sequence[queue_.Action], *, fleet: fleet_.Fleet) -> dict[str, int]:
+    """For each model a queued take leaves: the takes it needs before it is as its spec
+    says, as far as the fleet shows: its serving engines on another revision or outside
+    its engine selector, and its serving units past desired."""
+    sources = {a.intent.from_model or "" for a in actions if _takes(a, fleet=fleet)}
+    left: dict[str, int] = {}
+    for name in sorted(sources & fleet.models.keys()):
+        model = fleet.models[name]
+        serving = [fleet.engines[e] for e in fleet.serving_engines(name)]
+        moved = sum(1 for e in serving if not model.engine_selector.matches(e.labels)
+                    or model.revision not in (None, e.revision))
+        left[name] = moved + max(0, fleet.serving_units(name) - model.replicas)
+    return left
 
 
 def _for_floors(actions: Sequence[queue_.Action], *, fleet: fleet_.Fleet) -> set[str]:
