@@ -41,15 +41,15 @@ def test_guarded_refuses_the_post_pause_backlog_as_one_batch(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_guarded_converges_within_1_08x_what_the_rate_limits_allow(seed: int) -> None:
+def test_guarded_converges_within_1_06x_what_the_rate_limits_allow(seed: int) -> None:
     run = timeline("march-4", "guarded", seed)
     converged = run.converge_seconds()
     # Every model got a new revision during the pause: 7 engines each must leave once.
     assert sum(run.needed_after_release.values()) == 8 * 7
     assert converged is not None
-    # 1.044-1.070 measured (bench/bench_release.py); the bound leaves out the HalfOpen
+    # 1.038-1.053 measured (bench/bench_release.py); the bound leaves out the HalfOpen
     # probes, which alone cost about one more load (about 1.03).
-    assert run.converge_lower_bound() <= converged <= 1.08 * run.converge_lower_bound()
+    assert run.converge_lower_bound() <= converged <= 1.06 * run.converge_lower_bound()
 
 
 def test_the_lower_bound_is_the_make_before_break_lead_plus_tokens_plus_a_drain() -> None:

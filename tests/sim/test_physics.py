@@ -92,3 +92,20 @@ def test_the_world_starts_settled_with_spares_idle() -> None:
     assert all(fleet.serving_units(m) == 7 for m in scenarios.MARCH_4.model_names)
     idle_engines = [e for e in fleet.engines.values() if e.spec.model_ref is None]
     assert len(idle_engines) == 8 and fleet.out_of_service_engines == 0
+
+
+def test_the_world_says_when_an_engine_moves_next() -> None:
+    """What a watch would show next: the end of a load, then of a drain; nothing when
+    every engine is settled."""
+    w = world.World(scenario=scenarios.MARCH_4, rng=random.Random(0))
+    assert w.next_change(now=0.0) is None
+    spare = next(n for n, e in sorted(w.engines.items()) if e.engine.spec.model_ref is None)
+    assert w.bind(engine=spare, model="phi-3", action_id="a1", expect_version=None).name == "DONE"
+    w.advance(now=10.0)
+    loads_until = 10.0 + w.engines[spare].load_seconds
+    assert w.next_change(now=10.0) == loads_until
+    w.advance(now=loads_until)
+    assert w.engines[spare].engine.serves("phi-3") and w.next_change(now=loads_until) is None
+    w.bind(engine=spare, model=None, action_id="a2", expect_version=None)
+    w.advance(now=loads_until)
+    assert w.next_change(now=loads_until) == loads_until + scenarios.MARCH_4.physics.drain_seconds

@@ -1,11 +1,11 @@
-"""The capacity manager, as the operator runs it: the core's pipeline, one step per tick.
+"""The capacity manager, as the operator runs it: the core's pipeline, one step at a time.
 
 `capguard.core.pipeline` decides everything (the operator runs the same step); this
 module executes what a step returns against the simulated world and records the
 timeline. What it adds is the incident's flaw, in both modes alike: while the breaker
 is open it does not re-read the cluster. It keeps planning from its cached view, and
 like any controller that tracks "expectations" it assumes what it queued has happened,
-so every tick plans the next step on top of steps that never ran (`planner.CachedView`,
+so every step plans the next on top of steps that never ran (`planner.CachedView`,
 which the operator's `--naive` mode plans from as well).
 """
 
@@ -81,7 +81,8 @@ class CapacityManager:
     def breaker(self) -> breaker_.BreakerMachine:
         return self.pipeline.machines[self.world.breaker.name]
 
-    def tick(self, now: float) -> None:
+    def step(self, now: float) -> float | None:
+        """One step at ``now``; when the next is due with nothing else changed."""
         live = self.world.fleet()
         backlog = len(self.queue)
         result = self.pipeline.step(pipeline_.Observed(live), now)
@@ -97,6 +98,7 @@ class CapacityManager:
         for execution in result.executions:
             self._execute(execution, now=now)
         self._planned = {a.id: self._planned[a.id] for a in self.queue.pending()}
+        return result.next_due
 
     def _count(self, decisions: Iterable[gate_.Decision]) -> None:
         for decision in decisions:
@@ -127,7 +129,7 @@ class CapacityManager:
         done = written is world_.Write.DONE
         self.pipeline.written(action.id, engine=intent.engine, ok=done)
         if not done:
-            self.timeline.conflicts += 1  # the world changed first: the next tick re-plans
+            self.timeline.conflicts += 1  # the world changed first: the next step re-plans
             return
         self.world.advance(now=now, only=[intent.engine])  # the driver reacts at once
         self.timeline.executed.append(

@@ -14,7 +14,12 @@ from capguard.sim import world as world_
 
 
 def simulate(scenario: scenarios.Scenario, *, mode: manager_.Mode, seed: int) -> measures.Timeline:
-    """Replay ``scenario`` on a virtual clock; the seed fixes every random draw."""
+    """Replay ``scenario`` on a virtual clock; the seed fixes every random draw.
+
+    The manager steps on the tick and, between ticks, whenever the world changes (a
+    scenario event, an engine's load or drain ends) or its last step said it is due (a
+    token refills, a release re-plans): what the operator does, whose passes follow its
+    watches and `StepResult.next_due`. The timeline samples on the tick only."""
     rng = random.Random(seed)
     events = collections.deque(scenario.timeline(rng))
     world = world_.World(scenario=scenario, rng=rng)
@@ -26,14 +31,22 @@ def simulate(scenario: scenarios.Scenario, *, mode: manager_.Mode, seed: int) ->
     )
     manager = manager_.CapacityManager(world=world, mode=mode, timeline=timeline)
     clock = clock_.FakeClock()
+    sample_at, again = 0.0, True
     while clock.now() <= scenario.duration:
         now = clock.now()
         while events and events[0].at <= now:
             world.apply(events.popleft(), now=now)
         world.advance(now=now)
-        manager.tick(now)
-        timeline.samples.append(_sample(world.fleet(), manager=manager, now=now))
-        clock.advance(scenario.tick_seconds)
+        due = manager.step(now)
+        if now >= sample_at:
+            timeline.samples.append(_sample(world.fleet(), manager=manager, now=now))
+            sample_at += scenario.tick_seconds
+        # A step due at once (after a release) comes once; then time must move on.
+        due = due if due is None or due > now or again else None
+        changes = (events[0].at if events else None, world.next_change(now=now), due)
+        step_at = min([sample_at, *(t for t in changes if t is not None)])
+        again = step_at > now
+        clock.advance(step_at - now)
     return timeline
 
 

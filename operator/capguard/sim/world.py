@@ -13,6 +13,7 @@ import enum
 import random
 from collections.abc import Iterable
 
+from capguard.core import engines as engines_
 from capguard.core import fleet as fleet_
 from capguard.core import specs
 from capguard.sim import physics as physics_
@@ -73,6 +74,14 @@ class World:
             )
             if after is not before:
                 self._put(after)
+
+    def next_change(self, *, now: float) -> float | None:
+        """When the driver moves an engine next (a load or a drain ends, a repair is
+        done) with nothing else changed: the moment a watch would show it."""
+        timing = physics_.timing_of(self.scenario.physics)
+        due = (engines_.step(e.engine, timing=e.timing(timing), now=now).due
+               for e in self.engines.values() if not engines_.settled(e.engine))
+        return min((t for t in due if t is not None and t > now), default=None)
 
     def bind(
         self, *, engine: str, model: str | None, action_id: str, expect_version: str | None
