@@ -4,8 +4,9 @@ No server and no HTTP: the operator's index (`handlers.index.Index`) is fed obje
 bodies as a LIST page brings them (the shapes `bench_operator.py` seeds: engines Serving
 the model they are bound to, in pools pool-0..pool-9 with one capacity unit each, models
 with `spec.replicas`, one CircuitBreaker), and one namespace's pass is run the way
-`handlers.reconcile.Reconciler` runs it: `view.snapshot`, `view.build_fleet` (only when a
-planning input changed: a steady pass reuses the fleet, as the operator does), the
+`handlers.reconcile.Reconciler` runs it: `view.snapshot`, `view.build_fleet` or
+`view.derive_fleet` (only when a planning input changed: a steady pass reuses the fleet,
+a change is applied to the last one, as the operator does), the
 pipeline's `step` (the operator's own `reconcile.Config().pipeline()`: guarded, at most
 1,000 assigns a step), `statuses.StatusBook.models`, the gauges (`narrator.models` and
 `pools`) and the engine and breaker writes (`driver.writes`, `StatusBook.breakers`,
@@ -19,8 +20,8 @@ Per size it prints ms per part (median of `--repeats`) for:
 - a steady pass (nothing changed);
 - a one-model change (one model's `spec.replicas` + 1, a new generation);
 - a one-engine change (one engine's status phase Serving -> Loading);
-- and `planner.plan` alone for the one-model change, on a fleet built fresh (the
-  allocation it reads computed first, then the planning itself).
+- and `planner.plan` alone for the one-model change, on the fleet derived from the last
+  (the allocation it reads computed first, then the planning itself).
 
 Then the growth exponent of each between consecutive sizes, log(t2/t1) / log(n2/n1) with
 n the engines: ~1 is linear, ~0 constant, and above 1.2 is flagged as superlinear (parts
@@ -163,9 +164,11 @@ class Operator:
             views = view_.snapshot(self.found)
         view = views[NAMESPACE]
         version = self.found.planning_versions.get(NAMESPACE, 0)
-        with timed(parts, "build_fleet"):
-            if self.fleet is None or self.fleet[0] != version:
+        with timed(parts, "build_fleet"):  # as `Reconciler._fleet` does it
+            if self.fleet is None or view.rebuild:
                 self.fleet = (version, view_.build_fleet(view))
+            elif self.fleet[0] != version:
+                self.fleet = (version, view_.derive_fleet(self.fleet[1], view))
         fleet = self.fleet[1]
         with timed(parts, "step"):
             step = self.core.step(view.observed(fleet, established=self.core.signals.established),
@@ -257,19 +260,28 @@ def measure(*, engines: int, models: int, repeats: int) -> tuple[Table, float]:
         operator.set_phase(f"e{i * operator.cluster.per_model}", "Loading")
         changes["one-engine change"].append(operator.one_pass(now + 2))
         operator.set_phase(f"e{i * operator.cluster.per_model}", "Serving")
+        operator.scale(f"m{i + 1}", by=-1)  # back: each change meets the fleet as it was
         operator.one_pass(now + 2.5)
+        operator.one_pass(now + 2.6)
     table.update({name: median_parts(samples) for name, samples in changes.items()})
-    table["planner.plan (one-model change)"] = median_parts(
-        [planning(operator, model=f"m{repeats + 1 + i}") for i in range(repeats)])
+    planned = []
+    for i in range(repeats):
+        planned.append(planning(operator, model=f"m{repeats + 1 + i}"))
+        operator.scale(f"m{repeats + 1 + i}", by=-1)
+        operator.one_pass(now + 3 + i)
+    table["planner.plan (one-model change)"] = median_parts(planned)
     gc.unfreeze()
     return table, listed
 
 
 def planning(operator: Operator, *, model: str) -> dict[str, float]:
-    """`planner.plan` on a fleet built fresh after one model's change: the allocation it
-    reads first, then the planning itself."""
+    """`planner.plan` on the fleet after one model's change, derived from the last one as
+    the operator does: the allocation it reads first, then the planning itself."""
     operator.scale(model, by=1)
-    fleet = view_.build_fleet(view_.snapshot(operator.found)[NAMESPACE])
+    assert operator.fleet is not None
+    view = view_.snapshot(operator.found)[NAMESPACE]
+    fleet = view_.derive_fleet(operator.fleet[1], view)
+    operator.fleet = (operator.found.planning_versions.get(NAMESPACE, 0), fleet)
     parts: dict[str, float] = {}
     with timed(parts, "allocation"):
         fleet.allocation  # noqa: B018 (a cached property: computed here, read by plan)

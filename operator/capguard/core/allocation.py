@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Final
 
 from capguard.core import specs
@@ -88,6 +88,9 @@ class Allocation:
     pools: Mapping[str, PoolSupply]
     # Engines a user bound to a ModelCapacity that does not exist (Engine.waits): no supply.
     waiting: tuple[str, ...] = ()
+    # When every model is covered by engines it holds (no scarcity, nothing to share): what
+    # lets `derive` recompute only the models a change touches. None: derive cannot.
+    basis: _Basis | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def target(self, model: str) -> int:
         found = self.models.get(model)
@@ -116,9 +119,11 @@ def allocate(
         )
         for name, m in sorted(models.items())
     }
-    return Allocation(claims=dict(state.claims), models=shares,
-                      pools=_pools(engines=engines, models=models, state=state),
-                      waiting=tuple(sorted(state.waiting)))
+    found = Allocation(claims=dict(state.claims), models=shares,
+                       pools=_pools(engines=engines, models=models, state=state),
+                       waiting=tuple(sorted(state.waiting)))
+    return dataclasses.replace(found, basis=_Basis.of(found, engines=engines, models=models,
+                                                      unreadable=unreadable))
 
 
 @dataclasses.dataclass
@@ -503,3 +508,394 @@ def _pools(
                              serving=serving.get(pool, 0), idle=idle.get(pool, 0),
                              floors=floors[pool], desired=desired[pool])
             for pool in sorted(units)}
+
+
+# -- the same allocation, worked out again for what a change touches -------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Own:
+    """One model's share and the engines claimed for it (`_Basis.rebase`)."""
+
+    share: ModelShare
+    claims: tuple[str, ...]
+    # The label groups of engines it holds that `allocate` puts with the idle ones (past its
+    # desired units, or outside its selector), one entry per engine.
+    loose: tuple[_Group, ...] = ()
+    keeps: int = 0  # units of the engines it keeps (`allocate`'s ``keeps``)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Basis:
+    """An allocation in which every model is covered by engines it holds, but for at most
+    one (``short``), which idle engines nobody holds cover, or which can take nothing
+    (no idle engine anywhere, no lower priority to take from, and no model of its own
+    priority holding enough more for max-min fairness to give it one): then no model
+    takes from another, each share depends on the model's own engines and, for the short
+    one, on the idle engines and how contested their groups are, so a change is allocated
+    again for the models it touches. Made only when it reproduces `allocate` exactly."""
+
+    keys: frozenset[str]  # the label keys selectors look at
+    key_uses: Mapping[str, int]  # how many models' selectors look at each
+    owns: Mapping[str, _Own]
+    short: str | None
+    group_pools: Mapping[_Group, Mapping[str, int]]  # label group -> pool -> engines
+    group_units: Mapping[_Group, int]  # every engine of the group, in units
+    demand: Mapping[_Group, int]  # desired units of the models whose selector matches it
+    pool_counts: Mapping[str, tuple[int, int, int, int]]  # pool -> units, usable, serving, idle
+    waiting: frozenset[str]
+    loose: Mapping[_Group, int] = dataclasses.field(default_factory=dict)  # `_Own.loose`
+
+    @classmethod
+    def of(cls, found: Allocation, *, engines: Mapping[str, specs.Engine],
+           models: Mapping[str, specs.ModelSpec], unreadable: frozenset[str]) -> _Basis | None:
+        keys = _selector_keys(models.values())
+        group_pools: dict[_Group, dict[str, int]] = {}
+        group_units: dict[_Group, int] = {}
+        held: dict[str, list[specs.Engine]] = {name: [] for name in models}
+        idle = []
+        for engine in engines.values():
+            group = _group(engine, keys)
+            _count_group(group_pools, group, engine.spec.pool, 1)
+            group_units[group] = group_units.get(group, 0) + engine.units
+            holder = _holder(engine, models=models, unreadable=unreadable)
+            if holder is not None:
+                held[holder].append(engine)
+            elif _idle(engine):
+                idle.append(engine)
+        demand = dict.fromkeys(group_pools, 0)
+        for model in models.values():
+            _count_demand(demand, model, sign=1)
+        key_uses: dict[str, int] = {}
+        for model in models.values():
+            _count_keys(key_uses, model, sign=1)
+        basis = cls(keys=keys, key_uses=key_uses, owns={}, short=None, group_pools=group_pools,
+                    group_units=group_units, demand=demand,
+                    pool_counts=_pool_counts(engines.values(), models=models),
+                    waiting=frozenset(found.waiting))
+        if sum(1 for share in found.models.values() if share.target < share.desired) > 1:
+            return None  # scarcity shared out: not of this kind
+        rebased = basis.rebase(models, held=held.__getitem__, touched=models.keys(),
+                               idle=idle)
+        return rebased if rebased is not None and rebased.allocation(models) == found else None
+
+    def rebase(self, models: Mapping[str, specs.ModelSpec], *,
+               held: Callable[[str], list[specs.Engine]], touched: Iterable[str],
+               idle: Iterable[specs.Engine]) -> _Basis | None:
+        """This basis with the touched models' shares worked out again (and the short
+        one's, whatever touched it); None when the allocation is not of that kind."""
+        owns = dict(self.owns)
+        loose = dict(self.loose)
+
+        def put(name: str, own: _Own | None) -> None:
+            for group in owns[name].loose if name in owns else ():
+                loose[group] -= 1
+            if own is None:
+                owns.pop(name, None)
+                return
+            owns[name] = own
+            for group in own.loose:
+                loose[group] = loose.get(group, 0) + 1
+
+        for name in set(owns) - models.keys():
+            put(name, None)
+        short = {self.short} & models.keys() if self.short else set()
+        for name in touched:
+            if name not in models:
+                continue
+            if models[name].floor_units > models[name].replicas:
+                return None  # a floor past desired: `allocate` alone says how it is claimed
+            own = _covered(models[name], held(name), basis=self)
+            if own.share.target < models[name].replicas:
+                short.add(name)
+            else:
+                short.discard(name)
+            put(name, own)
+        if len(short) > 1:
+            return None
+        rebased = dataclasses.replace(self, owns=owns, short=None, loose=loose)
+        if not short:
+            return rebased
+        name = short.pop()
+        topped = rebased._from_idle(models[name], held(name), idle=idle, models=models)
+        if topped is None:
+            return None
+        put(name, topped)
+        return dataclasses.replace(rebased, owns=owns, short=name, loose=loose)
+
+    def _from_idle(self, model: specs.ModelSpec, held: list[specs.Engine], *,
+                   idle: Iterable[specs.Engine], models: Mapping[str, specs.ModelSpec]
+                   ) -> _Own | None:
+        """The share of the one model its own engines do not cover, as `allocate` gives it:
+        its own engines, then idle engines nobody holds from the least contested group that
+        has one (the smallest name first; one no larger than the need). None when they do
+        not cover it, or `allocate` could choose anything else."""
+        if model.floor_units > model.replicas:
+            return None
+        selector = model.engine_selector
+        mine, loose = _kept(model, held, keys=self.keys)
+        keeps = sum(e.units for e in mine)
+        kept = iter(mine)
+        pressure = {g: self.demand[g] / max(1, self.group_units[g]) for g in self.group_pools}
+        eligible = sorted((g for g in sorted(self.group_pools) if selector.matches(dict(g))),
+                          key=lambda g: pressure[g])
+        free: dict[_Group, list[specs.Engine]] = {}
+        for engine in idle:
+            free.setdefault(_group(engine, self.keys), []).append(engine)
+        for found in free.values():
+            found.sort(key=lambda e: e.name, reverse=True)  # popped from the end
+
+        def take(need: int) -> specs.Engine | None:
+            own = next(kept, None)
+            if own is not None:
+                return own
+            for group in eligible:
+                found = free.get(group)
+                if found:
+                    for i in range(len(found) - 1, -1, -1):
+                        if found[i].units <= need:
+                            return found.pop(i)
+                if found or self.loose.get(group):
+                    # `allocate` would take an engine someone holds (in the idle list after
+                    # those nobody holds): not this path's to say which.
+                    return None
+            return None
+
+        claims, units, covered = [], 0, 0
+        for goal in (model.floor_units, model.replicas):
+            while units < goal:
+                taken = take(goal - units)
+                if taken is None:
+                    if goal == model.floor_units or free or any(self.loose.values()) or \
+                            not self._stuck(model, units=units, models=models):
+                        return None
+                    break
+                claims.append(taken.name)
+                units += taken.units
+            if goal == model.floor_units:
+                covered = units
+        share = ModelShare(desired=model.replicas, floor=model.floor_units, covered=covered,
+                           target=units, pools=_pools_matching(selector, self.group_pools))
+        return _Own(share=share, claims=tuple(claims), loose=loose, keeps=keeps)
+
+    def _stuck(self, model: specs.ModelSpec, *, units: int,
+               models: Mapping[str, specs.ModelSpec]) -> bool:
+        """Whether `allocate` gives the model nothing past its ``units`` (its own, at or
+        above its floor) with no idle engine anywhere: no model of a lower priority to take
+        from, and none of its own priority keeping more than one unit past it (max-min
+        takes from a model only while it keeps at least as much as the taker then has)."""
+        for name, other in models.items():
+            if name == model.name:
+                continue
+            if other.priority < model.priority:
+                return False
+            own = self.owns.get(name)
+            if other.priority == model.priority and (own is None or own.keeps > units + 1):
+                return False
+        return True
+
+    def allocation(self, models: Mapping[str, specs.ModelSpec]) -> Allocation:
+        claims = {engine: name for name, own in self.owns.items() for engine in own.claims}
+        return self.with_claims(claims, models)
+
+    def with_claims(self, claims: dict[str, str], models: Mapping[str, specs.ModelSpec]
+                    ) -> Allocation:
+        floors: dict[str, int] = dict.fromkeys(self.pool_counts, 0)
+        desired: dict[str, int] = dict.fromkeys(self.pool_counts, 0)
+        for name, own in self.owns.items():
+            for pool in own.share.pools:
+                floors[pool] += models[name].floor_units
+                desired[pool] += models[name].replicas
+        pools = {pool: PoolSupply(pool=pool, units=units, usable=usable, serving=serving,
+                                  idle=idle, floors=floors[pool], desired=desired[pool])
+                 for pool, (units, usable, serving, idle) in sorted(self.pool_counts.items())}
+        return Allocation(claims=claims,
+                          models={name: self.owns[name].share for name in sorted(models)},
+                          pools=pools, waiting=tuple(sorted(self.waiting)), basis=self)
+
+
+def derive(
+    before: Allocation, *, old: tuple[Mapping[str, specs.Engine], Mapping[str, specs.ModelSpec]],
+    engines: Mapping[str, specs.Engine], models: Mapping[str, specs.ModelSpec],
+    unreadable: frozenset[str], changed: frozenset[str], touched: frozenset[str],
+    bound: Callable[[str], Iterable[str]], idle: Callable[[], Iterable[str]],
+) -> tuple[Allocation, frozenset[str] | None]:
+    """The allocation of a fleet (``engines``, ``models``) that differs from the one
+    ``before`` was made for (``old``) in the engines ``changed`` names and the models
+    ``touched`` (a spec, or the engines holding it); ``bound(model)`` names the engines
+    bound to a model now, ``idle()`` the idle engines nobody holds. Exactly `allocate`'s
+    answer: worked out again for the touched models alone while the allocation stays of
+    the kind `_Basis` describes and no label group gains or loses a pool, from scratch
+    otherwise. Also the models whose share or claims can differ from ``before``'s (the
+    touched ones and the short one; None: any)."""
+    basis = before.basis
+    old_engines, old_models = old
+    key_uses = dict(basis.key_uses) if basis is not None else {}
+    for model in touched:
+        for spec, sign in ((old_models.get(model), -1), (models.get(model), 1)):
+            if spec is not None:
+                _count_keys(key_uses, spec, sign=sign)
+    if basis is None or {k for k, n in key_uses.items() if n} != basis.keys:
+        # Engines are grouped by the label keys selectors look at: other groups, other
+        # answers (which group is least contested, say).
+        return allocate(engines=engines, models=models, unreadable=unreadable), None
+    # Engines whose counts may differ: those that changed, and those bound to a touched
+    # model (whether a binding is usable supply, or waits, depends on the model existing).
+    recount = set(changed)
+    for model in touched:
+        recount.update(bound(model))
+    group_pools = {g: dict(p) for g, p in basis.group_pools.items()}
+    group_units = dict(basis.group_units)
+    pool_counts = dict(basis.pool_counts)
+    waiting = set(basis.waiting)
+    for name in recount:
+        for engine, known, sign in ((old_engines.get(name), old_models, -1),
+                                    (engines.get(name), models, 1)):
+            if engine is None:
+                continue
+            if name in changed:
+                group = _group(engine, basis.keys)
+                _count_group(group_pools, group, engine.spec.pool, sign)
+                group_units[group] = group_units.get(group, 0) + sign * engine.units
+            _count_pool(pool_counts, engine, models=known, sign=sign)
+        waiting.discard(name)
+        new = engines.get(name)
+        if new is not None and _waits(new, models=models, unreadable=unreadable):
+            waiting.add(name)
+    if group_pools.keys() != basis.group_pools.keys() or any(
+            p.keys() != basis.group_pools[g].keys() for g, p in group_pools.items()):
+        return allocate(engines=engines, models=models, unreadable=unreadable), None
+    demand = dict(basis.demand)
+    for model in touched:
+        for spec, sign in ((old_models.get(model), -1), (models.get(model), 1)):
+            if spec is not None:
+                _count_demand(demand, spec, sign=sign)
+
+    def held(model: str) -> list[specs.Engine]:
+        return [e for e in (engines[n] for n in bound(model))
+                if _holder(e, models=models, unreadable=unreadable) == model]
+
+    counted = dataclasses.replace(
+        basis, key_uses=key_uses, group_pools=group_pools, group_units=group_units, demand=demand,
+        pool_counts={p: c for p, c in pool_counts.items()
+                     if any(p in found for found in group_pools.values())},
+        waiting=frozenset(waiting))
+    rebased = counted.rebase(models, held=held, touched=touched,
+                             idle=[engines[n] for n in idle()])
+    if rebased is None:
+        return allocate(engines=engines, models=models, unreadable=unreadable), None
+    again = {m for m in (*touched, basis.short, rebased.short) if m is not None}
+    claims = dict(before.claims)
+    for model in again:
+        previous = basis.owns.get(model)
+        for claimed in previous.claims if previous else ():
+            if claims.get(claimed) == model:
+                del claims[claimed]
+    for model in again:
+        own = rebased.owns.get(model)
+        if own is not None:
+            claims.update(dict.fromkeys(own.claims, model))
+    return rebased.with_claims(claims, models), frozenset(again)
+
+
+def _kept(model: specs.ModelSpec, held: list[specs.Engine], *, keys: frozenset[str]
+          ) -> tuple[list[specs.Engine], tuple[_Group, ...]]:
+    """(the engines a model keeps, in keep order; the groups of those `allocate` puts with
+    the idle ones) from the engines it holds (bound, not failed), as `allocate` sorts them."""
+    selector = model.engine_selector
+    mine = sorted((e for e in held if selector.matches(e.labels)),
+                  key=lambda e: _keep_order(e, model=model))
+    loose = [_group(e, keys) for e in held
+             if not e.spec.cordoned and not selector.matches(e.labels)]
+    kept, wanted = [], 0
+    for engine in mine:
+        if wanted >= model.replicas and not engine.spec.cordoned:
+            loose.append(_group(engine, keys))  # past its desired units: as if idle
+            continue
+        wanted += engine.units
+        kept.append(engine)
+    return kept, tuple(loose)
+
+
+def _covered(model: specs.ModelSpec, held: list[specs.Engine], *, basis: _Basis) -> _Own:
+    """The model's share from the engines it holds: when they cover its desired units,
+    `allocate` claims them in keep order up to the floor and on up to desired, and takes
+    nothing from anyone (a target short of desired: they do not cover it)."""
+    kept, loose = _kept(model, held, keys=basis.keys)
+    claims, target, covered = [], 0, None
+    for engine in kept:
+        if covered is None and target >= model.floor_units:
+            covered = target
+        if target >= model.replicas:
+            break
+        claims.append(engine.name)
+        target += engine.units
+    share = ModelShare(desired=model.replicas, floor=model.floor_units,
+                       covered=target if covered is None else covered, target=target,
+                       pools=_pools_matching(model.engine_selector, basis.group_pools))
+    return _Own(share=share, claims=tuple(claims), loose=loose,
+                keeps=sum(e.units for e in kept))
+
+
+def _pools_matching(selector: specs.LabelSelector,
+                    group_pools: Mapping[_Group, Mapping[str, int]]) -> tuple[str, ...]:
+    return tuple(sorted({pool for group, found in group_pools.items()
+                         if selector.matches(dict(group)) for pool in found}))
+
+
+def _count_keys(uses: dict[str, int], model: specs.ModelSpec, *, sign: int) -> None:
+    for key in _selector_keys((model,)):
+        uses[key] = uses.get(key, 0) + sign
+
+
+def _count_demand(demand: dict[_Group, int], model: specs.ModelSpec, *, sign: int) -> None:
+    for group in demand:
+        if model.engine_selector.matches(dict(group)):
+            demand[group] += sign * model.replicas
+
+
+def _group(engine: specs.Engine, keys: frozenset[str]) -> _Group:
+    return tuple(sorted((k, v) for k, v in engine.labels.items() if k in keys)) if keys else ()
+
+
+def _count_group(found: dict[_Group, dict[str, int]], group: _Group, pool: str,
+                 sign: int) -> None:
+    pools = found.setdefault(group, {})
+    pools[pool] = pools.get(pool, 0) + sign
+    if not pools[pool]:
+        del pools[pool]
+    if not pools:
+        del found[group]
+
+
+def _count_pool(found: dict[str, tuple[int, int, int, int]], engine: specs.Engine, *,
+                models: Mapping[str, specs.ModelSpec], sign: int) -> None:
+    """Add (or with sign -1 take away) what one engine counts in its pool's supply."""
+    units, usable, serving, idle = found.get(engine.spec.pool, (0, 0, 0, 0))
+    size = sign * engine.units
+    units += size
+    if engine.phase is not specs.Phase.FAILED:
+        if engine.phase is specs.Phase.SERVING:
+            serving += size
+        if _idle(engine):
+            idle += size
+            usable += size
+        elif engine.spec.model_ref is not None and engine.spec.model_ref in models:
+            usable += size
+    found[engine.spec.pool] = (units, usable, serving, idle)
+
+
+def _pool_counts(engines: Iterable[specs.Engine], *, models: Mapping[str, specs.ModelSpec]
+                 ) -> dict[str, tuple[int, int, int, int]]:
+    found: dict[str, tuple[int, int, int, int]] = {}
+    for engine in engines:
+        _count_pool(found, engine, models=models, sign=1)
+    return found
+
+
+def _waits(engine: specs.Engine, *, models: Mapping[str, specs.ModelSpec],
+           unreadable: frozenset[str]) -> bool:
+    """Bound by a user to a model that does not exist (`allocate`'s ``waiting``)."""
+    return (_holder(engine, models=models, unreadable=unreadable) is None
+            and not _idle(engine) and engine.spec.model_ref not in unreadable
+            and engine.waits(models))

@@ -144,8 +144,15 @@ def measure(fleet: fleet_.Fleet, queue: queue_.ActionQueue, now: float) -> Drift
         if (e := fleet.engines.get(a.intent.engine)) is None
         or e.resource_version != a.planned_from.engine_resource_version
     )
+    known = fleet.memo(__name__)  # each model's drift, carried by `Fleet.derive`
+    models = {}
+    for name in sorted(fleet.models):
+        found = known.get(name)
+        if found is None:
+            found = known[name] = _model_drift(fleet, name)
+        models[name] = found
     return DriftReport(
-        models={name: _model_drift(fleet, name) for name in sorted(fleet.models)},
+        models=models,
         oldest_plan_age=queue.oldest_age(now),
         pending_actions=len(pending),
         stale_view_engines=stale,

@@ -2,6 +2,11 @@
 
 Counts per model are computed once per snapshot (one pass over the engines), so the
 gate can ask them thousands of times per triage for the price of a dict lookup.
+
+A snapshot made with `Fleet.derive` from the last one carries over what was computed
+for it (counts, the allocation, indexes, the planner's per-model work) for everything
+the change does not touch: a change to one model of 50,000 engines costs work in
+proportion to that model. Whatever way it was made, a snapshot answers the same.
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Iterable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from capguard.core import allocation as allocation_
 from capguard.core import specs
@@ -178,6 +183,69 @@ class Fleet:
             for name, model in self.models.items()
         }
 
+    @functools.cached_property
+    def bound_names(self) -> dict[str, tuple[str, ...]]:
+        """Engine names by the model their ``spec.modelRef`` names (any phase), by name."""
+        found: dict[str, list[str]] = {}
+        for name, engine in self.engines.items():
+            if engine.spec.model_ref:
+                found.setdefault(engine.spec.model_ref, []).append(name)
+        return {model: tuple(sorted(names)) for model, names in found.items()}
+
+    def bound_to(self, model: str) -> tuple[str, ...]:
+        return self.bound_names.get(model, ())
+
+    @functools.cached_property
+    def idle_names(self) -> frozenset[str]:
+        """Engines free to take a model: unbound, idle, not cordoned."""
+        return frozenset(name for name, engine in self.engines.items() if _free(engine))
+
+    @functools.cached_property
+    def released_names(self) -> frozenset[str]:
+        """Engines to release (`released`)."""
+        return frozenset(name for name, engine in self.engines.items()
+                         if self.released(engine))
+
+    def released(self, engine: specs.Engine) -> bool:
+        """Failed, or bound by capguard to a model that no longer exists: its binding is
+        cleared. A silent engine (its agent unheard: `engines.heard`) is not released: it
+        is out of service, and its model is filled from other engines meanwhile.
+
+        A model that exists but does not parse is not gone: its engines are left alone. A
+        modelRef capguard did not write that names no model is the user's
+        (``Engine.waits``): it is never cleared."""
+        model = engine.spec.model_ref
+        if not model or model in self.unreadable_models or engine.waits(self.models):
+            return False
+        failed = engine.phase is specs.Phase.FAILED and not engine.silent
+        return model not in self.models or failed
+
+    @functools.cached_property
+    def _memos(self) -> dict[str, dict[str, Any]]:
+        return {}
+
+    def memo(self, space: str) -> dict[str, Any]:
+        """Per-model values the core computes from this fleet (``space`` names whose), kept
+        by `derive` for the models a change does not touch. Valid only while the values
+        depend on nothing but the model's spec, the engines it holds or is bound to, and
+        its allocated share."""
+        return self._memos.setdefault(space, {})
+
+    def derive(
+        self, *, engines: Mapping[str, specs.Engine | None] | None = None,
+        models: Mapping[str, specs.ModelSpec | None] | None = None,
+    ) -> Fleet:
+        """This fleet with the given engines and models replaced (None: gone), carrying
+        over what was computed for this one wherever the change does not reach. Breakers
+        and unreadable models stay as they are (a change to those: `Fleet.of`)."""
+        engines, models = engines or {}, models or {}
+        new_models = _replaced(self.models, models)
+        derived = Fleet(engines=_replaced(self.engines, engines), models=new_models,
+                        breakers=self.breakers,
+                        unreadable_models=self.unreadable_models - set(new_models))
+        _Carry(self, derived, engines=frozenset(engines), models=frozenset(models)).carry()
+        return derived
+
     def with_engine(self, engine: specs.Engine) -> Fleet:
         return dataclasses.replace(self, engines={**self.engines, engine.name: engine})
 
@@ -234,6 +302,136 @@ def _parse_each(
         except specs.SpecError as error:
             errors.append(error)
     return parsed
+
+
+class _Carry:
+    """What `Fleet.derive` carries from one fleet to the next: each value the old fleet
+    computed, worked out again only for the engines and models the change touches."""
+
+    def __init__(self, old: Fleet, new: Fleet, *, engines: frozenset[str],
+                 models: frozenset[str]) -> None:
+        self.old, self.new, self.engines, self.models = old, new, engines, models
+        touched = set(models)
+        for name in engines:
+            for engine in (old.engines.get(name), new.engines.get(name)):
+                if engine is not None:
+                    touched |= _held_models(engine)
+        self.touched = frozenset(touched)
+        self.computed = old.__dict__  # where functools.cached_property keeps its values
+
+    def carry(self) -> None:
+        for name in ("bound_names", "idle_names", "_counts", "out_of_service_engines",
+                     "_breakers_by_model", "released_names", "allocation"):
+            if name in self.computed:
+                self.new.__dict__[name] = getattr(self, name)()
+
+    def bound_names(self) -> dict[str, tuple[str, ...]]:
+        found = dict(self.old.bound_names)
+        for name in self.engines:
+            refs = {e.spec.model_ref for e in (self.old.engines.get(name),
+                                               self.new.engines.get(name)) if e is not None}
+            for model in refs - {None}:
+                assert model is not None
+                names = {n for n in found.get(model, ()) if n != name}
+                engine = self.new.engines.get(name)
+                if engine is not None and engine.spec.model_ref == model:
+                    names.add(name)
+                if names:
+                    found[model] = tuple(sorted(names))
+                else:
+                    found.pop(model, None)
+        return found
+
+    def _counts(self) -> dict[str, ModelCounts]:
+        counts = dict(self.old._counts)
+        for model in self.touched:
+            before = counts.pop(model, _NOTHING)
+            names = {*before.serving_engines, *before.unavailable_engines,
+                     *(n for n in self.engines if n in self.new.engines
+                       and model in _held_models(self.new.engines[n]))}
+            serving, unavailable, units = [], [], 0
+            for name in names:
+                engine = self.new.engines.get(name)
+                if engine is None or model not in _held_models(engine):
+                    continue
+                if engine.serves(model):
+                    serving.append(name)
+                    units += engine.units
+                else:
+                    unavailable.append(name)
+            if serving or unavailable or model in self.new.models:
+                counts[model] = ModelCounts(
+                    serving_units=units, serving_engines=tuple(sorted(serving)),
+                    unavailable_engines=tuple(sorted(unavailable)),
+                    engine_count=len(serving) + len(unavailable))
+        return counts
+
+    def out_of_service_engines(self) -> int:
+        count = self.old.out_of_service_engines
+        for name in self.engines:
+            count -= sum(1 for e in (self.old.engines.get(name),) if e and out_of_service(e))
+            count += sum(1 for e in (self.new.engines.get(name),) if e and out_of_service(e))
+        return count
+
+    def _breakers_by_model(self) -> dict[str, tuple[specs.BreakerSpec, ...]]:
+        found = {m: b for m, b in self.old._breakers_by_model.items() if m in self.new.models}
+        ordered = [b for _, b in sorted(self.new.breakers.items())]
+        for name in self.models & self.new.models.keys():
+            found[name] = tuple(b for b in ordered if b.governs(self.new.models[name]))
+        return found
+
+    def idle_names(self) -> frozenset[str]:
+        idle = set(self.old.idle_names)
+        for name in self.engines:
+            engine = self.new.engines.get(name)
+            if engine is not None and _free(engine):
+                idle.add(name)
+            else:
+                idle.discard(name)
+        return frozenset(idle)
+
+    def released_names(self) -> frozenset[str]:
+        # Whether an engine is released depends on it and on its model existing.
+        again = set(self.engines)
+        for model in self.models:
+            again.update(self.new.bound_to(model))
+        released = set(self.old.released_names) - again
+        released.update(n for n in again if n in self.new.engines
+                        and self.new.released(self.new.engines[n]))
+        return frozenset(released)
+
+    def allocation(self) -> allocation_.Allocation:
+        found, again = allocation_.derive(
+            self.old.allocation, old=(self.old.engines, self.old.models),
+            engines=self.new.engines, models=self.new.models,
+            unreadable=self.new.unreadable_models, changed=self.engines,
+            touched=self.touched, bound=self.new.bound_to,
+            idle=lambda: sorted(self.new.idle_names))
+        if again is not None and "_memos" in self.computed:
+            # The other models' shares and claims are as they were: so is what the core
+            # computed for them alone.
+            gone = self.touched | again
+            self.new.__dict__["_memos"] = {
+                space: {m: v for m, v in memo.items() if m not in gone}
+                for space, memo in self.old._memos.items()}
+        return found
+
+
+def _replaced(found: Mapping[str, _Parsed], changes: Mapping[str, _Parsed | None]
+              ) -> dict[str, _Parsed]:
+    """``found`` with the changed values (None: gone)."""
+    replaced = dict(found)
+    for name, value in changes.items():
+        if value is None:
+            replaced.pop(name, None)
+        else:
+            replaced[name] = value
+    return replaced
+
+
+def _free(engine: specs.Engine) -> bool:
+    return (engine.spec.model_ref is None and engine.phase is specs.Phase.IDLE
+            and not engine.spec.cordoned)
 
 
 def _held_models(engine: specs.Engine) -> set[str]:

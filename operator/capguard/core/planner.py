@@ -89,28 +89,24 @@ def plan(fleet: fleet_.Fleet) -> list[Intent]:
     allocation = fleet.allocation
     claims = allocation.claims
     models = sorted(fleet.models.values(), key=lambda m: (-m.priority, m.name))
-    bound = _bound_engines(fleet)
-    intents: list[Intent] = list(_orphan_drains(fleet))
+    intents = [Intent(ActionType.DRAIN, name, None, fleet.engines[name].spec.model_ref)
+               for name in sorted(fleet.released_names)]
     idle, surplus, need, arriving = _Supply(), _Supply(), {}, {}
-    for engine in _idle_engines(fleet):
-        idle.add(engine, origin=None, claim=claims.get(engine.name))
+    for name in sorted(fleet.idle_names):
+        idle.add(fleet.engines[name], origin=None, claim=claims.get(name))
+    parts = fleet.memo(__name__)  # carried to the next fleet for the models it leaves alone
     for model in models:
-        target = allocation.target(model.name)
-        engines = bound.get(model.name, [])
-        kept = [e for e in engines if claims.get(e.name) == model.name]
-        good = _refreshed([e for e in kept if _fits(e, model)], engines=kept, target=target)
-        intents += [
-            Intent(ActionType.REASSIGN, e.name, model.name, model.name)
-            for e in good
-            if not _fits(e, model)
-        ]
-        need[model.name] = target - sum(e.units for e in good)
-        arriving[model.name] = sum(1 for e in good if not e.serves(model.name))
-        for engine in _removable(fleet, model=model, engines=engines, good=good,
-                                 target=target, claims=claims):
+        part = parts.get(model.name)
+        if part is None:
+            part = parts[model.name] = _part(fleet, model)
+        intents += part.reassigns
+        need[model.name] = part.need
+        arriving[model.name] = part.arriving
+        for engine in part.removable:
             surplus.add(engine, origin=model.name, claim=claims.get(engine.name))
     givers = set(surplus.origin.values())
-    for _, tier in itertools.groupby(models, key=lambda m: m.priority):
+    needy = [m for m in models if need[m.name] > 0]
+    for _, tier in itertools.groupby(needy, key=lambda m: m.priority):
         # Models with a surplus of their own to give are served last (see _fill).
         for _, group in itertools.groupby(
             sorted(tier, key=lambda m: (m.name in givers, arriving[m.name])),
@@ -120,6 +116,34 @@ def plan(fleet: fleet_.Fleet) -> list[Intent]:
     for engine in surplus.remaining():
         intents.append(Intent(ActionType.DRAIN, engine.name, None, surplus.origin[engine.name]))
     return intents
+
+
+@dataclasses.dataclass(frozen=True)
+class _Part:
+    """What one model's own engines say, before engines are shared out."""
+
+    reassigns: tuple[Intent, ...]  # kept engines refreshed in place to the model's revision
+    need: int  # units it still needs
+    arriving: int  # engines on their way to serving it
+    removable: tuple[specs.Engine, ...]  # engines it can give up
+
+
+def _part(fleet: fleet_.Fleet, model: specs.ModelSpec) -> _Part:
+    """A function of the model, the engines bound to it, its allocated share and their
+    claims alone (so `fleet_.Fleet.memo` may keep it across fleets)."""
+    claims = fleet.allocation.claims
+    target = fleet.allocation.target(model.name)
+    engines = [e for e in (fleet.engines[n] for n in fleet.bound_to(model.name))
+               if e.phase is not specs.Phase.FAILED]
+    kept = [e for e in engines if claims.get(e.name) == model.name]
+    good = _refreshed([e for e in kept if _fits(e, model)], engines=kept, target=target)
+    return _Part(
+        reassigns=tuple(Intent(ActionType.REASSIGN, e.name, model.name, model.name)
+                        for e in good if not _fits(e, model)),
+        need=target - sum(e.units for e in good),
+        arriving=sum(1 for e in good if not e.serves(model.name)),
+        removable=tuple(_removable(fleet, model=model, engines=engines, good=good,
+                                   target=target, claims=claims)))
 
 
 def _refreshed(
@@ -140,41 +164,6 @@ def _refreshed(
             good.append(engine)
             committed += engine.units
     return good
-
-
-def _bound_engines(fleet: fleet_.Fleet) -> dict[str, list[specs.Engine]]:
-    bound: dict[str, list[specs.Engine]] = {}
-    for _, engine in sorted(fleet.engines.items()):
-        model = engine.spec.model_ref
-        if model in fleet.models and model and engine.phase is not specs.Phase.FAILED:
-            bound.setdefault(model, []).append(engine)
-    return bound
-
-
-def _orphan_drains(fleet: fleet_.Fleet) -> Iterator[Intent]:
-    """Release failed engines and engines capguard bound to a model that no longer exists.
-
-    A silent engine (its agent unheard: `engines.heard`) is not released: it is out of
-    service, and its model is filled from other engines meanwhile.
-
-    A model that exists but does not parse is not gone: its engines are left alone. A
-    modelRef capguard did not write that names no model is the user's (``Engine.waits``):
-    it is never cleared.
-    """
-    for name, engine in sorted(fleet.engines.items()):
-        model = engine.spec.model_ref
-        if not model or model in fleet.unreadable_models or engine.waits(fleet.models):
-            continue
-        failed = engine.phase is specs.Phase.FAILED and not engine.silent
-        if model not in fleet.models or failed:
-            yield Intent(ActionType.DRAIN, name, None, model)
-
-
-def _idle_engines(fleet: fleet_.Fleet) -> Iterator[specs.Engine]:
-    for _, engine in sorted(fleet.engines.items()):
-        free = engine.spec.model_ref is None and engine.phase is specs.Phase.IDLE
-        if free and not engine.spec.cordoned:
-            yield engine
 
 
 def _fits(engine: specs.Engine, model: specs.ModelSpec) -> bool:

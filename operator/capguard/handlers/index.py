@@ -122,6 +122,17 @@ class Store(Generic[T]):
         return {namespace: list(found.values()) for namespace, found in self._namespaces.items()}
 
 
+@dataclasses.dataclass
+class Changes:
+    """What changed in one namespace since the loop last took its changes: the engines,
+    the models whose spec changed, and whether a fleet must be built afresh (a breaker's
+    spec changed, or a model's spec stopped or started to parse)."""
+
+    engines: set[str] = dataclasses.field(default_factory=set)
+    models: set[str] = dataclasses.field(default_factory=set)
+    rebuild: bool = False
+
+
 class Index:
     """The three kinds the reconcile loop reads, engines by the models they hold, and what
     changed since the loop last asked."""
@@ -135,6 +146,11 @@ class Index:
         self.planning_inputs_changed = True  # anything the planner or the gate reads
         # Per namespace, how many times that happened: equal numbers, equal plans.
         self.planning_versions: dict[str, int] = collections.defaultdict(int)
+        self._changes: dict[str, Changes] = collections.defaultdict(Changes)
+
+    def take_changes(self, namespace: str) -> Changes:
+        """What changed in the namespace since the last call (`Fleet.derive` applies it)."""
+        return self._changes.pop(namespace, None) or Changes()
 
     def engines_of(self, namespace: str, model: str) -> list[records.EngineRecord]:
         """The engines holding a model: bound to it, loading, serving or draining it."""
@@ -164,17 +180,23 @@ class Index:
         for model in after - before:
             self.engines_by_model[(namespace, model)].add(name)
         self.dirty_models.update((namespace, model) for model in before | after)
+        self._changes[namespace].engines.add(name)
         self._planning_input_changed(namespace)
 
     def _model_changed(self, key: Key, old: records.ModelRecord | None,
                        new: records.ModelRecord | None) -> None:
         self.dirty_models.add(key)
         if not _same_spec(old, new):
+            changes = self._changes[key[0]]
+            changes.models.add(key[1])
+            if (new is not None and new.value is None) or (old is not None and old.value is None):
+                changes.rebuild = True  # which models do not parse changes
             self._planning_input_changed(key[0])  # not for our own status write coming back
 
     def _breaker_changed(self, key: Key, old: records.BreakerRecord | None,
                          new: records.BreakerRecord | None) -> None:
         if not _same_spec(old, new):
+            self._changes[key[0]].rebuild = True
             self._planning_input_changed(key[0])
 
     def _planning_input_changed(self, namespace: str) -> None:

@@ -220,8 +220,11 @@ class Reconciler:
                     if self.passes == 1:
                         logger.info("First reconcile pass done: %s", self.last_result)
             except Exception:
-                # Our bug, not the user's: log it with its traceback, try again next pass.
+                # Our bug, not the user's: log it with its traceback, try again next pass,
+                # from fleets built afresh (the changes this pass took from the index are
+                # in no fleet).
                 logger.exception("Reconcile pass failed.")
+                self._fleets.clear()
                 self.metrics.reconcile_errors_total.inc()
                 self.last_result = PassResult()
             await self._sleep(self._full_pass_due(planned_at))
@@ -337,6 +340,7 @@ class Reconciler:
         self.metrics.leader.set(1 if leading else 0)
         result = PassResult()
         views = view_.snapshot(self.index)
+        self._fleets = {ns: f for ns, f in self._fleets.items() if ns in views}
         self._refreshed = set()
         versions = dict(self.index.planning_versions)  # of this view, whatever comes during
         gauges: list[pipeline.QueueGauges] = []
@@ -372,9 +376,11 @@ class Reconciler:
 
     def _fleet(self, namespace: str, view: view_.View, version: int,
                now: float) -> tuple[fleet_.Fleet, float | None]:
-        """The namespace's fleet, rebuilt only when something the core reads changed (an
-        object, or which engines are silent): a steady fleet's pass reuses it and the
-        counts it already computed. With agents, also when the next engine falls silent."""
+        """The namespace's fleet, made again only when something the core reads changed
+        (an object, or which engines are silent): a steady fleet's pass reuses it and what
+        it already computed, and a change is applied to the last fleet (`Fleet.derive`),
+        so it costs in proportion to what it touches. With agents, also when the next
+        engine falls silent."""
         silent: frozenset[str] = frozenset()
         falls_silent = None
         timeout = self.config.heard_within
@@ -383,10 +389,18 @@ class Reconciler:
                 (r.value for r in view.engines if r.value is not None), now=now,
                 timeout=timeout)
         cached = self._fleets.get(namespace)
-        if cached is None or cached[0] != (version, silent):
+        if cached is None or view.rebuild:
             fleet = view_.build_fleet(view, heard=lambda e: self._heard(e, now))
-            cached = self._fleets[namespace] = ((version, silent), fleet)
-        return cached[1], falls_silent
+        elif cached[0] != (version, silent):
+            hearing = cached[0][1] ^ silent  # fell silent, or spoke again
+            records = {r.meta.name: r for r in view.engines if r.meta.name in hearing
+                       } if hearing else {}
+            fleet = view_.derive_fleet(cached[1], view, heard=lambda e: self._heard(e, now),
+                                       also={n: records.get(n) for n in hearing})
+        else:
+            return cached[1], falls_silent
+        self._fleets[namespace] = ((version, silent), fleet)
+        return fleet, falls_silent
 
     def _failed(self, namespace: str, fleet: fleet_.Fleet) -> dict[str, int]:
         """Failed engines per model, reused while the fleet stands still."""
@@ -426,9 +440,9 @@ class Reconciler:
 
     async def _act(self, namespace: str, *, view: view_.View, version: int, now: float,
                    result: PassResult) -> pipeline.StepResult:
-        """The leader's pass over one namespace: the step, then its writes, in the order a
-        reader wants them (statuses describe the fleet the decisions were made on, and a
-        cold start's thousand actions should not keep a thousand statuses waiting)."""
+        """The leader's pass over one namespace: the step, then its writes: the actions,
+        the model statuses (which describe the fleet the decisions were made on), the engine
+        phases, the breakers."""
         core = self.pipelines.get(namespace)
         if core is None:
             core = self.pipelines[namespace] = pipeline.Pipeline(self.config.pipeline())
@@ -448,13 +462,15 @@ class Reconciler:
             self.index.mark_dirty((namespace, r.meta.name) for r in view.models
                                   if (namespace, r.meta.name) in self._refreshed)
             self.wake()
+        # The actions first: each must be written within `max_write_delay` of its triage,
+        # and a cold start's thousand assigns are what every model waits for.
+        written = await asyncio.gather(*(
+            self.writer.action(namespace, e, engine=fleet.engines[e.action.intent.engine],
+                               now=now, triaged_at=triaged_at) for e in step.executions))
         writes = await self._off_loop(functools.partial(
             self.statuses.models, namespace, fresh, drifts=drifts, failed=failed,
             held_by=step.held_by, now=now))
         result.status_writes += await self._write_statuses(writes)
-        written = await asyncio.gather(*(
-            self.writer.action(namespace, e, engine=fleet.engines[e.action.intent.engine],
-                               now=now, triaged_at=triaged_at) for e in step.executions))
         executed = {}
         for w in written:
             action = w.execution.action

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from capguard.core import fleet as fleet_
 from capguard.core import pipeline, specs
@@ -19,6 +19,12 @@ class View:
     engines: list[records.EngineRecord] = dataclasses.field(default_factory=list)
     models: list[records.ModelRecord] = dataclasses.field(default_factory=list)
     breakers: list[records.BreakerRecord] = dataclasses.field(default_factory=list)
+    # What changed since the last snapshot (None: gone), to derive the fleet from the last.
+    changed_engines: dict[str, records.EngineRecord | None] = dataclasses.field(
+        default_factory=dict)
+    changed_models: dict[str, records.ModelRecord | None] = dataclasses.field(
+        default_factory=dict)
+    rebuild: bool = True  # a change `Fleet.derive` does not take: build the fleet afresh
 
     def metas(self, namespace: str) -> narrator.Metas:
         return narrator.Metas(namespace, lambda: [
@@ -46,7 +52,29 @@ def snapshot(found: index.Index) -> dict[str, View]:
         views[namespace].models = models
     for namespace, breakers in found.breakers.by_namespace().items():
         views[namespace].breakers = breakers
+    for namespace, view in views.items():
+        changes = found.take_changes(namespace)
+        view.changed_engines = {name: found.engines.records.get((namespace, name))
+                                for name in changes.engines}
+        view.changed_models = {name: found.models.records.get((namespace, name))
+                               for name in changes.models}
+        view.rebuild = changes.rebuild
     return dict(views)
+
+
+def derive_fleet(
+    last: fleet_.Fleet, view: View, *, heard: Callable[[specs.Engine], specs.Engine] = _as_is,
+    also: Mapping[str, records.EngineRecord | None] | None = None,
+) -> fleet_.Fleet:
+    """`build_fleet`'s answer, from the fleet of the last snapshot and what changed since
+    (the view's changes, and ``also``: engines whose hearing changed). Valid only while
+    the view says no rebuild is needed."""
+    changed = {**view.changed_engines, **(also or {})}
+    return last.derive(
+        engines={name: heard(r.value) if r is not None and r.value is not None else None
+                 for name, r in changed.items()},
+        models={name: r.value if r is not None else None
+                for name, r in view.changed_models.items()})
 
 
 def build_fleet(
