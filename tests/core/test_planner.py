@@ -144,3 +144,22 @@ def test_a_model_with_surplus_to_give_receives_after_the_others() -> None:
         ("Reassign", "g1-001", "r", "g1"),
         ("Reassign", "g2-001", "r", "g2"),
     ]
+
+
+def test_surplus_the_gate_can_take_now_goes_to_the_first_target() -> None:
+    """Three models refresh to v2. g1's maxUnavailable is used up by the replacement
+    loading for it, so the gate holds its take until that load ends: r, with nothing
+    arriving, gets g2's surplus, the one the gate can take now (it got g1's, and the take
+    that ran went to a model whose own surplus it then held back)."""
+    engines = [engine("r-000", model="r", revision="v2"), engine("r-001", model="r"),
+               engine("g1-003", model="g1", revision="v2", phase="Loading")]
+    for giver in ("g1", "g2"):  # one engine on v2, two old ones: one may go
+        engines += [engine(f"{giver}-000", model=giver, revision="v2"),
+                    engine(f"{giver}-001", model=giver), engine(f"{giver}-002", model=giver)]
+    found = fleet.Fleet.of(engines=engines, models=[
+        model(name, replicas=2, revision="v2") for name in ("g1", "g2", "r")])
+    assert found.max_unavailable_engines("g1") == len(found.unavailable_engines("g1")) == 1
+    assert kinds(planner.plan(found)) == [
+        ("Reassign", "g2-001", "r", "g2"),
+        ("Reassign", "g1-001", "g2", "g1"),
+    ]

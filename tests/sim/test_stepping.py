@@ -33,3 +33,15 @@ def test_takes_run_when_a_replacement_serves_or_a_token_comes_not_on_the_next_ti
     paced = [b for a, b in itertools.pairwise(takes)
              if b % tick != 0 and abs(b - a - period) < 1e-6]
     assert paced
+
+
+def test_convergence_at_the_step_is_the_end_of_the_last_drain_and_within_a_tick() -> None:
+    run = timeline("march-4", "guarded", 0)
+    scenario = scenarios.MARCH_4
+    sampled, stepped = run.converge_seconds(), run.converge_step_seconds()
+    assert sampled is not None and stepped is not None
+    assert sampled - scenario.tick_seconds < stepped <= sampled
+    # The last action is a drain: the fleet converges the moment it ends, between ticks.
+    last = run.executed[-1]
+    assert last.kind == "Drain"
+    assert stepped == round(last.at + scenario.physics.drain_seconds - scenario.release_at, 3)

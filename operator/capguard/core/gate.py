@@ -425,18 +425,10 @@ def _takes(action: queue_.Action, *, fleet: fleet_.Fleet) -> bool:
 
 
 def _takes_left(actions: Sequence[queue_.Action], *, fleet: fleet_.Fleet) -> dict[str, int]:
-    """For each model a queued take leaves: the takes it needs before it is as its spec
-    says, as far as the fleet shows: its serving engines on another revision or outside
-    its engine selector, and its serving units past desired."""
+    """For each model a queued take leaves: the takes it needs (`planner.takes_left`)."""
     sources = {a.intent.from_model or "" for a in actions if _takes(a, fleet=fleet)}
-    left: dict[str, int] = {}
-    for name in sorted(sources & fleet.models.keys()):
-        model = fleet.models[name]
-        serving = [fleet.engines[e] for e in fleet.serving_engines(name)]
-        moved = sum(1 for e in serving if not model.engine_selector.matches(e.labels)
-                    or model.revision not in (None, e.revision))
-        left[name] = moved + max(0, fleet.serving_units(name) - model.replicas)
-    return left
+    return {name: planner.takes_left(fleet, model=fleet.models[name])
+            for name in sorted(sources & fleet.models.keys())}
 
 
 def _for_floors(actions: Sequence[queue_.Action], *, fleet: fleet_.Fleet) -> set[str]:

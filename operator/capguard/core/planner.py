@@ -59,6 +59,11 @@ class _Supply:
             self.free.setdefault(tuple(sorted(engine.labels.items())), []).append(engine)
         self.origin[engine.name] = origin
 
+    def rank(self, first: Mapping[str, tuple[bool, int]]) -> None:
+        """Offer the unclaimed engines of the origins that sort lowest in ``first`` first."""
+        for engines in self.free.values():
+            engines.sort(key=lambda e: first.get(self.origin[e.name] or "", (False, 0)))
+
     def take_claimed(self, model: str) -> specs.Engine | None:
         found = self.claimed.get(model)
         return found.pop(0) if found else None
@@ -104,7 +109,8 @@ def plan(fleet: fleet_.Fleet) -> list[Intent]:
         arriving[model.name] = part.arriving
         for engine in part.removable:
             surplus.add(engine, origin=model.name, claim=claims.get(engine.name))
-    givers = set(surplus.origin.values())
+    givers = {m for m in surplus.origin.values() if m is not None}
+    surplus.rank({m: _giving_order(fleet, model=fleet.models[m]) for m in givers})
     needy = [m for m in models if need[m.name] > 0]
     for _, tier in itertools.groupby(needy, key=lambda m: m.priority):
         # Models with a surplus of their own to give are served last (see _fill).
@@ -116,6 +122,30 @@ def plan(fleet: fleet_.Fleet) -> list[Intent]:
     for engine in surplus.remaining():
         intents.append(Intent(ActionType.DRAIN, engine.name, None, surplus.origin[engine.name]))
     return intents
+
+
+def takes_left(fleet: fleet_.Fleet, *, model: specs.ModelSpec) -> int:
+    """The takes the model needs before it is as its spec says, as far as the fleet
+    shows: its serving engines on another revision or outside its engine selector, and
+    its serving units past desired."""
+    serving = [fleet.engines[e] for e in fleet.serving_engines(model.name)]
+    moved = sum(1 for e in serving if not model.engine_selector.matches(e.labels)
+                or model.revision not in (None, e.revision))
+    return moved + max(0, fleet.serving_units(model.name) - model.replicas)
+
+
+def _giving_order(fleet: fleet_.Fleet, *, model: specs.ModelSpec) -> tuple[bool, int]:
+    """Whose surplus goes to the neediest models first: the order the gate takes it in.
+
+    A model whose maxUnavailable is used up (a replacement loading for it counts) gives
+    nothing until that load ends, so its surplus comes last; among the rest, the model
+    with the most takes left first (`gate._order`). Without this the first targets of a
+    round (those with nothing arriving) went to surplus the gate could not take yet, and
+    the takes it ran sent engines to models with a load in flight: each such load holds
+    back the target's own surplus for a whole load."""
+    blocked = len(fleet.unavailable_engines(model.name)) >= fleet.max_unavailable_engines(
+        model.name)
+    return blocked, -takes_left(fleet, model=model)
 
 
 @dataclasses.dataclass(frozen=True)

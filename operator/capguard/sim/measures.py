@@ -88,6 +88,9 @@ class Timeline:
     backlog_at_release: int = 0
     # Capacity-taking actions each model needed at the (last) release: see lower bound.
     needed_after_release: dict[str, int] = dataclasses.field(default_factory=dict)
+    # The step (any step, not only a tick) from which every later step found the fleet
+    # converged, as `converge_seconds` asks of the samples: see `converge_step_seconds`.
+    converged_step_at: float | None = None
 
     def summary(self) -> dict[str, object]:
         """The report's JSON object: the keys other tools read (see docs)."""
@@ -155,6 +158,16 @@ class Timeline:
             elif converged_at is None:
                 converged_at = sample.at
         return None if converged_at is None else round(converged_at - release, 3)
+
+    def converge_step_seconds(self) -> float | None:
+        """`converge_seconds` measured at the step the fleet converged rather than at the
+        next tick's sample: the manager steps whenever the world changes, so the fleet is
+        converged from that step on (the samples see it up to a tick later)."""
+        at = self.converged_step_at
+        release = self.scenario.release_at
+        if at is None or self.converge_seconds() is None:
+            return None
+        return round(max(at, release) - release, 3)
 
     def converge_lower_bound(self) -> float:
         """The fastest convergence the rate limits allow after the last release.

@@ -38,6 +38,11 @@ def simulate(scenario: scenarios.Scenario, *, mode: manager_.Mode, seed: int) ->
             world.apply(events.popleft(), now=now)
         world.advance(now=now)
         due = manager.step(now)
+        converged = _converged(world.fleet(), manager=manager)
+        if not converged:
+            timeline.converged_step_at = None
+        elif timeline.converged_step_at is None:
+            timeline.converged_step_at = now
         if now >= sample_at:
             timeline.samples.append(_sample(world.fleet(), manager=manager, now=now))
             sample_at += scenario.tick_seconds
@@ -72,6 +77,13 @@ def _sample(
         backlog=len(manager.queue),
         pools=tuple(_pool_sample(fleet, pool=p) for p in scenario.pools) if floors else (),
     )
+
+
+def _converged(fleet: fleet_.Fleet, *, manager: manager_.CapacityManager) -> bool:
+    """What `measures.Timeline.converge_seconds` asks of a sample, at any step."""
+    names = manager.world.scenario.model_names
+    return not manager.queue and all(
+        _model_sample(fleet, name=m, floors=False).settled for m in names)
 
 
 def _pool_sample(fleet: fleet_.Fleet, *, pool: str) -> measures.PoolSample:
