@@ -576,12 +576,12 @@ class _Basis:
         if sum(1 for share in found.models.values() if share.target < share.desired) > 1:
             return None  # scarcity shared out: not of this kind
         rebased = basis.rebase(models, held=held.__getitem__, touched=models.keys(),
-                               idle=idle)
+                               idle=lambda: idle)
         return rebased if rebased is not None and rebased.allocation(models) == found else None
 
     def rebase(self, models: Mapping[str, specs.ModelSpec], *,
                held: Callable[[str], list[specs.Engine]], touched: Iterable[str],
-               idle: Iterable[specs.Engine]) -> _Basis | None:
+               idle: Callable[[], Iterable[specs.Engine]]) -> _Basis | None:
         """This basis with the touched models' shares worked out again (and the short
         one's, whatever touched it); None when the allocation is not of that kind."""
         owns = dict(self.owns)
@@ -617,7 +617,7 @@ class _Basis:
         if not short:
             return rebased
         name = short.pop()
-        topped = rebased._from_idle(models[name], held(name), idle=idle, models=models)
+        topped = rebased._from_idle(models[name], held(name), idle=idle(), models=models)
         if topped is None:
             return None
         put(name, topped)
@@ -718,7 +718,7 @@ def derive(
     before: Allocation, *, old: tuple[Mapping[str, specs.Engine], Mapping[str, specs.ModelSpec]],
     engines: Mapping[str, specs.Engine], models: Mapping[str, specs.ModelSpec],
     unreadable: frozenset[str], changed: frozenset[str], touched: frozenset[str],
-    bound: Callable[[str], Iterable[str]], idle: Callable[[], Iterable[str]],
+    bound: Callable[[str], Iterable[str]], idle: Callable[[], Iterable[specs.Engine]],
 ) -> tuple[Allocation, frozenset[str] | None]:
     """The allocation of a fleet (``engines``, ``models``) that differs from the one
     ``before`` was made for (``old``) in the engines ``changed`` names and the models
@@ -780,8 +780,7 @@ def derive(
         pool_counts={p: c for p, c in pool_counts.items()
                      if any(p in found for found in group_pools.values())},
         waiting=frozenset(waiting))
-    rebased = counted.rebase(models, held=held, touched=touched,
-                             idle=[engines[n] for n in idle()])
+    rebased = counted.rebase(models, held=held, touched=touched, idle=idle)
     if rebased is None:
         return allocate(engines=engines, models=models, unreadable=unreadable), None
     again = {m for m in (*touched, basis.short, rebased.short) if m is not None}

@@ -327,28 +327,32 @@ class _Carry:
 
     def bound_names(self) -> dict[str, tuple[str, ...]]:
         found = dict(self.old.bound_names)
+        moved: dict[str, set[str]] = {}  # model -> changed engines bound to it before or now
         for name in self.engines:
-            refs = {e.spec.model_ref for e in (self.old.engines.get(name),
-                                               self.new.engines.get(name)) if e is not None}
-            for model in refs - {None}:
-                assert model is not None
-                names = {n for n in found.get(model, ()) if n != name}
-                engine = self.new.engines.get(name)
-                if engine is not None and engine.spec.model_ref == model:
-                    names.add(name)
-                if names:
-                    found[model] = tuple(sorted(names))
-                else:
-                    found.pop(model, None)
+            for engine in (self.old.engines.get(name), self.new.engines.get(name)):
+                if engine is not None and engine.spec.model_ref:
+                    moved.setdefault(engine.spec.model_ref, set()).add(name)
+        for model, changed in moved.items():
+            names = {n for n in found.get(model, ()) if n not in changed}
+            names.update(n for n in changed if (e := self.new.engines.get(n)) is not None
+                         and e.spec.model_ref == model)
+            if names:
+                found[model] = tuple(sorted(names))
+            else:
+                found.pop(model, None)
         return found
 
     def _counts(self) -> dict[str, ModelCounts]:
         counts = dict(self.old._counts)
+        arrived: dict[str, set[str]] = {}  # model -> changed engines holding it now
+        for name in self.engines:
+            engine = self.new.engines.get(name)
+            for model in _held_models(engine) if engine is not None else ():
+                arrived.setdefault(model, set()).add(name)
         for model in self.touched:
             before = counts.pop(model, _NOTHING)
             names = {*before.serving_engines, *before.unavailable_engines,
-                     *(n for n in self.engines if n in self.new.engines
-                       and model in _held_models(self.new.engines[n]))}
+                     *arrived.get(model, ())}
             serving, unavailable, units = [], [], 0
             for name in names:
                 engine = self.new.engines.get(name)
@@ -406,7 +410,7 @@ class _Carry:
             engines=self.new.engines, models=self.new.models,
             unreadable=self.new.unreadable_models, changed=self.engines,
             touched=self.touched, bound=self.new.bound_to,
-            idle=lambda: sorted(self.new.idle_names))
+            idle=lambda: [self.new.engines[n] for n in sorted(self.new.idle_names)])
         if again is not None and "_memos" in self.computed:
             # The other models' shares and claims are as they were: so is what the core
             # computed for them alone.
