@@ -221,3 +221,19 @@ def test_a_conflict_is_re_planned_at_once_not_backed_off() -> None:
     (first,) = core.step(pipeline.Observed(found), 0.0).executions
     core.written(first.action.id, engine="spare-000", ok=False, now=0.0)  # a 409
     assert len(core.step(pipeline.Observed(found), 1.0).executions) == 1
+
+
+def test_an_unhandled_fleet_queues_at_most_twice_the_step_limit_of_assigns() -> None:
+    """A cold start's 10,000 assigns are not all stamped and triaged in one step: the
+    step executes its limit, queues at most twice that, and the next plans the rest."""
+    from .core_fleets import engine, model
+
+    idle = [engine(f"e{i:03d}", pool="a") for i in range(120)]
+    found = fleet.Fleet.of(engines=idle, models=[model(f"m{m}", replicas=12) for m in range(10)])
+    core = pipeline.Pipeline(pipeline.Config(max_assigns_per_step=10))
+    step = core.step(pipeline.Observed(found), now=0.0)
+    assert len(step.executions) == 10
+    assert len(step.enqueued) == 20
+    assert all(not e.action.intent.disruptive for e in step.executions)
+    unlimited = pipeline.Pipeline(pipeline.Config()).step(pipeline.Observed(found), now=0.0)
+    assert len(unlimited.enqueued) == 120

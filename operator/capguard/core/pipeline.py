@@ -328,7 +328,8 @@ class Pipeline:
             # dropped since re-opens enqueueing: see _apply).
             return view, []
         self._enqueued_from = view
-        return view, self.queue.enqueue(intents, view, now)
+        return view, self.queue.enqueue(
+            _first_assigns(intents, limit=self.config.max_assigns_per_step), view, now)
 
     def _backing_off(
         self, fleet: fleet_.Fleet, *, now: float
@@ -456,6 +457,26 @@ def _transition(
             machine.name, before, machine.state, machine.reason, machine.last_pause_seconds
         )
     ]
+
+
+def _first_assigns(intents: list[planner.Intent], *, limit: int | None
+                   ) -> list[planner.Intent]:
+    """Every disruptive intent, and at most twice the step's limit of assigns (None: all).
+
+    An unhandled fleet of 10,000 engines plans 10,000 assigns; stamping, queueing and
+    triaging them all delays the first thousand a step writes. The rest are planned again
+    by the next step (an assign takes no token, so none is owed a place in the queue);
+    twice the limit leaves room for assigns the gate holds."""
+    if limit is None:
+        return intents
+    kept, assigns = [], 0
+    for intent in intents:
+        if not intent.disruptive:
+            assigns += 1
+            if assigns > 2 * limit:
+                continue
+        kept.append(intent)
+    return kept
 
 
 def _spread_assigns(
