@@ -271,6 +271,7 @@ async def serve(
         background = [
             asyncio.create_task(handles.recorder.run(), name="capguard events"),
             asyncio.create_task(handles.reconciler.run(), name="capguard reconcile"),
+            *(asyncio.create_task(feed, name=name) for name, feed in handles.reconciler.feeds()),
         ]
         if handles.elector is not None:
             background.append(asyncio.create_task(handles.elector.run(), name="capguard lease"))

@@ -1,7 +1,8 @@
 """The operator's own index of engines, models and breakers, rebuilt from the cluster.
 
-Kopf feeds it from the watch streams (`on.event`); an explicit LIST at startup (and a
-periodic resync) makes it complete and drops what a broken watch missed. Why not
+The reconcile loop's own watch streams feed it (`Reconciler._follow`); an explicit LIST
+at startup (and a periodic resync) makes it complete and drops what a broken watch
+missed. Why not
 `@kopf.index`: Kopf's "indexes are populated" barrier notifies every waiting object's
 worker each time one object is indexed, so a cold start costs O(n^2) wake-ups and
 10,000 engines take minutes before the first handler runs. Here a cold start is one

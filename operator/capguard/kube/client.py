@@ -192,6 +192,10 @@ class Api:
                          server=self._info.server)
         return self._session
 
+    def log_in_again(self) -> bool:
+        """After a 401: log in again with `relogin` (a rotated token); False if it cannot."""
+        return self._logged_in_again()
+
     def _logged_in_again(self) -> bool:
         info = self._relogin() if self._relogin is not None else None
         if info is None:
