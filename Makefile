@@ -53,8 +53,8 @@ chaos: setup ## Long chaos runs (10 freeze rounds, a 10-minute outage, 10 minute
 	CAPGUARD_CHAOS=soak $(PYTHON) -m pytest tests/e2e/test_chaos.py -s -p no:cacheprovider \
 	  -o timeout=3600 2>&1 | tee out/chaos.log | grep -E '^chaos |passed|failed|Error'
 
-bench: setup ## Run the benchmarks in bench/ on the embedded API server
-	@for script in bench/*.py; do echo "==> $$script"; $(PYTHON) "$$script"; done
+bench: setup ## Run the benchmarks in bench/ on the embedded API server (bench-scale apart: it takes long)
+	@for script in $(filter-out bench/bench_scale.py,$(wildcard bench/*.py)); do echo "==> $$script"; $(PYTHON) "$$script"; done
 
 bench-scale: setup ## How each measure of `capguard run` grows at 10k, 30k, 50k engines (SIZES=, ARGS= for bench_operator)
 	$(PYTHON) bench/bench_scale.py $(if $(SIZES),--sizes $(SIZES)) $(ARGS)
