@@ -16,8 +16,8 @@ import dataclasses
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capguard.core import fleet as fleet_
 from capguard.core import drift, planner, queue, specs
+from capguard.core import fleet as fleet_
 
 from .core_fleets import engine, model
 
