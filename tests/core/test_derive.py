@@ -51,8 +51,10 @@ def engines_(draw: st.DrawFn, name: str, models: list[str]) -> specs.Engine:
 def fleets(draw: st.DrawFn) -> fleet_.Fleet:
     names = [f"m{i}" for i in range(draw(st.integers(1, 4)))]
     models = [draw(models_(n)) for n in names]
-    engines = [draw(engines_(f"e{j:02d}", names)) for j in range(draw(st.integers(0, 16)))]
-    if draw(st.booleans()):
+    full = draw(st.booleans())  # every engine serving its model: no idle engine anywhere
+    engines = [] if full else [draw(engines_(f"e{j:02d}", names))
+                               for j in range(draw(st.integers(0, 16)))]
+    if full or draw(st.booleans()):
         # Covered: each model first gets serving engines of its own, in its pool.
         for m in models:
             pool = dict(m.engine_selector.match_labels).get("pool", "a")

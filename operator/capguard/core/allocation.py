@@ -527,18 +527,18 @@ class _Own:
 
 @dataclasses.dataclass(frozen=True)
 class _Basis:
-    """An allocation in which every model is covered by engines it holds, but for at most
-    one (``short``), which idle engines nobody holds cover, or which can take nothing
-    (no idle engine anywhere, no lower priority to take from, and no model of its own
+    """An allocation in which every model is covered by engines it holds but those in
+    ``short``: one, which idle engines nobody holds cover, or any number that can take
+    nothing (no idle engine anywhere, no lower priority to take from, and no model of its
     priority holding enough more for max-min fairness to give it one): then no model
-    takes from another, each share depends on the model's own engines and, for the short
+    takes from another, each share depends on the model's own engines and, for a short
     one, on the idle engines and how contested their groups are, so a change is allocated
     again for the models it touches. Made only when it reproduces `allocate` exactly."""
 
     keys: frozenset[str]  # the label keys selectors look at
     key_uses: Mapping[str, int]  # how many models' selectors look at each
     owns: Mapping[str, _Own]
-    short: str | None
+    short: frozenset[str]
     group_pools: Mapping[_Group, Mapping[str, int]]  # label group -> pool -> engines
     group_units: Mapping[_Group, int]  # every engine of the group, in units
     demand: Mapping[_Group, int]  # desired units of the models whose selector matches it
@@ -569,12 +569,14 @@ class _Basis:
         key_uses: dict[str, int] = {}
         for model in models.values():
             _count_keys(key_uses, model, sign=1)
-        basis = cls(keys=keys, key_uses=key_uses, owns={}, short=None, group_pools=group_pools,
+        basis = cls(keys=keys, key_uses=key_uses, owns={}, short=frozenset(),
+                    group_pools=group_pools,
                     group_units=group_units, demand=demand,
                     pool_counts=_pool_counts(engines.values(), models=models),
                     waiting=frozenset(found.waiting))
-        if sum(1 for share in found.models.values() if share.target < share.desired) > 1:
-            return None  # scarcity shared out: not of this kind
+        shorts = sum(1 for share in found.models.values() if share.target < share.desired)
+        if shorts > 1 and any(pool.idle for pool in found.pools.values()):
+            return None  # idle engines shared out among models: not of this kind
         rebased = basis.rebase(models, held=held.__getitem__, touched=models.keys(),
                                idle=lambda: idle)
         return rebased if rebased is not None and rebased.allocation(models) == found else None
@@ -599,7 +601,7 @@ class _Basis:
 
         for name in set(owns) - models.keys():
             put(name, None)
-        short = {self.short} & models.keys() if self.short else set()
+        short = set(self.short) & models.keys()
         for name in touched:
             if name not in models:
                 continue
@@ -611,17 +613,20 @@ class _Basis:
             else:
                 short.discard(name)
             put(name, own)
-        if len(short) > 1:
-            return None
-        rebased = dataclasses.replace(self, owns=owns, short=None, loose=loose)
+        rebased = dataclasses.replace(self, owns=owns, short=frozenset(), loose=loose)
         if not short:
             return rebased
-        name = short.pop()
-        topped = rebased._from_idle(models[name], held(name), idle=idle(), models=models)
-        if topped is None:
+        # One short model may take idle engines; several, only if none can take anything
+        # (who would get which idle engine is the water-fill's to say).
+        free = list(idle())
+        if len(short) > 1 and (free or any(loose.values())):
             return None
-        put(name, topped)
-        return dataclasses.replace(rebased, owns=owns, short=name, loose=loose)
+        for name in sorted(short):
+            topped = rebased._from_idle(models[name], held(name), idle=free, models=models)
+            if topped is None:
+                return None
+            put(name, topped)
+        return dataclasses.replace(rebased, owns=owns, short=frozenset(short), loose=loose)
 
     def _from_idle(self, model: specs.ModelSpec, held: list[specs.Engine], *,
                    idle: Iterable[specs.Engine], models: Mapping[str, specs.ModelSpec]
@@ -727,7 +732,7 @@ def derive(
     answer: worked out again for the touched models alone while the allocation stays of
     the kind `_Basis` describes and no label group gains or loses a pool, from scratch
     otherwise. Also the models whose share or claims can differ from ``before``'s (the
-    touched ones and the short one; None: any)."""
+    touched ones and the short ones; None: any)."""
     basis = before.basis
     old_engines, old_models = old
     key_uses = dict(basis.key_uses) if basis is not None else {}
@@ -783,7 +788,7 @@ def derive(
     rebased = counted.rebase(models, held=held, touched=touched, idle=idle)
     if rebased is None:
         return allocate(engines=engines, models=models, unreadable=unreadable), None
-    again = {m for m in (*touched, basis.short, rebased.short) if m is not None}
+    again = {*touched, *basis.short, *rebased.short}
     claims = dict(before.claims)
     for model in again:
         previous = basis.owns.get(model)
