@@ -621,16 +621,16 @@ class _Basis:
         free = list(idle())
         if len(short) > 1 and (free or any(loose.values())):
             return None
+        rivals = _Rivals.of(models, owns)
         for name in sorted(short):
-            topped = rebased._from_idle(models[name], held(name), idle=free, models=models)
+            topped = rebased._from_idle(models[name], held(name), idle=free, rivals=rivals)
             if topped is None:
                 return None
             put(name, topped)
         return dataclasses.replace(rebased, owns=owns, short=frozenset(short), loose=loose)
 
     def _from_idle(self, model: specs.ModelSpec, held: list[specs.Engine], *,
-                   idle: Iterable[specs.Engine], models: Mapping[str, specs.ModelSpec]
-                   ) -> _Own | None:
+                   idle: Iterable[specs.Engine], rivals: _Rivals) -> _Own | None:
         """The share of the one model its own engines do not cover, as `allocate` gives it:
         its own engines, then idle engines nobody holds from the least contested group that
         has one (the smallest name first; one no larger than the need). None when they do
@@ -672,7 +672,7 @@ class _Basis:
                 taken = take(goal - units)
                 if taken is None:
                     if goal == model.floor_units or free or any(self.loose.values()) or \
-                            not self._stuck(model, units=units, models=models):
+                            not rivals.leave(model, units=units):
                         return None
                     break
                 claims.append(taken.name)
@@ -682,22 +682,6 @@ class _Basis:
         share = ModelShare(desired=model.replicas, floor=model.floor_units, covered=covered,
                            target=units, pools=_pools_matching(selector, self.group_pools))
         return _Own(share=share, claims=tuple(claims), loose=loose, keeps=keeps)
-
-    def _stuck(self, model: specs.ModelSpec, *, units: int,
-               models: Mapping[str, specs.ModelSpec]) -> bool:
-        """Whether `allocate` gives the model nothing past its ``units`` (its own, at or
-        above its floor) with no idle engine anywhere: no model of a lower priority to take
-        from, and none of its own priority keeping more than one unit past it (max-min
-        takes from a model only while it keeps at least as much as the taker then has)."""
-        for name, other in models.items():
-            if name == model.name:
-                continue
-            if other.priority < model.priority:
-                return False
-            own = self.owns.get(name)
-            if other.priority == model.priority and (own is None or own.keeps > units + 1):
-                return False
-        return True
 
     def allocation(self, models: Mapping[str, specs.ModelSpec]) -> Allocation:
         claims = {engine: name for name, own in self.owns.items() for engine in own.claims}
@@ -717,6 +701,40 @@ class _Basis:
         return Allocation(claims=claims,
                           models={name: self.owns[name].share for name in sorted(models)},
                           pools=pools, waiting=tuple(sorted(self.waiting)), basis=self)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rivals:
+    """What decides whether a short model can take from anyone, once per allocation
+    rather than a walk over every model per short one: the lowest priority, and per
+    priority the two models keeping the most units (None: a model not worked out)."""
+
+    lowest: int
+    most: Mapping[int, tuple[tuple[float, str], ...]]
+
+    @classmethod
+    def of(cls, models: Mapping[str, specs.ModelSpec], owns: Mapping[str, _Own]) -> _Rivals:
+        most: dict[int, list[tuple[float, str]]] = {}
+        for name, model in models.items():
+            own = owns.get(name)
+            keeps = float("inf") if own is None else float(own.keeps)
+            top = most.setdefault(model.priority, [])
+            top.append((keeps, name))
+            top.sort(reverse=True)
+            del top[2:]
+        return cls(lowest=min((m.priority for m in models.values()), default=0),
+                   most={p: tuple(top) for p, top in most.items()})
+
+    def leave(self, model: specs.ModelSpec, *, units: int) -> bool:
+        """Whether `allocate` gives the model nothing past its ``units`` (its own, at or
+        above its floor) with no idle engine anywhere: no model of a lower priority to take
+        from, and none of its own priority keeping more than one unit past it (max-min
+        takes from a model only while it keeps at least as much as the taker then has)."""
+        if self.lowest < model.priority:
+            return False
+        others = [keeps for keeps, name in self.most.get(model.priority, ())
+                  if name != model.name]
+        return not others or others[0] <= units + 1
 
 
 def derive(

@@ -373,8 +373,9 @@ class _Carry:
     def out_of_service_engines(self) -> int:
         count = self.old.out_of_service_engines
         for name in self.engines:
-            count -= sum(1 for e in (self.old.engines.get(name),) if e and out_of_service(e))
-            count += sum(1 for e in (self.new.engines.get(name),) if e and out_of_service(e))
+            old, new = self.old.engines.get(name), self.new.engines.get(name)
+            count += (new is not None and out_of_service(new)) - (
+                old is not None and out_of_service(old))
         return count
 
     def _breakers_by_model(self) -> dict[str, tuple[specs.BreakerSpec, ...]]:
