@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import pytest
-from operator_harness import Kube, StartOperator, condition, eventually, metric
+from operator_harness import NAMESPACE, Kube, StartOperator, condition, eventually, metric
 
 from capguard.core import clock, planner
 from capguard.handlers import narrator
@@ -50,6 +50,46 @@ async def test_engines_are_assigned_and_reach_serving(
     assert metric(text, "capguard_actions_total", type="assign", result="executed") == 3
     assert metric(text, "capguard_leader") == 1
     assert (metric(text, "capguard_reconcile_duration_seconds_count") or 0) > 0
+
+
+async def test_an_engine_the_plan_binds_is_not_first_said_to_be_idle(
+    kube: Kube, start_operator: StartOperator
+) -> None:
+    """Unhandled engines (no status yet): the ones the plan binds get their first status
+    with the assign (Loading), not an Idle note just before it; the one left over is
+    said to be Idle."""
+    await kube.engines("e0", "e1", "e2", "e3")
+    await kube.model("chat", 3, minAvailable=0)
+    listed = await kube.api.request("GET", client.ENGINES.path(namespace=NAMESPACE))
+    phases: dict[str, list[str]] = {}
+
+    async def follow() -> None:
+        async for event in kube.api.watch(
+                client.ENGINES, namespace=NAMESPACE,
+                resource_version=listed["metadata"]["resourceVersion"]):
+            body = event["object"]
+            phase = (body.get("status") or {}).get("phase")
+            seen = phases.setdefault(body["metadata"]["name"], [])
+            if phase and (not seen or seen[-1] != phase):
+                seen.append(phase)
+
+    watching = asyncio.create_task(follow())
+    try:
+        await start_operator()
+        await eventually(lambda: _model_serving(kube, "chat", 3))
+        await eventually(lambda: _all_converged(kube))
+        await eventually(lambda: _true(len(phases) == 4 and all(phases.values())))
+    finally:
+        watching.cancel()
+    bound = {e["metadata"]["name"] for e in await kube.items(client.ENGINES)
+             if e["spec"].get("modelRef") == "chat"}
+    assert len(bound) == 3
+    for name, seen in phases.items():
+        assert seen == (["Loading", "Serving"] if name in bound else ["Idle"]), (name, seen)
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 async def test_with_agents_the_operator_binds_records_and_counts_only_what_is_heard(

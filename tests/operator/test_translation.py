@@ -282,3 +282,25 @@ def test_only_the_naive_binding_write_goes_without_a_precondition() -> None:
     naive = actions.binding_patch(action, revision=None, precondition=False)
     assert guarded["metadata"]["resourceVersion"] == found.engines[name].resource_version
     assert "resourceVersion" not in naive["metadata"]
+
+
+def test_an_unhandled_engine_the_plan_binds_gets_no_idle_note_before_its_assign() -> None:
+    """Four engines never written to, a model wanting three, one assign a step: the step
+    executes one assign and plans the other two for later; only the engine left over is
+    said to be Idle (the others are about to be recorded Loading)."""
+    view = view_.View(
+        engines=[records.engine_record({
+            "metadata": {"name": f"e{i}", "namespace": "ns", "resourceVersion": "1"},
+            "spec": {"pool": "p"}}) for i in range(4)],
+        models=[records.model_record({"metadata": {"name": "chat", "namespace": "ns"},
+                                      "spec": {"replicas": 3, "minAvailable": 0}})])
+    fleet = view_.build_fleet(view)
+    step = pipeline.Pipeline(pipeline.Config(max_assigns_per_step=1)).step(
+        pipeline.Observed(fleet=fleet), T0)
+    assert len(step.executions) == 1 and len(step.assigning) == 3
+    executed = step.executions[0].action.intent.engine
+    planned = driver.writes(fleet, found=view.engines, executed={}, config=driver.DriverConfig(),
+                            now=T0, roll=lambda: 1.0, assigning=step.assigning)
+    noted = {name for name, patch in planned.others if patch["status"]["phase"] == "Idle"}
+    assert noted == {"e0", "e1", "e2", "e3"} - step.assigning
+    assert executed in step.assigning

@@ -160,9 +160,17 @@ def measure(fleet: fleet_.Fleet, queue: queue_.ActionQueue, now: float) -> Drift
 
 
 def _model_drift(fleet: fleet_.Fleet, name: str) -> ModelDrift:
+    share = fleet.allocation.models[name]
+    return dataclasses.replace(counts(fleet, name), allocated=share.target,
+                               covered=min(share.covered, share.floor), pools=share.pools)
+
+
+def counts(fleet: fleet_.Fleet, name: str) -> ModelDrift:
+    """One model's numbers read from the engines alone, without the allocation (its
+    three fields None): what the fast path measures from a fleet of the model's own
+    engines, to which it adds the last full pass's allocation."""
     out = [fleet.engines[e] for e in fleet.unavailable_engines(name)]
     draining = sum(1 for e in out if e.spec.model_ref != name)  # leaving, whatever its phase
-    share = fleet.allocation.models[name]
     revision = fleet.models[name].revision
     outdated = sum(fleet.engines[e].units for e in fleet.serving_engines(name)
                    if revision is not None and fleet.engines[e].revision != revision)
@@ -173,7 +181,4 @@ def _model_drift(fleet: fleet_.Fleet, name: str) -> ModelDrift:
         loading=len(out) - draining,
         draining=draining,
         outdated=outdated,
-        allocated=share.target,
-        covered=min(share.covered, share.floor),
-        pools=share.pools,
     )

@@ -104,6 +104,8 @@ class StepResult:
     fleet: fleet_.Fleet
     view: fleet_.Fleet  # what the planner planned from
     enqueued: tuple[queue_.Action, ...]
+    # Engines this step's plan binds, queued or left for a later step (see _first_assigns).
+    assigning: frozenset[str]
     report: drift.DriftReport  # the fleet's drift, with the queue as this step left it
     transitions: tuple[BreakerTransition, ...]
     judged_by: Mapping[str, breaker_.Snapshot]  # the breakers as the gate saw them
@@ -181,7 +183,7 @@ class Pipeline:
         transitions = self._settle_outcomes(fleet, now=now)
         stepped, released = self._step_breakers(fleet, saved=observed.saved_breakers, now=now)
         transitions += stepped
-        view, enqueued = self._plan_and_enqueue(observed, released=released, now=now)
+        view, intents, enqueued = self._plan_and_enqueue(observed, released=released, now=now)
         plans = {
             name: self.gate.release_plan(self.queue, fleet, machine, now)
             for name, machine in sorted(self.machines.items())
@@ -205,6 +207,7 @@ class Pipeline:
             fleet=fleet,
             view=view,
             enqueued=tuple(enqueued),
+            assigning=frozenset(i.engine for i in intents if not i.disruptive),
             report=_report(models, self.queue, fleet=fleet, now=now),
             transitions=tuple(transitions),
             judged_by=judged_by,
@@ -310,13 +313,14 @@ class Pipeline:
 
     def _plan_and_enqueue(
         self, observed: Observed, *, released: bool, now: float
-    ) -> tuple[fleet_.Fleet, list[queue_.Action]]:
+    ) -> tuple[fleet_.Fleet, list[planner.Intent], list[queue_.Action]]:
+        """(the view planned from, its plan, the actions it added to the queue)."""
         paused = any(m.state is breaker_.BreakerState.OPEN for m in self.machines.values())
         view = observed.view or observed.fleet
         if observed.view is None and self.config.cached_view_while_paused:
             view = self.cached.current(observed.fleet, paused=paused)
         if not observed.plan:
-            return view, []
+            return view, [], []
         # On the release step the gate meets the backlog as the pause left it; re-planning
         # starts next step. (Fresh plans coalesced over the backlog first would hide it
         # from the post-pause guard: no refused batch for anyone to see.)
@@ -326,9 +330,9 @@ class Pipeline:
         if released or view is self._enqueued_from:
             # An unchanged view's plan is in the queue already (whatever the queue
             # dropped since re-opens enqueueing: see _apply).
-            return view, []
+            return view, intents, []
         self._enqueued_from = view
-        return view, self.queue.enqueue(
+        return view, intents, self.queue.enqueue(
             _first_assigns(intents, limit=self.config.max_assigns_per_step), view, now)
 
     def _backing_off(

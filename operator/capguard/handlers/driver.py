@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, Final
 
 from capguard import defaults
@@ -75,10 +75,14 @@ class Writes:
 def writes(
     fleet: fleet_.Fleet, *, found: Iterable[records.EngineRecord],
     executed: Mapping[str, writer.Executed], config: DriverConfig | None, now: float,
-    roll: Callable[[], float],
+    roll: Callable[[], float], assigning: Collection[str] = (),
 ) -> Writes:
     """Move engines one phase on (with ``config``: the simulated driver), recording this
-    pass's actions in the same status write; with no driver, only the actions."""
+    pass's actions in the same status write; with no driver, only the actions.
+
+    An engine never written to is said to be Idle, unless the plan binds it
+    (``assigning``): recording that assign says Loading soon after, and in an unhandled
+    start of 10,000 engines those notes were a quarter of all writes."""
     by_name = {r.meta.name: r for r in found} if config is not None else {}
     recording: list[Patch] = []
     moves: list[Patch] = []
@@ -106,7 +110,8 @@ def writes(
             patch["status"]["lastAction"] = done.last_action
             recording.append((name, patch))
         elif engine.since is None:
-            notes.append((name, patch))  # first seen: it is Idle whether we say so or not
+            if name not in assigning:  # first seen: Idle whether we say so or not
+                notes.append((name, patch))
         else:
             moves.append((name, patch))
     recorded = {name for name, _ in recording}

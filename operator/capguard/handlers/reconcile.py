@@ -35,7 +35,7 @@ from typing import Any, Final, TypeVar
 
 from capguard import defaults
 from capguard import metrics as metrics_
-from capguard.core import backoff, drift, engines, gate, pipeline, queue, specs
+from capguard.core import backoff, drift, engines, gate, pipeline, specs
 from capguard.core import fleet as fleet_
 from capguard.handlers import driver, index, narrator, statuses, writer
 from capguard.handlers import status as status_
@@ -270,8 +270,7 @@ class Reconciler:
             held = [self._heard(r.value, now) for r in self.index.engines_of(namespace, name)
                     if r.value is not None]
             own = fleet_.Fleet.of(engines=held, models=[record.value])
-            found = self._with_share(key, record.value.generation,
-                                     drift.measure(own, queue.ActionQueue(), now).models[name])
+            found = self._with_share(key, record.value.generation, drift.counts(own, name))
             self.narrator.model(key, found)
             held_by = self._held_by.get(namespace)
             if held_by is None:
@@ -560,8 +559,8 @@ class Reconciler:
         self.narrator.writes(written, metas=metas)
         for done in executed.values():
             fleet = fleet.with_engine(done.engine)
-        await self._drive(namespace, view=view, fleet=fleet, executed=executed, now=now,
-                          result=result)
+        await self._drive(namespace, view=view, fleet=fleet, executed=executed,
+                          assigning=step.assigning, now=now, result=result)
         writes = self.statuses.breakers(namespace, view.breakers, result=step)
         for bad in prepared.invalid:
             self.narrator.invalid(bad.meta, bad.kind, bad.error)
@@ -570,13 +569,14 @@ class Reconciler:
         return step
 
     async def _drive(self, namespace: str, *, view: view_.View, fleet: fleet_.Fleet,
-                     executed: Mapping[str, writer.Executed], now: float,
-                     result: PassResult) -> None:
+                     executed: Mapping[str, writer.Executed], assigning: frozenset[str],
+                     now: float, result: PassResult) -> None:
         """The engine status writes: this pass's actions recorded (never waiting), then at
         most `max_engine_writes_per_pass` phase moves and first-seen notes; the next pass
-        comes at once for the rest."""
+        comes at once for the rest. No first-seen note on an engine the plan binds."""
         planned = driver.writes(fleet, found=view.engines, executed=executed,
-                                config=self._driver, now=now, roll=self._roll)
+                                config=self._driver, now=now, roll=self._roll,
+                                assigning=assigning)
         result.due(planned.next_due)
         budget = self.config.max_engine_writes_per_pass
         if len(planned.others) > budget:
