@@ -52,46 +52,6 @@ async def test_engines_are_assigned_and_reach_serving(
     assert (metric(text, "capguard_reconcile_duration_seconds_count") or 0) > 0
 
 
-async def test_an_engine_the_plan_binds_is_not_first_said_to_be_idle(
-    kube: Kube, start_operator: StartOperator
-) -> None:
-    """Unhandled engines (no status yet): the ones the plan binds get their first status
-    with the assign (Loading), not an Idle note just before it; the one left over is
-    said to be Idle."""
-    await kube.engines("e0", "e1", "e2", "e3")
-    await kube.model("chat", 3, minAvailable=0)
-    listed = await kube.api.request("GET", client.ENGINES.path(namespace=NAMESPACE))
-    phases: dict[str, list[str]] = {}
-
-    async def follow() -> None:
-        async for event in kube.api.watch(
-                client.ENGINES, namespace=NAMESPACE,
-                resource_version=listed["metadata"]["resourceVersion"]):
-            body = event["object"]
-            phase = (body.get("status") or {}).get("phase")
-            seen = phases.setdefault(body["metadata"]["name"], [])
-            if phase and (not seen or seen[-1] != phase):
-                seen.append(phase)
-
-    watching = asyncio.create_task(follow())
-    try:
-        await start_operator()
-        await eventually(lambda: _model_serving(kube, "chat", 3))
-        await eventually(lambda: _all_converged(kube))
-        await eventually(lambda: _true(len(phases) == 4 and all(phases.values())))
-    finally:
-        watching.cancel()
-    bound = {e["metadata"]["name"] for e in await kube.items(client.ENGINES)
-             if e["spec"].get("modelRef") == "chat"}
-    assert len(bound) == 3
-    for name, seen in phases.items():
-        assert seen == (["Loading", "Serving"] if name in bound else ["Idle"]), (name, seen)
-
-
-async def _true(value: bool) -> bool:
-    return value
-
-
 async def test_with_agents_the_operator_binds_records_and_counts_only_what_is_heard(
     kube: Kube, start_operator: StartOperator
 ) -> None:
@@ -126,6 +86,51 @@ async def test_with_agents_the_operator_binds_records_and_counts_only_what_is_he
 async def _model_serving(kube: Kube, name: str, serving: int) -> dict[str, Any] | None:
     model = await kube.get(client.MODELS, name)
     return model if (model.get("status") or {}).get("serving") == serving else None
+
+
+async def test_a_model_status_progress_is_written_at_most_once_a_second(
+    kube: Kube, start_operator: StartOperator
+) -> None:
+    """Four engines start serving 50 ms apart (agents played by hand): the model's status
+    is written for the first at once; the next two are progress within the second and
+    wait; the fourth changes the model's conditions (Converged), so it is written at
+    once, with all four. Not one write per engine."""
+    names = ("e0", "e1", "e2", "e3")
+    await kube.engines(*names)
+    await kube.model("chat", 4, minAvailable=0)
+    for name in names:
+        await kube.patch(client.ENGINES, name, {"status": {"phase": "Idle"}},
+                         subresource="status")
+    await start_operator(engine_driver="agent", heartbeat_timeout=0)
+
+    async def bound() -> bool:
+        engines = await kube.items(client.ENGINES)
+        return sum(1 for e in engines if (e.get("status") or {}).get("lastAction")) == 4
+
+    await eventually(bound)
+    await eventually(lambda: _model_serving(kube, "chat", 0))
+    await asyncio.sleep(1.1)  # the writes of the binding are behind us
+    since = (await kube.get(client.MODELS, "chat"))["metadata"]["resourceVersion"]
+    writes: list[tuple[float, int]] = []  # (when, serving) of each status write
+
+    async def follow() -> None:
+        async for event in kube.api.watch(client.MODELS, namespace=NAMESPACE,
+                                          resource_version=since):
+            if event["type"] == "MODIFIED":
+                writes.append((time.monotonic(), event["object"]["status"]["serving"]))
+
+    watching = asyncio.create_task(follow())
+    try:
+        for name in names:
+            await kube.patch(client.ENGINES, name, {"status": {
+                "phase": "Serving", "model": "chat", "since": "2026-01-01T00:00:00Z"}},
+                subresource="status")
+            await asyncio.sleep(0.05)
+        await eventually(lambda: _model_serving(kube, "chat", 4), timeout=5)
+        await asyncio.sleep(0.3)  # nothing more comes
+    finally:
+        watching.cancel()
+    assert [serving for _, serving in writes] == [1, 4], writes
 
 
 async def test_a_steady_fleet_costs_no_writes(kube: Kube, start_operator: StartOperator) -> None:

@@ -59,6 +59,11 @@ class Config:
     # long again as that one took: at 10,000 engines the fast path gets half the loop.
     plan_gap: float = 0.02
     write_concurrency: int = 16
+    # A model's status is rewritten by the fast path at most this often while its engines
+    # keep changing: the first change is written at once, those after it together when
+    # the interval is up. An unhandled start of 10,000 engines otherwise wrote every
+    # model's status ~20 times (as many writes as the engines' own).
+    model_status_interval: float = 1.0
     max_write_delay: float = defaults.MAX_WRITE_DELAY  # an older triage is not written
     seed: int | None = None
     namespaces: tuple[str, ...] = ()  # empty: every namespace
@@ -149,7 +154,8 @@ class Reconciler:
                                     concurrency=config.write_concurrency,
                                     max_write_delay=config.max_write_delay)
         self.narrator = narrator.Narrator(recorder=recorder, metrics=metrics, leading=False)
-        metrics.measure_workqueue(name="models", depth=lambda: len(self.index.dirty_models))
+        metrics.measure_workqueue(
+            name="models", depth=lambda: len(self.index.dirty_models) + len(self._deferred))
         self.statuses = statuses.StatusBook()
         self._driver = (config.driver_config if config.engine_driver == driver.SIMULATED
                         else None)
@@ -161,6 +167,11 @@ class Reconciler:
         # Models whose status the fast path wrote during the current full pass: newer than
         # the pass's snapshot, so the pass leaves them to the fast path.
         self._refreshed: set[index.Key] = set()
+        # Models whose status the fast path last wrote (monotonic time), and those that
+        # changed again within `model_status_interval` of it: when to look again.
+        self._status_written: dict[index.Key, float] = {}
+        self._deferred: dict[index.Key, float] = {}
+        self._deferred_wake: asyncio.TimerHandle | None = None
         # namespace -> model -> why a breaker holds it, as the last step said (fast path)
         self._held_by: dict[str, Mapping[str, str]] = {}
         # (namespace, model) -> (generation, drift) of the last full pass: the allocation
@@ -254,15 +265,18 @@ class Reconciler:
         """The fast path: export and rewrite the status of the models whose spec or engines
         changed since the last look, each from a fleet of its own engines. Writes are the
         leader's, after its first full pass (which sets up what the breakers hold)."""
-        dirty = self.index.take_dirty_models()
+        dirty = self.index.take_dirty_models() | self._due_deferred()
         leading = self.is_leader()
         self.narrator.lead(leading)
         if not dirty or not leading:
             return 0  # a standby exports no model gauge and writes nothing
         now = self.clock()
         writes = []
+        keys = []
         self._refreshed |= dirty
         for key in dirty:
+            if key in self._deferred:
+                continue  # looked at again when its interval is up, with what holds then
             namespace, name = key
             record = self.index.models.records.get(key)
             if record is None or record.value is None:
@@ -278,8 +292,61 @@ class Reconciler:
             inputs = (found, status_.failed_engines(own).get(name, 0), held_by.get(name))
             wanted = statuses.model_status(record, inputs=inputs, now=now)
             if status_.changed(record.status, wanted):
+                if self._throttled(key, record.status, wanted):
+                    continue
+                keys.append(key)
                 writes.append(self.writer.status(client.MODELS, record.meta, wanted))
-        return sum(await asyncio.gather(*writes))
+        written = await asyncio.gather(*writes)
+        at = time.monotonic()
+        self._status_written.update((key, at) for key, ok in zip(keys, written, strict=True)
+                                    if ok)
+        if len(self._status_written) > 2 * len(self.index.models) + 64:
+            self._status_written = {k: t for k, t in self._status_written.items()
+                                    if at - t < self.config.model_status_interval}
+        return sum(written)
+
+    def _throttled(self, key: index.Key, current: Mapping[str, Any],
+                   wanted: Mapping[str, Any]) -> bool:
+        """Whether a model's status write waits: only progress (counts, messages) within
+        `model_status_interval` of the fast path's last write of it. A condition that
+        flips or changes its reason, or a new generation, is written at once."""
+        return status_.progress_only(current, wanted) and self._defer(key)
+
+    def _defer(self, key: index.Key) -> bool:
+        """Whether the model's status was written less than `model_status_interval` ago;
+        if so, look at it again when the interval is up (and wake the loop then)."""
+        last = self._status_written.get(key)
+        if last is None:
+            return False
+        due = last + self.config.model_status_interval
+        now = time.monotonic()
+        if due <= now:
+            return False
+        self._deferred[key] = due
+        handle = self._deferred_wake
+        if handle is None or handle.when() > asyncio.get_running_loop().time() + due - now:
+            if handle is not None:
+                handle.cancel()
+            self._deferred_wake = asyncio.get_running_loop().call_later(due - now, self._woken)
+        return True
+
+    def _woken(self) -> None:
+        self._deferred_wake = None
+        self.wake()
+
+    def _due_deferred(self) -> set[index.Key]:
+        """The deferred models whose interval is up (the rest stay deferred, and the loop is
+        woken again for the earliest of them)."""
+        if not self._deferred:
+            return set()
+        now = time.monotonic()
+        due = {k for k, at in self._deferred.items() if at <= now}
+        for key in due:
+            del self._deferred[key]
+        if self._deferred and self._deferred_wake is None:
+            delay = max(0.0, min(self._deferred.values()) - now)
+            self._deferred_wake = asyncio.get_running_loop().call_later(delay, self._woken)
+        return due
 
     async def _resync_until_done(self) -> None:
         """LIST until a LIST succeeds, waiting out an unwell API on the backoff schedule
@@ -540,6 +607,9 @@ class Reconciler:
         writes = await self._off_loop(functools.partial(
             self.statuses.models, namespace, fresh, drifts=drifts, failed=failed,
             held_by=step.held_by, now=now))
+        current = {r.meta.name: r.status for r in fresh}
+        writes = [w for w in writes if not self._throttled(
+            (namespace, w.meta.name), current[w.meta.name], w.status)]
         result.status_writes += await self._write_statuses(writes)
         executed = {}
         for w in written:

@@ -73,6 +73,16 @@ def changed(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
     return any(current.get(k) != v for k, v in wanted.items() if k not in VOLATILE)
 
 
+def progress_only(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
+    """Whether `wanted` tells nothing new but progress: the same generation observed, and
+    every condition with the status and reason it has (counts and messages may move)."""
+    def states(status: Mapping[str, Any]) -> dict[object, tuple[object, object]]:
+        return {c.get("type"): (c.get("status"), c.get("reason"))
+                for c in status.get("conditions") or () if isinstance(c, Mapping)}
+    return (current.get("observedGeneration") == wanted.get("observedGeneration")
+            and states(current) == states(wanted))
+
+
 def condition_of(status: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
     """The condition of that type in a status, if there is one."""
     for c in status.get("conditions") or ():
