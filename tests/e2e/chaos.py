@@ -50,6 +50,7 @@ class Faults:
     error: float = 0.0  # requests answered 500
     timeout: float = 0.0  # requests held unanswered for `hang` seconds, then dropped
     cut_watch: float = 0.0  # watches cut after a moment
+    end_watch: float = 0.0  # watches answered 200 and ended at once, with no event
     gone: float = 0.0  # watches and lists from a resourceVersion other than 0: 410 Expired
     outage: bool = False  # every request answered 503
     latency: float = 0.0  # seconds added before forwarding
@@ -174,6 +175,7 @@ class FaultProxy(harness.ReverseProxy):
                 ("timeout", faults.timeout, not watch),
                 ("gone", faults.gone, versioned),
                 ("cut_watch", faults.cut_watch, watch),
+                ("end_watch", faults.end_watch, watch),
             ):
                 if applies and rate and roll() < rate:
                     return name
@@ -231,6 +233,12 @@ class FaultProxy(harness.ReverseProxy):
             return web.StreamResponse()
         if fault == "gone":
             return await self._gone(request, status=status)
+        if fault == "end_watch":  # a proxy that does not hold streams open
+            status[0] = 200
+            response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+            await response.prepare(request)
+            await response.write_eof()
+            return response
         # A cut watch ends after a moment, as a load balancer or an apiserver restart ends
         # one: the client sees the stream close and must watch again.
         cut = 0.5 + self._rng.random() if fault == "cut_watch" else None

@@ -7,6 +7,7 @@ rounds, a 10-minute outage, 10 minutes of faults) and prints the figures.
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import time
@@ -135,6 +136,33 @@ def test_an_api_outage_is_waited_out_and_the_operator_converges_after(
         assert chaos.floor_drops(seen) == [] and chaos.duplicate_actions(seen) == {}
         # Backed off: a few requests a minute per stream, not one per pass per action.
         assert during / (OUTAGE_SECONDS / 60) < 120, during
+
+
+def test_watches_that_end_at_once_are_opened_again_on_a_backoff_not_in_a_loop(
+    kube: harness.Kubectl, operators: Operators, tmp_path: Path,
+) -> None:
+    """A proxy that answers every watch with an empty stream ended at once: the operator
+    watches again on its backoff schedule (a few a second at first, then every few
+    seconds), not as fast as the streams end; it stays alive and, the proxy fixed,
+    sees changes again."""
+    kube.apply(*harness.engines("e", 2), harness.model("chat", replicas=1))
+    with chaos.FaultProxy(kube, directory=tmp_path, name="replica", seed=4) as proxy:
+        operator = operators.start(kubeconfig=proxy.kubeconfig)
+        harness.wait_serving(kube, {"chat": 1})
+        began = time.monotonic()
+        proxy.set(chaos.Faults(end_watch=1.0))
+        proxy.cut_all()  # the streams open now end too, and every new one ends at once
+        time.sleep(10)
+        ended = time.monotonic()
+        proxy.set(chaos.Faults())
+        watches = [r for r in proxy.requests(since=began, until=ended) if r.watch]
+        kube.run("scale", "mc/chat", "--replicas=2")
+        harness.wait_serving(kube, {"chat": 2}, timeout=30)
+    _report("ended watches", watches_in_10s=len(watches),
+            paths=sorted(collections.Counter(r.path for r in watches).items()))
+    assert operator.alive and "Traceback" not in operator.log()
+    # Three kinds; backoff from 0.5 s capped at 5 s: some 6-8 tries a kind in 10 s.
+    assert 3 <= len(watches) <= 45, len(watches)
 
 
 def test_every_fault_at_ten_percent_keeps_the_floor_and_converges_after(

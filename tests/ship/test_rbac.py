@@ -169,16 +169,13 @@ def test_the_operator_may_never_read_secrets_or_escalate(rendered: list[dict[str
 def _requests_the_operator_makes() -> list[rbac.Request]:
     """What `capguard run` sends, as an end-to-end run on the embedded server recorded it.
 
-    Kopf (only indexes and on.event handlers, so no finalizers or progress annotations):
-    one cluster-wide list+watch per kind, and of CRDs (it observes them because it runs
-    cluster-wide; namespaces it then does not list). capguard (capguard/kube): the
+    The reconciler's own list+watch per kind, cluster-wide (Kopf watches nothing: its
+    live discovery of CRDs and namespaces is off). capguard (capguard/kube): the
     executor's merge patch on an engine, status patches on all three kinds (the
     simulated driver's phases included), core/v1 Events, and the Lease: GET, POST the
     first time, PUT to renew and to release.
     """
-    requests = [rbac.Request("list", "apiextensions.k8s.io", "customresourcedefinitions"),
-                rbac.Request("watch", "apiextensions.k8s.io", "customresourcedefinitions"),
-                rbac.Request("patch", "capguard.dev", "inferenceengines", "", "prod", "e-1")]
+    requests = [rbac.Request("patch", "capguard.dev", "inferenceengines", "", "prod", "e-1")]
     for kind, name in (("inferenceengines", "e-1"), ("modelcapacities", "llama"),
                        ("circuitbreakers", "gpu-maint")):
         requests += [

@@ -46,7 +46,14 @@ logger = logging.getLogger(__name__)
 
 RESYNC_RETRY_CAP: Final = 5.0  # seconds between LIST tries while the API is down, at most
 
+SHORT_WATCH: Final = 1.0  # seconds: a watch that ends sooner with no event is backed off
+
 _T = TypeVar("_T")
+
+
+class EmptyWatch(Exception):
+    def __str__(self) -> str:
+        return "the stream ended at once with no event"
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -411,10 +418,11 @@ class Reconciler:
         version = self._list_versions[(resource.plural, namespace)]
         failures = 0
         while True:
+            opened, heard = time.monotonic(), False
             try:
                 async for event in self.api.watch(resource, namespace=namespace,
                                                   resource_version=version):
-                    failures = 0
+                    failures, heard = 0, True
                     body = event.get("object") or {}
                     version = str((body.get("metadata") or {}).get("resourceVersion")
                                   or version)
@@ -425,6 +433,12 @@ class Reconciler:
                     else:
                         continue  # a BOOKMARK: only the version to resume from
                     self.wake()
+                if not heard and time.monotonic() - opened < SHORT_WATCH:
+                    # Ended at once with nothing in it (a proxy that does not hold streams;
+                    # a real server holds one for its timeoutSeconds): as a failure, or
+                    # the loop would watch again as fast as the streams end.
+                    failures += 1
+                    await self._watch_failed(resource, EmptyWatch(), failures)
             except client.Expired:
                 logger.info("The watch of %s is too old to resume; listing again.",
                             resource.plural)
