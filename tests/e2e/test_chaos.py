@@ -152,17 +152,18 @@ def test_watches_that_end_at_once_are_opened_again_on_a_backoff_not_in_a_loop(
         began = time.monotonic()
         proxy.set(chaos.Faults(end_watch=1.0))
         proxy.cut_all()  # the streams open now end too, and every new one ends at once
-        time.sleep(10)
+        time.sleep(6)
         ended = time.monotonic()
         proxy.set(chaos.Faults())
         watches = [r for r in proxy.requests(since=began, until=ended) if r.watch]
         kube.run("scale", "mc/chat", "--replicas=2")
         harness.wait_serving(kube, {"chat": 2}, timeout=30)
-    _report("ended watches", watches_in_10s=len(watches),
+    _report("ended watches", watches_in_6s=len(watches),
             paths=sorted(collections.Counter(r.path for r in watches).items()))
     assert operator.alive and "Traceback" not in operator.log()
-    # Three kinds; backoff from 0.5 s capped at 5 s: some 6-8 tries a kind in 10 s.
-    assert 3 <= len(watches) <= 45, len(watches)
+    # Three kinds; backoff from 0.5 s capped at 5 s: some 3-5 tries a kind in 6 s (with
+    # no backoff, tens of thousands).
+    assert 3 <= len(watches) <= 30, len(watches)
 
 
 def test_every_fault_at_ten_percent_keeps_the_floor_and_converges_after(
