@@ -176,6 +176,7 @@ class _Tally:
     moving: bool = False
     failed: int = 0  # failed engines in the fleet: out of service, but no move's doing
     floors: set[str] = dataclasses.field(default_factory=set)  # ids of `_for_floors`
+    granted: int | None = None  # takes left of a shard's grant (`Gate.triage`); None: no cap
 
 
 class Gate:
@@ -191,7 +192,10 @@ class Gate:
         fleet: fleet_.Fleet,
         breakers: Mapping[str, breaker_.BreakerMachine],
         now: float,
+        granted: int | None = None,
     ) -> Triage:
+        """``granted``: takes this triage may execute at most, the tokens a shard holds from
+        a budget shared with other shards (None: no cap); a take past it is held."""
         pending = queue.pending() if isinstance(queue, queue_.ActionQueue) else list(queue)
         floors = _for_floors(pending, fleet=fleet)
         left = _takes_left(pending, fleet=fleet)
@@ -208,7 +212,7 @@ class Gate:
             failed = sum(1 for e in fleet.engines.values()
                          if e.phase is specs.Phase.FAILED) if moving else 0
             tally = _Tally(fleet=fleet, fleet_cap=self._fleet_cap(fleet), floors=floors,
-                           moving=moving, failed=failed)
+                           moving=moving, failed=failed, granted=granted)
             tally.probe_slots = {n: m.probe_slots() for n, m in breakers.items()}
             decisions = [
                 self._decide(a, tally=tally, governing=governing, batches=batches, now=now)
@@ -258,6 +262,9 @@ class Gate:
         takes = _takes(action, fleet=tally.fleet)
         if hold is None and takes:
             hold = _capacity_hold(action, engine=engine, tally=tally)
+            if hold is None and tally.granted is not None and tally.granted < 1:
+                message = "the shard's grant of shared tokens is spent"
+                return Decision(action, Verdict.HOLD, Reason.RATE_LIMITED, message, None, names)
             if hold is None:
                 short = self._token_wait(action, tally=tally, machines=machines, now=now)
                 if short is not None:
@@ -331,6 +338,8 @@ class Gate:
                 action, fleet=tally.fleet, machines=machines, now=now
             ):
                 bucket.tokens -= 1.0  # tokens are spent only here, on EXECUTE
+            if tally.granted is not None:
+                tally.granted -= 1
             self._taken.add(intent.engine)
             tally.taken_units[intent.from_model] = (
                 tally.taken_units.get(intent.from_model, 0) + engine.units

@@ -62,6 +62,9 @@ class Observed:
     available_models: frozenset[str] = frozenset()
     plan: bool = True  # False: triage what is queued, plan nothing (the property tests)
     view: fleet_.Fleet | None = None  # plan from this view instead (the property tests)
+    # Takes this step may execute at most: a shard's grant from a budget shared with other
+    # shards (`capguard.sim.shards`); None: no cap.
+    granted: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,7 +197,7 @@ class Pipeline:
         if observed.unreadable_breakers:
             triage = gate_.Triage((), {}, {})
         else:
-            triage = self.gate.triage(ready, fleet, self.machines, now)
+            triage = self.gate.triage(ready, fleet, self.machines, now, observed.granted)
         decisions = _spread_assigns(triage.decisions, limit=self.config.max_assigns_per_step)
         decisions += waiting
         executions, taken_over = self._apply(triage, decisions=decisions, fleet=fleet, now=now)
