@@ -18,7 +18,7 @@ help: ## List the targets with one line each
 	  /^[a-zA-Z0-9_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 ##@ Develop
-.PHONY: setup test lint demo e2e chaos bench bench-scale tools prometheusrule min-deps lock
+.PHONY: setup test lint demo e2e chaos bench bench-scale bench-shards tools prometheusrule min-deps lock
 setup: ## Create .venv and install capguard with its dev dependencies (hack/setup.sh)
 	bash hack/setup.sh
 
@@ -53,11 +53,14 @@ chaos: setup ## Long chaos runs (10 freeze rounds, a 10-minute outage, 10 minute
 	CAPGUARD_CHAOS=soak $(PYTHON) -m pytest tests/e2e/test_chaos.py -s -p no:cacheprovider \
 	  -o timeout=3600 2>&1 | tee out/chaos.log | grep -E '^chaos |passed|failed|Error'
 
-bench: setup ## Run the benchmarks in bench/ on the embedded API server (bench-scale apart: it takes long)
-	@for script in $(filter-out bench/bench_scale.py,$(wildcard bench/*.py)); do echo "==> $$script"; $(PYTHON) "$$script"; done
+bench: setup ## Run the benchmarks in bench/ on the embedded API server (bench-scale, bench-shards apart: they take long)
+	@for script in $(filter-out bench/bench_scale.py bench/bench_shards.py,$(wildcard bench/*.py)); do echo "==> $$script"; $(PYTHON) "$$script"; done
 
 bench-scale: setup ## How each measure of `capguard run` grows at 10k, 30k, 50k engines (SIZES=, ARGS= for bench_operator)
 	$(PYTHON) bench/bench_scale.py $(if $(SIZES),--sizes $(SIZES)) $(ARGS)
+
+bench-shards: setup ## Simulate 10 shards x 10,000 engines sharing one budget object (docs/scale.md; ARGS=)
+	nice -n 19 $(PYTHON) bench/bench_shards.py $(ARGS)
 
 prometheusrule: ## Regenerate deploy/prometheus/prometheusrule.yaml from alerts.yaml
 	bash hack/gen-prometheusrule.sh
