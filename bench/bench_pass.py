@@ -8,7 +8,7 @@ with `spec.replicas`, one CircuitBreaker), and one namespace's pass is run the w
 `view.derive_fleet` (only when a planning input changed: a steady pass reuses the fleet,
 a change is applied to the last one, as the operator does), the
 pipeline's `step` (the operator's own `reconcile.Config().pipeline()`: guarded, at most
-2,000 assigns a step), `statuses.StatusBook.models`, the gauges (`narrator.models` and
+1,000 assigns a step), `statuses.StatusBook.models`, the gauges (`narrator.models` and
 `pools`) and the engine and breaker writes (`driver.writes`, `StatusBook.breakers`,
 `statuses.invalid`). Status writes a pass returns are applied back to the index, as the
 watch would bring them. Not timed: the HTTP writes themselves, and waiting for events.

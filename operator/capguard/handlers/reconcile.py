@@ -77,14 +77,14 @@ class Config:
     resync_interval: float = 300.0  # a full LIST now and then drops what a watch missed
     # Assigns beyond this wait in the queue for the next pass, so a cold start of 10,000
     # idle engines still updates status and metrics every pass instead of after the storm.
-    # Each pass has a cost of its own (the step, the model statuses): in a 10,000-engine
-    # unhandled start, every model served after 31.8 s at 1,000, 27.4 s at 2,000 and
-    # 22.4 s at 4,000, its first pass done after 4.0, 5.3 and 7.0 s; and the last of a
-    # pass's assigns must go out within `max_write_delay` of its triage.
-    max_assigns_per_pass: int = 2000
+    # Each pass has a cost of its own (the step, the model statuses): more a pass makes a
+    # catch-up shorter and its first pass longer (at 2,000: a 10,000-engine unhandled
+    # start's first pass took 8.5 s, over its 8 s goal); and the last of a pass's
+    # assigns must go out within `max_write_delay` of its triage.
+    max_assigns_per_pass: int = 1000
     # Engine status writes beyond recording this pass's actions (phase moves, an unhandled
     # engine's first Idle) wait for the next pass beyond this, for the same reason.
-    max_engine_writes_per_pass: int = 2000
+    max_engine_writes_per_pass: int = 1000
     # With engine agents: an engine whose agent has not said it is alive for this long
     # counts as out of service (`core.engines.heard`). The simulated driver vouches for
     # the engines itself.
