@@ -55,6 +55,7 @@ class EmptyWatch(Exception):
     def __str__(self) -> str:
         return "the stream ended at once with no event"
 
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     engine_driver: str = defaults.DRIVER
@@ -66,10 +67,10 @@ class Config:
     # long again as that one took: at 10,000 engines the fast path gets half the loop.
     plan_gap: float = 0.02
     write_concurrency: int = 16
-    # A model's status is rewritten by the fast path at most this often while its engines
-    # keep changing: the first change is written at once, those after it together when
-    # the interval is up. An unhandled start of 10,000 engines otherwise wrote every
-    # model's status ~20 times (as many writes as the engines' own).
+    # A model's status progress is rewritten at most this often while its engines keep
+    # changing: the first change is written at once, those after it together when the
+    # interval is up (`Reconciler._throttled`). An unhandled start of 10,000 engines
+    # otherwise wrote every model's status ~20 times (as many writes as the engines' own).
     model_status_interval: float = 1.0
     max_write_delay: float = defaults.MAX_WRITE_DELAY  # an older triage is not written
     seed: int | None = None
@@ -333,12 +334,21 @@ class Reconciler:
         if due <= now:
             return False
         self._deferred[key] = due
-        handle = self._deferred_wake
-        if handle is None or handle.when() > asyncio.get_running_loop().time() + due - now:
-            if handle is not None:
-                handle.cancel()
-            self._deferred_wake = asyncio.get_running_loop().call_later(due - now, self._woken)
+        self._wake_for_deferred()
         return True
+
+    def _wake_for_deferred(self) -> None:
+        """Wake the loop when the earliest deferred model is due (one timer at a time)."""
+        if not self._deferred:
+            return
+        loop = asyncio.get_running_loop()
+        at = loop.time() + max(0.0, min(self._deferred.values()) - time.monotonic())
+        handle = self._deferred_wake
+        if handle is not None and handle.when() <= at:
+            return
+        if handle is not None:
+            handle.cancel()
+        self._deferred_wake = loop.call_at(at, self._woken)
 
     def _woken(self) -> None:
         self._deferred_wake = None
@@ -353,9 +363,7 @@ class Reconciler:
         due = {k for k, at in self._deferred.items() if at <= now}
         for key in due:
             del self._deferred[key]
-        if self._deferred and self._deferred_wake is None:
-            delay = max(0.0, min(self._deferred.values()) - now)
-            self._deferred_wake = asyncio.get_running_loop().call_later(delay, self._woken)
+        self._wake_for_deferred()
         return due
 
     async def _resync_until_done(self) -> None:
