@@ -88,6 +88,9 @@ def test_the_default_demo_shows_the_incident_in_requests_and_guarded_holds(
     after = [rate for minute, rate in naive["success_rate_by_minute"].items()
              if int(minute) >= release]
     assert min(after) < 0.5 and naive["error_minutes"] >= 2, naive["success_rate_by_minute"]
+    for found in (guarded, naive):  # the requests are measured to the incident's end
+        last = max(int(minute) for minute in found["success_rate_by_minute"])
+        assert last >= release + found["converge_seconds"] / 60 + 1, found
     assert naive["requests_failed"] > 10 * guarded["requests_failed"]
     assert plot.stat().st_size > 0
     assert "guarded: worst model" in output and "naive: worst model" in output

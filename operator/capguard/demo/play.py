@@ -154,8 +154,10 @@ class Run:
         async with self._connected(), self._namespace():
             await self._create_fleet()
             async with self._mirrored(), self._engines(), self._operator(), self._load():
-                await self._incident()
-                self.report(Outcome(self.recorder.timeline, self._traffic, self.zero_epoch,
+                ended = await self._incident()
+                traffic = (None if self._traffic is None
+                           else await serving_.through(self._traffic, ended))
+                self.report(Outcome(self.recorder.timeline, traffic, self.zero_epoch,
                                     self.options.speed, tuple(self._refused_at)))
                 if self.options.keep:
                     await self._keep()
@@ -356,7 +358,8 @@ class Run:
 
     # -- the incident ---------------------------------------------------------------------
 
-    async def _incident(self) -> None:
+    async def _incident(self) -> float:
+        """The incident, from its zero until the fleet has settled; when it ended (epoch)."""
         for line in display.time_note(speed=self.options.speed,
                                       duration=self.options.scenario.duration):
             self.console.print(line)
@@ -368,7 +371,9 @@ class Run:
                 background.append(asyncio.create_task(self._sample(refresh)))
                 await self._script()
                 await self._until_settled()
+            ended = time.time()
             await self._refresh_counts()
+            return ended
         finally:
             for task in background:
                 task.cancel()

@@ -24,7 +24,6 @@ import os
 import pathlib
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Final
 
@@ -147,7 +146,7 @@ class Traffic:
     started: float | None = None  # the wall clock (epoch) of the load's second 0
     sent: dict[tuple[str, int], int] = dataclasses.field(default_factory=dict)
     succeeded: dict[tuple[str, int], int] = dataclasses.field(default_factory=dict)
-    failed: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    failed: dict[tuple[str, int], dict[str, int]] = dataclasses.field(default_factory=dict)
 
     def add(self, line: Mapping[str, Any]) -> None:
         if "started" in line:
@@ -156,7 +155,16 @@ class Traffic:
             key = (str(line["model"]), int(line["second"]))
             self.sent[key] = int(line["sent"])
             self.succeeded[key] = int(line["succeeded"])
-            self.failed.update({str(k): int(v) for k, v in (line.get("failed") or {}).items()})
+            self.failed[key] = {str(k): int(v) for k, v in (line.get("failed") or {}).items()}
+
+    def before(self, moment: float) -> Traffic:
+        """A copy holding only the seconds that began before ``moment`` (wall clock)."""
+        if self.started is None:
+            return Traffic()
+        kept = {key for key in self.sent if self.started + key[1] < moment}
+        return Traffic(started=self.started, sent={k: self.sent[k] for k in kept},
+                       succeeded={k: self.succeeded[k] for k in kept},
+                       failed={k: self.failed[k] for k in kept})
 
     @property
     def last_second(self) -> int:
@@ -195,10 +203,13 @@ class Traffic:
         overall = self.success_by_minute(zero=zero, speed=speed)
         by_model = {m: self.success_by_minute(zero=zero, speed=speed, model=m) for m in models}
         sent = sum(self.sent.values())
+        by_code: collections.Counter[str] = collections.Counter()
+        for codes in self.failed.values():
+            by_code.update(codes)
         return {
             "requests_total": sent,
             "requests_failed": sent - sum(self.succeeded.values()),
-            "requests_failed_by_code": dict(sorted(self.failed.items())),
+            "requests_failed_by_code": dict(sorted(by_code.items())),
             "min_success_rate": _lowest(overall),
             "min_success_rate_by_model": {m: _lowest(found) for m, found in by_model.items()},
             "error_minutes": sum(1 for _, rate in overall if rate < ERROR_MINUTE),
@@ -214,7 +225,8 @@ def _lowest(minutes: list[tuple[int, float]]) -> float | None:
 async def load(*, url: str, rates: Mapping[str, float], duration: float, seed: int,
                log: pathlib.Path) -> AsyncIterator[Traffic]:
     """`capguard load` through the gateway for ``duration`` real seconds (stopped sooner
-    when the demo ends); its per-second counts fill the yielded `Traffic`."""
+    when the demo ends); its per-second counts fill the yielded `Traffic` as they come:
+    measure it with `through`, which waits for the seconds up to a moment."""
     argv = [sys.executable, "-m", "capguard.cli", "load", "--gateway", url, "--json",
             "--duration", f"{math.ceil(duration)}s", "--timeout", f"{REQUEST_TIMEOUT:g}s",
             "--seed", str(seed),
@@ -227,19 +239,27 @@ async def load(*, url: str, rates: Mapping[str, float], duration: float, seed: i
             try:
                 yield traffic
             finally:
-                # A second is reported once its last request ended (at most the timeout):
-                # wait for the seconds up to now, so the incident's end is measured too.
-                ended = time.time()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(_until_covered(traffic, ended), timeout=CATCH_UP)
                 reading.cancel()
                 await asyncio.gather(reading, return_exceptions=True)
     finally:
         sink.close()
 
 
+async def through(traffic: Traffic, moment: float, *, timeout: float = CATCH_UP) -> Traffic:
+    """The traffic of the seconds that began before ``moment`` (wall clock, epoch), once
+    the load has reported them all, or ``timeout`` later with what it has reported.
+
+    A second is reported only once its last request has ended (up to the request timeout
+    later, and later still on a starved machine), so the seconds just before a moment
+    arrive after it: measured at once, the end of an incident would be missing."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(_until_covered(traffic, moment), timeout=timeout)
+    return traffic.before(moment)
+
+
 async def _until_covered(traffic: Traffic, moment: float) -> None:
-    while traffic.started is None or traffic.started + traffic.last_second + 1 < moment - 1:
+    """Until the load has reported the second ``moment`` falls in (and all before it)."""
+    while traffic.started is None or traffic.started + traffic.last_second + 1 < moment:
         await asyncio.sleep(0.1)
 
 
