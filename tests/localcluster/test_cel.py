@@ -234,3 +234,44 @@ def test_unknown_reason_falls_back_to_invalid() -> None:
 def test_no_rule_raises_whatever_self_is(value: Any, rule: str) -> None:
     outcome = cel.Rule({"rule": rule}).evaluate(self_value=cel.to_cel(value))
     assert outcome is None or isinstance(outcome.message, str)
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-3, 3) | st.floats(-3, 3)
+                     | st.text("ab,", max_size=3),
+                     lambda c: st.lists(c, max_size=3)
+                     | st.dictionaries(st.sampled_from(["x", "y"]), c, max_size=2),
+                     max_leaves=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(st.tuples(_JSON, _JSON), min_size=1, max_size=8),
+       rule=st.sampled_from(["type(self) == int", "self == oldSelf", "self.x > oldSelf.x",
+                             "size(self) > 0", "self.all(x, x == 1)", "self == true",
+                             "oldSelf == 1.0 || self == 1"]))
+def test_a_remembered_outcome_is_the_outcome_evaluated_afresh(
+        values: list[tuple[Any, Any]], rule: str) -> None:
+    """One Rule checks a sequence of (self, oldSelf) pairs, some of them repeated: each
+    outcome is what a fresh evaluation gives; 1, 1.0 and true are never taken for one
+    another (CEL tells them apart)."""
+    remembering = cel.Rule({"rule": rule})
+    for self_json, old_json in values + values[::-1]:
+        fresh = cel.Rule({"rule": rule}).evaluate(
+            self_value=cel.to_cel(self_json), old_self=cel.to_cel(old_json))
+        assert remembering.check(self_json, old_json) == fresh
+
+
+def test_values_that_only_look_alike_are_told_apart() -> None:
+    rule = cel.Rule({"rule": "type(self) == int && self == oldSelf"})
+    assert rule.check(1, 1) is None
+    assert rule.check(1.0, 1) is not None
+    assert rule.check(True, 1) is not None
+    assert rule.check(1, 1.0) is not None
+    assert rule.check(1, 1) is None
+
+
+def test_what_a_rule_remembers_is_bounded() -> None:
+    rule = cel.Rule({"rule": "self < 10"})
+    for value in range(cel._REMEMBERED + 100):
+        assert (rule.check(value) is None) == (value < 10)
+    assert len(rule._outcomes) == cel._REMEMBERED
+    assert rule.check(5) is None and rule.check(50) is not None

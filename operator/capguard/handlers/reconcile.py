@@ -125,7 +125,8 @@ class PassResult:
 
     def __str__(self) -> str:
         return (f"{self.executed} actions executed, {self.refused} refused, {self.held} held, "
-                f"{self.conflicts} conflicts, {self.status_writes} statuses written")
+                f"{self.conflicts} conflicts, {self.status_writes} statuses written, "
+                f"{self.transitions} engine statuses written")
 
 
 @dataclasses.dataclass(frozen=True)

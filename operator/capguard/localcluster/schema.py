@@ -637,28 +637,27 @@ def _run_rules(value: Any, old: Any, node: _Node, *, path: str, causes: list[Cau
     """Evaluate the node's x-kubernetes-validations with `self` (and `oldSelf`)."""
     if old is None and node.transition_rules_only:
         return   # no rule runs: skip converting the value for CEL
+    old_json = None
     try:
-        self_value = cel.to_cel(_cel_json(value, node, root=root))
+        self_json = _cel_json(value, node, root=root)
+        if old is not None and any(rule.uses_old_self for rule in node.rules):
+            old_json = _old_json(old, node, root=root)
+        outcomes = [(rule, rule.check(self_json, old_json)) for rule in node.rules
+                    if old is not None or not rule.uses_old_self]
     except RecursionError:  # nesting deeper than CEL conversion can follow
         causes.append(Cause("FieldValueInvalid", f"Invalid value: {_go(node.cel_type)}: "
                             "too deeply nested to evaluate validation rules", path))
         return
-    old_value = None
-    for rule in node.rules:
-        if rule.uses_old_self:
-            if old is None:
-                continue  # transition rules run on updates that have an old value
-            if old_value is None:
-                old_value = _old_cel_value(old, node, root=root)
-        outcome = rule.evaluate(self_value=self_value, old_self=old_value)
+    for rule, outcome in outcomes:
+        # Transition rules run on updates that have an old value.
         if outcome is not None:
             at = path if outcome.evaluation_error else _rule_path(path, rule.field_path)
             causes.append(_rule_cause(outcome, node, path=at or _NIL_PATH))
 
 
-def _old_cel_value(old: Any, node: _Node, *, root: bool) -> Any:
+def _old_json(old: Any, node: _Node, *, root: bool) -> Any:
     try:
-        return cel.to_cel(_cel_json(old, node, root=root))
+        return _cel_json(old, node, root=root)
     except RecursionError:
         return None  # a stored object too deep to convert: its transition rules see null
 
