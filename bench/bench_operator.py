@@ -578,21 +578,32 @@ def rate_limit_minimum(*, engines: int, write_rate: float, load_time: float) -> 
     Operator CPU is not a bound here: it is what the ratio to this minimum shows.
     """
     config = reconcile.Config()
-    passes = max(math.ceil(engines / config.max_assigns_per_pass),
+    passes = max(assign_passes(engines, config),
                  math.ceil(engines / config.max_engine_writes_per_pass))
     bounds = {
         f"{WRITES_PER_ENGINE} writes x {engines:,} engines at {write_rate:,.0f} writes/s":
             WRITES_PER_ENGINE * engines / write_rate,
         f"2 writes x {engines:,} engines at {write_rate:,.0f} writes/s + load {load_time:g} s":
             2 * engines / write_rate + load_time,
-        f"{passes} passes (max_assigns_per_pass {config.max_assigns_per_pass}, "
-        f"max_engine_writes_per_pass {config.max_engine_writes_per_pass}) "
+        f"{passes} passes (assigns a pass from {config.first_assigns_per_pass} doubling to "
+        f"{config.max_assigns_per_pass}, max_engine_writes_per_pass "
+        f"{config.max_engine_writes_per_pass}) "
         f"x plan_gap {config.plan_gap:g} s + load {load_time:g} s":
             passes * config.plan_gap + load_time,
     }
     binding = max(bounds, key=lambda name: bounds[name])
     how = "; ".join(f"{name} = {seconds:.2f} s" for name, seconds in bounds.items())
     return Minimum(bounds[binding], f"{how}; binding: {binding}")
+
+
+def assign_passes(engines: int, config: reconcile.Config) -> int:
+    """Passes that assign ``engines`` idle engines, under the operator's slow start."""
+    passes, left, limit = 0, engines, config.first_assigns_per_pass
+    while left > 0:
+        executed = min(limit, left)
+        passes, left = passes + 1, left - executed
+        limit = reconcile.slow_start(limit, executed=executed, failed=0, config=config)
+    return passes
 
 
 async def write_rate(session: aiohttp.ClientSession, url: str, setup: Setup) -> float:

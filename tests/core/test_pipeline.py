@@ -237,3 +237,16 @@ def test_an_unhandled_fleet_queues_at_most_twice_the_step_limit_of_assigns() -> 
     assert all(not e.action.intent.disruptive for e in step.executions)
     unlimited = pipeline.Pipeline(pipeline.Config()).step(pipeline.Observed(found), now=0.0)
     assert len(unlimited.enqueued) == 120
+
+
+def test_a_step_may_lower_the_assign_limit_but_never_raise_it() -> None:
+    """`Observed.max_assigns` (the operator's slow start) applies when below the config's."""
+    from .core_fleets import engine, model
+
+    idle = [engine(f"e{i:03d}", pool="a") for i in range(120)]
+    found = fleet.Fleet.of(engines=idle, models=[model(f"m{m}", replicas=12) for m in range(10)])
+    for configured, asked, executed, enqueued in ((10, 3, 3, 6), (10, 50, 10, 20),
+                                                  (None, 5, 5, 10), (None, None, 120, 120)):
+        core = pipeline.Pipeline(pipeline.Config(max_assigns_per_step=configured))
+        step = core.step(pipeline.Observed(found, max_assigns=asked), now=0.0)
+        assert (len(step.executions), len(step.enqueued)) == (executed, enqueued)

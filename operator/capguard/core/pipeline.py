@@ -65,6 +65,15 @@ class Observed:
     # Takes this step may execute at most: a shard's grant from a budget shared with other
     # shards (`capguard.sim.shards`); None: no cap.
     granted: int | None = None
+    # Assigns this step may execute at most, when below the config's limit: the operator's
+    # slow start (`handlers.reconcile.slow_start`); None: the config's limit.
+    max_assigns: int | None = None
+
+    def assign_limit(self, configured: int | None) -> int | None:
+        """The assigns this step may execute: the lower of the config's and this step's."""
+        if self.max_assigns is None:
+            return configured
+        return self.max_assigns if configured is None else min(configured, self.max_assigns)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,6 +186,7 @@ class Pipeline:
 
     def step(self, observed: Observed, now: float) -> StepResult:
         fleet = observed.fleet
+        limit = observed.assign_limit(self.config.max_assigns_per_step)
         models = self._model_drift(fleet, now=now)
         self.signals.observe(
             _report(models, self.queue, fleet=fleet, now=now),
@@ -186,7 +196,8 @@ class Pipeline:
         transitions = self._settle_outcomes(fleet, now=now)
         stepped, released = self._step_breakers(fleet, saved=observed.saved_breakers, now=now)
         transitions += stepped
-        view, intents, enqueued = self._plan_and_enqueue(observed, released=released, now=now)
+        view, intents, enqueued = self._plan_and_enqueue(observed, released=released,
+                                                         limit=limit, now=now)
         plans = {
             name: self.gate.release_plan(self.queue, fleet, machine, now)
             for name, machine in sorted(self.machines.items())
@@ -198,7 +209,7 @@ class Pipeline:
             triage = gate_.Triage((), {}, {})
         else:
             triage = self.gate.triage(ready, fleet, self.machines, now, observed.granted)
-        decisions = _spread_assigns(triage.decisions, limit=self.config.max_assigns_per_step)
+        decisions = _spread_assigns(triage.decisions, limit=limit)
         decisions += waiting
         executions, taken_over = self._apply(triage, decisions=decisions, fleet=fleet, now=now)
         transitions += taken_over
@@ -315,7 +326,7 @@ class Pipeline:
         return transitions, released
 
     def _plan_and_enqueue(
-        self, observed: Observed, *, released: bool, now: float
+        self, observed: Observed, *, released: bool, limit: int | None, now: float
     ) -> tuple[fleet_.Fleet, list[planner.Intent], list[queue_.Action]]:
         """(the view planned from, its plan, the actions it added to the queue)."""
         paused = any(m.state is breaker_.BreakerState.OPEN for m in self.machines.values())
@@ -336,7 +347,7 @@ class Pipeline:
             return view, intents, []
         self._enqueued_from = view
         return view, intents, self.queue.enqueue(
-            _first_assigns(intents, limit=self.config.max_assigns_per_step), view, now)
+            _first_assigns(intents, limit=limit), view, now)
 
     def _backing_off(
         self, fleet: fleet_.Fleet, *, now: float

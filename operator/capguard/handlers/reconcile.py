@@ -78,14 +78,16 @@ class Config:
     resync_interval: float = 300.0  # a full LIST now and then drops what a watch missed
     # Assigns beyond this wait in the queue for the next pass, so a cold start of 10,000
     # idle engines still updates status and metrics every pass instead of after the storm.
-    # Each pass has a cost of its own (the step, the model statuses): more a pass makes a
-    # catch-up shorter and its first pass longer (at 2,000: a 10,000-engine unhandled
-    # start's first pass took 8.5 s, over its 8 s goal); and the last of a pass's
-    # assigns must go out within `max_write_delay` of its triage.
-    max_assigns_per_pass: int = 1000
+    # A backlog starts at `first_assigns_per_pass` and doubles each pass whose assigns were
+    # all written, up to `max_assigns_per_pass` (`slow_start`, as client-go's slowStartBatch
+    # creates a ReplicaSet's pods): the first pass, which every model status waits for,
+    # stays short, and a server that fails writes is not sent the next thousands. The last
+    # of a pass's assigns must still go out within `max_write_delay` of its triage.
+    first_assigns_per_pass: int = 1000
+    max_assigns_per_pass: int = 4000
     # Engine status writes beyond recording this pass's actions (phase moves, an unhandled
     # engine's first Idle) wait for the next pass beyond this, for the same reason.
-    max_engine_writes_per_pass: int = 1000
+    max_engine_writes_per_pass: int = 4000
     # With engine agents: an engine whose agent has not said it is alive for this long
     # counts as out of service (`core.engines.heard`). The simulated driver vouches for
     # the engines itself.
@@ -105,6 +107,15 @@ class Config:
             cached_view_while_paused=not self.guarded,  # --naive: the incident's manager
             max_assigns_per_step=self.max_assigns_per_pass,
         )
+
+
+def slow_start(limit: int, *, executed: int, failed: int, config: Config) -> int:
+    """The next pass's assign limit in a namespace after a pass that had ``limit``: twice
+    it (up to `max_assigns_per_pass`) when the pass used it all and every assign was
+    written, else the first again (a backlog drained, or a write failed)."""
+    if failed or executed < limit:
+        return config.first_assigns_per_pass
+    return min(2 * limit, config.max_assigns_per_pass)
 
 
 @dataclasses.dataclass
@@ -190,6 +201,7 @@ class Reconciler:
         # needs the whole namespace, so the fast path, which sees one model, reuses it. A
         # pass writes it from its thread, one key at a time, while the fast path reads it.
         self._shares: dict[index.Key, tuple[int, drift.ModelDrift]] = {}
+        self._assign_limits: dict[str, int] = {}  # namespace -> its next pass's (slow_start)
         self._roll = driver.make_roll(config.seed)
         self._jitter = random.Random(config.seed).random
         self._was_leader = False
@@ -493,6 +505,7 @@ class Reconciler:
             self.pipelines.clear()
             self._held_by.clear()
             self._shares.clear()  # and narrates every model afresh
+            self._assign_limits.clear()
             self._was_leader = leading
             if leading and time.monotonic() - self._listed_at > 2 * self.config.interval:
                 self._resync_due = True  # and LISTs before its first act
@@ -576,7 +589,9 @@ class Reconciler:
         """A leader's pass over one namespace, up to its writes: everything that reads the
         whole fleet, run in the pass thread (see `_off_loop`)."""
         fleet, falls_silent = self._fleet(namespace, view, version, now)
-        step = core.step(view.observed(fleet, established=core.signals.established), now)
+        limit = self._assign_limits.get(namespace, self.config.first_assigns_per_pass)
+        observed = view.observed(fleet, established=core.signals.established)
+        step = core.step(dataclasses.replace(observed, max_assigns=limit), now)
         # The models whose numbers moved since the last pass: the only ones to narrate and
         # to remember for the fast path (at 5,000 models, the rest cost only a compare).
         changed = {}
@@ -645,6 +660,11 @@ class Reconciler:
             if w.done is not None:
                 executed[action.intent.engine] = w.done
         result.executed += len(executed)
+        assigns = [w for w in written if not w.execution.action.intent.disruptive]
+        self._assign_limits[namespace] = slow_start(
+            self._assign_limits.get(namespace, self.config.first_assigns_per_pass),
+            executed=len(assigns), failed=sum(1 for w in assigns if w.done is None),
+            config=self.config)
         result.conflicts += sum(1 for w in written if w.outcome is writer.Outcome.CONFLICT)
         result.refused += len(step.refusals)
         result.held += len(step.holds)
