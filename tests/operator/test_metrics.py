@@ -85,6 +85,11 @@ class _HeldCollector:
         self.entered = threading.Event()
         self.release = threading.Event()
 
+    def describe(self) -> Iterator[core.Metric]:
+        # Registering asks a collector without describe() to collect: that would hold the
+        # test itself for the whole timeout, and set `entered` before any scrape.
+        yield core.GaugeMetricFamily("capguard_test_held", "Held until released.")
+
     def collect(self) -> Iterator[core.Metric]:
         self.entered.set()
         self.release.wait(timeout=30)  # bounded, so a broken test cannot hang the suite
