@@ -132,12 +132,13 @@ async def metrics_server(
 
     async def render(_: web.Request) -> web.Response:
         body = await metrics.render_aside()
-        return web.Response(body=body, headers={"Content-Type": metrics_.CONTENT_TYPE})
+        return _closing(web.Response(body=body, headers={"Content-Type": metrics_.CONTENT_TYPE}))
 
     def probe(check: Health) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def answer(_: web.Request) -> web.Response:
             problem = check()
-            return web.Response(status=503 if problem else 200, text=(problem or "ok") + "\n")
+            return _closing(web.Response(status=503 if problem else 200,
+                                         text=(problem or "ok") + "\n"))
         return answer
 
     app = web.Application()
@@ -156,6 +157,15 @@ async def metrics_server(
         yield bound
     finally:
         await runner.cleanup()
+
+
+def _closing(response: web.Response) -> web.Response:
+    """Close the connection after this response. A connection kept alive (Prometheus keeps
+    one between scrapes) is a task Kopf does not know, and on SIGTERM Kopf waits 5 s for
+    such tasks before it cancels them: every stop took 5 s longer while anyone scraped.
+    A scrape every few seconds costs one loopback or pod-network connect more."""
+    response.force_close()
+    return response
 
 
 @dataclasses.dataclass

@@ -4,7 +4,10 @@ says why in one log line."""
 
 from __future__ import annotations
 
+import http.client
+import signal
 import socket
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -55,3 +58,29 @@ def test_a_replica_that_cannot_reach_the_api_is_live_but_not_ready(
     assert operator.alive and "Traceback" not in operator.log()
     line = next(x for x in operator.log().splitlines() if "Cannot list from the API" in x)
     assert f"127.0.0.1:{port}" in line and "trying again in" in line, line
+
+
+def test_sigterm_stops_at_once_while_a_scraper_keeps_its_connection(
+    kube: harness.Kubectl, operators: Operators,
+) -> None:
+    """Prometheus keeps its connection between scrapes. A connection kept alive is a task
+    Kopf does not know, and on SIGTERM Kopf waits 5 s for such tasks: the server closes
+    each connection after answering, so a scraped replica stops as fast as any."""
+    kube.apply(*harness.engines("e", 2), harness.model("chat", replicas=1))
+    operator = operators.start()
+    harness.wait_serving(kube, {"chat": 1})
+    scraper = http.client.HTTPConnection("127.0.0.1", operator.port(), timeout=5)
+    try:
+        for path in ("/metrics", "/livez"):
+            scraper.request("GET", path)  # HTTP/1.1: keep-alive unless the server says not
+            response = scraper.getresponse()
+            assert response.status == 200 and response.read()
+            assert response.getheader("Connection") == "close", path
+        stopped = time.monotonic()
+        operator.process.send_signal(signal.SIGTERM)
+        operator.process.wait(timeout=15)
+        took = time.monotonic() - stopped
+    finally:
+        scraper.close()
+    assert operator.process.returncode == 0, operator.log()[-2000:]
+    assert took < 4.0, f"stopped {took:.1f}s after SIGTERM (Kopf waits 5 s for hung tasks)"
