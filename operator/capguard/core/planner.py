@@ -306,8 +306,9 @@ class CachedView:
 
 def expect(view: fleet_.Fleet, intents: Iterable[Intent]) -> fleet_.Fleet:
     """The view as a manager expects it once its intents have run (they have not)."""
+    expected_by: dict[str, specs.Engine] = {}  # put in the view at once: one copy of it
     for intent in intents:
-        engine = view.engines[intent.engine]
+        engine = expected_by.get(intent.engine) or view.engines[intent.engine]
         target = view.models.get(intent.model) if intent.model else None
         revision = target.revision if target else None
         expected = dataclasses.replace(
@@ -319,8 +320,8 @@ def expect(view: fleet_.Fleet, intents: Iterable[Intent]) -> fleet_.Fleet:
             # Assumed, not observed: a preconditioned write from this view cannot succeed.
             resource_version=engine.resource_version.removesuffix(EXPECTED) + EXPECTED,
         )
-        view = view.with_engine(expected)
-    return view
+        expected_by[intent.engine] = expected
+    return view.with_engines(expected_by.values())
 
 
 def _same(a: Iterable[object], b: Iterable[object]) -> bool:

@@ -673,8 +673,7 @@ class Reconciler:
         self.narrator.models(namespace, prepared.changed)
         self.narrator.pools(namespace, fleet.allocation.pools)
         self.narrator.writes(written, metas=metas)
-        for done in executed.values():
-            fleet = fleet.with_engine(done.engine)
+        fleet = fleet.with_engines(done.engine for done in executed.values())
         await self._drive(namespace, view=view, fleet=fleet, executed=executed,
                           assigning=step.assigning, now=now, result=result)
         writes = self.statuses.breakers(namespace, view.breakers, result=step)

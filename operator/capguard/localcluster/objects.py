@@ -349,11 +349,14 @@ class Objects:
                options: WriteOptions, *, patched: bool = False
                ) -> tuple[dict[str, Any], tuple[str, ...]]:
         """Prune, default and validate: the admission a custom resource gets (020, 040-045)."""
-        warnings = self._field_validation(rt, obj, options, patched=patched)
+        pruned, unknown = (rt.schema.prune_reporting(obj) if rt.schema is not None
+                           else (obj, []))
+        warnings = self._field_validation(rt, obj, options, patched=patched, unknown=unknown)
+        obj = pruned
         obj["metadata"] = meta.known_metadata(obj["metadata"])   # ObjectMeta drops the rest
         causes = _metadata_causes(rt, obj)
         if rt.schema is not None:
-            obj = rt.schema.apply_defaults(rt.schema.prune(obj))
+            obj = rt.schema.apply_defaults(obj)
             causes += [dataclasses.asdict(cause) for cause in rt.schema.validate(obj, old)]
         causes += _scale_causes(rt, obj)
         preparer = self.preparers.get(rt.storage_key)
@@ -364,14 +367,14 @@ class Objects:
         return obj, warnings
 
     def _field_validation(self, rt: resources.ResourceType, obj: dict[str, Any],
-                          options: WriteOptions, *, patched: bool) -> tuple[str, ...]:
+                          options: WriteOptions, *, patched: bool,
+                          unknown: list[str]) -> tuple[str, ...]:
         """Server-side field validation (GA 1.27; 1.24 pruned silently, 020, 381): duplicate
-        and unknown fields refuse the write under Strict and are warnings under Warn."""
+        and unknown fields (``unknown``: what the schema prunes) refuse the write under
+        Strict and are warnings under Warn."""
         if options.field_validation == "Ignore":
             return ()
-        unknown = meta.unknown_metadata(obj["metadata"])
-        if rt.schema is not None:
-            unknown += rt.schema.unknown_fields(obj)
+        unknown = [*meta.unknown_metadata(obj["metadata"]), *unknown]
         problems = [*options.decode_problems, *(f'unknown field "{path}"' for path in unknown)]
         if problems and options.field_validation == "Strict":
             if patched:

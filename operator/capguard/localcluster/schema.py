@@ -61,9 +61,13 @@ class Schema:
         Kubernetes words them without a leading dot: `spec.foo`, `spec.items[0].bar`,
         and the server wraps each as `unknown field "spec.foo"`.
         """
+        return self.prune_reporting(obj)[1]
+
+    def prune_reporting(self, obj: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """`prune` and `unknown_fields` in one walk of the object: a write needs both."""
         dropped: list[str] = []
-        _prune(obj, self._root, path="", dropped=dropped, resource=True)
-        return sorted(dropped)
+        pruned = _prune(obj, self._root, path="", dropped=dropped, resource=True)
+        return (pruned if isinstance(pruned, dict) else {}), sorted(dropped)
 
     def apply_defaults(self, obj: dict[str, Any]) -> dict[str, Any]:
         """A copy of `obj` with schema defaults applied where the parent exists.
