@@ -26,8 +26,9 @@ def test_a_backlog_starts_at_the_first_limit_and_doubles_up_to_the_most() -> Non
     assert _passes(20_000) == [1000, 2000, 4000, 4000, 4000, 4000, 1000]
 
 
-def test_a_failed_write_starts_over_from_the_first_limit() -> None:
-    assert _passes(10_000, failing=frozenset({2})) == [1000, 2000, 4000, 1000, 2000, 1]
+def test_a_failed_or_late_write_halves_the_limit_down_to_the_first() -> None:
+    assert _passes(10_000, failing=frozenset({2})) == [1000, 2000, 4000, 2000, 1001]
+    assert _passes(5_000, failing=frozenset({0, 1})) == [1000, 1000, 1000, 2000, 2]
 
 
 def test_a_drained_backlog_starts_the_next_one_small() -> None:

@@ -79,10 +79,11 @@ class Config:
     # Assigns beyond this wait in the queue for the next pass, so a cold start of 10,000
     # idle engines still updates status and metrics every pass instead of after the storm.
     # A backlog starts at `first_assigns_per_pass` and doubles each pass whose assigns were
-    # all written, up to `max_assigns_per_pass` (`slow_start`, as client-go's slowStartBatch
-    # creates a ReplicaSet's pods): the first pass, which every model status waits for,
-    # stays short, and a server that fails writes is not sent the next thousands. The last
-    # of a pass's assigns must still go out within `max_write_delay` of its triage.
+    # all written, up to `max_assigns_per_pass`, and halves after a failed or late one
+    # (`slow_start`, as client-go's slowStartBatch creates a ReplicaSet's pods): the first
+    # pass, which every model status waits for, stays short, and a server that fails
+    # writes, or cannot take a pass's assigns within `max_write_delay` of their triage, is
+    # not sent the next thousands. A pass that used its whole limit is followed at once.
     first_assigns_per_pass: int = 1000
     max_assigns_per_pass: int = 4000
     # Engine status writes beyond recording this pass's actions (phase moves, an unhandled
@@ -112,8 +113,12 @@ class Config:
 def slow_start(limit: int, *, executed: int, failed: int, config: Config) -> int:
     """The next pass's assign limit in a namespace after a pass that had ``limit``: twice
     it (up to `max_assigns_per_pass`) when the pass used it all and every assign was
-    written, else the first again (a backlog drained, or a write failed)."""
-    if failed or executed < limit:
+    written; half of it (not below `first_assigns_per_pass`) when a write failed or went
+    out too late (a server that cannot take this many within `max_write_delay`); the
+    first again once a backlog is drained."""
+    if failed:
+        return max(config.first_assigns_per_pass, limit // 2)
+    if executed < limit:
         return config.first_assigns_per_pass
     return min(2 * limit, config.max_assigns_per_pass)
 
@@ -661,9 +666,11 @@ class Reconciler:
                 executed[action.intent.engine] = w.done
         result.executed += len(executed)
         assigns = [w for w in written if not w.execution.action.intent.disruptive]
+        limit = self._assign_limits.get(namespace, self.config.first_assigns_per_pass)
+        if len(assigns) >= limit:
+            result.due(now)  # a backlog left for the next pass: it comes at once, as for moves
         self._assign_limits[namespace] = slow_start(
-            self._assign_limits.get(namespace, self.config.first_assigns_per_pass),
-            executed=len(assigns), failed=sum(1 for w in assigns if w.done is None),
+            limit, executed=len(assigns), failed=sum(1 for w in assigns if w.done is None),
             config=self.config)
         result.conflicts += sum(1 for w in written if w.outcome is writer.Outcome.CONFLICT)
         result.refused += len(step.refusals)
