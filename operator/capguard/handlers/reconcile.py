@@ -83,7 +83,7 @@ class Config:
     # (`slow_start`, as client-go's slowStartBatch creates a ReplicaSet's pods): the first
     # pass, which every model status waits for, stays short, and a server that fails
     # writes, or cannot take a pass's assigns within `max_write_delay` of their triage, is
-    # not sent the next thousands. A pass that used its whole limit is followed at once.
+    # not sent the next thousands. A pass that wrote its whole limit is followed at once.
     first_assigns_per_pass: int = 1000
     max_assigns_per_pass: int = 4000
     # Engine status writes beyond recording this pass's actions (phase moves, an unhandled
@@ -667,11 +667,13 @@ class Reconciler:
         result.executed += len(executed)
         assigns = [w for w in written if not w.execution.action.intent.disruptive]
         limit = self._assign_limits.get(namespace, self.config.first_assigns_per_pass)
-        if len(assigns) >= limit:
-            result.due(now)  # a backlog left for the next pass: it comes at once, as for moves
+        unwritten = sum(1 for w in assigns if w.done is None)
+        if len(assigns) >= limit and not unwritten:
+            # A backlog left for the next pass: it comes at once, as for moves. Not after
+            # a failed or late write: a struggling API server gets the quiet gap.
+            result.due(now)
         self._assign_limits[namespace] = slow_start(
-            limit, executed=len(assigns), failed=sum(1 for w in assigns if w.done is None),
-            config=self.config)
+            limit, executed=len(assigns), failed=unwritten, config=self.config)
         result.conflicts += sum(1 for w in written if w.outcome is writer.Outcome.CONFLICT)
         result.refused += len(step.refusals)
         result.held += len(step.holds)
