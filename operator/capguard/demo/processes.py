@@ -16,7 +16,7 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Sequence
-from typing import IO, Final
+from typing import IO, Any, Final
 
 SERVING_PREFIX: Final = "capguard localcluster serving at "
 STOP_GRACE: Final = 5.0  # seconds between SIGTERM and SIGKILL
@@ -79,8 +79,7 @@ async def embedded_server(
         try:
             yield url
         finally:
-            drain_.cancel()
-            await asyncio.gather(drain_, return_exceptions=True)
+            await until_stopped(process, drain_)
 
 
 async def first_line_url(process: asyncio.subprocess.Process, *, log: pathlib.Path,
@@ -140,6 +139,17 @@ async def child(
     finally:
         if sink is not None:
             sink.close()
+
+
+async def until_stopped(process: asyncio.subprocess.Process, reader: asyncio.Task[Any]) -> None:
+    """Stop a child whose piped output ``reader`` reads, then the reader. In this order: a
+    pipe nobody reads fills its buffer, asyncio stops reading it, never sees its end, and
+    `Process.wait()` (which waits for the pipes to close) never returns."""
+    try:
+        await asyncio.shield(stop(process))
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
 
 
 async def stop(process: asyncio.subprocess.Process) -> None:

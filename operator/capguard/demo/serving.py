@@ -135,8 +135,7 @@ async def gateway(*, kubeconfig: pathlib.Path, namespace: str, serving: Serving,
         try:
             yield url
         finally:
-            drain.cancel()
-            await asyncio.gather(drain, return_exceptions=True)
+            await processes.until_stopped(process, drain)
 
 
 @dataclasses.dataclass
@@ -239,8 +238,7 @@ async def load(*, url: str, rates: Mapping[str, float], duration: float, seed: i
             try:
                 yield traffic
             finally:
-                reading.cancel()
-                await asyncio.gather(reading, return_exceptions=True)
+                await processes.until_stopped(process, reading)
     finally:
         sink.close()
 
