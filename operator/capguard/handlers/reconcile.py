@@ -155,6 +155,7 @@ class _Prepared:
     changed: Mapping[str, drift.ModelDrift]  # models whose numbers moved since the last pass
     failed: Mapping[str, int]  # failed engines per model
     invalid: list[statuses.Invalid]
+    assign_limit: int  # the assigns the step was allowed (`slow_start`)
 
 
 class Reconciler:
@@ -608,7 +609,8 @@ class Reconciler:
         return _Prepared(
             fleet=fleet, falls_silent=falls_silent, step=step, changed=changed,
             failed=self._failed(namespace, fleet),
-            invalid=statuses.invalid(view.engines, view.models, view.breakers, now=now))
+            invalid=statuses.invalid(view.engines, view.models, view.breakers, now=now),
+            assign_limit=limit)
 
     def _with_share(self, key: index.Key, generation: int,
                     found: drift.ModelDrift) -> drift.ModelDrift:
@@ -666,7 +668,7 @@ class Reconciler:
                 executed[action.intent.engine] = w.done
         result.executed += len(executed)
         assigns = [w for w in written if not w.execution.action.intent.disruptive]
-        limit = self._assign_limits.get(namespace, self.config.first_assigns_per_pass)
+        limit = prepared.assign_limit
         unwritten = sum(1 for w in assigns if w.done is None)
         if len(assigns) >= limit and not unwritten:
             # A backlog left for the next pass: it comes at once, as for moves. Not after
