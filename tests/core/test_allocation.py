@@ -187,6 +187,24 @@ def test_a_refresh_keeps_its_replacement() -> None:
     assert "new" in {e for e, m in found.allocation.claims.items() if m == "m"}
 
 
+def test_a_floor_short_in_its_pool_swaps_for_a_spare_of_the_owners_size() -> None:
+    # m0 can use any pool and holds a two-unit engine in pool a and one in pool b past
+    # its replicas; m1 may use only pool a and is one unit short of its floor. m0 gives
+    # the pool-a engine and keeps the pool-b one. (A swap used to look at m0's spare for
+    # a one-unit engine first and lose it from the idle list: then m1 stayed short, and
+    # the planner moved the pool-b engine in and out of m0 round after round.)
+    engines = [engine("x-big-a", model="m0", pool="a", units=2),
+               engine("y-big-b", model="m0", pool="b", units=2),
+               *held("m0", 2), *held("m1", 5, start=2)]
+    found = fleet_.Fleet.of(engines=engines, models=[
+        model("m0", replicas=4, minAvailable=4),
+        model("m1", replicas=6, minAvailable=6, engineSelector=POOL_A)])
+    claims = found.allocation.claims
+    assert claims["x-big-a"] == "m1" and claims["y-big-b"] == "m0"
+    assert shares(found) == {"m0": (4, 4), "m1": (7, 7)}
+    assert at_rest(found, rounds_of(found, 4)[-1])
+
+
 # -- properties ------------------------------------------------------------------------
 
 POOLS = ("a", "b")

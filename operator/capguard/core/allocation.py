@@ -409,9 +409,9 @@ class _State:
                 return spare
             self.idle[self.group_of[spare.name]].append(spare)  # not that one: put back
         if phase == FLOORS:  # past its floor, an engine it holds is its to give
-            own = self._own(owner)
-            if own is not None and own.units == units:
-                return own
+            for own in self.held[owner]:  # not _own: that takes a spare from idle for good
+                if own.name not in self.claims and own.units == units:
+                    return own
         for group in self.eligible[owner]:
             free = self.idle.get(group, [])
             for i in range(len(free) - 1, -1, -1):
