@@ -247,17 +247,52 @@ _JSON = st.recursive(st.none() | st.booleans() | st.integers(-3, 3) | st.floats(
 @given(values=st.lists(st.tuples(_JSON, _JSON), min_size=1, max_size=8),
        rule=st.sampled_from(["type(self) == int", "self == oldSelf", "self.x > oldSelf.x",
                              "size(self) > 0", "self.all(x, x == 1)", "self == true",
-                             "oldSelf == 1.0 || self == 1"]))
+                             "oldSelf == 1.0 || self == 1", "!has(self.x) || self.x == 1",
+                             "has(oldSelf.y) && oldSelf.y == self.x", "self.x == 'self.y'",
+                             "self.x == 1 || self.y == 2", "self.x.all(v, v == 1)"]),
+       message=st.sampled_from([None, "'y is ' + string(self.y)", "string(oldSelf)"]))
 def test_a_remembered_outcome_is_the_outcome_evaluated_afresh(
-        values: list[tuple[Any, Any]], rule: str) -> None:
+        values: list[tuple[Any, Any]], rule: str, message: str | None) -> None:
     """One Rule checks a sequence of (self, oldSelf) pairs, some of them repeated: each
     outcome is what a fresh evaluation gives; 1, 1.0 and true are never taken for one
-    another (CEL tells them apart)."""
-    remembering = cel.Rule({"rule": rule})
+    another (CEL tells them apart), nor objects that differ in a field the rule or its
+    message reads (it remembers by the fields it reads, when it reads only some)."""
+    spec = {"rule": rule} | ({"messageExpression": message} if message else {})
+    remembering = cel.Rule(spec)
     for self_json, old_json in values + values[::-1]:
-        fresh = cel.Rule({"rule": rule}).evaluate(
+        fresh = cel.Rule(spec).evaluate(
             self_value=cel.to_cel(self_json), old_self=cel.to_cel(old_json))
         assert remembering.check(self_json, old_json) == fresh
+
+
+def test_objects_that_differ_only_in_fields_a_rule_does_not_read_share_an_outcome() -> None:
+    # The engine's spec rule reads cordoned and modelRef: specs in ten pools of one model
+    # are one outcome remembered, not ten.
+    rule = cel.Rule({"rule": "!has(self.cordoned) || !self.cordoned || "
+                             "!has(self.modelRef) || oldSelf.modelRef == self.modelRef"})
+    for pool in range(10):
+        spec = {"pool": f"pool-{pool}", "modelRef": "m1", "cordoned": True}
+        assert rule.check(spec, spec) is None
+        assert rule.check(spec, {"pool": f"pool-{pool}", "modelRef": "m2"}) is not None
+    assert len(rule._outcomes) == 2
+    # What the message reads counts too.
+    said = cel.Rule({"rule": "self.x == 1", "messageExpression": "'y is ' + string(self.y)"})
+    assert [said.check({"x": 2, "y": y}).message for y in (1, 2, 1)] == ["y is 1", "y is 2",
+                                                                        "y is 1"]
+
+
+def test_what_a_rule_reads_is_told_conservatively() -> None:
+    read = cel._fields_read
+    assert read(("has(self.a) && self.b == oldSelf.c", ""), "self") == {"a", "b"}
+    assert read(("has(self.a) && self.b == oldSelf.c", ""), "oldSelf") == {"c"}
+    assert read(("self.a", "'b: ' + string(self.b)"), "self") == {"a", "b"}
+    assert read(("x.self.q == 'self.z' && self.b > 0", ""), "self") == {"b"}
+    assert read(("self.a.b > 0", ""), "self") == {"a"}
+    assert read(("self.a == 1", ""), "oldSelf") == frozenset()
+    for reads_more in ("self == oldSelf", "size(self) > 0", "self.all(x, x > 0)", "self[0]",
+                       "self.?a.orValue(1) == 1", "self.a__dash__b == 1",
+                       "r'self.a' == self.b", "'''x''' == self.a"):
+        assert read((reads_more, ""), "self") is None, reads_more
 
 
 def test_values_that_only_look_alike_are_told_apart() -> None:
