@@ -18,7 +18,7 @@ help: ## List the targets with one line each
 	  /^[a-zA-Z0-9_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 ##@ Develop
-.PHONY: setup test lint demo e2e chaos bench bench-scale bench-shards tools prometheusrule min-deps lock
+.PHONY: setup test lint demo e2e chaos properties bench bench-scale bench-shards tools prometheusrule min-deps lock
 setup: ## Create .venv and install capguard with its dev dependencies (hack/setup.sh)
 	bash hack/setup.sh
 
@@ -52,6 +52,12 @@ chaos: setup ## Long chaos runs (10 freeze rounds, a 10-minute outage, 10 minute
 	@mkdir -p out
 	CAPGUARD_CHAOS=soak $(PYTHON) -m pytest tests/e2e/test_chaos.py -s -p no:cacheprovider \
 	  -o timeout=3600 2>&1 | tee out/chaos.log | grep -E '^chaos |passed|failed|Error'
+
+properties: setup ## The property tests with new random examples, ROUNDS times (default 20); prints each failure
+	@for round in $$(seq $${ROUNDS:-20}); do \
+	  $(PYTHON) -m pytest tests/core tests/localcluster -q -p no:cacheprovider -rf \
+	    --hypothesis-profile=explore 2>&1 | grep -E '^FAILED|passed|failed' \
+	    | sed "s/^/round $$round: /" || true; done
 
 bench: setup ## Run the benchmarks in bench/ on the embedded API server (bench-scale, bench-shards apart: they take long)
 	@for script in $(filter-out bench/bench_scale.py bench/bench_shards.py,$(wildcard bench/*.py)); do echo "==> $$script"; $(PYTHON) "$$script"; done

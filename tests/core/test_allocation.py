@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.core.core_fleets import engine, model
@@ -203,6 +204,61 @@ def test_a_floor_short_in_its_pool_swaps_for_a_spare_of_the_owners_size() -> Non
     assert claims["x-big-a"] == "m1" and claims["y-big-b"] == "m0"
     assert shares(found) == {"m0": (4, 4), "m1": (7, 7)}
     assert at_rest(found, rounds_of(found, 4)[-1])
+
+
+@pytest.mark.parametrize(("holder", "replicas"), [("m1", (1, 0, 2, 2)), ("m2", (1, 2, 1, 2))])
+def test_models_of_one_priority_are_not_given_engines_in_a_trade_of_two_that_serve(
+    holder: str, replicas: tuple[int, ...],
+) -> None:
+    # m0 serves on a two-unit engine outside its pool (b); another model serves on a
+    # two-unit engine in pool a, which m0 may use. Swapping the two is a trade of
+    # engines that both serve, which neither model gives before the other's arrives: the
+    # planner brought the holder a one-unit engine, drained it as surplus, brought it
+    # back, round after round. Two random fleets that did so; m0 takes idle engines.
+    engines = [engine("e00", model=holder, units=2, pool="a"),
+               *(engine(f"e0{i}", pool="a") for i in range(1, 7)),
+               engine("e07", pool="b"), engine("e08", pool="a", cordoned=True),
+               engine("e09", model="m0", units=2, pool="b")]
+    found = fleet_.Fleet.of(engines=engines, models=[
+        model("m0", replicas=3, minAvailable=0, engineSelector=POOL_A),
+        *(model(f"m{i}", replicas=r, minAvailable=0) for i, r in enumerate(replicas, 1))])
+    assert found.allocation.claims["e00"] == holder
+    assert at_rest(found, rounds_of(found, 6)[-1])
+
+
+def test_a_floor_still_takes_an_engine_in_a_trade() -> None:
+    # m1 may use only pool b and serves outside it; m0 serves on the only engine in b. A
+    # floor is worth the trade a surplus is not: m1 gets m0's engine, m0 gets m1's.
+    found = fleet_.Fleet.of(
+        engines=[engine("e00", model="m0", pool="b"), engine("e01", model="m1", pool="a")],
+        models=[model("m0", replicas=2, minAvailable=1),
+                model("m1", replicas=1, minAvailable=1, engineSelector={
+                    "matchLabels": {"pool": "b"}})])
+    assert dict(found.allocation.claims) == {"e00": "m1", "e01": "m0"}
+
+def test_a_short_model_keeps_an_engine_of_its_own_while_its_allocated_one_is_on_its_way(
+) -> None:
+    # m0 is allocated m1's two-unit engine in pool b, which m1 gives only once its own
+    # replacement arrives. Meanwhile m0 holds a one-unit engine nobody was allocated: it
+    # keeps it. (It drained it and took an idle one of the same kind for it, and the next
+    # round the other way round, until the two-unit engine came: a random fleet.)
+    cells = [("e00", "a", 1, None), ("e01", "b", 2, "m1"), ("e02", "a", 1, None),
+             ("e03", "a", 1, "m0"), ("e04", "a", 1, "m0"), ("e05", "b", 1, None),
+             ("e06", "a", 1, "m0"), ("e07", "a", 1, "m0"), ("e08", "a", 1, "m2"),
+             ("e09", "a", 2, "m0"), *((f"e{i}", "a", 1, None) for i in range(10, 14)),
+             ("e14", "b", 1, None), ("e15", "b", 1, None)]
+    engines = [engine(name, model=held_by, units=units, pool=pool, cordoned=name == "e00")
+               for name, pool, units, held_by in cells]
+    found = fleet_.Fleet.of(engines=engines, models=[
+        model("m0", replicas=3, minAvailable=3), model("m2", replicas=0),
+        model("m1", replicas=6, minAvailable=0, priority=10, engineSelector=POOL_A),
+        model("m3", replicas=6, minAvailable=0, engineSelector=POOL_A),
+        model("m4", replicas=0)])
+    rounds = rounds_of(found, 8)
+    assert at_rest(found, rounds[-1])
+    for name in ("e14", "e15"):  # each joins m0 once and stays
+        held = [r.engines[name].spec.model_ref for r in rounds]
+        assert held == [None] + ["m0"] * 8, (name, held)
 
 
 # -- properties ------------------------------------------------------------------------

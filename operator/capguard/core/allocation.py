@@ -379,20 +379,28 @@ class _State:
         """An engine claimed by a model that can take another engine of the same size
         instead, one the taker cannot use: selectors overlap, so who takes first matters.
         The other engine is idle, or (for a floor) the owner's or another model's
-        unclaimed surplus. Each owner is asked once per call (its answer holds for it)."""
+        unclaimed surplus. Each owner is asked once per call and kind of engine (its answer
+        holds for it)."""
         if phase != FLOORS and not any(self.idle.values()):
             return None
-        stuck: set[tuple[str, int]] = set()
+        stuck: set[tuple[str, int, bool]] = set()
         for group in self.eligible[name]:
             for engine in self.groups[group]:
                 owner = self.claims.get(engine.name)
                 if owner is None or owner == name or engine.spec.cordoned:
                     continue
-                if (owner, engine.units) in stuck:
+                # A trade: the owner serves on the engine. For a surplus among equals it
+                # is not worth the deadlock (see _instead); a floor, or a higher
+                # priority, takes what it must.
+                traded = (phase != FLOORS and engine.spec.model_ref == owner
+                          and self.models[owner].priority >= self.models[name].priority)
+                asked = (owner, engine.units, traded)
+                if asked in stuck:
                     continue
-                instead = self._instead(owner, units=engine.units, avoid=name, phase=phase)
+                instead = self._instead(owner, units=engine.units, avoid=name, phase=phase,
+                                        traded=traded)
                 if instead is None:
-                    stuck.add((owner, engine.units))
+                    stuck.add(asked)
                     continue
                 self._release(engine)
                 self._claim(instead, model=owner)
@@ -402,7 +410,8 @@ class _State:
                 return engine
         return None
 
-    def _instead(self, owner: str, *, units: int, avoid: str, phase: str) -> specs.Engine | None:
+    def _instead(self, owner: str, *, units: int, avoid: str, phase: str,
+                 traded: bool) -> specs.Engine | None:
         spare = self._spare(owner)  # its own engine, past its desired: moves nothing
         if spare is not None:
             if spare.units == units:
@@ -415,7 +424,10 @@ class _State:
         for group in self.eligible[owner]:
             free = self.idle.get(group, [])
             for i in range(len(free) - 1, -1, -1):
-                if free[i].units == units:
+                # In a trade, not one the taker holds (outside its selector): two
+                # engines that both serve, which neither side gives before the other's
+                # arrives.
+                if free[i].units == units and not (traded and free[i].spec.model_ref == avoid):
                     return free.pop(i)
         if phase != FLOORS:
             return None
