@@ -4,16 +4,19 @@ fencing on the Lease, freshness of the decision, and backoff after an unwell API
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 
 import aiohttp
+import pytest
 from operator_harness import NAMESPACE, Kube
 
+from capguard import metrics as metrics_
 from capguard.core import fleet as fleet_
 from capguard.core import pipeline, specs
-from capguard.handlers import index, writer
-from capguard.kube import client, leases
+from capguard.handlers import index, narrator, writer
+from capguard.kube import client, events, leases
 
 
 async def _engine(kube: Kube, name: str) -> specs.Engine:
@@ -99,3 +102,24 @@ async def test_after_a_failed_write_the_writer_waits_out_the_backoff() -> None:
 
 def _meta() -> writer.records.Meta:
     return writer.records.Meta(NAMESPACE, "chat", "", 1)
+
+
+class _Recorder:
+    def record(self, event: events.Event) -> None:
+        pass
+
+
+def test_actions_decided_too_long_ago_are_told_in_one_line(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A pass of thousands of assigns that the server cannot take in time: one line, not
+    # one an engine (a 50,000-engine start wrote thousands).
+    told = narrator.Narrator(recorder=_Recorder(), metrics=metrics_.Metrics(),  # type: ignore[arg-type]
+                             leading=True)
+    engines = [specs.parse_engine({"metadata": {"name": f"e{i}", "resourceVersion": "1"},
+                                   "spec": {"pool": "p"}}) for i in range(8)]
+    written = [writer.Written(_assign(e), writer.Outcome.LATE, None) for e in engines]
+    with caplog.at_level(logging.INFO, logger="capguard"):
+        told.writes(written, metas=narrator.Metas(NAMESPACE, lambda: ()))
+    assert [r.getMessage() for r in caplog.records] == [
+        f"8 actions in namespace {NAMESPACE} not written: decided too long ago; re-planning "
+        "(engines e0, e1, e2, e3, e4, and more)."]

@@ -206,10 +206,16 @@ class Narrator:
         self._waiting_told = (self._waiting_told - mine) | now
 
     def writes(self, written: Iterable[writer.Written], *, metas: Metas) -> None:
+        late = []
         for w in written:
             action = w.execution.action
             self.metrics.count_action(kind=action.intent.kind.value.lower(),
                                       result=w.outcome.value)
+            if w.outcome is writer.Outcome.LATE:
+                # Thousands at once when a pass is more than the server takes in time:
+                # one line for them all (the slow start halves the next pass).
+                late.append(action.intent.engine)
+                continue
             log = logger.info if w.outcome is writer.Outcome.EXECUTED else logger.warning
             log("Engine %s/%s: %s %s (action %s).", metas.namespace, action.intent.engine,
                 describe(action.intent), _WRITTEN[w.outcome], action.id)
@@ -219,6 +225,10 @@ class Narrator:
                            f"action {action.id} ({action.intent.kind.value}) lost to a newer "
                            f"write (planned from resourceVersion "
                            f"{action.planned_from.engine_resource_version}); re-planning")
+        if late:
+            logger.warning("%d actions in namespace %s %s (engines %s).", len(late),
+                           metas.namespace, _WRITTEN[writer.Outcome.LATE],
+                           ", ".join(late[:5]) + (", and more" if len(late) > 5 else ""))
 
     def invalid(self, meta: records.Meta, kind: str, error: Exception) -> None:
         """A bad spec: one Event (the recorder counts repeats instead of sending them)."""
