@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from operator_harness import NAMESPACE, Kube, StartOperator, condition, eventually, metric
 
+from capguard import metrics as metrics_
 from capguard.core import clock, planner
-from capguard.handlers import narrator
-from capguard.kube import client
+from capguard.handlers import narrator, reconcile
+from capguard.kube import client, events
 
 
 async def test_engines_are_assigned_and_reach_serving(
@@ -316,3 +317,22 @@ def test_intents_read_as_a_person_would_say_them() -> None:
 
 async def _async(value: Any) -> Any:
     return value
+
+
+async def test_while_passes_take_long_a_models_progress_waits_as_long_as_a_pass(
+    kube: Kube,
+) -> None:
+    """In a catch-up, full passes take seconds and every one moves engines of most models:
+    progress is written about once a pass, not once a second (a third of the server's
+    writes in a 10,000-engine start). Once passes are quick again, once a second."""
+    config = reconcile.Config()
+    reconciler = reconcile.Reconciler(
+        api=kube.api, recorder=events.Recorder(api=kube.api, instance="test"),
+        metrics=metrics_.Metrics(), config=config, is_leader=lambda: True)
+    key = (NAMESPACE, "chat")
+    reconciler._status_written[key] = time.monotonic() - 1.5 * config.model_status_interval
+    assert not reconciler._defer(key)  # quick passes: a second is up
+    reconciler._pass_took = 3 * config.model_status_interval  # the last pass took longer
+    assert reconciler._defer(key)
+    assert reconciler._deferred[key] == pytest.approx(
+        reconciler._status_written[key] + reconciler._pass_took)

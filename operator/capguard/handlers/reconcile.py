@@ -71,6 +71,8 @@ class Config:
     # changing: the first change is written at once, those after it together when the
     # interval is up (`Reconciler._throttled`). An unhandled start of 10,000 engines
     # otherwise wrote every model's status ~20 times (as many writes as the engines' own).
+    # While full passes take longer than this (a catch-up), the interval is as long as the
+    # last pass took: a model's progress is written about once a pass.
     model_status_interval: float = 1.0
     max_write_delay: float = defaults.MAX_WRITE_DELAY  # an older triage is not written
     seed: int | None = None
@@ -222,6 +224,7 @@ class Reconciler:
         self._list_versions: dict[tuple[str, str | None], str] = {}
         self.progress_at = time.monotonic()  # the loop's last sign of life (liveness)
         self._quiet_until = 0.0
+        self._pass_took = 0.0  # seconds the last full pass took
         # namespace -> ((version, silent engines), fleet)
         self._fleets: dict[str, tuple[tuple[int, frozenset[str]], fleet_.Fleet]] = {}
         # namespace -> (fleet, failed engines per model)
@@ -272,6 +275,7 @@ class Reconciler:
                     took = time.perf_counter() - started
                     self.metrics.reconcile_duration_seconds.observe(took)
                     self._quiet_until = self.clock() + took
+                    self._pass_took = took
                     self.passes += 1
                     if self.passes == 1:
                         logger.info("First reconcile pass done: %s", self.last_result)
@@ -336,7 +340,7 @@ class Reconciler:
                                     if ok)
         if len(self._status_written) > 2 * len(self.index.models) + 64:
             self._status_written = {k: t for k, t in self._status_written.items()
-                                    if at - t < self.config.model_status_interval}
+                                    if at - t < self._status_interval()}
         return sum(written)
 
     def _throttled(self, key: index.Key, current: Mapping[str, Any],
@@ -352,13 +356,21 @@ class Reconciler:
         last = self._status_written.get(key)
         if last is None:
             return False
-        due = last + self.config.model_status_interval
+        due = last + self._status_interval()
         now = time.monotonic()
         if due <= now:
             return False
         self._deferred[key] = due
         self._wake_for_deferred()
         return True
+
+    def _status_interval(self) -> float:
+        """How long a model's progress waits after its last write: `model_status_interval`,
+        or as long as the last full pass took when that was longer. In a catch-up every
+        pass moves engines of most models; a write a second each was a third of the
+        server's writes at 10,000 engines, and at 50,000 the fast path's writes held each
+        pass for ~4 s."""
+        return max(self.config.model_status_interval, self._pass_took)
 
     def _wake_for_deferred(self) -> None:
         """Wake the loop when the earliest deferred model is due (one timer at a time)."""
