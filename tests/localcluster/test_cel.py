@@ -291,6 +291,7 @@ def test_what_a_rule_reads_is_told_conservatively() -> None:
     assert read(("self.a == 1", ""), "oldSelf") == frozenset()
     for reads_more in ("self == oldSelf", "size(self) > 0", "self.all(x, x > 0)", "self[0]",
                        "self.?a.orValue(1) == 1", "self.a__dash__b == 1",
+                       "self.a // a comment's 'self.b'\n || self.c",
                        "r'self.a' == self.b", "'''x''' == self.a"):
         assert read((reads_more, ""), "self") is None, reads_more
 

@@ -201,10 +201,10 @@ def _key(value: Any, fields: frozenset[str] | None) -> str:
 
 # What follows a variable: `.field`, not a call (`self.all(...)` reads all of self).
 _SELECTED: Final = re.compile(r"\.\s*([A-Za-z_][A-Za-z0-9_]*)\s*(\()?")
-# String literals, blanked before looking for variables. Raw, bytes and triple-quoted ones
-# are not parsed here: `_fields_read` then says it cannot tell.
+# String literals, blanked before looking for variables. Raw, bytes and triple-quoted ones,
+# and comments, are not parsed here: `_fields_read` then says it cannot tell.
 _STRING: Final = re.compile(r"'(?:\\.|[^'\\\n])*'|\"(?:\\.|[^\"\\\n])*\"")
-_UNPARSED_STRING: Final = re.compile(r"[rRbB]['\"]|'''|\"\"\"")
+_UNPARSED: Final = re.compile(r"[rRbB]['\"]|'''|\"\"\"|//")
 
 
 def _fields_read(sources: Sequence[str], variable: str) -> frozenset[str] | None:
@@ -216,7 +216,7 @@ def _fields_read(sources: Sequence[str], variable: str) -> frozenset[str] | None
     fields: set[str] = set()
     word = re.compile(rf"(?<![A-Za-z0-9_.]){re.escape(variable)}(?![A-Za-z0-9_])")
     for source in sources:
-        if _UNPARSED_STRING.search(source):
+        if _UNPARSED.search(source):
             return None
         code = _STRING.sub("''", source)
         for use in word.finditer(code):
