@@ -104,17 +104,12 @@ def _meta() -> writer.records.Meta:
     return writer.records.Meta(NAMESPACE, "chat", "", 1)
 
 
-class _Recorder:
-    def record(self, event: events.Event) -> None:
-        pass
-
-
 def test_actions_decided_too_long_ago_are_told_in_one_line(
         caplog: pytest.LogCaptureFixture) -> None:
     # A pass of thousands of assigns that the server cannot take in time: one line, not
     # one an engine (a 50,000-engine start wrote thousands).
-    told = narrator.Narrator(recorder=_Recorder(), metrics=metrics_.Metrics(),  # type: ignore[arg-type]
-                             leading=True)
+    told = narrator.Narrator(recorder=events.Recorder(api=client.Api(), instance="test"),
+                             metrics=metrics_.Metrics(), leading=True)
     engines = [specs.parse_engine({"metadata": {"name": f"e{i}", "resourceVersion": "1"},
                                    "spec": {"pool": "p"}}) for i in range(8)]
     written = [writer.Written(_assign(e), writer.Outcome.LATE, None) for e in engines]

@@ -167,13 +167,14 @@ def _part(fleet: fleet_.Fleet, model: specs.ModelSpec) -> _Part:
                if e.phase is not specs.Phase.FAILED]
     kept = [e for e in engines if claims.get(e.name) == model.name]
     good = _refreshed([e for e in kept if _fits(e, model)], engines=kept, target=target)
+    # While it is short, a model keeps the engines it has that fit it and nobody was
+    # allocated (its allocated ones are on their way from another model): draining one
+    # and taking an idle one for it would only trade them, round after round.
     short = target - sum(e.units for e in good)
     for engine in engines:
-        # While it is short, a model keeps the engines it has that fit it and nobody was
-        # allocated (its allocated ones are on their way from another model): draining
-        # one and taking an idle one for it would only trade them, round after round.
-        if short > 0 and engine.name not in claims and engine.units <= short and _fits(
-                engine, model):
+        if short <= 0:
+            break
+        if engine.name not in claims and engine.units <= short and _fits(engine, model):
             good.append(engine)
             short -= engine.units
     return _Part(
