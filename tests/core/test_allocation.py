@@ -99,6 +99,36 @@ def test_a_lower_prioritys_floor_is_never_taken_for_a_higher_prioritys_floor() -
     assert found.allocation.models["high"].floor_shortfall == 3
 
 
+def test_a_lower_priority_keeps_its_floor_on_the_engine_a_higher_priority_cannot_use(
+) -> None:
+    # low holds one engine in each pool and a floor of one; high may use only pool a. Its
+    # floor kept on e00 (first by name), low held e01 as surplus while high went short;
+    # low's floor moves onto e01 and high takes e00. Random fleets found it, rarely.
+    found = fleet_.Fleet.of(
+        engines=[engine("e00", model="low", pool="a"), engine("e01", model="low", pool="b")],
+        models=[model("low", replicas=2, minAvailable=1),
+                model("high", replicas=1, minAvailable=0, priority=10, engineSelector=POOL_A)])
+    assert dict(found.allocation.claims) == {"e00": "high", "e01": "low"}
+    assert shares(found) == {"high": (0, 1), "low": (1, 1)}
+    assert at_rest(found, rounds_of(found, 4)[-1])
+
+
+def test_a_higher_priority_that_took_the_shared_pool_moves_onto_a_lower_ones_surplus(
+) -> None:
+    # Two models of priority 10 share pool a's three idle engines; m3 may use only pool a,
+    # m1 any pool. m1 took two of them while low's surplus in pool b (e07) waited, and m3
+    # went short. m1 now takes e07 instead and m3 gets the engine it gave up.
+    found = fleet_.Fleet.of(
+        engines=[*(engine(f"e0{i}", pool="a") for i in range(3)),
+                 engine("e04", model="low", pool="a"), engine("e07", model="low", pool="b")],
+        models=[model("low", replicas=2, minAvailable=1),
+                model("m1", replicas=2, minAvailable=0, priority=10),
+                model("m3", replicas=2, minAvailable=0, priority=10, engineSelector=POOL_A)])
+    assert shares(found) == {"low": (1, 1), "m1": (0, 2), "m3": (0, 2)}
+    assert found.allocation.claims["e07"] == "m1"
+    assert at_rest(found, rounds_of(found, 4)[-1])
+
+
 def test_floors_come_before_any_surplus_whatever_the_priority() -> None:
     found = fleet_.Fleet.of(
         engines=[*held("high", 6), *idle(0)],

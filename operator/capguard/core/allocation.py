@@ -151,6 +151,12 @@ class _State:
     # Who gives surplus first: lowest priority, then the model that held the most.
     rank: dict[str, tuple[int, int, str]] = dataclasses.field(default_factory=dict)
     holder_order: dict[_Group, list[str]] = dataclasses.field(default_factory=dict)
+    # Priority -> held engines (not cordoned) of its models that nobody claimed yet: is
+    # there any below a taker for `_swap` to move an owner onto?
+    unclaimed: dict[int, int] = dataclasses.field(default_factory=dict)
+    # (owner, units) -> the highest taker priority `_outranked` found nothing for: what it
+    # could find only shrinks as claims grow, and shrinks with the taker's priority.
+    outranked_none: dict[tuple[str, int], int] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def of(
@@ -231,6 +237,9 @@ class _State:
             state.rank[name] = (models[name].priority, -state.keeps[name], name)
             state.own.update(e.name for e in held[name])
             state.eligible[name] = eligible[name]
+            priority = models[name].priority
+            state.unclaimed[priority] = state.unclaimed.get(priority, 0) + sum(
+                1 for e in held[name] if not e.spec.cordoned)
         # Engines are taken from the least contested group first (desired units of the
         # models that may use it, per unit it has), so a model that can use any pool
         # leaves the contested one to those that cannot.
@@ -379,9 +388,10 @@ class _State:
         """An engine claimed by a model that can take another engine of the same size
         instead, one the taker cannot use: selectors overlap, so who takes first matters.
         The other engine is idle, or (for a floor) the owner's or another model's
-        unclaimed surplus. Each owner is asked once per call and kind of engine (its answer
+        unclaimed surplus, or (for a surplus) what a lower priority would keep as its own
+        (`_outranked`). Each owner is asked once per call and kind of engine (its answer
         holds for it)."""
-        if phase != FLOORS and not any(self.idle.values()):
+        if phase != FLOORS and not any(self.idle.values()) and not self._below(name):
             return None
         stuck: set[tuple[str, int, bool]] = set()
         for group in self.eligible[name]:
@@ -430,16 +440,51 @@ class _State:
                 if free[i].units == units and not (traded and free[i].spec.model_ref == avoid):
                     return free.pop(i)
         if phase != FLOORS:
-            return None
+            return self._outranked(owner, units=units, taker=avoid)
         for holder, engine in self._held_by_others(owner):
             if holder != avoid and engine.units == units and not engine.spec.cordoned:
                 return engine
+        return None
+
+    def _below(self, name: str) -> bool:
+        """Whether a model of lower priority than this one holds an engine nobody claimed."""
+        priority = self.models[name].priority
+        return any(count for p, count in self.unclaimed.items() if p < priority)
+
+    def _outranked(self, owner: str, *, units: int, taker: str) -> specs.Engine | None:
+        """For a surplus: what the owner may claim instead of the engine the taker needs,
+        taken from what a priority below the taker would otherwise keep as surplus: an
+        engine the owner itself holds, when the owner is below the taker (its floor moves
+        onto it), or an unclaimed engine a model below both holds. Without it, a floor
+        claimed on the one engine a higher priority could use kept that engine from it,
+        and the other engine went to the same model as surplus."""
+        priority = self.models[taker].priority
+        if self.outranked_none.get((owner, units), priority - 1) >= priority:
+            return None
+        if self.models[owner].priority < priority:
+            for own in self.held[owner]:
+                if own.name not in self.claims and own.units == units:
+                    return own
+        limit = min(priority, self.models[owner].priority)
+        passed_over = False  # one the taker holds: another taker might get it
+        for holder, engine in self._held_by_others(owner):
+            if self.models[holder].priority >= limit:
+                break  # lowest priority first: none lower is left
+            if engine.units == units and not engine.spec.cordoned:
+                if holder != taker:
+                    return engine
+                passed_over = True
+        if not passed_over:
+            self.outranked_none[(owner, units)] = priority
         return None
 
     def _claim(self, engine: specs.Engine, *, model: str) -> None:
         self.claims[engine.name] = model
         self.units[model] += engine.units
         holder = engine.spec.model_ref
+        if engine.name in self.own and not engine.spec.cordoned:
+            assert holder is not None
+            self.unclaimed[self.models[holder].priority] -= 1
         if engine.name in self.own and holder != model:
             assert holder is not None
             self.keeps[holder] -= engine.units
@@ -448,6 +493,9 @@ class _State:
         model = self.claims.pop(engine.name)
         self.units[model] -= engine.units
         holder = engine.spec.model_ref
+        if engine.name in self.own and not engine.spec.cordoned:
+            assert holder is not None
+            self.unclaimed[self.models[holder].priority] += 1
         if engine.name in self.own and holder != model:
             assert holder is not None
             self.keeps[holder] += engine.units
