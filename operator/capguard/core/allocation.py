@@ -482,23 +482,23 @@ class _State:
         self.claims[engine.name] = model
         self.units[model] += engine.units
         holder = engine.spec.model_ref
-        if engine.name in self.own and not engine.spec.cordoned:
+        if engine.name in self.own:
             assert holder is not None
-            self.unclaimed[self.models[holder].priority] -= 1
-        if engine.name in self.own and holder != model:
-            assert holder is not None
-            self.keeps[holder] -= engine.units
+            if not engine.spec.cordoned:
+                self.unclaimed[self.models[holder].priority] -= 1
+            if holder != model:
+                self.keeps[holder] -= engine.units
 
     def _release(self, engine: specs.Engine) -> None:
         model = self.claims.pop(engine.name)
         self.units[model] -= engine.units
         holder = engine.spec.model_ref
-        if engine.name in self.own and not engine.spec.cordoned:
+        if engine.name in self.own:
             assert holder is not None
-            self.unclaimed[self.models[holder].priority] += 1
-        if engine.name in self.own and holder != model:
-            assert holder is not None
-            self.keeps[holder] += engine.units
+            if not engine.spec.cordoned:
+                self.unclaimed[self.models[holder].priority] += 1
+            if holder != model:
+                self.keeps[holder] += engine.units
 
     def pools_of(self, model: specs.ModelSpec) -> tuple[str, ...]:
         return tuple(sorted(set().union(*(self.group_pools[g]
