@@ -110,7 +110,8 @@ async def main():
             if state == "serving":
                 local.api.patch(ie, {"status": {
                     "phase": "Serving", "model": model, "since": since, "observedGeneration": 1,
-                    "message": "seeded"}}, content_type="application/merge-patch+json",
+                    "message": "seeded", "lastHeartbeatTime": since}},
+                    content_type="application/merge-patch+json",
                     namespace="bench", name=f"e{e}", subresource="status",
                     options=objects.WriteOptions())
         print(f"capguard localcluster serving at {local.url}", flush=True)
@@ -202,7 +203,8 @@ class Server:
 class Operator:
     """`capguard run` as a user starts it, plus an RSS sampler."""
 
-    def __init__(self, server: Server, *, driver: str, load_time: str = "5s") -> None:
+    def __init__(self, server: Server, *, driver: str, load_time: str = "5s",
+                 heartbeat_timeout: str = "0") -> None:
         self.metrics_port = free_port()
         # A file, not a pipe: nobody reads a pipe meanwhile, and a full one blocks the logger.
         self.log = (server.kubeconfig.parent / f"operator-{self.metrics_port}.log").open("w+")
@@ -211,8 +213,9 @@ class Operator:
             [sys.executable, "-m", "capguard.cli", "run", "--kubeconfig", str(server.kubeconfig),
              "--metrics-host", "127.0.0.1", "--metrics-port", str(self.metrics_port),
              "--no-leader-election", "--driver", driver, "--load-time", load_time,
-             # Agents in the bench are played by hand and send no heartbeat.
-             "--heartbeat-timeout", "0"],
+             # Agents in the bench are played by hand and (but in bench_heartbeats.py)
+             # send no heartbeat.
+             "--heartbeat-timeout", heartbeat_timeout],
             stdout=subprocess.DEVNULL, stderr=self.log, text=True, env=env())
 
     def memory_mib(self) -> tuple[float, float]:

@@ -126,6 +126,19 @@ def test_agents_serve_what_is_assigned_and_a_silent_engine_is_replaced_not_relea
         assert status["endpoint"].startswith("http://127.0.0.1:")
         assert status["lastHeartbeatTime"]
         assert agents.servers_of(name), f"{name} reports Serving with no server process"
+    # Heartbeats go to each engine's Lease, owned by the engine; the engine's status is
+    # written only when something changes, so its resourceVersion stands still.
+    engine = kube.get("ie", serving[0])
+    lease = kube.get("lease", serving[0])
+    assert lease["metadata"]["labels"] == {"capguard.dev/heartbeat": "inferenceengine"}
+    [owner] = lease["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["uid"]) == (
+        "InferenceEngine", serving[0], engine["metadata"]["uid"])
+    renewed = lease["spec"]["renewTime"]
+    time.sleep(1.5)  # three heartbeat intervals
+    assert kube.get("lease", serving[0])["spec"]["renewTime"] > renewed
+    assert kube.get("ie", serving[0])["metadata"]["resourceVersion"] == (
+        engine["metadata"]["resourceVersion"])
 
     victim = serving[0]
     agents.kill(victim)
@@ -154,6 +167,31 @@ def test_agents_serve_what_is_assigned_and_a_silent_engine_is_replaced_not_relea
                                    if e["spec"].get("modelRef") == "chat") == 2,
                        timeout=30, what="chat back to two bound engines")
     harness.wait_serving(kube, {"chat": 2}, timeout=30)
+
+
+def test_an_agent_that_was_not_heard_for_a_while_says_ready_again(
+    kube: harness.Kubectl, operators: Operators, agents: Agents,
+) -> None:
+    """An agent frozen past the heartbeat bound (SIGSTOP: a stalled node, its server still
+    up) is marked unheard; thawed, it renews its Lease, sees the mark on its engine and
+    writes its status again, Ready as it is."""
+    kube.apply(harness.engine("ie-0"), harness.model("chat", replicas=1, min_available=0))
+    agent = agents.start("ie-0")
+    operators.start(flags=("--driver=agent", f"--heartbeat-timeout={HEARTBEAT_TIMEOUT}"))
+    harness.wait_serving(kube, {"chat": 1}, timeout=30)
+    agent.send_signal(signal.SIGSTOP)
+    try:
+        harness.wait_until(
+            lambda: (harness.condition(kube.get("ie", "ie-0"), "Ready") or {}).get("reason")
+            == "HeartbeatExpired", timeout=15, what="ie-0 marked unheard")
+        assert harness.serving(kube, "chat") == 0
+    finally:
+        agent.send_signal(signal.SIGCONT)
+    harness.wait_until(
+        lambda: (harness.condition(kube.get("ie", "ie-0"), "Ready") or {}).get("status")
+        == "True", timeout=15, what="ie-0 Ready again, said by its agent")
+    assert phase(kube, "ie-0")[:2] == ("Serving", "chat")
+    harness.wait_serving(kube, {"chat": 1}, timeout=30)
 
 
 def test_a_load_that_fails_is_failed_with_the_servers_reason(

@@ -13,7 +13,7 @@ from operator_harness import NAMESPACE, Kube, StartOperator, condition, eventual
 from capguard import metrics as metrics_
 from capguard.core import clock, planner
 from capguard.handlers import narrator, reconcile
-from capguard.kube import client, events
+from capguard.kube import client, events, heartbeats
 
 
 async def test_engines_are_assigned_and_reach_serving(
@@ -82,6 +82,66 @@ async def test_with_agents_the_operator_binds_records_and_counts_only_what_is_he
     await eventually(lambda: _model_serving(kube, "chat", 1))
     # The agent falls silent: past the bound its engine serves nothing, whatever it said.
     await eventually(lambda: _model_serving(kube, "chat", 0), timeout=10)
+
+
+async def test_with_agents_an_engine_is_heard_through_its_lease_alone(
+    kube: Kube, start_operator: StartOperator
+) -> None:
+    """An agent heartbeats on its engine's Lease (played here by hand), never on the
+    engine's status: the operator counts the engine while the Lease is renewed, marks it
+    unheard once renewals stop, and hears it again at the next renewal. A Lease without
+    the heartbeat label says nothing."""
+    await kube.engines("e0", "e1")
+    await kube.model("chat", 1, minAvailable=0)
+    for name in ("e0", "e1"):
+        await kube.patch(client.ENGINES, name, {"status": {"phase": "Idle"}},
+                         subresource="status")
+    e0 = await kube.get(client.ENGINES, "e0")
+    await kube.api.create(client.LEASES, namespace=NAMESPACE, body=heartbeats.lease(
+        e0, holder="by-hand", interval=0.3, now=time.time()))
+    unlabelled = heartbeats.lease(await kube.get(client.ENGINES, "e1"), holder="by-hand",
+                                  interval=0.3, now=time.time())
+    unlabelled["metadata"]["labels"] = {}
+    await kube.api.create(client.LEASES, namespace=NAMESPACE, body=unlabelled)
+    renewing = asyncio.Event()
+
+    async def renew() -> None:
+        while True:
+            await renewing.wait()
+            for name in ("e0", "e1"):
+                await kube.patch(client.LEASES, name, heartbeats.renewal(
+                    holder="by-hand", interval=0.3, now=time.time()))
+            await asyncio.sleep(0.3)
+
+    renewing.set()
+    renewals = asyncio.create_task(renew())
+    try:
+        await start_operator(engine_driver="agent", heartbeat_timeout=1.5)
+        # Only e0 is heard (e1's Lease lacks the label), so only e0 is given the model.
+        bound = await eventually(lambda: _bound(kube, "chat"))
+        assert bound == ["e0"]
+        await kube.patch(client.ENGINES, "e0", {"status": {
+            "phase": "Serving", "model": "chat", "since": "2026-01-01T00:00:00Z"}},
+            subresource="status")
+        await eventually(lambda: _model_serving(kube, "chat", 1))
+        written = (await kube.get(client.ENGINES, "e0"))["metadata"]["resourceVersion"]
+        await asyncio.sleep(2.0)  # past the bound, heard through the Lease all along
+        assert (await kube.get(client.MODELS, "chat"))["status"]["serving"] == 1
+        assert (await kube.get(client.ENGINES, "e0"))["metadata"]["resourceVersion"] == written
+        renewing.clear()
+        await eventually(lambda: _model_serving(kube, "chat", 0), timeout=10)
+        ready = condition(await kube.get(client.ENGINES, "e0"), "Ready")
+        assert (ready["status"], ready["reason"]) == ("Unknown", heartbeats.EXPIRED)
+        renewing.set()  # the agent is back: heard at its next renewal, nothing else written
+        await eventually(lambda: _model_serving(kube, "chat", 1), timeout=10)
+    finally:
+        renewals.cancel()
+
+
+async def _bound(kube: Kube, model: str) -> list[str] | None:
+    names = sorted(e["metadata"]["name"] for e in await kube.items(client.ENGINES)
+                   if (e.get("spec") or {}).get("modelRef") == model)
+    return names or None
 
 
 async def _model_serving(kube: Kube, name: str, serving: int) -> dict[str, Any] | None:

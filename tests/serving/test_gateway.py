@@ -2,7 +2,8 @@
 
 Each test starts the embedded server in its own event loop, OpenAI-like upstream HTTP
 servers that count what they were sent, and the gateway as a subprocess that follows the
-engines the test writes through the API (status included, as an engine agent writes it).
+engines the test writes through the API (status and heartbeat Lease included, as an engine
+agent writes them).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from capguard.kube import client
+from capguard.kube import client, heartbeats
 from capguard.localcluster import LocalCluster
 from e2e import harness
 
@@ -30,6 +31,7 @@ from . import processes
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NAMESPACE = "default"
+HEARTBEAT_INTERVAL = 10.0  # the agent's default, which a Lease states
 
 
 # --- what the tests start -------------------------------------------------------------
@@ -139,7 +141,8 @@ def now_rfc3339(*, ago: float = 0.0) -> str:
 
 
 class Engines:
-    """InferenceEngines written through the API, their status as an engine agent writes it."""
+    """InferenceEngines written through the API, their status and heartbeat Lease as an
+    engine agent writes them."""
 
     def __init__(self, api: client.Api) -> None:
         self.api = api
@@ -162,6 +165,23 @@ class Engines:
     async def status(self, name: str, **status: Any) -> None:
         await self.api.merge_patch(client.ENGINES, namespace=NAMESPACE, name=name,
                                    patch={"status": status}, subresource="status")
+
+    async def lease(self, name: str, *, ago: float = 0.0, labelled: bool = True) -> None:
+        """The engine's Lease as its agent creates it, renewed `ago` seconds ago (without
+        the heartbeat label: any other Lease of the same name)."""
+        engine = await self.api.get(client.ENGINES, namespace=NAMESPACE, name=name)
+        body = heartbeats.lease(engine, holder=f"{name}-agent", interval=HEARTBEAT_INTERVAL,
+                                now=time.time() - ago)
+        if not labelled:
+            del body["metadata"]["labels"]
+        await self.api.create(client.LEASES, namespace=NAMESPACE, body=body)
+
+    async def renew(self, name: str) -> None:
+        """Renew the engine's Lease now, as its agent does every interval."""
+        await self.api.merge_patch(client.LEASES, namespace=NAMESPACE, name=name,
+                                   patch=heartbeats.renewal(holder=f"{name}-agent",
+                                                            interval=HEARTBEAT_INTERVAL,
+                                                            now=time.time()))
 
 
 @dataclasses.dataclass
@@ -360,6 +380,93 @@ async def test_heartbeat_timeout_zero_routes_engines_without_an_agent(world: Wor
     assert status == 200
 
 
+async def test_an_engine_whose_lease_is_fresh_is_routed_whatever_its_status_heartbeat(
+        world: World) -> None:
+    """An agent with a Lease writes lastHeartbeatTime only with a phase report."""
+    upstream = await world.upstream("u1")
+    async with world.gateway("--heartbeat-timeout=40s") as gateway:
+        await world.engines.serving("e1", model="llama", endpoint=upstream.url, heartbeat=None)
+        await world.engines.serving("e2", model="llama", endpoint=upstream.url,
+                                    heartbeat=now_rfc3339(ago=3600))
+        await world.engines.lease("e1")
+        await world.engines.lease("e2")
+        await eventually(lambda: _equals(gateway.routable(world.session, "llama"), 2))
+        status, _ = await gateway.post(world.session, completion("llama"))
+    assert status == 200
+
+
+async def test_an_old_lease_is_not_routed_until_it_is_renewed(world: World) -> None:
+    silent, alive = await world.upstream("silent"), await world.upstream("alive")
+    async with world.gateway("--heartbeat-timeout=40s") as gateway:
+        await world.engines.serving("e1", model="llama", endpoint=silent.url,
+                                    heartbeat=now_rfc3339(ago=3600))
+        await world.engines.lease("e1", ago=3600)
+        await world.engines.serving("e2", model="qwen", endpoint=alive.url, heartbeat=None)
+        await world.engines.lease("e2")
+        # e2 and its Lease were written after e1 and its Lease: the gateway has seen both.
+        await eventually(lambda: _equals(gateway.routable(world.session, "qwen"), 1))
+        stale, _ = await gateway.post(world.session, completion("llama"))
+        await world.engines.renew("e1")  # the Lease alone: no write to the engine
+        await eventually(lambda: _equals(gateway.routable(world.session, "llama"), 1))
+        renewed, body = await gateway.post(world.session, completion("llama"))
+    assert (stale, renewed, body["served_by"]) == (503, 200, "silent")
+    assert len(silent.seen) == 1
+
+
+async def test_a_lease_deleted_or_without_a_renew_time_no_longer_vouches(world: World) -> None:
+    upstream = await world.upstream("u1")
+    async with world.gateway("--heartbeat-timeout=40s") as gateway:
+        for name in ("e1", "e2"):
+            await world.engines.serving(name, model="llama", endpoint=upstream.url,
+                                        heartbeat=now_rfc3339(ago=3600))
+            await world.engines.lease(name)
+        await eventually(lambda: _equals(gateway.routable(world.session, "llama"), 2))
+        await world.engines.api.merge_patch(client.LEASES, namespace=NAMESPACE, name="e1",
+                                            patch={"spec": {"renewTime": None}})
+        await world.engines.api.request("DELETE", client.LEASES.path(namespace=NAMESPACE,
+                                                                     name="e2"))
+        await eventually(lambda: _equals(gateway.routable(world.session, "llama"), 0))
+        status, _ = await gateway.post(world.session, completion("llama"))
+    assert status == 503 and upstream.seen == []
+
+
+async def test_a_lease_without_the_heartbeat_label_is_no_heartbeat(world: World) -> None:
+    upstream, alive = await world.upstream("u1"), await world.upstream("alive")
+    async with world.gateway("--heartbeat-timeout=40s") as gateway:
+        await world.engines.serving("e1", model="llama", endpoint=upstream.url,
+                                    heartbeat=now_rfc3339(ago=3600))
+        await world.engines.lease("e1", labelled=False)
+        await world.engines.serving("e2", model="qwen", endpoint=alive.url, heartbeat=None)
+        await world.engines.lease("e2")
+        await eventually(lambda: _equals(gateway.routable(world.session, "qwen"), 1))
+        unlabelled, _ = await gateway.post(world.session, completion("llama"))
+        await world.engines.api.merge_patch(client.LEASES, namespace=NAMESPACE, name="e1",
+                                            patch={"metadata": {"labels": {
+                                                heartbeats.LABEL: heartbeats.OF_ENGINES}}})
+        await eventually(lambda: _equals(gateway.routable(world.session, "llama"), 1))
+    assert unlabelled == 503 and upstream.seen == []
+
+
+async def test_only_a_liveness_check_reads_leases_and_only_the_heartbeat_ones(
+        tmp_path: pathlib.Path) -> None:
+    """With --heartbeat-timeout=0 the gateway needs no RBAC for Leases."""
+    async def nothing() -> None:
+        pass
+
+    asked: dict[str, list[dict[str, str]]] = {}
+    async with started_world(tmp_path) as world:
+        for timeout in ("0", "40s"):
+            proxy = ExpiringProxy(server=world.server, meanwhile=nothing)
+            async with (proxy.kubeconfig(tmp_path) as kubeconfig,
+                        running_gateway(kubeconfig, tmp_path,
+                                        f"--heartbeat-timeout={timeout}") as gateway):
+                await eventually(lambda: _ready(world.session, gateway))
+            asked[timeout] = [query for path, query in proxy.asked
+                              if path.endswith("/" + client.LEASES.plural)]
+    assert asked["0"] == []
+    assert {query.get("labelSelector") for query in asked["40s"]} == {heartbeats.SELECTOR}
+
+
 async def test_metrics_count_requests_by_model_and_code(world: World) -> None:
     upstream = await world.upstream("u1")
     async with world.gateway() as gateway:
@@ -399,14 +506,16 @@ async def test_readyz_once_the_engines_are_listed_and_a_bad_flag_is_one_line(
 
 
 class ExpiringProxy:
-    """Between the gateway and the API server: the first watch ends after a second, as a
-    server's timeoutSeconds ends it; before the second reaches the server, `meanwhile`
-    writes enough that the version it resumes from has left the server's window."""
+    """Between the gateway and the API server: the engines' first watch ends after a
+    second, as a server's timeoutSeconds ends it; before their second reaches the server,
+    `meanwhile` writes enough that the version it resumes from has left the server's
+    window. It records what the gateway asked (path and query)."""
 
     def __init__(self, *, server: str, meanwhile: Callable[[], Awaitable[None]]) -> None:
         self.server = server
         self.meanwhile = meanwhile
         self.watches = 0
+        self.asked: list[tuple[str, dict[str, str]]] = []
         self._session = aiohttp.ClientSession()
         self._runner: web.AppRunner | None = None
 
@@ -433,7 +542,8 @@ class ExpiringProxy:
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         query = dict(request.query)
-        if query.get("watch"):
+        self.asked.append((request.path, dict(query)))
+        if query.get("watch") and request.path.endswith("/" + client.ENGINES.plural):
             self.watches += 1
             if self.watches == 1:
                 query["timeoutSeconds"] = "1"

@@ -172,8 +172,9 @@ def _requests_the_operator_makes() -> list[rbac.Request]:
     The reconciler's own list+watch per kind, cluster-wide (Kopf watches nothing: its
     live discovery of CRDs and namespaces is off). capguard (capguard/kube): the
     executor's merge patch on an engine, status patches on all three kinds (the
-    simulated driver's phases included), core/v1 Events, and the Lease: GET, POST the
-    first time, PUT to renew and to release.
+    simulated driver's phases included), core/v1 Events, the engines' heartbeat Leases
+    (list+watch, with agents), and the leader Lease: GET, POST the first time, PUT to
+    renew and to release.
     """
     requests = [rbac.Request("patch", "capguard.dev", "inferenceengines", "", "prod", "e-1")]
     for kind, name in (("inferenceengines", "e-1"), ("modelcapacities", "llama"),
@@ -184,6 +185,8 @@ def _requests_the_operator_makes() -> list[rbac.Request]:
             rbac.Request("patch", "capguard.dev", kind, "status", "prod", name),
         ]
     requests += [
+        rbac.Request("list", "coordination.k8s.io", "leases"),  # engines' heartbeats
+        rbac.Request("watch", "coordination.k8s.io", "leases"),
         rbac.Request("create", "", "events", "", "prod"),
         rbac.Request("get", "coordination.k8s.io", "leases", "", OPERATOR_NS, "capguard-leader"),
         rbac.Request("create", "coordination.k8s.io", "leases", "", OPERATOR_NS),

@@ -13,7 +13,7 @@ fails) comes in as a function the caller owns.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 from capguard.core import specs
@@ -154,13 +154,28 @@ def fail(engine: specs.Engine, *, now: float, resource_version: str) -> specs.En
     return moved(engine, failure, now=now, resource_version=resource_version)
 
 
-def silent(engine: specs.Engine, *, now: float, timeout: float) -> bool:
+def latest(*beats: float | None) -> float | None:
+    """The latest of some heartbeats (epoch seconds), None if there is none."""
+    known = [b for b in beats if b is not None]
+    return max(known) if known else None
+
+
+def last_heard(engine: specs.Engine, renewed: float | None = None) -> float | None:
+    """When the engine's agent last said it is alive: the later of its status's heartbeat
+    and ``renewed`` (its Lease's renewal, `capguard.kube.heartbeats`), None if never."""
+    return latest(engine.heartbeat, renewed)
+
+
+def silent(engine: specs.Engine, *, now: float, timeout: float,
+           renewed: float | None = None) -> bool:
     """No heartbeat from the engine's agent for longer than ``timeout`` (or never): whatever
     its status says, nobody vouches for it."""
-    return engine.heartbeat is None or now - engine.heartbeat > timeout
+    beat = last_heard(engine, renewed)
+    return beat is None or now - beat > timeout
 
 
-def heard(engine: specs.Engine, *, now: float, timeout: float | None) -> specs.Engine:
+def heard(engine: specs.Engine, *, now: float, timeout: float | None,
+          renewed: float | None = None) -> specs.Engine:
     """The engine as every count must see it. With agents (``timeout`` set), a silent
     engine is Failed: out of service for the floor, the budgets and drift, and given no
     new model, as a Node whose lease expired is NotReady; its model's units are placed
@@ -169,23 +184,26 @@ def heard(engine: specs.Engine, *, now: float, timeout: float | None) -> specs.E
     their engines would drain servers that still serve (the mass action after a blind
     spell this project exists to prevent). Its agent, back, reports the truth again, and
     the surplus goes back through the gate."""
-    if timeout is None or not silent(engine, now=now, timeout=timeout):
+    if timeout is None or not silent(engine, now=now, timeout=timeout, renewed=renewed):
         return engine
-    return dataclasses.replace(engine, phase=specs.Phase.FAILED, silent=True)
+    return dataclasses.replace(engine, phase=specs.Phase.FAILED, silent=True,
+                               heartbeat=last_heard(engine, renewed))
 
 
 def hearing(
-    engines: Iterable[specs.Engine], *, now: float, timeout: float
+    engines: Iterable[specs.Engine], *, now: float, timeout: float,
+    renewed: Mapping[str, float] | None = None,
 ) -> tuple[frozenset[str], float | None]:
     """In one look: the engines silent now, and when the next one heard now falls silent
-    if it does not speak before."""
+    if it does not speak before (``renewed``: Lease renewals by engine name)."""
     quiet: set[str] = set()
     expiry: float | None = None
+    leases = renewed or {}
     for engine in engines:
-        if silent(engine, now=now, timeout=timeout):
+        beat = last_heard(engine, leases.get(engine.name))
+        if beat is None or now - beat > timeout:
             quiet.add(engine.name)
         else:
-            assert engine.heartbeat is not None  # heard, so it spoke
-            ends = engine.heartbeat + timeout
+            ends = beat + timeout
             expiry = ends if expiry is None else min(expiry, ends)
     return frozenset(quiet), expiry

@@ -18,6 +18,7 @@ from capguard.core import clock, engines, specs
 from capguard.core import fleet as fleet_
 from capguard.handlers import records, writer
 from capguard.handlers import status as status_
+from capguard.kube import heartbeats
 
 DRIVERS: Final = defaults.DRIVERS
 AGENT, SIMULATED = DRIVERS
@@ -121,9 +122,6 @@ def writes(
     return Writes(tuple(recording), tuple(moves + notes), next_due)
 
 
-HEARTBEAT_EXPIRED: Final = "HeartbeatExpired"
-
-
 def silence_notes(
     fleet: fleet_.Fleet, *, found: Iterable[records.EngineRecord], now: float,
 ) -> tuple[Patch, ...]:
@@ -136,11 +134,11 @@ def silence_notes(
         if engine is None or not engine.silent:
             continue
         ready = status_.condition_of(record.status, "Ready")
-        if ready is not None and ready.get("reason") == HEARTBEAT_EXPIRED:
+        if ready is not None and ready.get("reason") == heartbeats.EXPIRED:
             continue
         heard = (f"since {clock.timestamp(engine.heartbeat)}" if engine.heartbeat is not None
                  else "ever")
-        silent = status_.Condition("Ready", status_.UNKNOWN, HEARTBEAT_EXPIRED,
+        silent = status_.Condition("Ready", status_.UNKNOWN, heartbeats.EXPIRED,
                                    f"no heartbeat from its agent {heard}: out of service, "
                                    "given no new model; its binding is kept")
         notes.append((record.meta.name, {"status": {"conditions": status_.merge_conditions(

@@ -135,13 +135,21 @@ class Changes:
 
 
 class Index:
-    """The three kinds the reconcile loop reads, engines by the models they hold, and what
-    changed since the loop last asked."""
+    """The three kinds the reconcile loop reads (and, with agents, the engines' Leases),
+    engines by the models they hold, and what changed since the loop last asked."""
 
     def __init__(self) -> None:
         self.engines = Store(records.engine_record, on_change=self._engine_changed)
         self.models = Store(records.model_record, on_change=self._model_changed)
         self.breakers = Store(records.breaker_record, on_change=self._breaker_changed)
+        self.leases = Store(records.lease_record, on_change=self._lease_changed)
+        # namespace -> engine -> its Lease's last renewal (epoch seconds): a renewal moves
+        # only this, not the engine, so the thousand heartbeats a second of a large fleet
+        # are no planning change ...
+        self.renewals: dict[str, dict[str, float]] = collections.defaultdict(dict)
+        # ... unless the engine was silent as the last pass saw it (namespace -> names):
+        # then it is heard again. The reconcile loop keeps this current.
+        self.silent: dict[str, frozenset[str]] = {}
         self.engines_by_model: dict[Key, set[str]] = collections.defaultdict(set)
         self.dirty_models: set[Key] = set()  # whose status may need rewriting
         self.planning_inputs_changed = True  # anything the planner or the gate reads
@@ -199,6 +207,17 @@ class Index:
         if not _same_spec(old, new):
             self._changes[key[0]].rebuild = True
             self._planning_input_changed(key[0])
+
+    def _lease_changed(self, key: Key, old: records.Record[float] | None,
+                       new: records.Record[float] | None) -> None:
+        namespace, name = key
+        renewed = new.value if new is not None else None
+        if renewed is not None:
+            self.renewals[namespace][name] = renewed
+        elif name in self.renewals.get(namespace, {}):
+            del self.renewals[namespace][name]
+        if renewed is None or name in self.silent.get(namespace, ()):
+            self._planning_input_changed(namespace)  # heard again, or maybe no longer
 
     def _planning_input_changed(self, namespace: str) -> None:
         self.planning_inputs_changed = True

@@ -40,7 +40,7 @@ from capguard.core import fleet as fleet_
 from capguard.handlers import driver, index, narrator, statuses, writer
 from capguard.handlers import status as status_
 from capguard.handlers import view as view_
-from capguard.kube import client, events
+from capguard.kube import client, events, heartbeats
 
 logger = logging.getLogger(__name__)
 
@@ -238,8 +238,10 @@ class Reconciler:
         """The watch streams that keep the index current, to run beside `run` (each waits
         for the first LIST): (name, coroutine) per kind and namespace. The caller makes
         them tasks before Kopf starts, which waits on tasks made after it as hung."""
-        return [(f"capguard watch {resource.plural}", self._follow(store, resource, namespace))
-                for store, resource in self._kinds() for namespace in self._namespaces()]
+        return [(f"capguard watch {resource.plural}",
+                 self._follow(store, resource, namespace, selector=selector))
+                for store, resource, selector in self._kinds()
+                for namespace in self._namespaces()]
 
     async def run(self) -> None:
         # Startup waits for a full LIST of every kind: no action on a partial view.
@@ -428,20 +430,27 @@ class Reconciler:
             self.writer.recovered()
             return
 
-    def _kinds(self) -> tuple[tuple[index.Store[Any], client.Resource], ...]:
-        return ((self.index.engines, client.ENGINES), (self.index.models, client.MODELS),
-                (self.index.breakers, client.BREAKERS))
+    def _kinds(self) -> tuple[tuple[index.Store[Any], client.Resource, str | None], ...]:
+        """Each kind the index keeps: its store, its resource and its label selector. The
+        engines' Leases only where heartbeats count (agents, a timeout)."""
+        kinds: tuple[tuple[index.Store[Any], client.Resource, str | None], ...] = (
+            (self.index.engines, client.ENGINES, None), (self.index.models, client.MODELS, None),
+            (self.index.breakers, client.BREAKERS, None))
+        if self.config.heard_within is not None:
+            kinds += ((self.index.leases, client.LEASES, heartbeats.SELECTOR),)
+        return kinds
 
     def _namespaces(self) -> tuple[str | None, ...]:
         return self.config.namespaces or (None,)
 
     async def resync(self) -> None:
         """LIST every kind (paginated) into the index; drop what the LIST no longer has."""
-        for store, resource in self._kinds():
+        for store, resource, selector in self._kinds():
             for namespace in self._namespaces():
                 listed: set[index.Key] = set()
                 version = ""
-                async for page in self.api.pages(resource, namespace=namespace):
+                async for page in self.api.pages(resource, namespace=namespace,
+                                                 label_selector=selector):
                     version = version or str((page.get("metadata") or {}).get(
                         "resourceVersion") or "")
                     listed |= store.listed(page.get("items") or [])
@@ -451,7 +460,7 @@ class Reconciler:
         self.wake()
 
     async def _follow(self, store: index.Store[Any], resource: client.Resource,
-                      namespace: str | None) -> None:
+                      namespace: str | None, *, selector: str | None = None) -> None:
         """One kind's watch events into the index, from its last LIST's resourceVersion,
         for as long as the loop runs: a stream the server ends is resumed from the last
         version seen, a version too old to resume from (410) is a LIST again, and an API
@@ -459,7 +468,8 @@ class Reconciler:
 
         The operator's own stream rather than Kopf's: Kopf's per-event machinery (causes,
         diff-base, per-object state) cost about 1 ms an event, the largest part of the
-        operator's CPU at 10,000 engines, for an event the index takes in microseconds."""
+        operator's CPU at 10,000 engines, for an event the index takes in microseconds.
+        A Lease's renewal wakes the loop only when it is a planning change (`Index.silent`)."""
         await self.view_complete.wait()
         version = self._list_versions[(resource.plural, namespace)]
         failures = 0
@@ -467,7 +477,8 @@ class Reconciler:
             opened, heard = time.monotonic(), False
             try:
                 async for event in self.api.watch(resource, namespace=namespace,
-                                                  resource_version=version):
+                                                  resource_version=version,
+                                                  label_selector=selector):
                     failures, heard = 0, True
                     body = event.get("object") or {}
                     version = str((body.get("metadata") or {}).get("resourceVersion")
@@ -478,7 +489,8 @@ class Reconciler:
                         store.apply(body)
                     else:
                         continue  # a BOOKMARK: only the version to resume from
-                    self.wake()
+                    if store is not self.index.leases or self.index.planning_inputs_changed:
+                        self.wake()
                 if not heard and time.monotonic() - opened < SHORT_WATCH:
                     # Ended at once with nothing in it (a proxy that does not hold streams;
                     # a real server holds one for its timeoutSeconds): as a failure, or
@@ -569,7 +581,9 @@ class Reconciler:
         return result
 
     def _heard(self, engine: specs.Engine, now: float) -> specs.Engine:
-        return engines.heard(engine, now=now, timeout=self.config.heard_within)
+        return engines.heard(engine, now=now, timeout=self.config.heard_within,
+                             renewed=self.index.renewals.get(engine.namespace, {}).get(
+                                 engine.name))
 
     def _fleet(self, namespace: str, view: view_.View, version: int,
                now: float) -> tuple[fleet_.Fleet, float | None]:
@@ -584,7 +598,8 @@ class Reconciler:
         if timeout is not None:
             silent, falls_silent = engines.hearing(
                 (r.value for r in view.engines if r.value is not None), now=now,
-                timeout=timeout)
+                timeout=timeout, renewed=self.index.renewals.get(namespace))
+            self.index.silent[namespace] = silent
         cached = self._fleets.get(namespace)
         if cached is None or view.rebuild:
             fleet = view_.build_fleet(view, heard=lambda e: self._heard(e, now))

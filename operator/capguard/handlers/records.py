@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
 from capguard.core import specs
+from capguard.kube import heartbeats
 
 T = TypeVar("T")
 
@@ -87,6 +88,11 @@ def model_record(body: Mapping[str, Any]) -> ModelRecord:
 
 def breaker_record(body: Mapping[str, Any]) -> BreakerRecord:
     return _record(body, specs.parse_breaker, _status(body))
+
+
+def lease_record(body: Mapping[str, Any]) -> Record[float]:
+    """An engine's Lease: when its agent last renewed it (None: it says nothing usable)."""
+    return Record(meta_of(body), heartbeats.renewed(body), None, {})
 
 
 def engine_models(record: EngineRecord) -> frozenset[str]:

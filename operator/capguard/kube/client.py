@@ -227,18 +227,20 @@ class Api:
         return await self.request("PATCH", path, body=patch, content_type=MERGE_PATCH)
 
     async def pages(
-        self, resource: Resource, *, namespace: str | None = None, page_size: int = 500
+        self, resource: Resource, *, namespace: str | None = None, page_size: int = 500,
+        label_selector: str | None = None,
     ) -> AsyncIterator[Body]:
         """A LIST, page by page (each a List body; the first one's resourceVersion is the
         version of the whole list)."""
-        params = {"limit": str(page_size)}
+        selected = {"labelSelector": label_selector} if label_selector else {}
+        params = {"limit": str(page_size), **selected}
         while True:
             page = await self.request("GET", resource.path(namespace=namespace), params=params)
             yield page
             token = (page.get("metadata") or {}).get("continue")
             if not token:
                 return
-            params = {"limit": str(page_size), "continue": token}
+            params = {"limit": str(page_size), "continue": token, **selected}
 
     async def list(
         self, resource: Resource, *, namespace: str | None = None, page_size: int = 500
@@ -251,7 +253,8 @@ class Api:
 
     async def watch(
         self, resource: Resource, *, namespace: str | None, resource_version: str,
-        field_selector: str | None = None, timeout_seconds: int = 300,
+        field_selector: str | None = None, label_selector: str | None = None,
+        timeout_seconds: int = 300,
     ) -> AsyncIterator[Body]:
         """The events of one watch from ``resource_version`` (``{"type", "object"}``), until the
         server ends it. BOOKMARKs come through (their object carries only the resourceVersion
@@ -262,6 +265,8 @@ class Api:
                   "allowWatchBookmarks": "true", "timeoutSeconds": str(timeout_seconds)}
         if field_selector:
             params["fieldSelector"] = field_selector
+        if label_selector:
+            params["labelSelector"] = label_selector
         await self._ready.wait()
         session = self._own_session()
         # No total timeout: the server ends the stream after timeoutSeconds; a stream that

@@ -12,10 +12,10 @@ really happening to the engine's status:
     Loading -> Failed (the server exited or was not healthy within --load-timeout),
                and after --retry-after back to Idle (the operator has released it meanwhile)
 
-and renews `status.lastHeartbeatTime` every --heartbeat-interval, so the operator knows
-an engine whose agent died (docs/engines.md). The server is a command template, so in
-production it is vLLM or any OpenAI-compatible server, and in demos and tests the
-stand-in `capguard model-server`.
+and renews its engine's Lease every --heartbeat-interval, so the operator knows an engine
+whose agent died (docs/engines.md; `capguard.kube.heartbeats`). The server is a command
+template, so in production it is vLLM or any OpenAI-compatible server, and in demos and
+tests the stand-in `capguard model-server`.
 
 Level-triggered: every tick compares the spec with the server the agent runs, so a
 restarted agent (its old server gone with it) reports Idle and loads again.
@@ -41,6 +41,7 @@ import capguard
 from capguard import commandline
 from capguard.commandline import OneLineCommand, OneLineUsage
 from capguard.core import clock, specs
+from capguard.kube import heartbeats
 
 logger = logging.getLogger("capguard.engine")
 
@@ -137,6 +138,10 @@ class Agent:
         self.changed = asyncio.Event()
         self.stopping = False
         self.http: Any = None  # one session for the health polls, opened by `run`
+        self.engine: Mapping[str, Any] = {}  # the engine's body as last seen (the Lease's owner)
+        self.holder = socket.gethostname()  # the Lease's holderIdentity (in a Pod: its name)
+        self.vouch = False  # the operator marked the engine unheard: say Ready again
+        self.lease_forbidden = False  # no RBAC for Leases: heartbeat on the status instead
 
     # -- the API side -------------------------------------------------------------
 
@@ -197,9 +202,16 @@ class Agent:
                     self.learn(fresh)
 
     def learn(self, body: Mapping[str, Any]) -> None:
+        self.engine = body
         wanted = Wanted.of(body)
         if wanted != self.wanted:
             self.wanted = wanted
+            self.changed.set()
+        conditions = (body.get("status") or {}).get("conditions") or []
+        ready = next((c for c in conditions if isinstance(c, Mapping)
+                      and c.get("type") == "Ready"), None)
+        if self.reported and ready is not None and ready.get("reason") == heartbeats.EXPIRED:
+            self.vouch = True  # the operator stopped hearing us: our next look says Ready
             self.changed.set()
 
     async def report(self, *, message: str, force: bool = False) -> None:
@@ -235,18 +247,67 @@ class Agent:
                     f" {server.model}" if server else "", message)
 
     async def heartbeat(self) -> None:
-        """Renew status.lastHeartbeatTime, with the Ready condition (which the operator
-        set to Unknown if it stopped hearing this agent); a failed renewal is tried again
-        next time."""
+        """Renew the engine's Lease at once and every --heartbeat-interval (a failed renewal
+        is tried again next time). Without RBAC for Leases (an agent upgraded before its
+        Role), renew status.lastHeartbeatTime instead, as agents before the Lease did."""
+        first = True
         while True:
+            try:
+                if self.lease_forbidden:
+                    await self.beat_on_status()
+                else:
+                    await self.renew(first=first)
+                    first = False
+            except Exception as error:  # the API is unwell: next interval
+                logger.info("Heartbeat of %s failed (%s); trying again in %gs.",
+                            self.options.name, error, self.options.heartbeat_interval)
             await asyncio.sleep(self.options.heartbeat_interval)
-            beat: dict[str, Any] = {"lastHeartbeatTime": clock.precise_timestamp(time.time())}
-            if self.ready:
-                beat["conditions"] = [self.ready]
-            with contextlib.suppress(Exception):
-                await self.api.merge_patch(
-                    self.resource, namespace=self.options.namespace, name=self.options.name,
-                    patch={"status": beat}, subresource="status")
+
+    async def renew(self, *, first: bool) -> None:
+        """Renew the Lease (``first``: this agent's, which also says it holds it), or
+        create it when it does not exist."""
+        from capguard.kube import client
+
+        now, where = time.time(), {"namespace": self.options.namespace,
+                                   "name": self.options.name}
+        try:
+            await self.api.merge_patch(client.LEASES, **where, patch=heartbeats.renewal(
+                holder=self.holder, interval=self.options.heartbeat_interval, now=now,
+                acquired=first))
+        except client.NotFound:
+            with contextlib.suppress(client.Conflict):  # created meanwhile: renewed next time
+                await self.api.create(client.LEASES, namespace=self.options.namespace,
+                                      body=heartbeats.lease(
+                                          self.engine, holder=self.holder,
+                                          interval=self.options.heartbeat_interval, now=now))
+        except client.ApiError as error:
+            if error.status != 403:
+                raise
+            self.lease_forbidden = True
+            logger.warning("Cannot write the Lease of %s (%s): grant this agent create, get "
+                           "and patch on coordination.k8s.io leases (deploy/demo/agent-rbac"
+                           ".yaml). Heartbeating on the engine's status meanwhile.",
+                           self.options.name, error)
+            await self.beat_on_status()
+
+    async def vouch_again(self) -> None:
+        """The operator marked the engine unheard (Ready Unknown, HeartbeatExpired) while
+        this agent lives: write its status again, Ready as it is, so counts and kubectl
+        agree with the Lease once more (tried again next look if the write fails)."""
+        try:
+            await self.report(message=str(self.reported.get("message") or ""), force=True)
+            self.vouch = False
+        except Exception as error:
+            logger.info("Could not report %s again (%s).", self.options.name, error)
+
+    async def beat_on_status(self) -> None:
+        """Renew status.lastHeartbeatTime, with the Ready condition."""
+        beat: dict[str, Any] = {"lastHeartbeatTime": clock.precise_timestamp(time.time())}
+        if self.ready:
+            beat["conditions"] = [self.ready]
+        await self.api.merge_patch(self.resource, namespace=self.options.namespace,
+                                   name=self.options.name, patch={"status": beat},
+                                   subresource="status")
 
     # -- the process side ---------------------------------------------------------
 
@@ -356,6 +417,8 @@ class Agent:
             while not (stop.is_set() and self.server is None):
                 if stop.is_set():
                     self.stopping = True
+                if self.vouch:
+                    await self.vouch_again()
                 before = self.phase
                 await self.tick()
                 if self.phase is not before:

@@ -1,9 +1,10 @@
 """`capguard gateway`: an OpenAI-compatible front door that routes by model.
 
 It follows the InferenceEngines of one namespace (a LIST, then a WATCH from the list's
-resourceVersion, listed again on 410 Expired) and sends each request to an engine that
-serves the body's `model`. What makes an engine routable is the agent's contract
-(docs/engines.md) and is decided in one place, `Engine.routable_for`. The gateway
+resourceVersion, listed again on 410 Expired) and, when it checks liveness, their
+heartbeat Leases the same way (`capguard.kube.heartbeats`); it sends each request to an
+engine that serves the body's `model`. What makes an engine routable is the agent's
+contract (docs/engines.md) and is decided in one place, `Engine.routable_for`. The gateway
 answers 503 when a model has no routable engine, passes an upstream's answer through
 otherwise, and tries the next engine once each when one answers 429/503 or cannot be
 reached; when every engine of the model is saturated the client gets the 429.
@@ -15,18 +16,20 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import datetime
 import json
 import logging
 import random
 import signal
+import time
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import click
 
 import capguard
 from capguard import commandline
+from capguard.core import clock, engines
+from capguard.kube import heartbeats
 
 if TYPE_CHECKING:  # imported where they run: `capguard --help` loads none of them
     import aiohttp
@@ -59,7 +62,7 @@ class Engine:
     model: str  # status.model: what the server has loaded
     model_ref: str  # spec.modelRef: what the operator has bound it to
     endpoint: str
-    heartbeat: datetime.datetime | None
+    heartbeat: float | None  # status.lastHeartbeatTime, in epoch seconds
     units: int
 
     @classmethod
@@ -70,12 +73,14 @@ class Engine:
                    phase=str(status.get("phase") or ""), model=str(status.get("model") or ""),
                    model_ref=str(spec.get("modelRef") or ""),
                    endpoint=str(status.get("endpoint") or "").rstrip("/"),
-                   heartbeat=parse_time(status.get("lastHeartbeatTime")),
+                   heartbeat=clock.parse_timestamp(status.get("lastHeartbeatTime")),
                    units=units if isinstance(units, int) and units > 0 else 1)
 
-    def routable_for(self, model: str, *, now: datetime.datetime,
+    def routable_for(self, model: str, *, now: float, renewed: float | None,
                      heartbeat_timeout: float) -> bool:
-        """Serving this model, staying on it, reachable, and its agent alive.
+        """Serving this model, staying on it, reachable, and its agent alive: heard within
+        the timeout, at the later of ``renewed`` (its Lease's renewTime) and its status's
+        lastHeartbeatTime.
 
         A heartbeat timeout of 0 turns the liveness check off (engines whose status no
         agent writes, the simulated driver's); otherwise an engine that never reported a
@@ -86,30 +91,48 @@ class Engine:
             return False
         if heartbeat_timeout <= 0:
             return True
-        return (self.heartbeat is not None
-                and (now - self.heartbeat).total_seconds() <= heartbeat_timeout)
+        heard = engines.latest(renewed, self.heartbeat)
+        return heard is not None and now - heard <= heartbeat_timeout
 
 
-def parse_time(value: object) -> datetime.datetime | None:
-    """An RFC 3339 time as the API writes it, or None when absent or unreadable."""
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=datetime.UTC)
+class Leases:
+    """The engines' Leases as last listed or watched: when each was last renewed, by the
+    name of its engine. A deleted Lease, or one without a readable renewTime, says
+    nothing."""
+
+    def __init__(self) -> None:
+        self._renewed: dict[str, float] = {}
+        self.listed = asyncio.Event()  # set once the first LIST has arrived
+
+    def replace(self, bodies: Iterable[Mapping[str, Any]]) -> None:
+        self._renewed.clear()
+        for body in bodies:
+            self.apply("ADDED", body)
+        self.listed.set()
+
+    def apply(self, kind: str, body: Mapping[str, Any]) -> None:
+        name = str((body.get("metadata") or {}).get("name") or "")
+        renewed = heartbeats.renewed(body) if kind != "DELETED" else None
+        if renewed is None:
+            self._renewed.pop(name, None)
+        else:
+            self._renewed[name] = renewed
+
+    def renewed(self, name: str) -> float | None:
+        return self._renewed.get(name)
 
 
 class Fleet:
     """The namespace's engines as last listed or watched, indexed by the model they have
-    loaded, so that routing a request looks only at that model's engines."""
+    loaded, so that routing a request looks only at that model's engines; and their
+    Leases, followed apart (a renewal is no change to an engine)."""
 
     def __init__(self) -> None:
         self._engines: dict[str, Engine] = {}
         self._by_model: dict[str, dict[str, Engine]] = collections.defaultdict(dict)
         self._named: collections.Counter[str] = collections.Counter()  # model -> mentions
         self.listed = asyncio.Event()  # set once the first LIST has arrived
+        self.leases = Leases()
 
     def replace(self, bodies: Iterable[Mapping[str, Any]]) -> None:
         for name in list(self._engines):
@@ -140,9 +163,10 @@ class Fleet:
         self._named += collections.Counter()  # drops the models no engine names any more
 
     def routable(self, model: str, *, heartbeat_timeout: float) -> list[Engine]:
-        now = datetime.datetime.now(datetime.UTC)
+        now = time.time()
         return [e for e in self._by_model.get(model, {}).values()
-                if e.routable_for(model, now=now, heartbeat_timeout=heartbeat_timeout)]
+                if e.routable_for(model, now=now, renewed=self.leases.renewed(e.name),
+                                  heartbeat_timeout=heartbeat_timeout)]
 
     def names(self, model: str) -> bool:
         """Whether an engine names the model (loaded or bound): such a model is its own
@@ -153,7 +177,15 @@ class Fleet:
         return sorted(self._named)
 
 
-# --- following the engines ----------------------------------------------------------
+# --- following the engines and their Leases -----------------------------------------
+
+
+class Mirror(Protocol):
+    """What a LIST, then a WATCH, of one kind keeps current (the Fleet, its Leases)."""
+
+    def replace(self, bodies: Iterable[Mapping[str, Any]]) -> None: ...
+
+    def apply(self, kind: str, body: Mapping[str, Any]) -> None: ...
 
 
 def login(kubeconfig: str | None) -> kopf.ConnectionInfo:
@@ -168,9 +200,10 @@ def login(kubeconfig: str | None) -> kopf.ConnectionInfo:
     return info
 
 
-async def follow(api: client.Api, *, namespace: str, fleet: Fleet) -> None:
-    """List and watch the engines for ever: again after 410 Expired, with backoff after
-    errors (the Api logs in again on a 401)."""
+async def follow(api: client.Api, *, resource: client.Resource, namespace: str,
+                 label_selector: str | None = None, into: Mirror) -> None:
+    """List and watch a kind for ever: again after 410 Expired, with backoff after errors
+    (the Api logs in again on a 401)."""
     import aiohttp
 
     from capguard.kube import client
@@ -178,41 +211,41 @@ async def follow(api: client.Api, *, namespace: str, fleet: Fleet) -> None:
     backoff = 1.0
     while True:
         try:
-            version = await relist(api, namespace=namespace, fleet=fleet)
+            version = await relist(api, resource=resource, namespace=namespace,
+                                   label_selector=label_selector, into=into)
             backoff = 1.0
             while True:
-                version = await watch(api, namespace=namespace, fleet=fleet, version=version)
+                version = await watch(api, resource=resource, namespace=namespace,
+                                      label_selector=label_selector, into=into, version=version)
         except client.Expired:
-            logger.info("the engines' watch expired; listing again")
+            logger.info("the %s' watch expired; listing again", resource.plural)
         except (TimeoutError, aiohttp.ClientError, client.ApiError, ValueError) as error:
-            logger.warning("following the engines failed (%s); again in %.0fs",
+            logger.warning("following the %s failed (%s); again in %.0fs", resource.plural,
                            error or type(error).__name__, backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
 
 
-async def relist(api: client.Api, *, namespace: str, fleet: Fleet) -> str:
-    """Replace the fleet with a fresh LIST; the list's resourceVersion."""
-    from capguard.kube import client
-
+async def relist(api: client.Api, *, resource: client.Resource, namespace: str,
+                 label_selector: str | None, into: Mirror) -> str:
+    """Replace the mirror's contents with a fresh LIST; the list's resourceVersion."""
     bodies: list[client.Body] = []
     version = ""
-    async for page in api.pages(client.ENGINES, namespace=namespace):
+    async for page in api.pages(resource, namespace=namespace, label_selector=label_selector):
         version = version or str((page.get("metadata") or {}).get("resourceVersion") or "")
         bodies.extend(page.get("items") or [])
-    fleet.replace(bodies)
+    into.replace(bodies)
     return version
 
 
-async def watch(api: client.Api, *, namespace: str, fleet: Fleet, version: str) -> str:
+async def watch(api: client.Api, *, resource: client.Resource, namespace: str,
+                label_selector: str | None, into: Mirror, version: str) -> str:
     """One WATCH from `version` until the server ends it; the last version seen."""
-    from capguard.kube import client
-
-    async for event in api.watch(client.ENGINES, namespace=namespace, resource_version=version,
-                                 timeout_seconds=WATCH_SECONDS):
+    async for event in api.watch(resource, namespace=namespace, resource_version=version,
+                                 label_selector=label_selector, timeout_seconds=WATCH_SECONDS):
         kind, body = event.get("type"), event.get("object") or {}
         if kind in {"ADDED", "MODIFIED", "DELETED"}:
-            fleet.apply(kind, body)
+            into.apply(kind, body)
         version = str((body.get("metadata") or {}).get("resourceVersion") or version)
     return version
 
@@ -250,6 +283,12 @@ class Gateway:
         self.metrics = metrics.GatewayMetrics()
         self.in_flight: collections.Counter[str] = collections.Counter()
         self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def reads_leases(self) -> bool:
+        """Only the liveness check reads the engines' Leases: without it, the gateway
+        follows none (and needs no RBAC for them)."""
+        return self.heartbeat_timeout > 0
 
     def app(self) -> web.Application:
         from aiohttp import web
@@ -379,9 +418,11 @@ class Gateway:
     async def readyz(self, request: web.Request) -> web.Response:
         from aiohttp import web
 
-        if self.fleet.listed.is_set():
+        leases_listed = self.fleet.leases.listed.is_set() or not self.reads_leases
+        if self.fleet.listed.is_set() and leases_listed:
             return web.Response(text="ok")
-        return web.Response(status=503, text="the engines have not been listed yet")
+        return web.Response(status=503, text="the engines (or their Leases) have not been "
+                            "listed yet")
 
 
 def _end_to_end(headers: Mapping[str, str]) -> dict[str, str]:
@@ -405,7 +446,7 @@ def _model_of(raw: bytes) -> str | None:
 async def serve(*, kubeconfig: str | None, namespace: str, host: str, port: int,
                 heartbeat_timeout: float, request_timeout: float,
                 info: kopf.ConnectionInfo) -> None:
-    """Follow the engines and serve until SIGTERM or SIGINT."""
+    """Follow the engines (and their Leases) and serve until SIGTERM or SIGINT."""
     import kopf
     from aiohttp import web
 
@@ -427,13 +468,19 @@ async def serve(*, kubeconfig: str | None, namespace: str, host: str, port: int,
     api = client.Api(user_agent=f"{client.USER_AGENT}-gateway/{capguard.__version__}")
     api.login(info, connection_limit=4,
               relogin=lambda: credentials.login(kubeconfig, settings=kopf.OperatorSettings()))
-    following = asyncio.create_task(follow(api, namespace=namespace, fleet=fleet))
+    following = [asyncio.create_task(follow(api, resource=client.ENGINES,
+                                            namespace=namespace, into=fleet))]
+    if gateway.reads_leases:
+        following.append(asyncio.create_task(follow(
+            api, resource=client.LEASES, namespace=namespace,
+            label_selector=heartbeats.SELECTOR, into=fleet.leases)))
     try:
         await stop.wait()
     finally:
-        following.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await following
+        for task in following:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await runner.cleanup()
         await api.close()
 
@@ -449,8 +496,10 @@ async def serve(*, kubeconfig: str | None, namespace: str, host: str, port: int,
               help="Port to listen on; 0 picks a free one (the first line says which).")
 @click.option("--heartbeat-timeout", default="40s", show_default=True,
               callback=commandline.duration,
-              help="An engine whose agent has not renewed its heartbeat for this long gets no "
-                   "requests; 0 turns the check off (engines without an agent).")
+              help="An engine whose agent has not renewed its heartbeat for this long (its "
+                   "Lease's renewTime or its status.lastHeartbeatTime, whichever is later) "
+                   "gets no requests; 0 turns the check off (engines without an agent) and "
+                   "reads no Leases.")
 @click.option("--request-timeout", default="60s", show_default=True,
               callback=commandline.duration,
               help="How long an engine may take to answer before the client gets a 504.")
