@@ -63,6 +63,15 @@ def test_every_request_the_operator_made_is_allowed_by_deploy_rbac(
         _scenario(cluster.in_namespace(kube.namespace))
         operator.stop()  # graceful: it releases the Lease, its watches end and are recorded
         assert operator.process.returncode == 0, operator.log()[-3000:]
+        # As deployed (--driver agent, heartbeats counted), it also lists and watches the
+        # engines' heartbeat Leases: that is recorded too.
+        deployed = operators.start(kubeconfig=cluster.kubeconfig, cluster_wide=True,
+                                   leader_election=True,
+                                   flags=("--driver=agent", "--heartbeat-timeout=40s"))
+        harness.wait_until(deployed.leading, timeout=15, what="the deployed operator to lead")
+        time.sleep(1.0)  # its watches are open
+        deployed.stop()
+        assert deployed.process.returncode == 0, deployed.log()[-3000:]
     # The server has stopped: every request, watches included, is in the log now.
     records = [json.loads(line) for line in audit_log.read_text().splitlines() if line]
     ours = [r for r in records if rbac.OPERATOR_AGENTS.match(r.get("user_agent", ""))]
