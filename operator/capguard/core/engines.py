@@ -166,12 +166,15 @@ def last_heard(engine: specs.Engine, renewed: float | None = None) -> float | No
     return latest(engine.heartbeat, renewed)
 
 
+def _unheard(beat: float | None, *, now: float, timeout: float) -> bool:
+    return beat is None or now - beat > timeout
+
+
 def silent(engine: specs.Engine, *, now: float, timeout: float,
            renewed: float | None = None) -> bool:
     """No heartbeat from the engine's agent for longer than ``timeout`` (or never): whatever
     its status says, nobody vouches for it."""
-    beat = last_heard(engine, renewed)
-    return beat is None or now - beat > timeout
+    return _unheard(last_heard(engine, renewed), now=now, timeout=timeout)
 
 
 def heard(engine: specs.Engine, *, now: float, timeout: float | None,
@@ -201,7 +204,7 @@ def hearing(
     leases = renewed or {}
     for engine in engines:
         beat = last_heard(engine, leases.get(engine.name))
-        if beat is None or now - beat > timeout:
+        if beat is None or _unheard(beat, now=now, timeout=timeout):
             quiet.add(engine.name)
         else:
             ends = beat + timeout

@@ -321,7 +321,8 @@ class Reconciler:
             record = self.index.models.records.get(key)
             if record is None or record.value is None:
                 continue  # gone or invalid: the full pass reports it
-            held = [self._heard(r.value, now) for r in self.index.engines_of(namespace, name)
+            heard = self._hearing(namespace, now)
+            held = [heard(r.value) for r in self.index.engines_of(namespace, name)
                     if r.value is not None]
             own = fleet_.Fleet.of(engines=held, models=[record.value])
             found = self._with_share(key, record.value.generation, drift.counts(own, name))
@@ -580,10 +581,13 @@ class Reconciler:
             logger.debug("Pass: %s", result)
         return result
 
-    def _heard(self, engine: specs.Engine, now: float) -> specs.Engine:
-        return engines.heard(engine, now=now, timeout=self.config.heard_within,
-                             renewed=self.index.renewals.get(engine.namespace, {}).get(
-                                 engine.name))
+    def _hearing(self, namespace: str, now: float) -> Callable[[specs.Engine], specs.Engine]:
+        """The namespace's engines as every count must see them now (`engines.heard`),
+        its Lease renewals looked up once."""
+        timeout = self.config.heard_within
+        renewals = self.index.renewals.get(namespace) or {}
+        return lambda e: engines.heard(e, now=now, timeout=timeout,
+                                       renewed=renewals.get(e.name))
 
     def _fleet(self, namespace: str, view: view_.View, version: int,
                now: float) -> tuple[fleet_.Fleet, float | None]:
@@ -602,12 +606,12 @@ class Reconciler:
             self.index.silent[namespace] = silent
         cached = self._fleets.get(namespace)
         if cached is None or view.rebuild:
-            fleet = view_.build_fleet(view, heard=lambda e: self._heard(e, now))
+            fleet = view_.build_fleet(view, heard=self._hearing(namespace, now))
         elif cached[0] != (version, silent):
             hearing = cached[0][1] ^ silent  # fell silent, or spoke again
             records = {r.meta.name: r for r in view.engines if r.meta.name in hearing
                        } if hearing else {}
-            fleet = view_.derive_fleet(cached[1], view, heard=lambda e: self._heard(e, now),
+            fleet = view_.derive_fleet(cached[1], view, heard=self._hearing(namespace, now),
                                        also={n: records.get(n) for n in hearing})
         else:
             return cached[1], falls_silent
