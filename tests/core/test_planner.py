@@ -34,6 +34,21 @@ def test_cordoned_and_unmatched_engines_get_no_assignment() -> None:
     assert kinds(planner.plan(found)) == [("Assign", "e3", "m", None)]
 
 
+def test_a_cordoned_surplus_is_drained_never_reassigned() -> None:
+    # A cordoned engine keeps its model or none (the CRD's rule refuses a new modelRef).
+    # `new` is allocated x, which k gives up only once its cordoned replacement y
+    # serves; meanwhile `closed`, cordoned and given up by `old`, must not be handed to
+    # `new` in x's place: it is drained. (A random fleet, with more engines around it,
+    # had the planner write such a reassign, which the API server refuses.)
+    found = fleet.Fleet.of(
+        engines=[engine("x", model="k"), engine("y", model="k", phase="Loading", cordoned=True),
+                 engine("closed", model="old", cordoned=True)],
+        models=[model("k", replicas=1), model("old", replicas=0), model("new", replicas=1)],
+    )
+    assert found.allocation.claims == {"x": "new", "y": "k"}
+    assert kinds(planner.plan(found)) == [("Drain", "closed", None, "old")]
+
+
 def test_surplus_is_reassigned_to_a_model_in_need_before_it_is_drained() -> None:
     found = serving_fleet({"a": 4, "b": 2}).with_model(model("a", replicas=3))
     found = found.with_model(model("b", replicas=3))

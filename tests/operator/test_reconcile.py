@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
@@ -340,6 +341,48 @@ async def test_deleting_a_model_drains_its_engines_and_drops_its_series(
     text = await started.metrics()
     assert metric(text, "capguard_model_desired_units", model="chat") is None
     assert metric(text, "capguard_actions_total", type="drain", result="executed") == 2
+
+
+async def test_a_cordoned_engine_given_up_is_drained_not_refused_as_a_reassign(
+    kube: Kube, start_operator: StartOperator
+) -> None:
+    """`new` is allocated x, which k gives up only once its cordoned replacement y
+    serves; `closed`, cordoned, is given up by `old`. Handing `closed` to `new` in x's
+    place is a write the CRD's rule refuses (422), pass after pass: the operator drains
+    it instead, and no action fails. Agents are played here by hand; 17 cordoned idle
+    engines make the fleet-wide cap (10 %) two engines out."""
+    await kube.model("k", 1, minAvailable=0)
+    await kube.model("old", 0, minAvailable=0)
+    await kube.model("new", 1, minAvailable=0)
+    await kube.engines("x", modelRef="k")
+    await kube.engines("y", modelRef="k", cordoned=True)
+    await kube.engines("closed", modelRef="old", cordoned=True)
+    await kube.engines(*(f"f{i:02d}" for i in range(17)), cordoned=True)
+
+    async def report(name: str, phase: str, model: str | None = None) -> None:
+        await kube.patch(client.ENGINES, name, {"status": {
+            "phase": phase, "model": model, "since": clock.timestamp(time.time())}},
+            subresource="status")
+
+    for name, phase, model in (("x", "Serving", "k"), ("y", "Loading", "k"),
+                               ("closed", "Serving", "old")):
+        await report(name, phase, model)
+    started = await start_operator(engine_driver="agent", heartbeat_timeout=0)
+
+    async def bound(name: str) -> str | None:
+        return (await kube.get(client.ENGINES, name))["spec"].get("modelRef")
+
+    await eventually(lambda: _is(bound("closed"), None), timeout=5)
+    await report("y", "Serving", "k")  # k's replacement serves: x goes to new
+    await eventually(lambda: _is(bound("x"), "new"), timeout=5)
+    text = await started.metrics()
+    assert metric(text, "capguard_actions_total", type="drain", result="executed") == 1
+    assert metric(text, "capguard_actions_total", type="reassign", result="executed") == 1
+    assert (metric(text, "capguard_actions_total", type="reassign", result="failed") or 0) == 0
+
+
+async def _is(found: Awaitable[object], wanted: object) -> bool:
+    return await found == wanted
 
 
 async def test_every_action_is_one_readable_log_line(

@@ -73,7 +73,9 @@ class _Supply:
             if not engines or not selector.matches(dict(labels)):
                 continue
             for i, engine in enumerate(engines):
-                if self.origin[engine.name] != exclude:
+                # A cordoned engine gets no new model (the CRD's rule refuses the write):
+                # given up by its model, it is drained.
+                if self.origin[engine.name] != exclude and not engine.spec.cordoned:
                     return engines.pop(i)
         return None
 
