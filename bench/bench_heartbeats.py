@@ -123,7 +123,10 @@ async def measure(mode: str, args: argparse.Namespace, workdir: pathlib.Path) ->
                 stdout=subprocess.PIPE, text=True, env=bo.env())
         async with aiohttp.ClientSession() as session, bo.following(session, server.url) as models:
             await bo.scale(session, server.url, f"m{setup.models - 1}", setup.per_model + 1)
-            operator = bo.Operator(server, driver="agent", heartbeat_timeout="40s")
+            # With no beats, heartbeats are not counted at all (else every engine falls
+            # silent 40 s after the seed): the cost of the operator without them.
+            operator = bo.Operator(server, driver="agent",
+                                   heartbeat_timeout="0" if mode == "none" else "40s")
             await models.until(models.all_current, timeout=setup.timeout(120))
             await asyncio.sleep(3)  # past the first pass's writes, into the steady beat
             cpu = (cpu_seconds(operator.process.pid), cpu_seconds(server.process.pid))
