@@ -135,6 +135,13 @@ async def test_with_agents_an_engine_is_heard_through_its_lease_alone(
         assert (ready["status"], ready["reason"]) == ("Unknown", heartbeats.EXPIRED)
         renewing.set()  # the agent is back: heard at its next renewal, nothing else written
         await eventually(lambda: _model_serving(kube, "chat", 1), timeout=10)
+        # A Lease deleted vouches no more at once, not when its last renewal runs out.
+        renewing.clear()
+        await asyncio.sleep(0.35)  # the renewal under way is written
+        await kube.patch(client.LEASES, "e0", heartbeats.renewal(
+            holder="by-hand", interval=0.3, now=time.time()))
+        await kube.api.request("DELETE", client.LEASES.path(namespace=NAMESPACE, name="e0"))
+        await eventually(lambda: _model_serving(kube, "chat", 0), timeout=1.0)
     finally:
         renewals.cancel()
 

@@ -193,17 +193,50 @@ def heard(engine: specs.Engine, *, now: float, timeout: float | None,
                                heartbeat=last_heard(engine, renewed))
 
 
+Hearing = tuple[frozenset[str], float | None]  # the silent engines, the next expiry
+
+
 def hearing(
     engines: Iterable[specs.Engine], *, now: float, timeout: float,
     renewed: Mapping[str, float] | None = None,
-) -> tuple[frozenset[str], float | None]:
+) -> Hearing:
     """In one look: the engines silent now, and when the next one heard now falls silent
     if it does not speak before (``renewed``: Lease renewals by engine name)."""
-    quiet: set[str] = set()
-    expiry: float | None = None
-    leases = renewed or {}
+    return _hear(set(), None, engines, now=now, timeout=timeout, renewed=renewed or {})
+
+
+def hearing_again(
+    last: Hearing, changed: Mapping[str, specs.Engine | None], *, now: float, timeout: float,
+    renewed: Mapping[str, float] | None = None,
+) -> Hearing | None:
+    """`hearing`'s answer from the ``last`` one, looking again only at the engines
+    ``changed`` since (None: gone), or None while that cannot be known without a look at
+    every engine: once ``now`` reaches the last expiry. Valid for every other engine
+    because time aside only its own changes or a newer heartbeat move it, so a heartbeat
+    that moves back, or a Lease that goes, must come in ``changed``. The expiry given is
+    the earliest any engine heard can fall silent (an engine heard again since the last
+    full look may fall silent later): a pass looks no later than it must."""
+    silent, expiry = last
+    if expiry is not None and now >= expiry:
+        return None
+    quiet = set(silent).difference(changed)
+    present = (e for e in changed.values() if e is not None)
+    return _hear(quiet, expiry, present, now=now, timeout=timeout, renewed=renewed or {})
+
+
+def renewal_changes_hearing(before: float | None, after: float | None, *,
+                            silent: bool) -> bool:
+    """Whether a Lease's renewal going from ``before`` to ``after`` (None: no Lease) must
+    be looked at as a change of its engine for `hearing_again`: the Lease went or moved
+    back, or it speaks for an engine that was silent. A renewal of an engine heard only
+    puts its expiry later."""
+    return after is None or silent or (before is not None and after < before)
+
+
+def _hear(quiet: set[str], expiry: float | None, engines: Iterable[specs.Engine], *,
+          now: float, timeout: float, renewed: Mapping[str, float]) -> Hearing:
     for engine in engines:
-        beat = last_heard(engine, leases.get(engine.name))
+        beat = last_heard(engine, renewed.get(engine.name))
         if beat is None or _unheard(beat, now=now, timeout=timeout):
             quiet.add(engine.name)
         else:

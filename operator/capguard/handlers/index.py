@@ -26,6 +26,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, Protocol, TypeVar
 
+from capguard.core import engines
 from capguard.handlers import records
 
 T = TypeVar("T")
@@ -212,12 +213,18 @@ class Index:
                        new: records.Record[float] | None) -> None:
         namespace, name = key
         renewed = new.value if new is not None else None
+        known = self.renewals[namespace]
+        before = known.get(name)
         if renewed is not None:
-            self.renewals[namespace][name] = renewed
-        elif name in self.renewals.get(namespace, {}):
-            del self.renewals[namespace][name]
-        if renewed is None or name in self.silent.get(namespace, ()):
-            self._planning_input_changed(namespace)  # heard again, or maybe no longer
+            known[name] = renewed
+        elif before is not None:
+            del known[name]
+        if engines.renewal_changes_hearing(before, renewed,
+                                           silent=name in self.silent.get(namespace, ())):
+            # Heard again, or maybe no longer: a change of the engine for its hearing.
+            if key in self.engines.records:
+                self._changes[namespace].engines.add(name)
+            self._planning_input_changed(namespace)
 
     def _planning_input_changed(self, namespace: str) -> None:
         self.planning_inputs_changed = True

@@ -225,8 +225,8 @@ class Reconciler:
         self.progress_at = time.monotonic()  # the loop's last sign of life (liveness)
         self._quiet_until = 0.0
         self._pass_took = 0.0  # seconds the last full pass took
-        # namespace -> ((version, silent engines), fleet)
-        self._fleets: dict[str, tuple[tuple[int, frozenset[str]], fleet_.Fleet]] = {}
+        # namespace -> (planning version, which engines are silent, fleet)
+        self._fleets: dict[str, tuple[int, engines.Hearing, fleet_.Fleet]] = {}
         # namespace -> (fleet, failed engines per model)
         self._failed_by_fleet: dict[str, tuple[fleet_.Fleet, dict[str, int]]] = {}
 
@@ -596,27 +596,44 @@ class Reconciler:
         it already computed, and a change is applied to the last fleet (`Fleet.derive`),
         so it costs in proportion to what it touches. With agents, also when the next
         engine falls silent."""
-        silent: frozenset[str] = frozenset()
-        falls_silent = None
+        cached = self._fleets.get(namespace)
+        if cached is not None and view.rebuild:
+            cached = None
+        found: engines.Hearing = (frozenset(), None)
         timeout = self.config.heard_within
         if timeout is not None:
-            silent, falls_silent = engines.hearing(
-                (r.value for r in view.engines if r.value is not None), now=now,
-                timeout=timeout, renewed=self.index.renewals.get(namespace))
-            self.index.silent[namespace] = silent
-        cached = self._fleets.get(namespace)
-        if cached is None or view.rebuild:
+            found = self._heard(namespace, view, now, timeout,
+                                last=cached[1] if cached is not None else None)
+            self.index.silent[namespace] = found[0]
+        silent, falls_silent = found
+        if cached is None:
             fleet = view_.build_fleet(view, heard=self._hearing(namespace, now))
-        elif cached[0] != (version, silent):
-            hearing = cached[0][1] ^ silent  # fell silent, or spoke again
+        elif cached[0] != version or cached[1][0] != silent:
+            hearing = cached[1][0] ^ silent  # fell silent, or spoke again
             records = {r.meta.name: r for r in view.engines if r.meta.name in hearing
                        } if hearing else {}
-            fleet = view_.derive_fleet(cached[1], view, heard=self._hearing(namespace, now),
+            fleet = view_.derive_fleet(cached[2], view, heard=self._hearing(namespace, now),
                                        also={n: records.get(n) for n in hearing})
         else:
-            return cached[1], falls_silent
-        self._fleets[namespace] = ((version, silent), fleet)
+            fleet = cached[2]
+        self._fleets[namespace] = (version, found, fleet)
         return fleet, falls_silent
+
+    def _heard(self, namespace: str, view: view_.View, now: float, timeout: float, *,
+               last: engines.Hearing | None) -> engines.Hearing:
+        """Which engines are silent now: from the last pass's answer and the engines that
+        changed since (`engines.hearing_again`), a look at every engine only when that
+        cannot say (the first engine heard may have fallen silent since)."""
+        renewed = self.index.renewals.get(namespace)
+        if last is not None:
+            changed = {name: r.value if r is not None else None
+                       for name, r in view.changed_engines.items()}
+            again = engines.hearing_again(last, changed, now=now, timeout=timeout,
+                                          renewed=renewed)
+            if again is not None:
+                return again
+        return engines.hearing((r.value for r in view.engines if r.value is not None),
+                               now=now, timeout=timeout, renewed=renewed)
 
     def _failed(self, namespace: str, fleet: fleet_.Fleet) -> dict[str, int]:
         """Failed engines per model, reused while the fleet stands still."""
@@ -748,7 +765,7 @@ class Reconciler:
                    for name, patch in planned.others[:budget]]
         # The silent engines, as this pass's fleet was built (not a walk over every engine).
         silent = (self.index.engines.records.get((namespace, name))
-                  for name in self._fleets[namespace][0][1])
+                  for name in self._fleets[namespace][1][0])
         writes += [self.writer.engine_status(namespace, name, patch) for name, patch
                    in driver.silence_notes(fleet, found=[r for r in silent if r], now=now)]
         result.transitions += sum(1 for w in await asyncio.gather(*writes) if w is not None)
