@@ -284,7 +284,7 @@ class Agent:
             if error.status != 403:
                 raise
             self.lease_forbidden = True
-            logger.warning("Cannot write the Lease of %s (%s): grant this agent create, get "
+            logger.warning("Cannot write the Lease of %s (%s): grant this agent create "
                            "and patch on coordination.k8s.io leases (deploy/demo/agent-rbac"
                            ".yaml). Heartbeating on the engine's status meanwhile.",
                            self.options.name, error)
