@@ -194,6 +194,35 @@ def test_an_agent_that_was_not_heard_for_a_while_says_ready_again(
     harness.wait_serving(kube, {"chat": 1}, timeout=30)
 
 
+def test_an_agent_never_writes_another_components_lease_of_its_engines_name(
+    kube: harness.Kubectl, operators: Operators, agents: Agents,
+) -> None:
+    """A Lease named like the engine that is not its heartbeat (here a leader election's:
+    no heartbeat label) is left as it is, so that component keeps its leader. The agent
+    says so in its log and heartbeats on the engine's status, which keeps it heard."""
+    other = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+             "metadata": {"name": "ie-0"},
+             "spec": {"holderIdentity": "another-controller", "leaseDurationSeconds": 15,
+                      "renewTime": "2026-01-01T00:00:00.000000Z"}}
+    kube.apply(harness.engine("ie-0"), harness.model("chat", replicas=1, min_available=0),
+               other)
+    before = kube.get("lease", "ie-0")
+    agents.start("ie-0")
+    operators.start(flags=("--driver=agent", f"--heartbeat-timeout={HEARTBEAT_TIMEOUT}"))
+    harness.wait_serving(kube, {"chat": 1}, timeout=30)
+    beat = kube.get("ie", "ie-0")["status"]["lastHeartbeatTime"]
+    harness.wait_until(
+        lambda: kube.get("ie", "ie-0")["status"]["lastHeartbeatTime"] != beat, timeout=10,
+        what="ie-0's heartbeat renewed on its status")
+    after = kube.get("lease", "ie-0")
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert after["spec"]["holderIdentity"] == "another-controller"
+    log = agents.logs[0].read_text()
+    assert "Lease" in log and "is not the heartbeat of InferenceEngine ie-0" in log
+    time.sleep(2.5)  # past the heartbeat bound: heard on its status all along
+    assert harness.serving(kube, "chat") == 1
+
+
 def test_a_load_that_fails_is_failed_with_the_servers_reason(
     kube: harness.Kubectl, agents: Agents,
 ) -> None:

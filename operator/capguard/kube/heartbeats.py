@@ -46,6 +46,18 @@ def renewed(lease: Mapping[str, Any]) -> float | None:
     return clock.parse_timestamp(spec.get("renewTime")) if isinstance(spec, Mapping) else None
 
 
+def speaks_for(lease: Mapping[str, Any], engine: str) -> bool:
+    """Whether a Lease of the engine's name is its heartbeat: labelled as one, and owned by
+    nothing but an InferenceEngine of that name (one deleted and created again keeps its
+    name, not its uid; the garbage collector deletes the old one's Lease). Any other
+    Lease of that name is another component's, never to be written."""
+    meta = lease.get("metadata") or {}
+    if (meta.get("labels") or {}).get(LABEL) != OF_ENGINES:
+        return False
+    return all(o.get("kind") == "InferenceEngine" and o.get("name") == engine
+               for o in meta.get("ownerReferences") or [])
+
+
 def lease(engine: Mapping[str, Any], *, holder: str, interval: float,
           now: float) -> dict[str, Any]:
     """A new Lease for an engine (its body as read: name, namespace and uid)."""

@@ -141,7 +141,9 @@ class Agent:
         self.engine: Mapping[str, Any] = {}  # the engine's body as last seen (the Lease's owner)
         self.holder = socket.gethostname()  # the Lease's holderIdentity (in a Pod: its name)
         self.vouch = False  # the operator marked the engine unheard: say Ready again
-        self.lease_forbidden = False  # no RBAC for Leases: heartbeat on the status instead
+        # No RBAC for Leases, or the engine's name taken by another component's Lease:
+        # heartbeat on the status instead.
+        self.lease_unusable = False
 
     # -- the API side -------------------------------------------------------------
 
@@ -253,7 +255,7 @@ class Agent:
         first = True
         while True:
             try:
-                if self.lease_forbidden:
+                if self.lease_unusable:
                     await self.beat_on_status()
                 else:
                     await self.renew(first=first)
@@ -264,13 +266,16 @@ class Agent:
             await asyncio.sleep(self.options.heartbeat_interval)
 
     async def renew(self, *, first: bool) -> None:
-        """Renew the Lease (``first``: this agent's, which also says it holds it), or
-        create it when it does not exist."""
+        """Renew the Lease (``first``: this agent's, which also says it holds it, once it
+        has read that the Lease is its engine's heartbeat), or create it when it does not
+        exist."""
         from capguard.kube import client
 
         now, where = time.time(), {"namespace": self.options.namespace,
                                    "name": self.options.name}
         try:
+            if first and not await self.lease_is_ours(where):
+                return
             await self.api.merge_patch(client.LEASES, **where, patch=heartbeats.renewal(
                 holder=self.holder, interval=self.options.heartbeat_interval, now=now,
                 acquired=first))
@@ -283,12 +288,32 @@ class Agent:
         except client.ApiError as error:
             if error.status != 403:
                 raise
-            self.lease_forbidden = True
-            logger.warning("Cannot write the Lease of %s (%s): grant this agent create "
+            self.lease_unusable = True
+            logger.warning("Cannot use the Lease of %s (%s): grant this agent create, get "
                            "and patch on coordination.k8s.io leases (deploy/demo/agent-rbac"
                            ".yaml). Heartbeating on the engine's status meanwhile.",
                            self.options.name, error)
             await self.beat_on_status()
+
+    async def lease_is_ours(self, where: Mapping[str, str]) -> bool:
+        """Read the Lease of the engine's name before writing it (NotFound: there is none
+        yet). One that is not the engine's heartbeat (`heartbeats.speaks_for`) belongs to
+        another component, a leader election say: writing its holder would take the lease
+        from that component's leader. It is left alone, and the agent heartbeats on the
+        engine's status, as without RBAC for Leases."""
+        from capguard.kube import client
+
+        found = await self.api.get(client.LEASES, **where)
+        if heartbeats.speaks_for(found, self.options.name):
+            return True
+        self.lease_unusable = True
+        logger.error("Lease %s/%s exists and is not the heartbeat of InferenceEngine %s (no "
+                     "label %s=%s, or another owner): left alone; heartbeating on the "
+                     "engine's status instead. Rename or delete that Lease and restart this "
+                     "agent to heartbeat on a Lease.", where["namespace"], where["name"],
+                     self.options.name, heartbeats.LABEL, heartbeats.OF_ENGINES)
+        await self.beat_on_status()
+        return False
 
     async def vouch_again(self) -> None:
         """The operator marked the engine unheard (Ready Unknown, HeartbeatExpired) while
