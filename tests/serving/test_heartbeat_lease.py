@@ -28,3 +28,16 @@ def test_another_components_lease_of_the_name_is_not_a_heartbeat() -> None:
     labelled["metadata"]["ownerReferences"] = [
         {"apiVersion": "apps/v1", "kind": "Deployment", "name": "engine-0", "uid": "u"}]
     assert not heartbeats.speaks_for(labelled, "engine-0")
+
+
+def test_readers_believe_only_a_lease_an_agent_would_write() -> None:
+    # The operator and the gateway read renewals through `renewed`: a Lease an agent
+    # leaves alone says nothing of its engine either, even when it carries the label.
+    ours = heartbeats.lease(ENGINE, holder="agent", interval=10.0, now=100.0)
+    assert heartbeats.renewed(ours) == 100.0
+    foreign = heartbeats.lease(ENGINE, holder="agent", interval=10.0, now=100.0)
+    foreign["metadata"]["ownerReferences"] = [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "name": "engine-0", "uid": "u"}]
+    assert heartbeats.renewed(foreign) is None
+    unlabelled = {**ours, "metadata": {**ours["metadata"], "labels": {}}}
+    assert heartbeats.renewed(unlabelled) is None

@@ -41,9 +41,15 @@ def micro_time(epoch: float) -> str:
 
 
 def renewed(lease: Mapping[str, Any]) -> float | None:
-    """When the Lease was last renewed (epoch seconds), or None if it says nothing usable."""
+    """When the Lease was last renewed (epoch seconds), or None if it says nothing usable:
+    no readable renewTime, or not the heartbeat of the engine of its name (`speaks_for`:
+    what an agent never writes, no reader believes)."""
     spec = lease.get("spec")
-    return clock.parse_timestamp(spec.get("renewTime")) if isinstance(spec, Mapping) else None
+    if not isinstance(spec, Mapping):
+        return None
+    if not speaks_for(lease, str((lease.get("metadata") or {}).get("name") or "")):
+        return None
+    return clock.parse_timestamp(spec.get("renewTime"))
 
 
 def speaks_for(lease: Mapping[str, Any], engine: str) -> bool:
