@@ -166,7 +166,8 @@ def last_heard(engine: specs.Engine, renewed: float | None = None) -> float | No
     return latest(engine.heartbeat, renewed)
 
 
-def _unheard(beat: float | None, *, now: float, timeout: float) -> bool:
+def unheard(beat: float | None, *, now: float, timeout: float) -> bool:
+    """No heartbeat (``beat``, epoch seconds, None if never) for longer than ``timeout``."""
     return beat is None or now - beat > timeout
 
 
@@ -174,7 +175,7 @@ def silent(engine: specs.Engine, *, now: float, timeout: float,
            renewed: float | None = None) -> bool:
     """No heartbeat from the engine's agent for longer than ``timeout`` (or never): whatever
     its status says, nobody vouches for it."""
-    return _unheard(last_heard(engine, renewed), now=now, timeout=timeout)
+    return unheard(last_heard(engine, renewed), now=now, timeout=timeout)
 
 
 def heard(engine: specs.Engine, *, now: float, timeout: float | None,
@@ -237,7 +238,7 @@ def _hear(quiet: set[str], expiry: float | None, engines: Iterable[specs.Engine]
           now: float, timeout: float, renewed: Mapping[str, float]) -> Hearing:
     for engine in engines:
         beat = last_heard(engine, renewed.get(engine.name))
-        if beat is None or _unheard(beat, now=now, timeout=timeout):
+        if beat is None or unheard(beat, now=now, timeout=timeout):
             quiet.add(engine.name)
         else:
             ends = beat + timeout

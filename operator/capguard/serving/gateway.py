@@ -91,8 +91,8 @@ class Engine:
             return False
         if heartbeat_timeout <= 0:
             return True
-        heard = engines.latest(renewed, self.heartbeat)
-        return heard is not None and now - heard <= heartbeat_timeout
+        return not engines.unheard(engines.latest(renewed, self.heartbeat), now=now,
+                                   timeout=heartbeat_timeout)
 
 
 class Leases:
