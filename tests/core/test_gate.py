@@ -243,3 +243,36 @@ def test_a_take_from_the_model_with_most_takes_left_goes_first() -> None:
     config = gate.GateConfig(fleet_max_unavailable_percent=100, rate_limit=limit)
     decisions = gate.Gate(config).triage(q, found, {}, 1.0).decisions
     assert [d.action.intent.from_model for d in decisions if d.verdict is V.EXECUTE] == ["a"]
+
+
+def test_a_take_waiting_for_its_token_keeps_its_room_from_a_spare_but_not_from_a_scale_up() -> None:
+    """A take held only by the rate limit runs within a token's period; a spare assigned
+    meanwhile would load for minutes in the room the take needs (march-4: the token goes
+    unspent). So the room is kept for the take from a replacement for a model that serves
+    its desired units, and never from an assign a model needs to reach them."""
+    found = serving_fleet({"a": 3, "b": 2}, spares=1).with_model(model("a", replicas=2))
+    found = found.with_model(model("b", replicas=2, revision="v2"))  # b needs a replacement
+    limit = specs.RateLimit(actions_per_minute=1.0, burst=1)
+    config = gate.GateConfig(fleet_max_unavailable_percent=20, rate_limit=limit)  # cap 1
+    g = gate.Gate(config)
+    spent = queue.ActionQueue()
+    spent.enqueue([i for i in planner.plan(found) if i.from_model == "a"], found, 0.0)
+    assert verdicts(list(g.triage(spent, found, {}, 0.0).decisions)) == [("Execute", "Allowed")]
+
+    q = queue.ActionQueue()
+    q.enqueue(planner.plan(found), found, 1.0)  # the same take again: the bucket is empty
+    decisions = {d.action.intent.engine: d for d in g.triage(q, found, {}, 1.0).decisions}
+    assert (decisions["a-002"].verdict, decisions["a-002"].reason) == (V.HOLD, R.RATE_LIMITED)
+    spare = decisions["spare-000"]
+    assert (spare.verdict, spare.reason) == (V.HOLD, R.FLEET_DISRUPTION_BUDGET)
+    assert spare.message == ("0 engines out in the fleet and 1 kept for takes waiting for a "
+                             "token, cap 1, takes first")
+
+    # b short of its desired units (above its floor): the spare brings capacity it lacks.
+    short = found.with_model(model("b", replicas=3, minAvailable=1, revision="v2"))
+    q = queue.ActionQueue()
+    q.enqueue(planner.plan(short), short, 2.0)
+    decisions = {d.action.intent.engine: d for d in g.triage(q, short, {}, 2.0).decisions}
+    assert decisions["a-002"].reason is R.RATE_LIMITED
+    assert (decisions["spare-000"].verdict, decisions["spare-000"].reason) == (V.EXECUTE,
+                                                                               R.ALLOWED)

@@ -177,6 +177,10 @@ class _Tally:
     failed: int = 0  # failed engines in the fleet: out of service, but no move's doing
     floors: set[str] = dataclasses.field(default_factory=set)  # ids of `_for_floors`
     granted: int | None = None  # takes left of a shard's grant (`Gate.triage`); None: no cap
+    # Room kept for takes held by a rate limit alone (`_reserve`): what they will put out
+    # once their token comes, which an assign may not use up meanwhile (`_room_hold`).
+    reserved_out: int = 0
+    reserved_unavailable: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 class Gate:
@@ -269,6 +273,7 @@ class Gate:
                 short = self._token_wait(action, tally=tally, machines=machines, now=now)
                 if short is not None:
                     key, wait = short
+                    _reserve(action, tally=tally)
                     message = f"{key} token bucket is empty (a token in {wait:.0f}s)"
                     return Decision(action, Verdict.HOLD, Reason.RATE_LIMITED, message, None,
                                     names, retry_at=now + wait)
@@ -598,7 +603,11 @@ def _room_hold(action: queue_.Action, *, tally: _Tally) -> tuple[Reason, str] | 
     capacity is being moved (`Gate._moving`): it may not push the fleet past its cap nor
     its model past maxUnavailable, budgets the takes count on and had first (`_order`),
     so it waits a pass instead. Adding capacity alone (a cold start, a scale-up) and
-    restoring a floor are never held."""
+    restoring a floor are never held.
+
+    The room kept for takes that wait for their token (`_reserve`) holds only a spare:
+    an assign to a model that serves its desired units already (a replacement to be made
+    before a later break), never one that brings a model toward its desired count."""
     to = action.intent.model
     moves = to is not None and to != action.intent.from_model
     if not moves or not tally.moving or action.id in tally.floors:
@@ -609,20 +618,42 @@ def _room_hold(action: queue_.Action, *, tally: _Tally) -> tuple[Reason, str] | 
     # Before, failed engines are left out: the room kept is the room moves use, and an
     # assign that replaces failed capacity is no reason to wait.
     ignore_failed = not tally.taken_units
+    model = fleet.models.get(to)
+    spare = model is not None and fleet.serving_units(to) >= model.replicas
+    kept = tally.reserved_out if spare else 0
     fleet_out = fleet.out_of_service_engines + tally.extra_out_of_service
     fleet_out -= tally.failed if ignore_failed else 0
-    if fleet_out + 1 > tally.fleet_cap:
-        message = f"{fleet_out} engines out in the fleet, cap {tally.fleet_cap}, takes first"
+    if fleet_out + kept + 1 > tally.fleet_cap:
+        message = (f"{fleet_out} engines out in the fleet{_kept(kept)}, cap {tally.fleet_cap}, "
+                   "takes first")
         return Reason.FLEET_DISRUPTION_BUDGET, message
     out = tally.extra_unavailable.get(to, 0) + sum(
         1 for e in fleet.unavailable_engines(to)
         if not (ignore_failed and fleet.engines[e].phase is specs.Phase.FAILED)
     )
+    kept = tally.reserved_unavailable.get(to, 0) if spare else 0
     budget = fleet.max_unavailable_engines(to)
-    if to in fleet.models and out + 1 > budget:
-        message = f"{to} has {out} engines out, maxUnavailable {budget}, takes first"
+    if to in fleet.models and out + kept + 1 > budget:
+        message = f"{to} has {out} engines out{_kept(kept)}, maxUnavailable {budget}, takes first"
         return Reason.DISRUPTION_BUDGET, message
     return None
+
+
+def _kept(kept: int) -> str:
+    return f" and {kept} kept for takes waiting for a token" if kept else ""
+
+
+def _reserve(action: queue_.Action, *, tally: _Tally) -> None:
+    """Keep room for a take that only waits for its token: the engine it takes and the
+    model it loads for, as `Gate._execute` would count them. An assign loads for minutes,
+    while the token comes within one period; had the assign the room meanwhile, the take
+    would find the fleet cap or a maxUnavailable used up and its token would go unspent."""
+    intent = action.intent
+    tally.reserved_out += 1
+    assert intent.from_model is not None
+    _add(tally.reserved_unavailable, intent.from_model)
+    if intent.model is not None and intent.model != intent.from_model:
+        _add(tally.reserved_unavailable, intent.model)
 
 
 def _model_hold(model: str, *, engine: specs.Engine, tally: _Tally) -> tuple[Reason, str] | None:
