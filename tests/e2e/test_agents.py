@@ -10,6 +10,7 @@ it only once its server is loaded.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from . import harness
 from .conftest import _FAILED as FAILED
@@ -194,18 +196,21 @@ def test_an_agent_that_was_not_heard_for_a_while_says_ready_again(
     harness.wait_serving(kube, {"chat": 1}, timeout=30)
 
 
+# A leader election's Lease named like engine ie-0: no heartbeat label, no owner.
+OTHER_LEASE = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+               "metadata": {"name": "ie-0"},
+               "spec": {"holderIdentity": "another-controller", "leaseDurationSeconds": 15,
+                        "renewTime": "2026-01-01T00:00:00.000000Z"}}
+
+
 def test_an_agent_never_writes_another_components_lease_of_its_engines_name(
     kube: harness.Kubectl, operators: Operators, agents: Agents,
 ) -> None:
     """A Lease named like the engine that is not its heartbeat (here a leader election's:
     no heartbeat label) is left as it is, so that component keeps its leader. The agent
     says so in its log and heartbeats on the engine's status, which keeps it heard."""
-    other = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-             "metadata": {"name": "ie-0"},
-             "spec": {"holderIdentity": "another-controller", "leaseDurationSeconds": 15,
-                      "renewTime": "2026-01-01T00:00:00.000000Z"}}
     kube.apply(harness.engine("ie-0"), harness.model("chat", replicas=1, min_available=0),
-               other)
+               OTHER_LEASE)
     before = kube.get("lease", "ie-0")
     agents.start("ie-0")
     operators.start(flags=("--driver=agent", f"--heartbeat-timeout={HEARTBEAT_TIMEOUT}"))
@@ -221,6 +226,44 @@ def test_an_agent_never_writes_another_components_lease_of_its_engines_name(
     assert "Lease" in log and "is not the heartbeat of InferenceEngine ie-0" in log
     time.sleep(2.5)  # past the heartbeat bound: heard on its status all along
     assert harness.serving(kube, "chat") == 1
+
+
+class LeaseRace(harness.ReverseProxy):
+    """Between an agent and the API server: before the agent's create of its Lease goes
+    on, another component creates a Lease of that name, so the create meets a 409 after
+    the agent's read found none."""
+
+    def __init__(self, kubectl: harness.Kubectl, *, lease: dict[str, object],
+                 directory: Path) -> None:
+        self._kubectl, self._lease, self.raced = kubectl, lease, 0
+        super().__init__(kubectl, directory=directory, name="lease-race")
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        if request.method == "POST" and request.path.endswith("/leases") and not self.raced:
+            self.raced += 1
+            await asyncio.to_thread(self._kubectl.apply, self._lease)
+        return await self.forward(request, body)
+
+
+def test_a_lease_created_between_an_agents_read_and_its_create_is_read_before_written(
+    kube: harness.Kubectl, operators: Operators, agents: Agents, tmp_path: Path,
+) -> None:
+    """The agent read no Lease, and its create met one that another component made
+    meanwhile: it reads that Lease before it writes it, so it leaves it alone too."""
+    kube.apply(harness.engine("ie-0"), harness.model("chat", replicas=1, min_available=0))
+    with LeaseRace(kube, lease=OTHER_LEASE, directory=tmp_path) as race:
+        agents.start("ie-0", flags=(f"--kubeconfig={race.kubeconfig}",))
+        operators.start(flags=("--driver=agent", f"--heartbeat-timeout={HEARTBEAT_TIMEOUT}"))
+        harness.wait_serving(kube, {"chat": 1}, timeout=30)
+        assert race.raced == 1
+        before = kube.get("lease", "ie-0")
+        time.sleep(2.5)  # five heartbeat intervals, past the heartbeat bound
+        after = kube.get("lease", "ie-0")
+        assert after["spec"]["holderIdentity"] == "another-controller"
+        assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+        assert "is not the heartbeat of InferenceEngine ie-0" in agents.logs[0].read_text()
+        assert harness.serving(kube, "chat") == 1  # heard on its status all along
 
 
 def test_a_load_that_fails_is_failed_with_the_servers_reason(

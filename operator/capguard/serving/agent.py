@@ -258,33 +258,37 @@ class Agent:
                 if self.lease_unusable:
                     await self.beat_on_status()
                 else:
-                    await self.renew(first=first)
-                    first = False
+                    first = not await self.renew(first=first)
             except Exception as error:  # the API is unwell: next interval
                 logger.info("Heartbeat of %s failed (%s); trying again in %gs.",
                             self.options.name, error, self.options.heartbeat_interval)
             await asyncio.sleep(self.options.heartbeat_interval)
 
-    async def renew(self, *, first: bool) -> None:
+    async def renew(self, *, first: bool) -> bool:
         """Renew the Lease (``first``: this agent's, which also says it holds it, once it
         has read that the Lease is its engine's heartbeat), or create it when it does not
-        exist."""
+        exist. True once the Lease is known to be the heartbeat this agent writes: renewed
+        after that read, or created by this agent. A create that meets a Lease created
+        meanwhile (409) is not: whose it is gets read before the next renewal writes it."""
         from capguard.kube import client
 
         now, where = time.time(), {"namespace": self.options.namespace,
                                    "name": self.options.name}
         try:
-            if first and not await self.lease_is_ours(where):
-                return
-            await self.api.merge_patch(client.LEASES, **where, patch=heartbeats.renewal(
-                holder=self.holder, interval=self.options.heartbeat_interval, now=now,
-                acquired=first))
-        except client.NotFound:
-            with contextlib.suppress(client.Conflict):  # created meanwhile: renewed next time
+            try:
+                if first and not await self.lease_is_ours(where):
+                    return False
+                await self.api.merge_patch(client.LEASES, **where, patch=heartbeats.renewal(
+                    holder=self.holder, interval=self.options.heartbeat_interval, now=now,
+                    acquired=first))
+            except client.NotFound:
                 await self.api.create(client.LEASES, namespace=self.options.namespace,
                                       body=heartbeats.lease(
                                           self.engine, holder=self.holder,
                                           interval=self.options.heartbeat_interval, now=now))
+            return True
+        except client.Conflict:  # the create met a Lease created meanwhile
+            return False
         except client.ApiError as error:
             if error.status != 403:
                 raise
@@ -294,6 +298,7 @@ class Agent:
                            ".yaml). Heartbeating on the engine's status meanwhile.",
                            self.options.name, error)
             await self.beat_on_status()
+            return False
 
     async def lease_is_ours(self, where: Mapping[str, str]) -> bool:
         """Read the Lease of the engine's name before writing it (NotFound: there is none
