@@ -276,3 +276,15 @@ def test_a_take_waiting_for_its_token_keeps_its_room_from_a_spare_but_not_from_a
     assert decisions["a-002"].reason is R.RATE_LIMITED
     assert (decisions["spare-000"].verdict, decisions["spare-000"].reason) == (V.EXECUTE,
                                                                                R.ALLOWED)
+
+    # A token further off than an engine's load keeps nothing: a spare started now would
+    # have loaded and given the room back before the take could run.
+    slow = gate.GateConfig(fleet_max_unavailable_percent=20, rate_limit=limit,
+                           reserve_for_tokens_within=30.0)
+    g = gate.Gate(slow)
+    g.triage(spent, found, {}, 0.0)  # the first token, spent
+    q = queue.ActionQueue()
+    q.enqueue(planner.plan(found), found, 1.0)  # the next comes in 59 s
+    decisions = {d.action.intent.engine: d for d in g.triage(q, found, {}, 1.0).decisions}
+    assert decisions["a-002"].reason is R.RATE_LIMITED
+    assert decisions["spare-000"].verdict is V.EXECUTE

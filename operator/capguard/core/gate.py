@@ -82,6 +82,10 @@ class GateConfig:
     fleet_max_unavailable_percent: int = 10
     # One bucket for every disruptive action in the fleet (breakers and models add theirs).
     rate_limit: specs.RateLimit | None = None
+    # A take whose token comes within this many seconds keeps its room from spares
+    # (`_reserve`): about as long as an engine takes to load, after which a spare
+    # started now would give the room back anyway. Later tokens keep nothing.
+    reserve_for_tokens_within: float = 120.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,7 +277,8 @@ class Gate:
                 short = self._token_wait(action, tally=tally, machines=machines, now=now)
                 if short is not None:
                     key, wait = short
-                    _reserve(action, tally=tally)
+                    if wait <= self.config.reserve_for_tokens_within:
+                        _reserve(action, tally=tally)
                     message = f"{key} token bucket is empty (a token in {wait:.0f}s)"
                     return Decision(action, Verdict.HOLD, Reason.RATE_LIMITED, message, None,
                                     names, retry_at=now + wait)
