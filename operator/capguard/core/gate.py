@@ -651,8 +651,9 @@ def _kept(kept: int) -> str:
 def _reserve(action: queue_.Action, *, tally: _Tally) -> None:
     """Keep room for a take that only waits for its token: the engine it takes and the
     model it loads for, as `Gate._execute` would count them. An assign loads for minutes,
-    while the token comes within one period; had the assign the room meanwhile, the take
-    would find the fleet cap or a maxUnavailable used up and its token would go unspent."""
+    while the token comes sooner (`GateConfig.reserve_for_tokens_within`); had the assign
+    the room meanwhile, the take would find the fleet cap or a maxUnavailable used up and
+    its token would go unspent."""
     intent = action.intent
     tally.reserved_out += 1
     assert intent.from_model is not None
