@@ -76,6 +76,19 @@ def test_floors_are_restored_as_far_as_the_supply_allows_and_the_rest_is_said(
             assert share.floor_shortfall > 0, (name, serving, share)
 
 
+@settings(max_examples=100, deadline=None)
+@given(world_.runs)
+def test_left_alone_the_fleet_comes_to_rest(
+    run: tuple[world_.Shape, list[world_.Event], list[bool]],
+) -> None:
+    """Liveness: whatever the gate holds (budgets, the fleet cap, the room kept for takes
+    waiting for a token, rate limits) it holds only for a while. Left alone for hours
+    after any script, the planner finds nothing left to do and the queue is empty."""
+    world = play(run).settle()
+    left = planner.plan(world.fleet)
+    assert not left and not world.queue, (left[:5], world.queue.pending()[:5])
+
+
 @EXAMPLES
 @given(world_.runs)
 def test_no_stale_action_executes(
