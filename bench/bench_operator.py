@@ -25,7 +25,8 @@ The server and the operator share this machine's cores: on 2 cores they compete,
 server's write path (a few hundred writes/s) bounds everything that needs writes.
 
 For issue 14 (scale to 50,000 engines), the unhandled start also shows when the first
-assignment is written (seen on a watch of InferenceEngines) and how every model serving
+assignment is written, when every engine's assign is recorded and when every engine
+serves (seen on a watch of InferenceEngines), and how every model serving
 compares with the least time the writes and the load allow (`rate_limit_minimum`: the
 server's write rate is measured in the same run, before the operator starts);
 `--scrape-interval` has /metrics scraped while idle latency is measured, as Prometheus
@@ -651,6 +652,35 @@ async def first_assignment(session: aiohttp.ClientSession, url: str,
                     return
 
 
+async def every_engine(session: aiohttp.ClientSession, url: str, engines: int,
+                       found: dict[str, asyncio.Future[float]]) -> None:
+    """Watch InferenceEngines from now on; resolve ``found[phase]`` with perf_counter()
+    when every one of ``engines`` has been seen in that phase (Loading: its assign
+    recorded; Serving). An unhandled start only moves engines forward, so a name seen
+    stays counted; only lines that name one of the phases are parsed."""
+    path = f"{url}{API}/namespaces/{NAMESPACE}/inferenceengines"
+    async with session.get(path, params={"limit": "1"}) as r:
+        version = (await r.json())["metadata"]["resourceVersion"]
+    seen: dict[str, set[str]] = {phase: set() for phase in found}
+    marks = tuple(f'"{phase}"'.encode() for phase in found)
+    while not all(f.done() for f in found.values()):
+        params = {"watch": "1", "resourceVersion": version, "allowWatchBookmarks": "true"}
+        async with session.get(path, params=params,
+                               timeout=aiohttp.ClientTimeout(total=None)) as r:
+            async for line in r.content:
+                if not any(mark in line for mark in marks):
+                    continue
+                obj = json.loads(line)["object"]
+                version = obj["metadata"]["resourceVersion"]
+                phase = (obj.get("status") or {}).get("phase")
+                if phase in seen and not found[phase].done():
+                    seen[phase].add(obj["metadata"]["name"])
+                    if len(seen[phase]) == engines:
+                        found[phase].set_result(time.perf_counter())
+                if all(f.done() for f in found.values()):
+                    return
+
+
 async def unhandled_fleet(workdir: pathlib.Path, setup: Setup, rows: list[Row]) -> None:
     """Every engine new (no status, unbound): the backlog after a pause or an outage."""
     server = Server(workdir, engines=setup.engines, models=setup.models, state="unhandled")
@@ -664,6 +694,10 @@ async def unhandled_fleet(workdir: pathlib.Path, setup: Setup, rows: list[Row]) 
                                          load_time=LOAD_TIME)
             assigned: asyncio.Future[float] = asyncio.get_running_loop().create_future()
             watcher = asyncio.create_task(first_assignment(session, server.url, assigned))
+            phases = {phase: asyncio.get_running_loop().create_future()
+                      for phase in ("Loading", "Serving")}
+            phase_watcher = asyncio.create_task(
+                every_engine(session, server.url, setup.engines, phases))
             await asyncio.sleep(0.2)  # the watch is open before the operator starts
             operator = Operator(server, driver="simulated", load_time=f"{LOAD_TIME:g}s")
             stop = asyncio.Event()
@@ -683,6 +717,9 @@ async def unhandled_fleet(workdir: pathlib.Path, setup: Setup, rows: list[Row]) 
 
             all_serving = (await models.until(serving, timeout=max(600, 3 * minimum.seconds))
                            - operator.started)
+            await asyncio.wait_for(phase_watcher, setup.timeout(60))
+            every_loading, every_serving = (phases[p].result() - operator.started
+                                            for p in ("Loading", "Serving"))
             stop.set()
             await sampler
             hwm, rss = operator.memory_mib()
@@ -691,6 +728,10 @@ async def unhandled_fleet(workdir: pathlib.Path, setup: Setup, rows: list[Row]) 
             rows.append(below("unhandled: first reconcile pass done", first_pass, "s", 8))
             rows.append(below("unhandled: first assignment written", first_assign, "s", 2))
             rows.append(below("unhandled: every model status current", all_current, "s", 8))
+            rows.append(Row("unhandled: every engine's assign recorded (Loading)",
+                            every_loading, "s"))
+            rows.append(Row(f"unhandled: every engine Serving (load {LOAD_TIME:g} s)",
+                            every_serving, "s"))
             rows.append(Row(f"unhandled: every model serving (load {LOAD_TIME:g} s)",
                             all_serving, "s"))
             rows.append(Row("unhandled: server write rate (before the start)", rate,
