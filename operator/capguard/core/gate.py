@@ -354,11 +354,10 @@ class Gate:
             tally.taken_units[intent.from_model] = (
                 tally.taken_units.get(intent.from_model, 0) + engine.units
             )
-            _add(tally.extra_unavailable, intent.from_model)
-            tally.extra_out_of_service += 1
-        if intent.model is not None and intent.model != intent.from_model:
-            _add(tally.extra_unavailable, intent.model)  # it loads before it serves
-            tally.extra_out_of_service += 0 if takes else 1
+        out = _puts_out(intent, takes=takes)
+        for model in out:
+            _add(tally.extra_unavailable, model)
+        tally.extra_out_of_service += 1 if out else 0
         probes = tuple(m.name for m in machines if m.state is breaker_.BreakerState.HALF_OPEN)
         for name in probes:
             tally.probe_slots[name] -= 1
@@ -648,18 +647,24 @@ def _kept(kept: int) -> str:
     return f" and {kept} kept for takes waiting for a token" if kept else ""
 
 
+def _puts_out(intent: planner.Intent, *, takes: bool) -> tuple[str, ...]:
+    """The models whose maxUnavailable an executed action counts against: the model a take
+    leaves, and the model the engine loads for (it loads before it serves). Empty when it
+    puts no engine out of service; otherwise one engine of the fleet's cap."""
+    left = (intent.from_model,) if takes and intent.from_model is not None else ()
+    moves = intent.model is not None and intent.model != intent.from_model
+    return left + ((intent.model,) if moves and intent.model is not None else ())
+
+
 def _reserve(action: queue_.Action, *, tally: _Tally) -> None:
-    """Keep room for a take that only waits for its token: the engine it takes and the
-    model it loads for, as `Gate._execute` would count them. An assign loads for minutes,
-    while the token comes sooner (`GateConfig.reserve_for_tokens_within`); had the assign
-    the room meanwhile, the take would find the fleet cap or a maxUnavailable used up and
-    its token would go unspent."""
-    intent = action.intent
+    """Keep room for a take that only waits for its token: what it will put out once it
+    runs (`_puts_out`, as `Gate._execute` counts it). An assign loads for minutes, while
+    the token comes sooner (`GateConfig.reserve_for_tokens_within`); had the assign the
+    room meanwhile, the take would find the fleet cap or a maxUnavailable used up and its
+    token would go unspent."""
     tally.reserved_out += 1
-    assert intent.from_model is not None
-    _add(tally.reserved_unavailable, intent.from_model)
-    if intent.model is not None and intent.model != intent.from_model:
-        _add(tally.reserved_unavailable, intent.model)
+    for model in _puts_out(action.intent, takes=True):
+        _add(tally.reserved_unavailable, model)
 
 
 def _model_hold(model: str, *, engine: specs.Engine, tally: _Tally) -> tuple[Reason, str] | None:
