@@ -630,55 +630,51 @@ async def write_rate(session: aiohttp.ClientSession, url: str, setup: Setup) -> 
     return written / (time.perf_counter() - started)
 
 
-async def first_assignment(session: aiohttp.ClientSession, url: str,
-                           found: asyncio.Future[float]) -> None:
-    """Watch InferenceEngines from now on; resolve `found` with perf_counter() when one
-    first shows spec.modelRef. Only that is looked for: an event is parsed only when its
-    line names a modelRef, so 50,000 engines' status writes cost little."""
-    engines = f"{url}{API}/namespaces/{NAMESPACE}/inferenceengines"
-    async with session.get(engines, params={"limit": "1"}) as r:
-        version = (await r.json())["metadata"]["resourceVersion"]
-    while not found.done():
-        params = {"watch": "1", "resourceVersion": version, "allowWatchBookmarks": "true"}
-        async with session.get(engines, params=params,
-                               timeout=aiohttp.ClientTimeout(total=None)) as r:
-            async for line in r.content:
-                if b'"modelRef"' not in line:
-                    continue
-                obj = json.loads(line)["object"]
-                version = obj["metadata"]["resourceVersion"]
-                if (obj.get("spec") or {}).get("modelRef"):
-                    found.set_result(time.perf_counter())
-                    return
-
-
-async def every_engine(session: aiohttp.ClientSession, url: str, engines: int,
-                       found: dict[str, asyncio.Future[float]]) -> None:
-    """Watch InferenceEngines from now on; resolve ``found[phase]`` with perf_counter()
-    when every one of ``engines`` has been seen in that phase (Loading: its assign
-    recorded; Serving). An unhandled start only moves engines forward, so a name seen
-    stays counted; only lines that name one of the phases are parsed."""
+async def engine_events(session: aiohttp.ClientSession, url: str,
+                        marks: tuple[bytes, ...]) -> AsyncIterator[dict[str, Any]]:
+    """Watch InferenceEngines from now on (resumed when a stream ends) and yield each
+    object whose event line holds one of ``marks``: only those lines are parsed, so
+    50,000 engines' other writes cost little."""
     path = f"{url}{API}/namespaces/{NAMESPACE}/inferenceengines"
     async with session.get(path, params={"limit": "1"}) as r:
         version = (await r.json())["metadata"]["resourceVersion"]
-    seen: dict[str, set[str]] = {phase: set() for phase in found}
-    marks = tuple(f'"{phase}"'.encode() for phase in found)
-    while not all(f.done() for f in found.values()):
+    while True:
         params = {"watch": "1", "resourceVersion": version, "allowWatchBookmarks": "true"}
         async with session.get(path, params=params,
                                timeout=aiohttp.ClientTimeout(total=None)) as r:
             async for line in r.content:
-                if not any(mark in line for mark in marks):
-                    continue
-                obj = json.loads(line)["object"]
-                version = obj["metadata"]["resourceVersion"]
-                phase = (obj.get("status") or {}).get("phase")
-                if phase in seen and not found[phase].done():
-                    seen[phase].add(obj["metadata"]["name"])
-                    if len(seen[phase]) == engines:
-                        found[phase].set_result(time.perf_counter())
-                if all(f.done() for f in found.values()):
-                    return
+                if any(mark in line for mark in marks):
+                    obj: dict[str, Any] = json.loads(line)["object"]
+                    version = obj["metadata"]["resourceVersion"]
+                    yield obj
+
+
+async def first_assignment(session: aiohttp.ClientSession, url: str,
+                           found: asyncio.Future[float]) -> None:
+    """Resolve `found` with perf_counter() when an engine first shows spec.modelRef."""
+    async with contextlib.aclosing(engine_events(session, url, (b'"modelRef"',))) as events:
+        async for obj in events:
+            if (obj.get("spec") or {}).get("modelRef"):
+                found.set_result(time.perf_counter())
+                return
+
+
+async def every_engine(session: aiohttp.ClientSession, url: str, engines: int,
+                       found: dict[str, asyncio.Future[float]]) -> None:
+    """Resolve ``found[phase]`` with perf_counter() when every one of ``engines`` has been
+    seen in that phase (Loading: its assign recorded; Serving). An unhandled start only
+    moves engines forward, so a name seen stays counted."""
+    seen: dict[str, set[str]] = {phase: set() for phase in found}
+    marks = tuple(f'"{phase}"'.encode() for phase in found)
+    async with contextlib.aclosing(engine_events(session, url, marks)) as events:
+        async for obj in events:
+            phase = (obj.get("status") or {}).get("phase")
+            if phase in seen and not found[phase].done():
+                seen[phase].add(obj["metadata"]["name"])
+                if len(seen[phase]) == engines:
+                    found[phase].set_result(time.perf_counter())
+            if all(f.done() for f in found.values()):
+                return
 
 
 async def unhandled_fleet(workdir: pathlib.Path, setup: Setup, rows: list[Row]) -> None:
