@@ -11,8 +11,9 @@ nothing is mirrored in git. The wheel is built as the Dockerfile builds it (the 
 - `base`: as the Dockerfile installs it, operator/requirements.lock from the package
   index with --require-hashes, then the wheel with no dependencies: the image's install.
 
-About 25 s in all, most of it the demo (14 s at --speed 600) and the lock's download
-(a few seconds from pip's cache).
+About two minutes in all, most of it the default demo from the installed wheel (both
+modes on real engines at --speed 120) and the lock's download (a few seconds from pip's
+cache).
 """
 
 from __future__ import annotations
@@ -123,20 +124,47 @@ def test_installed_capguard_crds_prints_crds_folder(
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_installed_capguard_demo_installs_its_crds_and_plays(
+@pytest.mark.timeout(420)
+def test_installed_default_demo_shows_the_incident_in_requests_and_guarded_holds(
         installed: Path, elsewhere: dict[str, str], tmp_path: Path) -> None:
-    # The demo's embedded server, the operator, the agents, their model servers, the
-    # gateway and the load run as `python -m capguard...` children of the installed
-    # interpreter, so every CRD lookup and every process here is the wheel's.
-    played = _run([str(installed / "capguard"), "demo", "--json", "--speed", "600",
-                   "--mode", "guarded", "--plot", ""], cwd=tmp_path, env=elsewhere,
-                  timeout=240)
+    """The default demo as `pip install 'capguard[demo]' && capguard demo` plays it: both
+    modes on real engines (agents, model servers, gateway, load), naive's success rate
+    collapses after the release and guarded's holds at every minute.
+
+    The embedded server, the operator, the agents, their model servers, the gateway and
+    the load run as `python -m capguard...` children of the installed interpreter, so
+    every CRD lookup and every process here is the wheel's."""
+    plot = tmp_path / "timeline.png"
+    played = _run([str(installed / "capguard"), "demo", "--json", "--speed", "120",
+                   "--plot", str(plot)], cwd=tmp_path, env=elsewhere, timeout=400)
     assert played.returncode == 0, played.stdout[-3000:] + played.stderr[-3000:]
-    measures = json.loads(played.stdout.strip().splitlines()[-1])
-    assert measures["mode"] == "guarded"
-    assert measures["floor_breaking_actions"] == 0
-    assert measures["requests_total"] > 0
+    both = json.loads(played.stdout.strip().splitlines()[-1])
+    simulated = _run([str(installed / "capguard"), "simulate", "--mode", "naive", "--json"],
+                     cwd=tmp_path, env=elsewhere)
+    assert simulated.returncode == 0, simulated.stderr
+    guarded, naive = both["guarded"], both["naive"]
+    for found in (guarded, naive):  # every key of the replay's report, and the requests
+        assert set(json.loads(simulated.stdout)) <= set(found)
+        assert found["requests_total"] > 1000
+        assert set(found["min_success_rate_by_model"]) == set(found["per_model"])
+    assert guarded["min_success_rate"] >= 0.95, guarded["success_rate_by_minute"]
+    assert guarded["refused_batches"] >= 1 and guarded["floor_breaking_actions"] == 0
+    assert guarded["min_serving_ratio"] >= guarded["floor_ratio"]
+    assert guarded["max_engines_out_of_service"] <= guarded["disruption_budget"]
+    # The incident: the queue flushes at once, floors break, the budget is blown.
+    assert naive["refused_batches"] == 0 and naive["floor_breaking_actions"] > 0
+    assert naive["min_serving_ratio"] < naive["floor_ratio"] - 0.2
+    assert naive["max_engines_out_of_service"] > naive["disruption_budget"]
+    release = 25  # march-4's breaker is released at minute 25
+    after = [rate for minute, rate in naive["success_rate_by_minute"].items()
+             if int(minute) >= release]
+    assert min(after) < 0.5 and naive["error_minutes"] >= 2, naive["success_rate_by_minute"]
+    for found in (guarded, naive):  # the requests are measured to the incident's end
+        last = max(int(minute) for minute in found["success_rate_by_minute"])
+        assert last >= release + found["converge_seconds"] / 60 + 1, found
+    assert naive["requests_failed"] > 10 * guarded["requests_failed"]
+    assert plot.stat().st_size > 0
+    assert "guarded: worst model" in played.stdout and "naive: worst model" in played.stdout
 
 
 @pytest.mark.slow
