@@ -229,19 +229,27 @@ def test_an_agent_never_writes_another_components_lease_of_its_engines_name(
 
 
 class LeaseRace(harness.ReverseProxy):
-    """Between an agent and the API server: before the agent's create of its Lease goes
-    on, another component creates a Lease of that name, so the create meets a 409 after
-    the agent's read found none."""
+    """Between an agent and the API server: before the agent's first request of
+    ``method`` on Leases goes on, another component's Lease takes the name.
+
+    - POST (the agent's create, after its read found none): another component creates a
+      Lease of that name, so the create meets a 409.
+    - PATCH (a renewal of the agent's own Lease): the agent's Lease is deleted and another
+      component creates one of that name between two renewals."""
 
     def __init__(self, kubectl: harness.Kubectl, *, lease: dict[str, object],
-                 directory: Path) -> None:
-        self._kubectl, self._lease, self.raced = kubectl, lease, 0
+                 directory: Path, method: str = "POST") -> None:
+        self._kubectl, self._lease, self._method, self.raced = kubectl, lease, method, 0
         super().__init__(kubectl, directory=directory, name="lease-race")
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        if request.method == "POST" and request.path.endswith("/leases") and not self.raced:
+        if (request.method == self._method and "/leases" in request.path
+                and not self.raced):
             self.raced += 1
+            if self._method == "PATCH":
+                await asyncio.to_thread(self._kubectl.run, "delete", "lease",
+                                        str(self._lease["metadata"]["name"]))  # type: ignore[index]
             await asyncio.to_thread(self._kubectl.apply, self._lease)
         return await self.forward(request, body)
 
@@ -262,6 +270,25 @@ def test_a_lease_created_between_an_agents_read_and_its_create_is_read_before_wr
         after = kube.get("lease", "ie-0")
         assert after["spec"]["holderIdentity"] == "another-controller"
         assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+        assert "is not the heartbeat of InferenceEngine ie-0" in agents.logs[0].read_text()
+        assert harness.serving(kube, "chat") == 1  # heard on its status all along
+
+
+def test_a_lease_replaced_between_two_renewals_is_not_renewed(
+    kube: harness.Kubectl, operators: Operators, agents: Agents, tmp_path: Path,
+) -> None:
+    """Between two renewals the agent's Lease is deleted and another component creates
+    one of that name. The renewal carries the resourceVersion the agent last wrote, so
+    it meets a 409 instead of writing that Lease; the agent reads it, and leaves it."""
+    kube.apply(harness.engine("ie-0"), harness.model("chat", replicas=1, min_available=0))
+    with LeaseRace(kube, lease=OTHER_LEASE, directory=tmp_path, method="PATCH") as race:
+        agents.start("ie-0", flags=(f"--kubeconfig={race.kubeconfig}",))
+        operators.start(flags=("--driver=agent", f"--heartbeat-timeout={HEARTBEAT_TIMEOUT}"))
+        harness.wait_serving(kube, {"chat": 1}, timeout=30)
+        harness.wait_until(lambda: race.raced == 1, timeout=10, what="a renewal raced")
+        time.sleep(2.5)  # five heartbeat intervals, past the heartbeat bound
+        after = kube.get("lease", "ie-0")
+        assert after["spec"] == OTHER_LEASE["spec"], after  # never renewed by the agent
         assert "is not the heartbeat of InferenceEngine ie-0" in agents.logs[0].read_text()
         assert harness.serving(kube, "chat") == 1  # heard on its status all along
 

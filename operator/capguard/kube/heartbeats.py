@@ -76,12 +76,17 @@ def lease(engine: Mapping[str, Any], *, holder: str, interval: float,
             "spec": renewal(holder=holder, interval=interval, now=now, acquired=True)["spec"]}
 
 
-def renewal(*, holder: str, interval: float, now: float, acquired: bool = False
-            ) -> dict[str, Any]:
+def renewal(*, holder: str, interval: float, now: float, acquired: bool = False,
+            resource_version: str | None = None) -> dict[str, Any]:
     """The merge patch that renews a Lease (``acquired``: this agent's first, which also
-    says who holds it and since when)."""
+    says who holds it and since when). With ``resource_version`` (the Lease as the agent
+    last read or wrote it) the patch is preconditioned: if anything wrote the Lease since,
+    or deleted it and created another of that name, the API server answers 409 Conflict
+    and writes nothing."""
     spec: dict[str, Any] = {"renewTime": micro_time(now)}
     if acquired:
         spec.update(holderIdentity=holder, acquireTime=micro_time(now),
                     leaseDurationSeconds=max(1, round(DURATION_RENEWALS * interval)))
+    if resource_version:
+        return {"metadata": {"resourceVersion": resource_version}, "spec": spec}
     return {"spec": spec}

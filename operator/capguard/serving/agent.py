@@ -119,6 +119,12 @@ def free_port(host: str) -> int:
         return port
 
 
+def _resource_version(body: Mapping[str, Any]) -> str | None:
+    """An object's metadata.resourceVersion as the API server answered it (None if none)."""
+    version = (body.get("metadata") or {}).get("resourceVersion")
+    return str(version) if version else None
+
+
 class Agent:
     """One engine's agent: converge a server on the spec, report it, heartbeat."""
 
@@ -144,6 +150,9 @@ class Agent:
         # No RBAC for Leases, or the engine's name taken by another component's Lease:
         # heartbeat on the status instead.
         self.lease_unusable = False
+        # The Lease's resourceVersion as this agent last read or wrote it: a renewal is
+        # preconditioned on it, so it never writes a Lease that changed since.
+        self.lease_version: str | None = None
 
     # -- the API side -------------------------------------------------------------
 
@@ -268,8 +277,11 @@ class Agent:
         """Renew the Lease (``first``: this agent's, which also says it holds it, once it
         has read that the Lease is its engine's heartbeat), or create it when it does not
         exist. True once the Lease is known to be the heartbeat this agent writes: renewed
-        after that read, or created by this agent. A create that meets a Lease created
-        meanwhile (409) is not: whose it is gets read before the next renewal writes it."""
+        after that read, or created by this agent. Each renewal carries the resourceVersion
+        the agent last read or wrote (`lease_version`). A 409 is not known to be ours: a
+        create that met a Lease created meanwhile, or a renewal of a Lease that changed
+        since (another writer, or deleted and created again by another component between
+        two renewals). Whose it is gets read before the next renewal writes it."""
         from capguard.kube import client
 
         now, where = time.time(), {"namespace": self.options.namespace,
@@ -278,16 +290,19 @@ class Agent:
             try:
                 if first and not await self.lease_is_ours(where):
                     return False
-                await self.api.merge_patch(client.LEASES, **where, patch=heartbeats.renewal(
-                    holder=self.holder, interval=self.options.heartbeat_interval, now=now,
-                    acquired=first))
+                written = await self.api.merge_patch(
+                    client.LEASES, **where, patch=heartbeats.renewal(
+                        holder=self.holder, interval=self.options.heartbeat_interval, now=now,
+                        acquired=first, resource_version=self.lease_version))
             except client.NotFound:
-                await self.api.create(client.LEASES, namespace=self.options.namespace,
-                                      body=heartbeats.lease(
-                                          self.engine, holder=self.holder,
-                                          interval=self.options.heartbeat_interval, now=now))
+                written = await self.api.create(
+                    client.LEASES, namespace=self.options.namespace, body=heartbeats.lease(
+                        self.engine, holder=self.holder,
+                        interval=self.options.heartbeat_interval, now=now))
+            self.lease_version = _resource_version(written)
             return True
-        except client.Conflict:  # the create met a Lease created meanwhile
+        except client.Conflict:
+            self.lease_version = None
             return False
         except client.ApiError as error:
             if error.status != 403:
@@ -308,8 +323,10 @@ class Agent:
         engine's status, as without RBAC for Leases."""
         from capguard.kube import client
 
+        self.lease_version = None
         found = await self.api.get(client.LEASES, **where)
         if heartbeats.speaks_for(found, self.options.name):
+            self.lease_version = _resource_version(found)
             return True
         self.lease_unusable = True
         logger.error("Lease %s/%s exists and is not the heartbeat of InferenceEngine %s (no "
