@@ -1,7 +1,7 @@
 """`capguard demo` end to end, as a person runs it: a subprocess, the embedded API server,
 the real operator, the march-4 script, and the measures it prints as its last line.
 
-`--speed 180` plays the incident's 70 minutes in under 25 seconds (64 engines, 8 models,
+`--speed 300` plays the incident's 70 minutes in 14 seconds (64 engines, 8 models,
 the sim's timeline for seed 0). Here the guarded operator on simulated engines (fast); the
 default demo, real engines with traffic in both modes, is played once, at `--speed 120`,
 from the installed wheel (tests/ship/test_packaging.py), so that every one of its
@@ -22,7 +22,7 @@ import pytest
 from capguard.demo import display
 from capguard.sim import report
 
-SPEED = "180"
+SPEED = "300"
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
 
@@ -51,7 +51,7 @@ def test_guarded_demo_refuses_the_batch_and_holds_every_floor(tmp_path: pathlib.
     lines = output.splitlines()
     # Piped: the Event's whole message on its line, and the clock explained once.
     assert any("BatchRefused" in line and "re-planning" in line for line in lines), output
-    assert output.count("1 real second at --speed 180;") == 1, output
+    assert output.count("1 real second at --speed 300;") == 1, output
     assert output.count("show real time") == 1, output
 
 
