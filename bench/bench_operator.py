@@ -26,7 +26,8 @@ server's write path (a few hundred writes/s) bounds everything that needs writes
 
 For issue 14 (scale to 50,000 engines), the unhandled start also shows when the first
 assignment is written, when every engine's assign is recorded and when every engine
-serves (seen on a watch of InferenceEngines), and how every model serving
+serves (seen on a watch of InferenceEngines), the operator's CPU-seconds and full garbage
+collections by then (its own `/metrics`), and how every model serving
 compares with the least time the writes and the load allow (`rate_limit_minimum`: the
 server's write rate is measured in the same run, before the operator starts);
 `--scrape-interval` has /metrics scraped while idle latency is measured, as Prometheus
@@ -716,6 +717,8 @@ async def unhandled_fleet(workdir: pathlib.Path, setup: Setup, rows: list[Row]) 
             await asyncio.wait_for(phase_watcher, setup.timeout(60))
             every_loading, every_serving = (phases[p].result() - operator.started
                                             for p in ("Loading", "Serving"))
+            cpu, full_collections = [await operator.metric(session, name) for name in (
+                "process_cpu_seconds_total", 'python_gc_collections_total{generation="2"}')]
             stop.set()
             await sampler
             hwm, rss = operator.memory_mib()
@@ -739,6 +742,10 @@ async def unhandled_fleet(workdir: pathlib.Path, setup: Setup, rows: list[Row]) 
             rows.append(below("unhandled: operator RSS peak (VmHWM)", max(hwm, peak[0]),
                               "MB", 200))
             rows.append(below("unhandled: operator RSS at end", rss, "MB", 200))
+            # The operator's own CPU moves less with a drifting machine than wall time does.
+            rows.append(Row("unhandled: operator CPU to every model serving", cpu, "s"))
+            rows.append(Row("unhandled: operator full garbage collections (generation 2)",
+                            full_collections, ""))
             operator.stop()
     finally:
         server.stop()
