@@ -652,8 +652,9 @@ def _puts_out(intent: planner.Intent, *, takes: bool) -> tuple[str, ...]:
     leaves, and the model the engine loads for (it loads before it serves). Empty when it
     puts no engine out of service; otherwise one engine of the fleet's cap."""
     left = (intent.from_model,) if takes and intent.from_model is not None else ()
-    moves = intent.model is not None and intent.model != intent.from_model
-    return left + ((intent.model,) if moves and intent.model is not None else ())
+    if intent.model is not None and intent.model != intent.from_model:
+        return (*left, intent.model)
+    return left
 
 
 def _reserve(action: queue_.Action, *, tally: _Tally) -> None:
