@@ -229,13 +229,17 @@ class Operator:
         return int(peak.group(1)) / 1024, int(now.group(1)) / 1024
 
     async def metric(self, session: aiohttp.ClientSession, name: str) -> float | None:
+        return (await self.metrics(session, name))[0]
+
+    async def metrics(self, session: aiohttp.ClientSession, *names: str) -> list[float | None]:
+        """The samples of ``names`` (a series' name with its labels) from one scrape."""
         try:
             async with session.get(f"http://127.0.0.1:{self.metrics_port}/metrics") as response:
                 text = await response.text()
         except aiohttp.ClientError:
-            return None
-        found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-        return float(found.group(1)) if found else None
+            return [None] * len(names)
+        found = (re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE) for name in names)
+        return [float(f.group(1)) if f else None for f in found]
 
     async def wait_metric(self, session: aiohttp.ClientSession, name: str,
                           predicate: Callable[[float], bool], *, timeout: float) -> float:
@@ -717,8 +721,8 @@ async def unhandled_fleet(workdir: pathlib.Path, setup: Setup, rows: list[Row]) 
             await asyncio.wait_for(phase_watcher, setup.timeout(60))
             every_loading, every_serving = (phases[p].result() - operator.started
                                             for p in ("Loading", "Serving"))
-            cpu, full_collections = [await operator.metric(session, name) for name in (
-                "process_cpu_seconds_total", 'python_gc_collections_total{generation="2"}')]
+            cpu, full_collections = await operator.metrics(
+                session, "process_cpu_seconds_total", 'python_gc_collections_total{generation="2"}')
             stop.set()
             await sampler
             hwm, rss = operator.memory_mib()
