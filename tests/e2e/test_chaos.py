@@ -8,9 +8,11 @@ rounds, a 10-minute outage, 10 minutes of faults) and prints the figures.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,11 +22,12 @@ from .conftest import Operators, Target
 
 SOAK = os.environ.get("CAPGUARD_CHAOS") == "soak"
 ROUNDS = 10 if SOAK else 2
-# Longer than the longest wait between an action's tries (core.backoff.CAP, 30 s), so the
-# outage is waited out at the cap. (It was 60 s while Kopf made the operator's requests:
-# Kopf's own retries gave up after ~54 s.)
-OUTAGE_SECONDS = 600.0 if SOAK else 45.0
-FAULT_SECONDS = 600.0 if SOAK else 30.0
+# Longer than the longest wait between an action's tries (core.backoff.CAP, 30 s), and
+# long enough that the waits reach it: the first five (ceilings 1, 2, 4, 8, 16 s, half of
+# each jittered) add up to 15.5-31 s, so the outage is waited out at the cap. (It was 60 s
+# while Kopf made the operator's requests: Kopf's own retries gave up after ~54 s.)
+OUTAGE_SECONDS = 600.0 if SOAK else 35.0
+FAULT_SECONDS = 600.0 if SOAK else 20.0
 LEASE_SECONDS = 3.0  # harness.operator_command's --lease-duration
 
 pytestmark = pytest.mark.chaos
@@ -52,6 +55,24 @@ def _rss_kib(process: harness.OperatorProcess) -> int:
 def _leader(replicas: list[harness.OperatorProcess]) -> harness.OperatorProcess | None:
     leading = [r for r in replicas if r.alive and r.leading()]
     return leading[0] if len(leading) == 1 else None
+
+
+@contextlib.contextmanager
+def _replicas_behind_proxies(
+    kube: harness.Kubectl, operators: Operators, tmp_path: Path, *, seed: int,
+) -> Iterator[tuple[list[chaos.FaultProxy], list[harness.OperatorProcess]]]:
+    """Two replicas electing a leader, each through a fault proxy of its own; both stopped
+    (through their proxies: the Lease is released), then the proxies, at the end."""
+    proxies = [chaos.FaultProxy(kube, directory=tmp_path, name=f"replica-{n}", seed=seed + n)
+               for n in range(2)]
+    try:
+        yield proxies, [operators.start(identity=f"{kube.namespace}-{n}", leader_election=True,
+                                        kubeconfig=proxy.kubeconfig)
+                        for n, proxy in enumerate(proxies)]
+    finally:
+        operators.stop_all(show_logs=False)
+        for proxy in proxies:
+            proxy.stop()
 
 
 def test_a_frozen_leader_writes_nothing_after_its_lease_expired(
@@ -141,6 +162,42 @@ def test_an_api_outage_is_waited_out_and_the_operator_converges_after(
         assert during / (OUTAGE_SECONDS / 60) < 120, during
 
 
+def test_a_lease_request_that_never_answers_does_not_keep_the_standby_from_taking_over(
+    kube: harness.Kubectl, operators: Operators, tmp_path: Path,
+) -> None:
+    """A request that gets no answer (a dead connection: the proxy holds it 60 s) holds
+    leader election only for a try's timeout (half the renew deadline, at least 1 s, as
+    controller-runtime gives its leader election client), not for the operator's 30 s
+    request timeout: the standby whose Lease read hung looks again, and takes over about
+    a lease duration after the leader dies."""
+    kube.apply(*harness.engines("e", 2), harness.model("chat", replicas=1))
+    with _replicas_behind_proxies(kube, operators, tmp_path, seed=20) as (proxies, replicas):
+        leader = harness.wait_until(lambda: _leader(replicas), timeout=30,
+                                    what="exactly one leader")
+        standby = next(r for r in replicas if r is not leader)
+        hung = proxies[replicas.index(standby)]
+        began = time.monotonic()
+        hung.set(chaos.Faults(timeout=1.0))  # held 60 s, then dropped unanswered
+
+        def lease_requests_held() -> bool:
+            return any(r.fault == "timeout" and "/leases/" in r.path
+                       for r in hung.requests(since=began))
+
+        harness.wait_until(lease_requests_held, timeout=10,
+                           what="the standby's Lease request to be held")
+        hung.set(chaos.Faults())  # the held request stays held; new ones are answered
+        leader.kill()
+        killed = time.monotonic()
+        harness.wait_until(standby.leading, timeout=25, what="the standby to take over")
+        took = time.monotonic() - killed
+        _report("hung lease request", took_over_after_s=round(took, 1),
+                lease_s=LEASE_SECONDS)
+        assert standby.alive and "Traceback" not in standby.log()
+        assert "did not answer within 1.0s" in standby.log(), standby.log()[-3000:]
+        # A lease duration of watching the record unchanged, a retry and a try's timeout.
+        assert took < LEASE_SECONDS + 5, f"took over {took:.1f}s after the leader died"
+
+
 def test_watches_that_end_at_once_are_opened_again_on_a_backoff_not_in_a_loop(
     kube: harness.Kubectl, operators: Operators, tmp_path: Path,
 ) -> None:
@@ -174,12 +231,7 @@ def test_every_fault_at_ten_percent_keeps_the_floor_and_converges_after(
 ) -> None:
     kube.apply(*harness.engines("e", 12), harness.model("chat", replicas=4, min_available=3),
                harness.model("code", replicas=3, min_available=2))
-    proxies = [chaos.FaultProxy(kube, directory=tmp_path, name=f"replica-{n}", seed=10 + n)
-               for n in range(2)]
-    try:
-        replicas = [operators.start(identity=f"{kube.namespace}-{n}", leader_election=True,
-                                    kubeconfig=proxy.kubeconfig)
-                    for n, proxy in enumerate(proxies)]
+    with _replicas_behind_proxies(kube, operators, tmp_path, seed=10) as (proxies, replicas):
         harness.wait_serving(kube, {"chat": 4, "code": 3})
         rss_before = [_rss_kib(r) for r in replicas]
         with chaos.Watcher(kube, directory=tmp_path) as watcher:
@@ -216,7 +268,3 @@ def test_every_fault_at_ten_percent_keeps_the_floor_and_converges_after(
         assert chaos.duplicate_actions(seen) == {}
         assert late == 0
         assert all(a < b * 1.5 + 20_000 for a, b in zip(rss_after, rss_before, strict=True))
-    finally:
-        operators.stop_all(show_logs=False)
-        for proxy in proxies:
-            proxy.stop()

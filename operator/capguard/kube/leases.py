@@ -44,6 +44,14 @@ class LeaseConfig:
         # anyone else waits the full duration after *observing* that renewal.
         return self.duration * 2 / 3
 
+    @property
+    def try_timeout(self) -> float:
+        # A try (its read and its write) that has no answer by then is given up, as
+        # controller-runtime gives its leader election client RenewDeadline/2: a request
+        # that never answers (a dead connection) must not hold the election past a renew
+        # deadline, nor keep a standby from looking again.
+        return max(self.renew_deadline / 2, 1.0)
+
 
 def _micro_time(now: datetime.datetime) -> str:
     return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -96,9 +104,12 @@ class LeaderElector:
             while True:
                 if not self._released:
                     try:
-                        await self.try_acquire_or_renew()
-                    except (client.ApiError, aiohttp.ClientError, OSError,
-                            TimeoutError) as error:
+                        async with asyncio.timeout(self.config.try_timeout):
+                            await self.try_acquire_or_renew()
+                    except TimeoutError:
+                        logger.warning("Leader election: the API server did not answer "
+                                       "within %.1fs; trying again.", self.config.try_timeout)
+                    except (client.ApiError, aiohttp.ClientError, OSError) as error:
                         logger.warning("Leader election: %s", error)
                 self._notify()
                 await asyncio.sleep(self.config.renew if self.leading else self.candidate_retry)
@@ -175,16 +186,20 @@ class LeaderElector:
         self._leading_since_renewal = None
         self._notify()
         try:
-            lease = await self._api.get(
-                client.LEASES, namespace=self.config.namespace, name=self.config.name)
-            spec = lease.get("spec") or {}
-            if spec.get("holderIdentity") != self.config.identity:
-                return
-            spec.update(holderIdentity="", leaseDurationSeconds=1)
-            lease["spec"] = spec
-            await self._api.replace(client.LEASES, namespace=self.config.namespace,
-                                    name=self.config.name, body=lease)
-        except (client.ApiError, aiohttp.ClientError, OSError, TimeoutError) as error:
+            async with asyncio.timeout(self.config.try_timeout):
+                lease = await self._api.get(
+                    client.LEASES, namespace=self.config.namespace, name=self.config.name)
+                spec = lease.get("spec") or {}
+                if spec.get("holderIdentity") != self.config.identity:
+                    return
+                spec.update(holderIdentity="", leaseDurationSeconds=1)
+                lease["spec"] = spec
+                await self._api.replace(client.LEASES, namespace=self.config.namespace,
+                                        name=self.config.name, body=lease)
+        except TimeoutError:
+            logger.info("Could not release the lease (no answer within %.1fs): it will "
+                        "expire.", self.config.try_timeout)
+        except (client.ApiError, aiohttp.ClientError, OSError) as error:
             logger.info("Could not release the lease (it will expire): %s", error)
 
     def _notify(self) -> None:
