@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from . import harness
+from . import chaos, harness
 from .conftest import _FAILED as FAILED
 from .conftest import Operators, Target
 
@@ -291,6 +291,103 @@ def test_a_lease_replaced_between_two_renewals_is_not_renewed(
         assert after["spec"] == OTHER_LEASE["spec"], after  # never renewed by the agent
         assert "is not the heartbeat of InferenceEngine ie-0" in agents.logs[0].read_text()
         assert harness.serving(kube, "chat") == 1  # heard on its status all along
+
+
+class HeldRenewal(harness.ReverseProxy):
+    """Between an agent and the API server: once ``armed``, the agent's next renewal of its
+    Lease gets no answer (held, then its connection dropped), as over a dead connection."""
+
+    def __init__(self, kubectl: harness.Kubectl, *, directory: Path, hold: float) -> None:
+        self.armed, self.held, self._hold = False, 0, hold
+        super().__init__(kubectl, directory=directory, name="held-renewal")
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        if self.armed and request.method == "PATCH" and "/leases/" in request.path:
+            self.armed, self.held = False, self.held + 1
+            await asyncio.sleep(self._hold)
+            if request.transport is not None:
+                request.transport.close()
+            return web.StreamResponse()
+        return await self.forward(request, body)
+
+
+def test_a_renewal_that_never_answers_is_given_up_and_the_engine_stays_heard(
+    kube: harness.Kubectl, operators: Operators, agents: Agents, tmp_path: Path,
+) -> None:
+    """A renewal with no answer is given up after two heartbeat intervals and tried again
+    at once: the engine is never silent for the operator's heartbeat bound (4 intervals),
+    so it stays Ready and serving. Held for the client's 30 s request timeout instead, the
+    renewal left the engine unheard and out of service."""
+    kube.apply(harness.engine("ie-0"), harness.model("chat", replicas=1, min_available=0))
+    with HeldRenewal(kube, directory=tmp_path, hold=20.0) as held:
+        agents.start("ie-0", flags=(f"--kubeconfig={held.kubeconfig}",
+                                    "--heartbeat-interval=1s"))
+        operators.start(flags=("--driver=agent", "--heartbeat-timeout=4s"))
+        harness.wait_serving(kube, {"chat": 1}, timeout=30)
+        before = harness.condition(kube.get("ie", "ie-0"), "Ready") or {}
+        assert before.get("status") == "True", before
+        with chaos.Watcher(kube, directory=tmp_path) as watcher:  # every version written
+            held.armed = True
+            harness.wait_until(lambda: held.held == 1, timeout=10, what="a renewal held")
+            time.sleep(8)  # twice the heartbeat bound
+            seen = watcher.seen()
+        readies = {((harness.condition(s.body, "Ready") or {}).get("status"),
+                    (harness.condition(s.body, "Ready") or {}).get("reason"))
+                   for s in seen if s.kind == "engine" and s.name == "ie-0"}
+        assert readies == {("True", "Serving")}, readies  # never unheard, not even briefly
+        assert harness.serving(kube, "chat") == 1
+        assert "had no answer within 2s; trying again now" in agents.logs[0].read_text()
+
+
+class RefusedReports(harness.ReverseProxy):
+    """Between an agent and the API server: while ``armed``, the agent's status writes are
+    answered 503 (an API server restarting); its reads and its watch go through."""
+
+    def __init__(self, kubectl: harness.Kubectl, *, directory: Path) -> None:
+        self.armed, self.refused = False, 0
+        super().__init__(kubectl, directory=directory, name="refused-reports")
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        if self.armed and request.method == "PATCH" and request.path.endswith("/status"):
+            self.refused += 1
+            return web.json_response(
+                {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                 "message": "the API server is restarting", "reason": "ServiceUnavailable",
+                 "code": 503}, status=503)
+        return await self.forward(request, body)
+
+
+def test_a_report_the_api_refuses_is_written_once_it_answers_and_the_agent_lives_on(
+    kube: harness.Kubectl, operators: Operators, agents: Agents, tmp_path: Path,
+) -> None:
+    """The engine is drained while the API server refuses the agent's status writes: the
+    agent drains its server all the same, stays up (it used to exit, killing its server,
+    on the first refused report), and writes where it is once the API answers."""
+    kube.apply(harness.engine("ie-0"), harness.model("chat", replicas=1, min_available=0))
+    with RefusedReports(kube, directory=tmp_path) as refusing:
+        agent = agents.start("ie-0", flags=(f"--kubeconfig={refusing.kubeconfig}",))
+        operators.start(flags=("--driver=agent", "--heartbeat-timeout=5s"))
+        harness.wait_serving(kube, {"chat": 1}, timeout=30)
+        server = agents.servers_of("ie-0")
+        assert len(server) == 1, server
+        refusing.armed = True
+        kube.run("scale", "mc/chat", "--replicas=0")
+        harness.wait_until(lambda: refusing.refused >= 1, timeout=15,
+                           what="the drain's report refused")
+        harness.wait_until(lambda: not agents.servers_of("ie-0"), timeout=15,
+                           what="the server drained while the reports are refused")
+        assert agent.poll() is None, agents.logs[0].read_text()[-3000:]
+        harness.wait_until(lambda: refusing.refused >= 2, timeout=15,
+                           what="the refused report tried again")
+        assert phase(kube, "ie-0")[:2] == ("Serving", "chat")  # not written yet
+        refusing.armed = False
+        harness.wait_until(lambda: phase(kube, "ie-0")[0] == "Idle", timeout=45,
+                           what="ie-0 reported Idle once the API answers")
+        assert agent.poll() is None
+        log = agents.logs[0].read_text()
+        assert "Could not report ie-0 Draining" in log and "Traceback" not in log, log[-3000:]
 
 
 def test_a_load_that_fails_is_failed_with_the_servers_reason(

@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import random
 import shlex
 import signal
 import socket
@@ -40,7 +41,7 @@ import click
 import capguard
 from capguard import commandline
 from capguard.commandline import OneLineCommand, OneLineUsage
-from capguard.core import clock, specs
+from capguard.core import backoff, clock, specs
 from capguard.kube import heartbeats
 
 logger = logging.getLogger("capguard.engine")
@@ -147,6 +148,9 @@ class Agent:
         self.engine: Mapping[str, Any] = {}  # the engine's body as last seen (the Lease's owner)
         self.holder = socket.gethostname()  # the Lease's holderIdentity (in a Pod: its name)
         self.vouch = False  # the operator marked the engine unheard: say Ready again
+        self.unreported: str | None = None  # a report's message the API did not take yet
+        self.report_failures = 0  # in a row: written again on core.backoff's schedule
+        self.report_again_at = 0.0
         # No RBAC for Leases, or the engine's name taken by another component's Lease:
         # heartbeat on the status instead.
         self.lease_unusable = False
@@ -225,8 +229,17 @@ class Agent:
             self.vouch = True  # the operator stopped hearing us: our next look says Ready
             self.changed.set()
 
-    async def report(self, *, message: str, force: bool = False) -> None:
-        """Write the phase (and what goes with it) when it changed, with a heartbeat."""
+    async def report(self, *, message: str, force: bool = False) -> bool:
+        """Write the phase (and what goes with it) when it changed, with a heartbeat.
+
+        A write the API server did not take (unreachable, 5xx, a dropped connection) is
+        kept in `unreported` and written again on `core.backoff`'s schedule: the phase this
+        agent is in goes on, its server is never left or killed over a status write, and
+        the engine's status catches up once the API answers. False until it is written."""
+        import aiohttp
+
+        from capguard.kube import client
+
         server = self.server
         status: dict[str, Any] = {
             "phase": self.phase.value,
@@ -237,7 +250,8 @@ class Agent:
             "observedGeneration": self.wanted.generation if self.wanted else None,
         }
         if status == self.reported and not force:
-            return
+            self.unreported = None
+            return True
         now = time.time()
         if status != self.reported:
             status["since"] = clock.precise_timestamp(now)
@@ -249,29 +263,54 @@ class Agent:
                 "observedGeneration": self.wanted.generation if self.wanted else 0}
         status["conditions"] = [self.ready]
         status["lastHeartbeatTime"] = clock.precise_timestamp(now)
-        await self.api.merge_patch(self.resource, namespace=self.options.namespace,
-                                   name=self.options.name, patch={"status": status},
-                                   subresource="status")
+        try:
+            await self.api.merge_patch(self.resource, namespace=self.options.namespace,
+                                       name=self.options.name, patch={"status": status},
+                                       subresource="status")
+        except (client.ApiError, aiohttp.ClientError, OSError, TimeoutError) as error:
+            if self.unreported is None:
+                logger.warning("Could not report %s %s (%s); trying again while the API "
+                               "does not answer.", self.options.name, self.phase.value,
+                               error or type(error).__name__)
+            self.unreported = message
+            self.report_failures += 1
+            self.report_again_at = time.monotonic() + backoff.delay(
+                self.report_failures, jitter=random.random())
+            return False
+        self.unreported, self.report_failures = None, 0
         self.reported = {k: status[k] for k in ("phase", "model", "revision", "endpoint",
                                                  "message", "observedGeneration")}
         logger.info("%s %s%s: %s", self.options.name, self.phase.value,
                     f" {server.model}" if server else "", message)
+        return True
 
     async def heartbeat(self) -> None:
         """Renew the engine's Lease at once and every --heartbeat-interval (a failed renewal
         is tried again next time). Without RBAC for Leases (an agent upgraded before its
-        Role), renew status.lastHeartbeatTime instead, as agents before the Lease did."""
+        Role), renew status.lastHeartbeatTime instead, as agents before the Lease did.
+
+        A renewal with no answer within two intervals (a dead connection) is given up and
+        tried again at once, as the kubelet bounds its node Lease's requests: held for the
+        client's request timeout, it would leave the engine silent past the heartbeat
+        bound (4 intervals by default), and the operator would take it out of service.
+        Two, not one: on a slow API server a renewal has time to land."""
         first = True
+        interval = self.options.heartbeat_interval
         while True:
             try:
-                if self.lease_unusable:
-                    await self.beat_on_status()
-                else:
-                    first = not await self.renew(first=first)
+                async with asyncio.timeout(2 * interval):
+                    if self.lease_unusable:
+                        await self.beat_on_status()
+                    else:
+                        first = not await self.renew(first=first)
+            except TimeoutError:  # two intervals have gone by already
+                logger.info("Heartbeat of %s had no answer within %gs; trying again now.",
+                            self.options.name, 2 * interval)
+                continue
             except Exception as error:  # the API is unwell: next interval
                 logger.info("Heartbeat of %s failed (%s); trying again in %gs.",
-                            self.options.name, error, self.options.heartbeat_interval)
-            await asyncio.sleep(self.options.heartbeat_interval)
+                            self.options.name, error, interval)
+            await asyncio.sleep(interval)
 
     async def renew(self, *, first: bool) -> bool:
         """Renew the Lease (``first``: this agent's, which also says it holds it, once it
@@ -341,11 +380,8 @@ class Agent:
         """The operator marked the engine unheard (Ready Unknown, HeartbeatExpired) while
         this agent lives: write its status again, Ready as it is, so counts and kubectl
         agree with the Lease once more (tried again next look if the write fails)."""
-        try:
-            await self.report(message=str(self.reported.get("message") or ""), force=True)
+        if await self.report(message=str(self.reported.get("message") or ""), force=True):
             self.vouch = False
-        except Exception as error:
-            logger.info("Could not report %s again (%s).", self.options.name, error)
 
     async def beat_on_status(self) -> None:
         """Renew status.lastHeartbeatTime, with the Ready condition."""
@@ -466,6 +502,8 @@ class Agent:
                     self.stopping = True
                 if self.vouch:
                     await self.vouch_again()
+                elif self.unreported is not None and time.monotonic() >= self.report_again_at:
+                    await self.report(message=self.unreported)
                 before = self.phase
                 await self.tick()
                 if self.phase is not before:
