@@ -20,6 +20,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "crds").glob("*.yaml"))
 CRDS_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 MODELS = "/apis/capguard.dev/v1alpha1/namespaces/default/modelcapacities"
+ENGINES = "/apis/capguard.dev/v1alpha1/namespaces/default/inferenceengines"
 # What cel-python says in its own words; none of it may reach a user.
 INTERNALS = ("Token(", "Tree(", "overload for", "celpy", "Error(", "Traceback", "relation_",
              "<class", "lark")
@@ -158,3 +159,38 @@ def test_a_pattern_that_does_not_compile_is_refused(empty_cluster: ThreadedClust
     assert cause["field"] == ("spec.validation.openAPIV3Schema.properties[spec]"
                               ".properties[pool].pattern")
     assert "must be a valid regular expression" in cause["message"]
+
+
+@pytest.mark.parametrize("pool", ["h100-a\n", "h100-A"])
+def test_a_pool_name_is_matched_as_gos_regexp_matches_it(
+        capguard_cluster: ThreadedCluster, pool: str) -> None:
+    # '^[a-z0-9]([-a-z0-9]*[a-z0-9])?$': in Go's regexp `$` is the end of the text (Python's
+    # `re` also matched before a final newline); a real API server
+    # answers 422 "spec.pool in body should match ..." (shared/k8s-reference 044).
+    engine = {"apiVersion": "capguard.dev/v1alpha1", "kind": "InferenceEngine",
+              "metadata": {"name": f"ie-{len(pool)}-{ord(pool[-1])}"},
+              "spec": {"pool": pool, "capacityUnits": 1}}
+    status, body = send(capguard_cluster.url, "POST", ENGINES, engine)
+    assert status == 422, body
+    assert {(c["reason"], c["field"]) for c in body["details"]["causes"]} >= {
+        ("FieldValueInvalid", "spec.pool")}
+    assert any("spec.pool in body should match '^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'"
+               in c["message"] for c in body["details"]["causes"]), body
+
+
+@pytest.mark.parametrize(("pattern", "compiles"), [
+    ("(?=a)b", False),          # a look-ahead: Perl's, not RE2's
+    (r"(a)\1", False),          # a back-reference
+    (r"^\pL+$", True),          # a Unicode class: RE2's, which Python's `re` cannot read
+    ("^[[:alpha:]]+$", True),   # a POSIX class
+])
+def test_a_pattern_compiles_exactly_when_gos_regexp_compiles_it(
+        pattern: str, compiles: bool) -> None:
+    schema_ = {"type": "object", "properties": {"name": {"type": "string", "pattern": pattern}}}
+    causes = structural.schema_causes(schema_, path="schema")
+    assert (causes == []) is compiles, causes
+    if not compiles:
+        (cause,) = causes
+        assert cause["field"] == "schema.properties[name].pattern"
+        assert "must be a valid regular expression, but isn't: error parsing regexp: " \
+            in cause["message"]

@@ -24,7 +24,7 @@ import re
 import uuid
 from typing import Any, Final
 
-from capguard.localcluster import cel
+from capguard.localcluster import cel, regex
 
 # Keys kept at the root of a resource (and of embedded resources) whatever the schema.
 _RESOURCE_KEYS: Final = ("apiVersion", "kind")
@@ -257,13 +257,13 @@ def _count(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _regex(source: str | None) -> re.Pattern[str] | None:
+def _regex(source: str | None) -> regex.Pattern | None:
     if source is None:
         return None
     try:
-        return re.compile(source)
-    except (re.error, RecursionError, OverflowError):
-        return None  # Go's RE2 syntax Python cannot read: unchecked rather than a crash
+        return regex.Pattern(source)
+    except regex.Invalid:
+        return None  # refused when its CRD was admitted (structural); unchecked, not a crash
 
 
 def _child(path: str, key: str) -> str:
@@ -475,7 +475,7 @@ def _check_string(value: str, checks: _Checks, *, path: str, causes: list[Cause]
     if checks.min_length is not None and len(value) < checks.min_length:
         causes.append(_invalid(value, f"{path} in body should be at least "
                                       f"{checks.min_length} chars long", path=path))
-    if checks.pattern is not None and not _search(checks.pattern, value):
+    if checks.pattern is not None and not checks.pattern.search(value):
         causes.append(_invalid(value, f"{path} in body should match '{checks.pattern_source}'",
                                path=path))
     if checks.format is not None and not _FORMATS[checks.format](value):
@@ -484,11 +484,6 @@ def _check_string(value: str, checks: _Checks, *, path: str, causes: list[Cause]
                             f"{checks.format}: {_go(value)}", path))
 
 
-def _search(pattern: re.Pattern[str], value: str) -> bool:
-    try:
-        return pattern.search(value) is not None
-    except RecursionError:
-        return True
 
 
 def _check_number(value: float | int, checks: _Checks, *, path: str,
@@ -753,7 +748,7 @@ def _is_date_time(value: str) -> bool:
 
 
 _DATE_TIME: Final = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})\Z", re.ASCII)
 
 
 def _is_date(value: str) -> bool:

@@ -19,18 +19,15 @@ Field paths are Go's `field.Path` strings: `properties[spec].items.default`.
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any, Final
 
-from capguard.localcluster import cel, celcheck, crdvalidation, schema
+from capguard.localcluster import cel, celcheck, crdvalidation, regex, schema
 
 Causes = list[dict[str, str]]
 
 PER_RULE_COST_LIMIT: Final = 10_000_000           # StaticEstimatedCostLimit
 SCHEMA_COST_LIMIT: Final = 100_000_000            # StaticEstimatedCRDCostLimit
 _TYPES: Final = ("array", "boolean", "integer", "number", "object", "string")
-# RE2 syntax Python's `re` cannot read: a pattern using it is not judged (never refused).
-_RE2_ONLY: Final = re.compile(r"\\[pPzC]|\[\[:")
 _REASONS: Final = ("FieldValueDuplicate", "FieldValueForbidden", "FieldValueInvalid",
                    "FieldValueRequired")
 _RESOURCE_FIELDS: Final = ("metadata", "kind", "apiVersion")
@@ -463,13 +460,13 @@ def _keyword_causes(node: dict[str, Any], *, path: str, context: _Context) -> Ca
 
 def _pattern_causes(pattern: Any, *, path: str) -> Causes:
     """A pattern must compile (Go's regexp.Compile), or no CR could be checked against it."""
-    if not isinstance(pattern, str) or not pattern or _RE2_ONLY.search(pattern):
+    if not isinstance(pattern, str) or not pattern:
         return []
     try:
-        re.compile(pattern)
-    except (re.error, RecursionError, OverflowError) as error:
+        regex.Pattern(pattern)
+    except regex.Invalid as error:
         return [_invalid(f"{path}.pattern", pattern, "must be a valid regular expression, "
-                         f"but isn't: error parsing regexp: {error}")]
+                         f"but isn't: {error}")]
     return []
 
 
