@@ -13,7 +13,8 @@ OPERATOR_NAMESPACE=capguard-system
 # kind writes this cluster's kubeconfig here instead of changing ~/.kube/config.
 KIND_KUBECONFIG="${KIND_KUBECONFIG:-$PWD/out/kind-$CLUSTER.kubeconfig}"
 # The oldest Kubernetes capguard supports, for the cluster and for kubectl: the CRDs' CEL
-# rules use messageExpression (1.27) and reason and fieldPath (1.28). The one source of the
+# rules use fieldPath (1.28: under kubectl's strict field validation a 1.27 server
+# refuses the CRDs). The one source of the
 # minimum: README.md, docs/deploy.md and the node image hack/kind-config.yaml pins are
 # checked against it (tests/ship/test_kubernetes_versions.py).
 MIN_KUBERNETES_VERSION=1.28

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import re
 
 import pytest
 
@@ -142,6 +143,25 @@ def test_an_event_names_its_object_for_kubectl_describe() -> None:
     assert body["metadata"]["name"].startswith("pause.")
     assert (body["type"], body["reason"], body["count"]) == ("Warning", "BatchRefused", 1)
     assert body["lastTimestamp"] == "2026-03-04T00:00:00Z"
+
+
+def test_an_event_fits_what_a_real_api_server_admits_however_long_its_object_and_text() -> None:
+    # core/v1 Events with eventTime: message at most 1024 bytes (Go's len: "é" is two),
+    # and metadata.name a DNS subdomain of at most 253 (a CR's own name may be 253 long).
+    name = "a" * 230 + "." + "b" * 22  # 253: the longest an InferenceEngine's name may be
+    ref = events.ObjectRef("capguard.dev/v1alpha1", "InferenceEngine", "ns", name, "u1")
+    body = events.render(events.Event(ref, events.WARNING, "InvalidSpec", "é" * 1000),
+                         component="capguard", instance="pod-1",
+                         now=datetime.datetime(2026, 3, 4, tzinfo=datetime.UTC))
+    assert len(body["message"].encode()) <= 1024 and body["message"] == "é" * 512
+    event_name = body["metadata"]["name"]
+    assert len(event_name) <= 253 and event_name.startswith("a" * 230)
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*",
+                        event_name), event_name
+    assert body["involvedObject"]["name"] == name  # the object is named in full
+    short = events.render(events.Event(ref, events.NORMAL, "Done", "ok"), component="c",
+                          instance="i", now=datetime.datetime(2026, 3, 4, tzinfo=datetime.UTC))
+    assert short["message"] == "ok"
 
 
 def _body(name: str, version: str, *, replicas: int = 1) -> dict[str, object]:

@@ -28,6 +28,11 @@ WARNING: Final = "Warning"
 DEFAULT_DEDUPE_WINDOW: Final = 600.0
 _REMEMBERED: Final = 10_000  # bounded memory for the dedupe window
 _QUEUE_LIMIT: Final = 1_000  # events beyond this are dropped (and logged), never buffered forever
+# What a real API server admits of an Event with eventTime (core/v1 legacyValidateEvent):
+# a message of at most 1024 bytes (Go's len), and a name that is a DNS subdomain.
+MESSAGE_BYTES: Final = 1024
+NAME_LENGTH: Final = 253
+_SUFFIX: Final = 16  # hex digits after the object's name, as client-go's recorder adds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,14 +62,14 @@ def render(event: Event, *, component: str, instance: str, now: datetime.datetim
     return {
         "apiVersion": "v1",
         "kind": "Event",
-        "metadata": {"name": f"{ref.name}.{secrets.token_hex(8)}", "namespace": ref.namespace},
+        "metadata": {"name": _name(ref.name), "namespace": ref.namespace},
         "involvedObject": {
             "apiVersion": ref.api_version, "kind": ref.kind, "namespace": ref.namespace,
             "name": ref.name, **({"uid": ref.uid} if ref.uid else {}),
         },
         "type": event.type,
         "reason": event.reason,
-        "message": event.message[:1024],
+        "message": _message(event.message),
         "source": {"component": component, "host": instance},
         "reportingComponent": component,
         "reportingInstance": instance,
@@ -74,6 +79,21 @@ def render(event: Event, *, component: str, instance: str, now: datetime.datetim
         "eventTime": micro,
         "count": 1,
     }
+
+
+def _name(involved: str) -> str:
+    """The object's name and a random suffix, the name cut so the whole fits 253 (an
+    object's name may itself be 253 long); never ending in a dot or dash before ours."""
+    prefix = involved[:NAME_LENGTH - _SUFFIX - 1].rstrip(".-")
+    return f"{prefix}.{secrets.token_hex(_SUFFIX // 2)}"
+
+
+def _message(message: str) -> str:
+    """At most MESSAGE_BYTES of UTF-8, cut at a character, not inside one."""
+    encoded = message.encode()
+    if len(encoded) <= MESSAGE_BYTES:
+        return message
+    return encoded[:MESSAGE_BYTES].decode(errors="ignore")
 
 
 class Recorder:
