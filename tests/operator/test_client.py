@@ -4,6 +4,8 @@ and a 429's Retry-After reaches the caller."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import kopf
@@ -77,3 +79,33 @@ async def test_without_new_credentials_the_401_is_the_callers(
         assert busy.value.retry_after == 7.0
     finally:
         await api.close()
+
+
+async def test_a_read_that_hears_nothing_is_given_up_a_silent_write_is_not() -> None:
+    """A GET whose connection goes silent (a dead connection) is given up after the read
+    idle timeout, not the whole request timeout; a write may be silent for longer (an
+    admission webhook may hold it) and still be answered."""
+    async def silent(request: web.Request) -> web.Response:
+        await asyncio.sleep(1.0)
+        return web.json_response({"kind": "Lease", "metadata": {"name": "x"}})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", silent)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    api = client.Api(request_timeout=5.0, read_idle_timeout=0.3)
+    api.login(kopf.ConnectionInfo(server=url, token="t"))
+    try:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await api.request("GET", "/x")
+        assert time.monotonic() - started < 0.9
+        written = await api.request("PATCH", "/x", body={"spec": {}},
+                                    content_type=client.MERGE_PATCH)
+        assert written["kind"] == "Lease"
+    finally:
+        await api.close()
+        await runner.cleanup()

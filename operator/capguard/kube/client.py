@@ -25,6 +25,11 @@ MERGE_PATCH: Final = "application/merge-patch+json"
 JSON: Final = "application/json"
 DEFAULT_CONNECTION_LIMIT: Final = defaults.CONNECTION_LIMIT
 DEFAULT_REQUEST_TIMEOUT: Final = 30.0
+# A read (a GET or a LIST, never a watch: those have their own) that receives nothing for
+# this long is on a dead connection: given up, so a re-list after a broken watch waits
+# this, not the whole request timeout, before it is tried again. Writes keep the whole
+# timeout: an admission webhook may hold one silent for up to 30 s.
+READ_IDLE_TIMEOUT: Final = 10.0
 USER_AGENT: Final = "capguard"
 
 Body = dict[str, Any]
@@ -114,12 +119,15 @@ class Api:
     """
 
     def __init__(self, *, request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+                 read_idle_timeout: float = READ_IDLE_TIMEOUT,
                  user_agent: str = USER_AGENT) -> None:
         self.user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
         self._server = ""
         self._ready = asyncio.Event()
         self._timeout = aiohttp.ClientTimeout(total=request_timeout)
+        self._read_timeout = aiohttp.ClientTimeout(
+            total=request_timeout, sock_read=min(read_idle_timeout, request_timeout))
         self._info: kopf.ConnectionInfo | None = None
         self._connection_limit = DEFAULT_CONNECTION_LIMIT
         self._relogin: Callable[[], kopf.ConnectionInfo | None] | None = None
@@ -169,7 +177,7 @@ class Api:
             try:
                 async with session.request(
                     method, self._server + path, data=data, params=params, headers=headers,
-                    timeout=self._timeout,
+                    timeout=self._read_timeout if method == "GET" else self._timeout,
                 ) as response:
                     text = await response.text()
                     if response.status >= 400:
