@@ -14,9 +14,9 @@ OPERATOR_NAMESPACE=capguard-system
 KIND_KUBECONFIG="${KIND_KUBECONFIG:-$PWD/out/kind-$CLUSTER.kubeconfig}"
 # The oldest Kubernetes capguard supports, for the cluster and for kubectl: the CRDs' CEL
 # rules use fieldPath (1.28: under kubectl's strict field validation a 1.27 server
-# refuses the CRDs). The one source of the
-# minimum: README.md, docs/deploy.md and the node image hack/kind-config.yaml pins are
-# checked against it (tests/ship/test_kubernetes_versions.py).
+# refuses the CRDs). The one source of the minimum: README.md, docs/deploy.md and the
+# node image hack/kind-config.yaml pins are checked against it
+# (tests/ship/test_kubernetes_versions.py).
 MIN_KUBERNETES_VERSION=1.28
 # The kind release that built the node image hack/kind-config.yaml pins.
 MIN_KIND_VERSION=0.23.0
@@ -24,6 +24,25 @@ MIN_KIND_VERSION=0.23.0
 die() {
   echo "error: $*" >&2
   exit 1
+}
+
+# load_image IMAGE CLUSTER: the image into the kind cluster's nodes. `kind load
+# docker-image` exports every platform the image names; with Docker's containerd image
+# store (the default since Docker 29) that can fail with "content digest ... not found"
+# (kind issue 3795). Then only this machine's platform is saved and loaded as an
+# archive, the workaround kind documents.
+load_image() {
+  local image=$1 cluster=$2 archive status=0
+  if kind load docker-image "$image" --name "$cluster"; then
+    return 0
+  fi
+  echo "==> kind load docker-image failed; loading $image as a single-platform archive"
+  archive=$(mktemp "${TMPDIR:-/tmp}/capguard-image.XXXXXX")
+  docker image save --platform "linux/$(docker version --format '{{.Server.Arch}}')" \
+    --output "$archive" "$image" \
+    && kind load image-archive "$archive" --name "$cluster" || status=$?
+  rm -f "$archive"
+  [ "$status" -eq 0 ] || die "cannot load $image into kind cluster $cluster. With Docker's containerd image store, kind's other workaround is to turn it off: \"features\": {\"containerd-snapshotter\": false} in /etc/docker/daemon.json."
 }
 
 need_tool() {

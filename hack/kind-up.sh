@@ -28,7 +28,7 @@ echo "==> building $IMAGE"
 docker build --tag "$IMAGE" --file operator/Dockerfile .
 
 echo "==> loading $IMAGE into kind cluster $CLUSTER"
-kind load docker-image "$IMAGE" --name "$CLUSTER"
+load_image "$IMAGE" "$CLUSTER"
 
 echo "==> installing the CRDs"
 kubectl apply -k crds/

@@ -138,3 +138,57 @@ def test_the_kind_scripts_refuse_what_is_too_old(
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"error: {refusal}" in done.stderr
     assert "docker build reached" not in done.stderr
+
+
+FAKE_LOADING_KIND: Final = """#!/bin/sh
+echo "kind $*" >> "$CALLS"
+[ "$2" = docker-image ] && exit "$DOCKER_IMAGE_EXIT"
+[ "$2" = image-archive ] && { [ -s "$3" ] || exit 9; exit "$ARCHIVE_EXIT"; }
+exit 0
+"""
+FAKE_SAVING_DOCKER: Final = """#!/bin/sh
+echo "docker $*" >> "$CALLS"
+[ "$1" = version ] && { echo arm64; exit 0; }
+while [ $# -gt 0 ]; do [ "$1" = --output ] && echo tar > "$2"; shift; done
+exit 0
+"""
+
+
+def _load_image(tmp_path: Path, **exits: str) -> tuple[subprocess.CompletedProcess[str], str]:
+    """kind-lib.sh's load_image with a fake kind and docker; what ran, in order."""
+    bash = shutil.which("bash")
+    assert bash
+    fakes = tmp_path / "bin"
+    fakes.mkdir()
+    for name, body in (("kind", FAKE_LOADING_KIND), ("docker", FAKE_SAVING_DOCKER)):
+        (fakes / name).write_text(body)
+        (fakes / name).chmod(0o755)
+    calls = tmp_path / "calls"
+    env = {"PATH": f"{fakes}:{os.environ['PATH']}", "CALLS": str(calls),
+           "TMPDIR": str(tmp_path), "DOCKER_IMAGE_EXIT": "0", "ARCHIVE_EXIT": "0", **exits}
+    done = subprocess.run([bash, "-c", f"set -euo pipefail; source {KIND_LIB}; "
+                           "load_image capguard:0.1.0 capguard"],
+                          capture_output=True, text=True, check=False, env=env, timeout=30)
+    return done, calls.read_text()
+
+
+def test_an_image_kind_cannot_export_is_loaded_as_this_platforms_archive(
+        tmp_path: Path) -> None:
+    done, calls = _load_image(tmp_path)
+    assert done.returncode == 0 and calls == \
+        "kind load docker-image capguard:0.1.0 --name capguard\n", calls
+    (tmp_path / "calls").unlink()
+    (tmp_path / "bin").rename(tmp_path / "first")
+    done, calls = _load_image(tmp_path, DOCKER_IMAGE_EXIT="1")  # kind issue 3795
+    assert done.returncode == 0, done.stderr
+    lines = calls.splitlines()
+    assert lines[0] == "kind load docker-image capguard:0.1.0 --name capguard"
+    assert lines[2].startswith("docker image save --platform linux/arm64 --output ")
+    archive = lines[2].split("--output ")[1].split()[0]
+    assert lines[3] == f"kind load image-archive {archive} --name capguard"
+    assert not Path(archive).exists(), "the archive is removed"
+    (tmp_path / "calls").unlink()
+    (tmp_path / "bin").rename(tmp_path / "second")
+    done, _ = _load_image(tmp_path, DOCKER_IMAGE_EXIT="1", ARCHIVE_EXIT="1")
+    assert done.returncode == 1 and "error: cannot load capguard:0.1.0" in done.stderr
+    assert "containerd-snapshotter" in done.stderr
