@@ -448,6 +448,8 @@ DURATIONS = [
     ("-5m", False),
     ("5d", False),
     ("", False),
+    ("5m\n", False),  # Go's `$` is the end of the text
+    ("2562048h", True),  # no rule reads pauseThreshold as a duration: see below
 ]
 
 
@@ -456,6 +458,24 @@ def test_durations(duration: str, ok: bool) -> None:
     body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "CircuitBreaker"}
     body |= {"metadata": {"name": "b"}, "spec": {"pauseThreshold": duration}}
     assert (admit(body) == []) is ok
+
+
+@pytest.mark.parametrize(("field", "duration", "ok"), [
+    ("maxPlanAge", "2562047h", True),
+    ("maxPlanAge", "2562048h", False),  # past Go's int64 nanoseconds: duration() errs
+    ("window", "2562048h", False),
+])
+def test_a_duration_a_rule_reads_must_fit_gos_int64_nanoseconds(
+        field: str, duration: str, ok: bool) -> None:
+    spec: dict[str, Any] = ({"maxPlanAge": duration} if field == "maxPlanAge" else
+                            {"autoTrip": {"window": duration}})
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "CircuitBreaker",
+            "metadata": {"name": "b"}, "spec": spec}
+    errors = admit(body)
+    assert (errors == []) is ok, errors
+    if not ok:
+        assert any("type conversion error from 'string' to 'google.protobuf.Duration'" in m
+                   for _, m in errors), errors
 
 
 # Kubernetes' label syntax; also what the core's parser must accept and refuse

@@ -282,6 +282,8 @@ def _error_text(error: BaseException) -> str | None:
     celpy's text embeds parse-tree tokens, Python reprs and the whole activation.
     """
     args = getattr(error, "args", ())
+    if _DURATION_CONVERSION in " ".join(str(arg) for arg in args):
+        return _DURATION_CONVERSION
     text = " ".join(str(arg) for arg in args[:2]) if args else str(error)
     if isinstance(error, ZeroDivisionError):
         return "division by zero"
@@ -295,6 +297,23 @@ def _error_text(error: BaseException) -> str | None:
 # --- The Kubernetes CEL extension functions that CRDs commonly use -------------------
 # (k8s.io/apiserver/pkg/cel/library: lists, strings, regex). celpy calls a method
 # `x.f(a)` as `f(x, a)`.
+
+
+# A duration is a Go time.Duration in cel-go: int64 nanoseconds, so time.ParseDuration
+# refuses anything past 2562047h47m16.854775807s and the conversion is an error.
+_GO_DURATION_NANOS: Final = 2**63 - 1
+_DURATION_CONVERSION: Final = "type conversion error from 'string' to 'google.protobuf.Duration'"
+
+
+def _duration(value: Any) -> celtypes.DurationType:
+    try:
+        parsed = celtypes.DurationType(value)
+    except (ValueError, OverflowError, TypeError):
+        raise ValueError(_DURATION_CONVERSION) from None
+    nanos = (parsed.days * 86_400 + parsed.seconds) * 10**9 + parsed.microseconds * 1_000
+    if abs(nanos) > _GO_DURATION_NANOS:
+        raise ValueError(_DURATION_CONVERSION)
+    return parsed
 
 
 def _is_sorted(items: Sequence[Any]) -> celtypes.BoolType:
@@ -391,6 +410,7 @@ def _find_all(text: str, pattern: str, *limit: int) -> celtypes.ListType:
 
 
 KUBERNETES_FUNCTIONS: Final[dict[str, Callable[..., Any]]] = {
+    "duration": _duration,
     "isSorted": _is_sorted,
     "sum": _sum,
     "min": _min,
