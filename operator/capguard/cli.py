@@ -141,7 +141,7 @@ def simulate(
               help="Namespace of the Lease. Default: POD_NAMESPACE, the pod's, or the first "
                    "--namespace, else default.")
 @click.option("--lease-duration", default=defaults.seconds(defaults.LEASE_DURATION),
-              show_default=True, callback=commandline.duration)
+              show_default=True, callback=commandline.lease_duration)
 @click.option("--lease-renew", default=defaults.seconds(defaults.LEASE_RENEW), show_default=True,
               callback=commandline.duration)
 @click.option("--identity", default=None, help="This replica's name in the Lease and to "

@@ -51,6 +51,17 @@ def duration(ctx: click.Context | None, param: click.Parameter | None,
         raise click.BadParameter(str(error), ctx=ctx, param=param) from None
 
 
+def lease_duration(ctx: click.Context | None, param: click.Parameter | None,
+                   value: str | None) -> float | None:
+    """`duration`, at least a second: a Lease says it in whole seconds, and a real API
+    server refuses a leaseDurationSeconds of 0."""
+    seconds = duration(ctx, param, value)
+    if seconds is not None and seconds < 1:
+        raise click.BadParameter(f"{value} is shorter than a Lease can say (whole seconds, "
+                                 "at least 1): use 1s or more", ctx=ctx, param=param)
+    return seconds
+
+
 # --context, for every command that logs in; with_context() applies it.
 context_option: Final = click.option(
     "--context", default=None, help="The kubeconfig context to use, as kubectl's.")

@@ -129,8 +129,8 @@ def _conflict(path: str) -> web.Response:
 
 def _versioned(request: web.Request) -> bool:
     """A read from a resourceVersion the server could have compacted away ("0" never is:
-    it means any version, served from the cache)."""
-    return request.query.get("resourceVersion", "0") != "0"
+    it means any version, served from the cache; nor is none: it means now)."""
+    return request.query.get("resourceVersion", "") not in ("", "0")
 
 
 class FaultProxy(harness.ReverseProxy):

@@ -390,6 +390,34 @@ def test_a_report_the_api_refuses_is_written_once_it_answers_and_the_agent_lives
         assert "Could not report ie-0 Draining" in log and "Traceback" not in log, log[-3000:]
 
 
+def test_a_watch_whose_resource_version_expired_is_opened_from_now_not_polled(
+    kube: harness.Kubectl, operators: Operators, agents: Agents, tmp_path: Path,
+) -> None:
+    """A real API server answers a watch from a resourceVersion older than its window with
+    410 Expired (k8s-reference 081), as it would for an engine unchanged for a while or
+    after it restarted, however often it is asked again from there. The agent then
+    watches with no resourceVersion (the engine as it is now, then its changes), instead
+    of reading the engine and watching from the same expired version every second."""
+    kube.apply(harness.engine("ie-0"), harness.model("chat", replicas=1, min_available=0))
+    with chaos.FaultProxy(kube, directory=tmp_path, name="agent", seed=5) as proxy:
+        proxy.set(chaos.Faults(gone=1.0))  # every watch or list from a version: 410
+        began = time.monotonic()
+        agents.start("ie-0", flags=(f"--kubeconfig={proxy.kubeconfig}",))
+        operators.start(flags=("--driver=agent", "--heartbeat-timeout=5s"))
+        harness.wait_serving(kube, {"chat": 1}, timeout=30)
+        time.sleep(3)
+        engine = "/inferenceengines"
+        seen = [r for r in proxy.requests(since=began) if engine in r.path]
+        expired = [r for r in seen if r.watch and r.fault == "gone"]
+        reads = [r for r in seen if not r.watch and r.method == "GET"]
+        opened = [r for r in seen if r.watch and not r.fault]
+    assert len(expired) == 1, [(r.query, r.fault) for r in expired]
+    assert len(reads) == 1, [r.path for r in reads]  # its first read, not one a second
+    assert opened and "resourceVersion" not in opened[0].query, opened
+    assert "has expired; watching from the engine as it is now" in \
+        agents.logs[0].read_text()
+
+
 def test_a_load_that_fails_is_failed_with_the_servers_reason(
     kube: harness.Kubectl, agents: Agents,
 ) -> None:

@@ -69,6 +69,7 @@ async def test_capguard_run_serves_metrics_and_stops_on_sigterm(
 @pytest.mark.parametrize(("args", "says"), [
     (["run", "--kubeconfig", "/nonexistent/kubeconfig"], "--kubeconfig"),
     (["run", "--lease-duration", "5x"], "--lease-duration"),
+    (["run", "--lease-duration", "400ms"], "400ms is shorter than a Lease can say"),
     (["demo", "--speed", "5"], "--speed"),
     (["status", "--bogus"], "--bogus"),
     (["simulate", "--seed", "x"], "--seed"),

@@ -25,11 +25,13 @@ MERGE_PATCH: Final = "application/merge-patch+json"
 JSON: Final = "application/json"
 DEFAULT_CONNECTION_LIMIT: Final = defaults.CONNECTION_LIMIT
 DEFAULT_REQUEST_TIMEOUT: Final = 30.0
-# A read (a GET or a LIST, never a watch: those have their own) that receives nothing for
-# this long is on a dead connection: given up, so a re-list after a broken watch waits
-# this, not the whole request timeout, before it is tried again. Writes keep the whole
+# A read (a GET or a LIST page, never a watch: those have their own) that receives nothing
+# for this long is on a dead connection: given up, so a re-list after a broken watch waits
+# this, not the whole request timeout, before it is tried again. Longer than API Priority
+# and Fairness holds a request in its queue (a quarter of the server's 60 s request
+# timeout, then a 429), so a busy server is not asked twice. Writes keep the whole
 # timeout: an admission webhook may hold one silent for up to 30 s.
-READ_IDLE_TIMEOUT: Final = 10.0
+READ_IDLE_TIMEOUT: Final = 20.0
 USER_AGENT: Final = "capguard"
 
 Body = dict[str, Any]
@@ -269,8 +271,10 @@ class Api:
         to resume from). A resourceVersion the server no longer keeps raises `Expired`: a real
         API server says so with a 200 and one ERROR event holding a 410 Status, not an HTTP
         410 (k8s-reference 081); both are handled."""
-        params = {"watch": "true", "resourceVersion": resource_version,
-                  "allowWatchBookmarks": "true", "timeoutSeconds": str(timeout_seconds)}
+        params = {"watch": "true", "allowWatchBookmarks": "true",
+                  "timeoutSeconds": str(timeout_seconds)}
+        if resource_version:  # none: from now, the objects as they are first (synthetic ADDED)
+            params["resourceVersion"] = resource_version
         if field_selector:
             params["fieldSelector"] = field_selector
         if label_selector:
@@ -284,7 +288,7 @@ class Api:
                                headers={"Accept": JSON}, timeout=timeout) as response:
             if response.status >= 400:
                 raise _error(response.status, await response.text(), headers=response.headers)
-            async for line in response.content:
+            async for line in _lines(response.content):
                 if not line.strip():
                     continue
                 event: Body = json.loads(line)
@@ -292,6 +296,20 @@ class Api:
                     status = event.get("object") or {}
                     raise _error(int(status.get("code") or 500), json.dumps(status))
                 yield event
+
+
+async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """A watch stream's lines, however long: one event carries a whole object, up to the
+    ~1.5 MiB etcd takes, where aiohttp's own line reader gives up past 512 KiB."""
+    pending = b""
+    async for chunk in content.iter_any():
+        lines = (pending + chunk).split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            yield line
+    if pending:
+        yield pending
+
 
 class Expired(ApiError):
     """410: the watch's resourceVersion is older than the server keeps; LIST again."""

@@ -184,7 +184,14 @@ class Agent:
         return created
 
     async def watch_spec(self, body: Mapping[str, Any]) -> None:
-        """Keep `self.wanted` current from a watch of the engine (re-read on any break)."""
+        """Keep `self.wanted` current from a watch of the engine (re-read on any break).
+
+        The watch starts from the engine's resourceVersion, as read. A real API server
+        keeps a window of each kind's changes, and an engine that has not changed for a
+        while (or any object, after the server restarted) is older than that window: the
+        watch answers 410 Expired (k8s-reference 081) however often it is asked again from
+        there. After a 410 it starts with no resourceVersion instead: the server sends the
+        engine as it is now (a synthetic ADDED), then its changes."""
         import aiohttp
 
         from capguard.kube import client
@@ -206,6 +213,12 @@ class Agent:
                                        self.options.name)
                         self.wanted = Wanted(None, None, 1, 0)
                         self.changed.set()
+            except client.Expired:
+                logger.info("Watch of %s: its resourceVersion %s has expired; watching from "
+                            "the engine as it is now.", self.options.name, version or "(none)")
+                if not version:  # a server that expires even "now": not in a tight loop
+                    await asyncio.sleep(1.0)
+                version = ""
             except (client.ApiError, aiohttp.ClientError, TimeoutError) as error:
                 logger.info("Watch of %s ended (%s); reading it again.", self.options.name,
                             error)
