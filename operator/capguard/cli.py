@@ -160,7 +160,8 @@ def simulate(
               help="Kopf's liveness endpoint, e.g. http://0.0.0.0:8081/healthz.")
 @click.option("--connection-limit", type=int, default=defaults.CONNECTION_LIMIT,
               show_default=True,
-              help="Most HTTP connections to the API server at once.")
+              help="Most HTTP connections to the API server at once for reads and "
+              "writes; each watch (3 or 4 kinds a namespace) has one more of its own.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="json: one JSON object per line (time, level, logger, "

@@ -40,3 +40,17 @@ def test_samples_reach_serving_and_follow_kubectl_scale(
     assert metrics.total("capguard_actions_total", type="drain", result="executed") >= 1
     assert metrics.total("capguard_actions_total", result="failed") == 0
     assert operator.alive
+
+
+def test_more_watches_than_connections_still_leave_room_to_write(
+    kube: harness.Kubectl, operators: Operators,
+) -> None:
+    """Each watch holds an HTTP connection for minutes: 12 namespaces are 36 watches
+    against a pool of 4. The pool is the reads' and writes' limit plus one connection per
+    watch, so the watches never take it all and leave every write waiting."""
+    assert kube.namespace is not None
+    others = [f"--namespace={kube.namespace}-x{n}" for n in range(11)]  # need not exist
+    kube.apply(*harness.engines("e", 2), harness.model("chat", replicas=2))
+    operator = operators.start(flags=(*others, "--connection-limit=4"))
+    harness.wait_serving(kube, {"chat": 2}, timeout=30)
+    assert operator.alive and "Traceback" not in operator.log()

@@ -243,6 +243,10 @@ class Reconciler:
                 for store, resource, selector in self._kinds()
                 for namespace in self._namespaces()]
 
+    def streams(self) -> int:
+        """How many watches `feeds` holds open at once: one connection each, for minutes."""
+        return len(self._kinds()) * len(self._namespaces())
+
     async def run(self) -> None:
         # Startup waits for a full LIST of every kind: no action on a partial view.
         await self._resync_until_done()

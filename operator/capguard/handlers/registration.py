@@ -51,7 +51,10 @@ def build(
             return None
         # The reconciler's requests go through a session of their own: Kopf closes its
         # session when it logs in again, and a request of ours must never meet a closed one.
-        reconciler.api.login(info, connection_limit=connection_limit,
+        # Its pool is `connection_limit` for reads and writes, plus one connection per watch,
+        # which each holds for minutes: with many namespaces the watches alone would take
+        # the whole pool, and every write would wait for one of them to end.
+        reconciler.api.login(info, connection_limit=connection_limit + reconciler.streams(),
                              relogin=lambda: credentials.login(kubeconfig, **kwargs))
         session = client.make_session(info, connection_limit=connection_limit)
         return kopf.AiohttpSession(aiohttp_session=session, server=info.server,
