@@ -418,6 +418,24 @@ def test_a_watch_whose_resource_version_expired_is_opened_from_now_not_polled(
         agents.logs[0].read_text()
 
 
+def test_watches_that_end_at_once_are_backed_off_not_opened_in_a_loop(
+    kube: harness.Kubectl, agents: Agents, tmp_path: Path,
+) -> None:
+    """A proxy that does not hold streams ends every watch at once with no event: the
+    agent reads its engine and watches again after a second, not as fast as they end."""
+    kube.apply(harness.engine("ie-0"))
+    with chaos.FaultProxy(kube, directory=tmp_path, name="agent", seed=6) as proxy:
+        proxy.set(chaos.Faults(end_watch=1.0))
+        agents.start("ie-0", flags=(f"--kubeconfig={proxy.kubeconfig}",))
+        harness.wait_until(lambda: phase(kube, "ie-0")[0] == "Idle", timeout=15,
+                           what="ie-0 Idle, said by its agent")
+        began = time.monotonic()
+        time.sleep(4)
+        watches = [r for r in proxy.requests(since=began) if r.watch]
+    assert 2 <= len(watches) <= 8, len(watches)  # about one a second (without: thousands)
+    assert "the stream ended at once with no event" in agents.logs[0].read_text()
+
+
 def test_a_load_that_fails_is_failed_with_the_servers_reason(
     kube: harness.Kubectl, agents: Agents,
 ) -> None:

@@ -590,3 +590,36 @@ async def _ready(session: aiohttp.ClientSession, gateway: Gateway) -> bool:
     async with session.get(gateway.url + "/readyz") as response:
         return response.status == 200
 
+
+
+class EndingProxy(ExpiringProxy):
+    """Between the gateway and the API server: every watch is answered 200 and ended at
+    once with no event (a proxy that does not hold streams); the rest goes through."""
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        if request.query.get("watch"):
+            self.asked.append((request.path, dict(request.query)))
+            response = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await response.prepare(request)
+            await response.write_eof()
+            return response
+        return await super()._forward(request)
+
+
+async def test_watches_that_end_at_once_are_backed_off_not_opened_in_a_loop(
+        tmp_path: pathlib.Path) -> None:
+    async def nothing() -> None:
+        pass
+
+    async with started_world(tmp_path) as world:
+        proxy = EndingProxy(server=world.server, meanwhile=nothing)
+        async with (proxy.kubeconfig(tmp_path) as kubeconfig,
+                    running_gateway(kubeconfig, tmp_path) as gateway):
+            await eventually(lambda: _ready(world.session, gateway))
+            began = len(proxy.asked)
+            await asyncio.sleep(4)
+            watches = [q for _, q in proxy.asked[began:] if q.get("watch")]
+        log = gateway.log.read_text()
+    # Backed off from 1 s, doubling: a few in 4 s (without, thousands).
+    assert 1 <= len(watches) <= 8, len(watches)
+    assert "the stream ended at once with no event" in log, log[-2000:]

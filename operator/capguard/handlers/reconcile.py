@@ -46,14 +46,8 @@ logger = logging.getLogger(__name__)
 
 RESYNC_RETRY_CAP: Final = 5.0  # seconds between LIST tries while the API is down, at most
 
-SHORT_WATCH: Final = 1.0  # seconds: a watch that ends sooner with no event is backed off
 
 _T = TypeVar("_T")
-
-
-class EmptyWatch(Exception):
-    def __str__(self) -> str:
-        return "the stream ended at once with no event"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -496,12 +490,12 @@ class Reconciler:
                         continue  # a BOOKMARK: only the version to resume from
                     if store is not self.index.leases or self.index.planning_inputs_changed:
                         self.wake()
-                if not heard and time.monotonic() - opened < SHORT_WATCH:
+                if not heard and time.monotonic() - opened < client.SHORT_WATCH:
                     # Ended at once with nothing in it (a proxy that does not hold streams;
                     # a real server holds one for its timeoutSeconds): as a failure, or
                     # the loop would watch again as fast as the streams end.
                     failures += 1
-                    await self._watch_failed(resource, EmptyWatch(), failures)
+                    await self._watch_failed(resource, client.EmptyWatch(), failures)
             except client.Expired:
                 logger.info("The watch of %s is too old to resume; listing again.",
                             resource.plural)

@@ -311,6 +311,17 @@ async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
         yield pending
 
 
+# A watch that ends sooner than this with no event (a proxy that does not hold streams; a
+# real server holds one for its timeoutSeconds) is a failure to back off from, or a loop
+# would watch again as fast as the streams end.
+SHORT_WATCH: Final = 1.0
+
+
+class EmptyWatch(Exception):
+    def __str__(self) -> str:
+        return "the stream ended at once with no event"
+
+
 class Expired(ApiError):
     """410: the watch's resourceVersion is older than the server keeps; LIST again."""
 

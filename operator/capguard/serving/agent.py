@@ -199,10 +199,12 @@ class Agent:
         version = str((body.get("metadata") or {}).get("resourceVersion") or "")
         selector = f"metadata.name={self.options.name}"
         while True:
+            opened, heard = time.monotonic(), False
             try:
                 async for event in self.api.watch(
                         self.resource, namespace=self.options.namespace,
                         resource_version=version, field_selector=selector):
+                    heard = True
                     found = event.get("object") or {}
                     version = str((found.get("metadata") or {}).get("resourceVersion")
                                   or version)
@@ -213,13 +215,16 @@ class Agent:
                                        self.options.name)
                         self.wanted = Wanted(None, None, 1, 0)
                         self.changed.set()
+                if not heard and time.monotonic() - opened < client.SHORT_WATCH:
+                    raise client.EmptyWatch()
             except client.Expired:
                 logger.info("Watch of %s: its resourceVersion %s has expired; watching from "
                             "the engine as it is now.", self.options.name, version or "(none)")
                 if not version:  # a server that expires even "now": not in a tight loop
                     await asyncio.sleep(1.0)
                 version = ""
-            except (client.ApiError, aiohttp.ClientError, TimeoutError) as error:
+            except (client.ApiError, client.EmptyWatch, aiohttp.ClientError,
+                    TimeoutError) as error:
                 logger.info("Watch of %s ended (%s); reading it again.", self.options.name,
                             error)
                 await asyncio.sleep(1.0)

@@ -219,7 +219,8 @@ async def follow(api: client.Api, *, resource: client.Resource, namespace: str,
                                       label_selector=label_selector, into=into, version=version)
         except client.Expired:
             logger.info("the %s' watch expired; listing again", resource.plural)
-        except (TimeoutError, aiohttp.ClientError, client.ApiError, ValueError) as error:
+        except (TimeoutError, aiohttp.ClientError, client.ApiError, client.EmptyWatch,
+                ValueError) as error:
             logger.warning("following the %s failed (%s); again in %.0fs", resource.plural,
                            error or type(error).__name__, backoff)
             await asyncio.sleep(backoff)
@@ -240,13 +241,20 @@ async def relist(api: client.Api, *, resource: client.Resource, namespace: str,
 
 async def watch(api: client.Api, *, resource: client.Resource, namespace: str,
                 label_selector: str | None, into: Mirror, version: str) -> str:
-    """One WATCH from `version` until the server ends it; the last version seen."""
+    """One WATCH from `version` until the server ends it; the last version seen. A stream
+    that ends at once with no event raises `client.EmptyWatch` (backed off by `follow`)."""
+    from capguard.kube import client
+
+    opened, heard = time.monotonic(), False
     async for event in api.watch(resource, namespace=namespace, resource_version=version,
                                  label_selector=label_selector, timeout_seconds=WATCH_SECONDS):
+        heard = True
         kind, body = event.get("type"), event.get("object") or {}
         if kind in {"ADDED", "MODIFIED", "DELETED"}:
             into.apply(kind, body)
         version = str((body.get("metadata") or {}).get("resourceVersion") or version)
+    if not heard and time.monotonic() - opened < client.SHORT_WATCH:
+        raise client.EmptyWatch()
     return version
 
 
