@@ -398,7 +398,8 @@ class Agent:
         """The operator marked the engine unheard (Ready Unknown, HeartbeatExpired) while
         this agent lives: write its status again, Ready as it is, so counts and kubectl
         agree with the Lease once more (tried again next look if the write fails)."""
-        if await self.report(message=str(self.reported.get("message") or ""), force=True):
+        message = self.unreported or str(self.reported.get("message") or "")
+        if await self.report(message=message, force=True):
             self.vouch = False
 
     async def beat_on_status(self) -> None:
