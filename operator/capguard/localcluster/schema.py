@@ -484,8 +484,6 @@ def _check_string(value: str, checks: _Checks, *, path: str, causes: list[Cause]
                             f"{checks.format}: {_go(value)}", path))
 
 
-
-
 def _check_number(value: float | int, checks: _Checks, *, path: str,
                   causes: list[Cause]) -> None:
     if checks.number_range is not None:
