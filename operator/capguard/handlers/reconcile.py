@@ -46,7 +46,6 @@ logger = logging.getLogger(__name__)
 
 RESYNC_RETRY_CAP: Final = 5.0  # seconds between LIST tries while the API is down, at most
 
-
 _T = TypeVar("_T")
 
 
@@ -473,12 +472,11 @@ class Reconciler:
         version = self._list_versions[(resource.plural, namespace)]
         failures = 0
         while True:
-            opened, heard = time.monotonic(), False
             try:
                 async for event in self.api.watch(resource, namespace=namespace,
                                                   resource_version=version,
                                                   label_selector=selector):
-                    failures, heard = 0, True
+                    failures = 0
                     body = event.get("object") or {}
                     version = str((body.get("metadata") or {}).get("resourceVersion")
                                   or version)
@@ -490,12 +488,6 @@ class Reconciler:
                         continue  # a BOOKMARK: only the version to resume from
                     if store is not self.index.leases or self.index.planning_inputs_changed:
                         self.wake()
-                if not heard and time.monotonic() - opened < client.SHORT_WATCH:
-                    # Ended at once with nothing in it (a proxy that does not hold streams;
-                    # a real server holds one for its timeoutSeconds): as a failure, or
-                    # the loop would watch again as fast as the streams end.
-                    failures += 1
-                    await self._watch_failed(resource, client.EmptyWatch(), failures)
             except client.Expired:
                 logger.info("The watch of %s is too old to resume; listing again.",
                             resource.plural)
@@ -509,7 +501,7 @@ class Reconciler:
                 failures += 1
                 if not self.api.log_in_again():
                     await self._watch_failed(resource, error, failures)
-            except writer.ERRORS as error:
+            except (client.EmptyWatch, *writer.ERRORS) as error:
                 failures += 1
                 await self._watch_failed(resource, error, failures)
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Final
@@ -270,7 +271,8 @@ class Api:
         server ends it. BOOKMARKs come through (their object carries only the resourceVersion
         to resume from). A resourceVersion the server no longer keeps raises `Expired`: a real
         API server says so with a 200 and one ERROR event holding a 410 Status, not an HTTP
-        410 (k8s-reference 081); both are handled."""
+        410 (k8s-reference 081); both are handled. A stream that ends at once with no event
+        raises `EmptyWatch`, to be backed off from."""
         params = {"watch": "true", "allowWatchBookmarks": "true",
                   "timeoutSeconds": str(timeout_seconds)}
         if resource_version:  # none: from now, the objects as they are first (synthetic ADDED)
@@ -284,6 +286,7 @@ class Api:
         # No total timeout: the server ends the stream after timeoutSeconds; a stream that
         # goes quiet far longer than that is dead.
         timeout = aiohttp.ClientTimeout(total=None, sock_read=timeout_seconds + 30)
+        opened, heard = time.monotonic(), False
         async with session.get(self._server + resource.path(namespace=namespace), params=params,
                                headers={"Accept": JSON}, timeout=timeout) as response:
             if response.status >= 400:
@@ -295,7 +298,10 @@ class Api:
                 if event.get("type") == "ERROR":
                     status = event.get("object") or {}
                     raise _error(int(status.get("code") or 500), json.dumps(status))
+                heard = True
                 yield event
+        if not heard and time.monotonic() - opened < SHORT_WATCH:
+            raise EmptyWatch()
 
 
 async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:

@@ -199,12 +199,10 @@ class Agent:
         version = str((body.get("metadata") or {}).get("resourceVersion") or "")
         selector = f"metadata.name={self.options.name}"
         while True:
-            opened, heard = time.monotonic(), False
             try:
                 async for event in self.api.watch(
                         self.resource, namespace=self.options.namespace,
                         resource_version=version, field_selector=selector):
-                    heard = True
                     found = event.get("object") or {}
                     version = str((found.get("metadata") or {}).get("resourceVersion")
                                   or version)
@@ -215,8 +213,6 @@ class Agent:
                                        self.options.name)
                         self.wanted = Wanted(None, None, 1, 0)
                         self.changed.set()
-                if not heard and time.monotonic() - opened < client.SHORT_WATCH:
-                    raise client.EmptyWatch()
             except client.Expired:
                 logger.info("Watch of %s: its resourceVersion %s has expired; watching from "
                             "the engine as it is now.", self.options.name, version or "(none)")

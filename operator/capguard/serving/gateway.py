@@ -243,18 +243,12 @@ async def watch(api: client.Api, *, resource: client.Resource, namespace: str,
                 label_selector: str | None, into: Mirror, version: str) -> str:
     """One WATCH from `version` until the server ends it; the last version seen. A stream
     that ends at once with no event raises `client.EmptyWatch` (backed off by `follow`)."""
-    from capguard.kube import client
-
-    opened, heard = time.monotonic(), False
     async for event in api.watch(resource, namespace=namespace, resource_version=version,
                                  label_selector=label_selector, timeout_seconds=WATCH_SECONDS):
-        heard = True
         kind, body = event.get("type"), event.get("object") or {}
         if kind in {"ADDED", "MODIFIED", "DELETED"}:
             into.apply(kind, body)
         version = str((body.get("metadata") or {}).get("resourceVersion") or version)
-    if not heard and time.monotonic() - opened < client.SHORT_WATCH:
-        raise client.EmptyWatch()
     return version
 
 
