@@ -396,7 +396,7 @@ def test_a_watch_whose_resource_version_expired_is_opened_from_now_not_polled(
     """A real API server answers a watch from a resourceVersion older than its window with
     410 Expired (k8s-reference 081), as it would for an engine unchanged for a while or
     after it restarted, however often it is asked again from there. The agent then
-    watches with no resourceVersion (the engine as it is now, then its changes), instead
+    watches from resourceVersion 0 (the engine as it is, then its changes: 081), instead
     of reading the engine and watching from the same expired version every second."""
     kube.apply(harness.engine("ie-0"), harness.model("chat", replicas=1, min_available=0))
     with chaos.FaultProxy(kube, directory=tmp_path, name="agent", seed=5) as proxy:
@@ -413,7 +413,7 @@ def test_a_watch_whose_resource_version_expired_is_opened_from_now_not_polled(
         opened = [r for r in seen if r.watch and not r.fault]
     assert len(expired) == 1, [(r.query, r.fault) for r in expired]
     assert len(reads) == 1, [r.path for r in reads]  # its first read, not one a second
-    assert opened and "resourceVersion" not in opened[0].query, opened
+    assert opened and "resourceVersion=0&" in opened[0].query + "&", opened
     assert "has expired; watching from the engine as it is now" in \
         agents.logs[0].read_text()
 

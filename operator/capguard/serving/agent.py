@@ -190,8 +190,8 @@ class Agent:
         keeps a window of each kind's changes, and an engine that has not changed for a
         while (or any object, after the server restarted) is older than that window: the
         watch answers 410 Expired (k8s-reference 081) however often it is asked again from
-        there. After a 410 it starts with no resourceVersion instead: the server sends the
-        engine as it is now (a synthetic ADDED), then its changes."""
+        there. After a 410 it watches from resourceVersion 0 instead: the server sends the
+        engine as it is (a synthetic ADDED, as 081 records), then its changes."""
         import aiohttp
 
         from capguard.kube import client
@@ -215,10 +215,10 @@ class Agent:
                         self.changed.set()
             except client.Expired:
                 logger.info("Watch of %s: its resourceVersion %s has expired; watching from "
-                            "the engine as it is now.", self.options.name, version or "(none)")
-                if not version:  # a server that expires even "now": not in a tight loop
+                            "the engine as it is now.", self.options.name, version)
+                if version == "0":  # a server that expires even "any": not in a tight loop
                     await asyncio.sleep(1.0)
-                version = ""
+                version = "0"
             except (client.ApiError, client.EmptyWatch, aiohttp.ClientError,
                     TimeoutError) as error:
                 logger.info("Watch of %s ended (%s); reading it again.", self.options.name,
