@@ -382,7 +382,13 @@ async def test_a_cordoned_engine_given_up_is_drained_not_refused_as_a_reassign(
     await eventually(lambda: _is(bound("closed"), None), timeout=5)
     await report("y", "Serving", "k")  # k's replacement serves: x goes to new
     await eventually(lambda: _is(bound("x"), "new"), timeout=5)
-    text = await started.metrics()
+
+    async def counted() -> str | None:  # the write lands before its answer is counted
+        text = await started.metrics()
+        done = metric(text, "capguard_actions_total", type="reassign", result="executed")
+        return text if done else None
+
+    text = await eventually(counted, timeout=5)
     assert metric(text, "capguard_actions_total", type="drain", result="executed") == 1
     assert metric(text, "capguard_actions_total", type="reassign", result="executed") == 1
     assert (metric(text, "capguard_actions_total", type="reassign", result="failed") or 0) == 0
