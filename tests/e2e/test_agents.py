@@ -228,6 +228,39 @@ def test_an_agent_never_writes_another_components_lease_of_its_engines_name(
     assert harness.serving(kube, "chat") == 1
 
 
+def test_an_agent_takes_over_the_lease_of_an_earlier_engine_of_its_name(
+    kube: harness.Kubectl, operators: Operators, agents: Agents,
+) -> None:
+    """An engine deleted and created again keeps its name, not its uid, and the earlier
+    engine's Lease lives until the garbage collector deletes it (here never: it names an
+    engine this server never had). That Lease is no heartbeat of the new engine, nor
+    another component's: the new engine's agent takes it over, making it its engine's
+    (owner and holder), and the engine is heard through it."""
+    earlier = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+               "metadata": {"name": "ie-0", "labels": {"capguard.dev/heartbeat":
+                                                       "inferenceengine"},
+                            "ownerReferences": [{
+                                "apiVersion": harness.API_VERSION, "kind": "InferenceEngine",
+                                "name": "ie-0", "uid": "uid-of-an-earlier-ie-0"}]},
+               "spec": {"holderIdentity": "earlier-agent", "leaseDurationSeconds": 2,
+                        "renewTime": "2026-01-01T00:00:00.000000Z"}}
+    kube.apply(harness.engine("ie-0"), harness.model("chat", replicas=1, min_available=0),
+               earlier)
+    agents.start("ie-0")
+    operators.start(flags=("--driver=agent", f"--heartbeat-timeout={HEARTBEAT_TIMEOUT}"))
+    harness.wait_serving(kube, {"chat": 1}, timeout=30)
+    lease = kube.get("lease", "ie-0")
+    [owner] = lease["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["uid"]) == (
+        "InferenceEngine", "ie-0", kube.get("ie", "ie-0")["metadata"]["uid"])
+    assert lease["spec"]["holderIdentity"] != "earlier-agent"
+    assert "is the heartbeat of an earlier InferenceEngine ie-0" in agents.logs[0].read_text()
+    time.sleep(2.5)  # past the heartbeat bound: heard through the Lease it took over
+    ready = harness.condition(kube.get("ie", "ie-0"), "Ready") or {}
+    assert (ready.get("status"), ready.get("reason")) == ("True", "Serving"), ready
+    assert harness.serving(kube, "chat") == 1
+
+
 class LeaseRace(harness.ReverseProxy):
     """Between an agent and the API server: before the agent's first request of
     ``method`` on Leases goes on, another component's Lease takes the name.

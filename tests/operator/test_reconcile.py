@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable
@@ -144,6 +145,75 @@ async def test_with_agents_an_engine_is_heard_through_its_lease_alone(
         await eventually(lambda: _model_serving(kube, "chat", 0), timeout=1.0)
     finally:
         renewals.cancel()
+
+
+async def test_with_agents_an_engine_created_again_is_not_heard_on_the_old_ones_lease(
+    kube: Kube, start_operator: StartOperator
+) -> None:
+    """An engine deleted and created again keeps its name, not its uid. The earlier
+    engine's Lease lives on until the garbage collector deletes it, and an agent that
+    lives on may renew it meanwhile (played here by hand): it vouches for nothing until
+    the new engine's agent takes it over. So the engine with no agent of its own is given
+    no model, whether it came back before the operator started or while it runs."""
+    await kube.engines("e0", "e1")
+    await kube.model("chat", 2, minAvailable=0)
+    for name in ("e0", "e1"):
+        await kube.patch(client.ENGINES, name, {"status": {"phase": "Idle"}},
+                         subresource="status")
+    await kube.api.create(client.LEASES, namespace=NAMESPACE, body=heartbeats.lease(
+        await kube.get(client.ENGINES, "e1"), holder="by-hand", interval=0.3, now=time.time()))
+    await _earlier_engines_lease(kube, "e0")
+
+    async def renew() -> None:
+        while True:
+            for name in ("e0", "e1"):
+                with contextlib.suppress(client.NotFound):  # e0's, while it is gone
+                    await kube.patch(client.LEASES, name, heartbeats.renewal(
+                        holder="by-hand", interval=0.3, now=time.time()))
+            await asyncio.sleep(0.3)
+
+    renewals = asyncio.create_task(renew())
+    try:
+        await start_operator(engine_driver="agent", heartbeat_timeout=1.5)
+        await eventually(lambda: _is(_bound(kube, "chat"), ["e1"]))
+        await asyncio.sleep(1.0)  # passes go by, the earlier engine's Lease renewed
+        assert await _bound(kube, "chat") == ["e1"]
+        await _take_over(kube, "e0")
+        await eventually(lambda: _is(_bound(kube, "chat"), ["e0", "e1"]))
+
+        # While the operator runs: deleted (its Lease with it), and back before the
+        # garbage collector deleted the earlier engine's Lease.
+        await kube.api.request("DELETE", client.ENGINES.path(namespace=NAMESPACE, name="e0"))
+        await eventually(lambda: _is(_names(kube, client.LEASES), ["e1"]))
+        await _earlier_engines_lease(kube, "e0")
+        await kube.engines("e0")
+        await kube.patch(client.ENGINES, "e0", {"status": {"phase": "Idle"}},
+                         subresource="status")
+        await asyncio.sleep(1.0)
+        assert await _bound(kube, "chat") == ["e1"]
+        await _take_over(kube, "e0")
+        await eventually(lambda: _is(_bound(kube, "chat"), ["e0", "e1"]))
+    finally:
+        renewals.cancel()
+
+
+async def _earlier_engines_lease(kube: Kube, name: str) -> None:
+    """The Lease of an earlier engine of that name (another uid), renewed just now."""
+    earlier = {"apiVersion": client.ENGINES.api_version,
+               "metadata": {"name": name, "uid": f"earlier-{name}"}}
+    await kube.api.create(client.LEASES, namespace=NAMESPACE, body=heartbeats.lease(
+        earlier, holder="by-hand", interval=0.3, now=time.time()))
+
+
+async def _take_over(kube: Kube, name: str) -> None:
+    """The engine's agent's first renewal of its Lease, which makes it this engine's."""
+    await kube.patch(client.LEASES, name, heartbeats.renewal(
+        holder="by-hand", interval=0.3, now=time.time(), acquired=True,
+        engine=await kube.get(client.ENGINES, name)))
+
+
+async def _names(kube: Kube, resource: client.Resource) -> list[str]:
+    return sorted(found["metadata"]["name"] for found in await kube.items(resource))
 
 
 async def _bound(kube: Kube, model: str) -> list[str] | None:

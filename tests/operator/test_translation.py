@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import re
+from typing import Any
 
 import pytest
 
@@ -13,7 +14,7 @@ from capguard.core import queue as queue_
 from capguard.handlers import driver, index, records
 from capguard.handlers import status as status_
 from capguard.handlers import view as view_
-from capguard.kube import actions, client, events
+from capguard.kube import actions, client, events, heartbeats
 
 T0 = 1_800_000_000.0
 
@@ -234,6 +235,48 @@ def test_a_status_write_coming_back_is_not_a_planning_change() -> None:
     assert found.take_dirty_models() == {("ns", "m")}  # its status is worth a look
     found.models.apply(_body("m", "3", replicas=3))
     assert found.planning_inputs_changed and found.planning_versions["ns"] == versions + 1
+
+
+def _engine_of_uid(uid: str, version: str) -> dict[str, object]:
+    return {"apiVersion": client.ENGINES.api_version, "kind": "InferenceEngine",
+            "metadata": {"name": "e", "namespace": "ns", "uid": uid,
+                         "resourceVersion": version}, "spec": {"pool": "p"}}
+
+
+def _lease_of(engine: dict[str, object], version: str, *, renewed: float) -> dict[str, Any]:
+    body = heartbeats.lease(engine, holder="agent", interval=10.0, now=renewed)
+    body["metadata"].update(namespace="ns", resourceVersion=version)
+    return body
+
+
+def test_a_lease_renews_only_the_engine_object_it_is_the_heartbeat_of() -> None:
+    """An engine deleted and created again under its name: the old one's Lease, left for
+    the garbage collector and still renewed, vouches for nothing until the new engine's
+    agent takes it over; whichever of a Lease and its engine comes first."""
+    found = index.Index()
+    old = _engine_of_uid("uid-1", "1")
+    found.leases.apply(_lease_of(old, "2", renewed=T0))
+    assert not found.renewals["ns"]  # its engine not indexed yet
+    found.engines.apply(old)
+    assert found.renewals["ns"] == {"e": T0}  # the Lease came first: heard once it is
+    found.engines.delete({**old, "metadata": {**old["metadata"], "resourceVersion": "3"}})
+    assert found.renewals["ns"] == {}
+    found.engines.apply(_engine_of_uid("uid-2", "4"))
+    found.take_changes("ns")
+    found.silent["ns"] = frozenset({"e"})  # as the pass saw it: nobody vouches for it
+    found.leases.apply(_lease_of(old, "5", renewed=T0 + 10))
+    assert found.renewals["ns"] == {}  # the old engine's Lease, renewed
+    taken = _lease_of(_engine_of_uid("uid-2", "4"), "6", renewed=T0 + 20)
+    found.leases.apply(taken)
+    assert found.renewals["ns"] == {"e": T0 + 20}
+    assert found.take_changes("ns").engines == {"e"}  # heard again: looked at again
+    # Created again, and the Lease's renewal arrived first: not the new engine's.
+    found.engines.apply(_engine_of_uid("uid-3", "7"))
+    assert found.renewals["ns"] == {}
+    assert found.take_changes("ns").engines == {"e"}
+    unknown = _lease_of({"metadata": {"name": "e"}}, "8", renewed=T0 + 30)
+    found.leases.apply(unknown)  # an agent that did not know the uid: taken as the engine's
+    assert found.renewals["ns"] == {"e": T0 + 30}
 
 
 def test_a_restarted_operator_continues_the_pause_its_status_describes() -> None:

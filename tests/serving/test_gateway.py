@@ -166,10 +166,14 @@ class Engines:
         await self.api.merge_patch(client.ENGINES, namespace=NAMESPACE, name=name,
                                    patch={"status": status}, subresource="status")
 
-    async def lease(self, name: str, *, ago: float = 0.0, labelled: bool = True) -> None:
+    async def lease(self, name: str, *, ago: float = 0.0, labelled: bool = True,
+                    earlier: bool = False) -> None:
         """The engine's Lease as its agent creates it, renewed `ago` seconds ago (without
-        the heartbeat label: any other Lease of the same name)."""
+        the heartbeat label: any other Lease of the same name; ``earlier``: the Lease of
+        an earlier engine of that name, another uid, not yet garbage-collected)."""
         engine = await self.api.get(client.ENGINES, namespace=NAMESPACE, name=name)
+        if earlier:
+            engine = {**engine, "metadata": {"name": name, "uid": f"earlier-{name}"}}
         body = heartbeats.lease(engine, holder=f"{name}-agent", interval=HEARTBEAT_INTERVAL,
                                 now=time.time() - ago)
         if not labelled:
@@ -445,6 +449,31 @@ async def test_a_lease_without_the_heartbeat_label_is_no_heartbeat(world: World)
                                                 heartbeats.LABEL: heartbeats.OF_ENGINES}}})
         await eventually(lambda: _equals(gateway.routable(world.session, "llama"), 1))
     assert unlabelled == 503 and upstream.seen == []
+
+
+async def test_an_earlier_engines_lease_of_the_name_is_no_heartbeat_until_taken_over(
+        world: World) -> None:
+    """An engine deleted and created again keeps its name, not its uid: the earlier
+    engine's Lease, renewed until the garbage collector deletes it, vouches for nothing
+    until the new engine's agent takes it over (its first renewal names its engine)."""
+    upstream, alive = await world.upstream("u1"), await world.upstream("alive")
+    async with world.gateway("--heartbeat-timeout=40s") as gateway:
+        await world.engines.serving("e1", model="llama", endpoint=upstream.url, heartbeat=None)
+        await world.engines.lease("e1", earlier=True)
+        await world.engines.renew("e1")
+        await world.engines.serving("e2", model="qwen", endpoint=alive.url, heartbeat=None)
+        await world.engines.lease("e2")
+        await eventually(lambda: _equals(gateway.routable(world.session, "qwen"), 1))
+        earlier, _ = await gateway.post(world.session, completion("llama"))
+        engine = await world.engines.api.get(client.ENGINES, namespace=NAMESPACE, name="e1")
+        await world.engines.api.merge_patch(client.LEASES, namespace=NAMESPACE, name="e1",
+                                            patch=heartbeats.renewal(
+                                                holder="e1-agent", interval=HEARTBEAT_INTERVAL,
+                                                now=time.time(), acquired=True, engine=engine))
+        await eventually(lambda: _equals(gateway.routable(world.session, "llama"), 1))
+        taken, body = await gateway.post(world.session, completion("llama"))
+    assert (earlier, taken, body["served_by"]) == (503, 200, "u1")
+    assert len(upstream.seen) == 1
 
 
 async def test_only_a_liveness_check_reads_leases_and_only_the_heartbeat_ones(

@@ -28,6 +28,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from capguard.core import engines
 from capguard.handlers import records
+from capguard.kube import heartbeats
 
 T = TypeVar("T")
 Key = tuple[str, str]  # (namespace, name)
@@ -144,9 +145,11 @@ class Index:
         self.models = Store(records.model_record, on_change=self._model_changed)
         self.breakers = Store(records.breaker_record, on_change=self._breaker_changed)
         self.leases = Store(records.lease_record, on_change=self._lease_changed)
-        # namespace -> engine -> its Lease's last renewal (epoch seconds): a renewal moves
-        # only this, not the engine, so the thousand heartbeats a second of a large fleet
-        # are no planning change ...
+        # namespace -> engine -> its Lease's last renewal (epoch seconds), while that Lease
+        # is the heartbeat of the engine of its name indexed now (`heartbeats.belongs`),
+        # not of an earlier one awaiting the garbage collector: a renewal moves only this,
+        # not the engine, so the thousand heartbeats a second of a large fleet are no
+        # planning change ...
         self.renewals: dict[str, dict[str, float]] = collections.defaultdict(dict)
         # ... unless the engine was silent as the last pass saw it (namespace -> names):
         # then it is heard again. The reconcile loop keeps this current.
@@ -191,6 +194,8 @@ class Index:
             self.engines_by_model[(namespace, model)].add(name)
         self.dirty_models.update((namespace, model) for model in before | after)
         self._changes[namespace].engines.add(name)
+        if (old.meta.uid if old else None) != (new.meta.uid if new else None):
+            self._update_renewal(key)  # another engine object: is its Lease its heartbeat?
         self._planning_input_changed(namespace)
 
     def _model_changed(self, key: Key, old: records.ModelRecord | None,
@@ -209,22 +214,34 @@ class Index:
             self._changes[key[0]].rebuild = True
             self._planning_input_changed(key[0])
 
-    def _lease_changed(self, key: Key, old: records.Record[float] | None,
-                       new: records.Record[float] | None) -> None:
+    def _lease_changed(self, key: Key, old: records.Record[heartbeats.Heartbeat] | None,
+                       new: records.Record[heartbeats.Heartbeat] | None) -> None:
         namespace, name = key
-        renewed = new.value if new is not None else None
-        known = self.renewals[namespace]
-        before = known.get(name)
-        if renewed is not None:
-            known[name] = renewed
-        elif before is not None:
-            del known[name]
+        before, renewed = self._update_renewal(key)
         if engines.renewal_changes_hearing(before, renewed,
                                            silent=name in self.silent.get(namespace, ())):
             # Heard again, or maybe no longer: a change of the engine for its hearing.
             if key in self.engines.records:
                 self._changes[namespace].engines.add(name)
             self._planning_input_changed(namespace)
+
+    def _update_renewal(self, key: Key) -> tuple[float | None, float | None]:
+        """Bring the renewal of the engine of the key's name up to date with its Lease and
+        itself (either may come first); returns the renewal before and after. A change of
+        the engine is a change for its hearing already (`Changes.engines`)."""
+        namespace, name = key
+        known = self.renewals[namespace]
+        before = known.get(name)
+        lease, engine = self.leases.records.get(key), self.engines.records.get(key)
+        renewed = None
+        if lease is not None and lease.value is not None and engine is not None and (
+                heartbeats.belongs(lease.value.owner, uid=engine.meta.uid)):
+            renewed = lease.value.renewed
+        if renewed is not None:
+            known[name] = renewed
+        elif before is not None:
+            del known[name]
+        return before, renewed
 
     def _planning_input_changed(self, namespace: str) -> None:
         self.planning_inputs_changed = True

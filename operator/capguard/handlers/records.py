@@ -90,9 +90,10 @@ def breaker_record(body: Mapping[str, Any]) -> BreakerRecord:
     return _record(body, specs.parse_breaker, _status(body))
 
 
-def lease_record(body: Mapping[str, Any]) -> Record[float]:
-    """An engine's Lease: when its agent last renewed it (None: it says nothing usable)."""
-    return Record(meta_of(body), heartbeats.renewed(body), None, {})
+def lease_record(body: Mapping[str, Any]) -> Record[heartbeats.Heartbeat]:
+    """An engine's Lease: when its agent last renewed it, and for which engine object
+    (None: it says nothing usable)."""
+    return Record(meta_of(body), heartbeats.read(body), None, {})
 
 
 def engine_models(record: EngineRecord) -> frozenset[str]:

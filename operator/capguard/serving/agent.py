@@ -157,6 +157,9 @@ class Agent:
         # The Lease's resourceVersion as this agent last read or wrote it: a renewal is
         # preconditioned on it, so it never writes a Lease that changed since.
         self.lease_version: str | None = None
+        # The uid of the engine this agent last made the Lease the heartbeat of: another
+        # (its engine deleted and created again under its name) takes the Lease over.
+        self.lease_owner: str | None = None
 
     # -- the API side -------------------------------------------------------------
 
@@ -334,25 +337,34 @@ class Agent:
         the agent last read or wrote (`lease_version`). A 409 is not known to be ours: a
         create that met a Lease created meanwhile, or a renewal of a Lease that changed
         since (another writer, or deleted and created again by another component between
-        two renewals). Whose it is gets read before the next renewal writes it."""
+        two renewals). Whose it is gets read before the next renewal writes it.
+
+        The first renewal also makes the Lease its engine's heartbeat (its owner), so an
+        earlier engine's Lease of the name, awaiting the garbage collector, is taken over;
+        and when its engine is created again under its name while this agent runs, the
+        next renewal is a first one again."""
         from capguard.kube import client
 
         now, where = time.time(), {"namespace": self.options.namespace,
                                    "name": self.options.name}
+        engine = self.engine
+        first = first or heartbeats.uid_of(engine) != self.lease_owner
         try:
             try:
-                if first and not await self.lease_is_ours(where):
+                if first and not await self.lease_is_ours(where, engine=engine):
                     return False
                 written = await self.api.merge_patch(
                     client.LEASES, **where, patch=heartbeats.renewal(
                         holder=self.holder, interval=self.options.heartbeat_interval, now=now,
-                        acquired=first, resource_version=self.lease_version))
+                        acquired=first, resource_version=self.lease_version,
+                        engine=engine if first else None))
             except client.NotFound:
                 written = await self.api.create(
                     client.LEASES, namespace=self.options.namespace, body=heartbeats.lease(
-                        self.engine, holder=self.holder,
+                        engine, holder=self.holder,
                         interval=self.options.heartbeat_interval, now=now))
             self.lease_version = _resource_version(written)
+            self.lease_owner = heartbeats.uid_of(engine)
             return True
         except client.Conflict:
             self.lease_version = None
@@ -368,18 +380,26 @@ class Agent:
             await self.beat_on_status()
             return False
 
-    async def lease_is_ours(self, where: Mapping[str, str]) -> bool:
+    async def lease_is_ours(self, where: Mapping[str, str], *,
+                            engine: Mapping[str, Any]) -> bool:
         """Read the Lease of the engine's name before writing it (NotFound: there is none
-        yet). One that is not the engine's heartbeat (`heartbeats.speaks_for`) belongs to
-        another component, a leader election say: writing its holder would take the lease
-        from that component's leader. It is left alone, and the agent heartbeats on the
-        engine's status, as without RBAC for Leases."""
+        yet). One that is not the heartbeat of an engine of that name
+        (`heartbeats.speaks_for`) belongs to another component, a leader election say:
+        writing its holder would take the lease from that component's leader. It is left
+        alone, and the agent heartbeats on the engine's status, as without RBAC for
+        Leases. The heartbeat of an earlier engine of the name is ours to take over."""
         from capguard.kube import client
 
         self.lease_version = None
         found = await self.api.get(client.LEASES, **where)
         if heartbeats.speaks_for(found, self.options.name):
             self.lease_version = _resource_version(found)
+            owner = heartbeats.owner_uid(found)
+            if not heartbeats.belongs(owner, uid=heartbeats.uid_of(engine)):
+                logger.info("Lease %s/%s is the heartbeat of an earlier InferenceEngine %s "
+                            "(uid %s): taking it over for this one (uid %s).",
+                            where["namespace"], where["name"], self.options.name, owner,
+                            heartbeats.uid_of(engine))
             return True
         self.lease_unusable = True
         logger.error("Lease %s/%s exists and is not the heartbeat of InferenceEngine %s (no "

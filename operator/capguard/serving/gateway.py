@@ -58,6 +58,7 @@ class Engine:
     """What the gateway needs of one InferenceEngine."""
 
     name: str
+    uid: str  # which engine of that name: its Lease must be this one's (`Leases.renewed`)
     phase: str
     model: str  # status.model: what the server has loaded
     model_ref: str  # spec.modelRef: what the operator has bound it to
@@ -70,7 +71,8 @@ class Engine:
         spec, status = body.get("spec") or {}, body.get("status") or {}
         units = spec.get("capacityUnits")
         return cls(name=str((body.get("metadata") or {}).get("name") or ""),
-                   phase=str(status.get("phase") or ""), model=str(status.get("model") or ""),
+                   uid=heartbeats.uid_of(body), phase=str(status.get("phase") or ""),
+                   model=str(status.get("model") or ""),
                    model_ref=str(spec.get("modelRef") or ""),
                    endpoint=str(status.get("endpoint") or "").rstrip("/"),
                    heartbeat=clock.parse_timestamp(status.get("lastHeartbeatTime")),
@@ -96,30 +98,35 @@ class Engine:
 
 
 class Leases:
-    """The engines' Leases as last listed or watched: when each was last renewed, by the
-    name of its engine. A deleted Lease, or one without a readable renewTime, says
-    nothing."""
+    """The engines' Leases as last listed or watched: when each was last renewed, and for
+    which engine object, by the name of its engine. A deleted Lease, or one without a
+    readable renewTime, says nothing."""
 
     def __init__(self) -> None:
-        self._renewed: dict[str, float] = {}
+        self._beats: dict[str, heartbeats.Heartbeat] = {}
         self.listed = asyncio.Event()  # set once the first LIST has arrived
 
     def replace(self, bodies: Iterable[Mapping[str, Any]]) -> None:
-        self._renewed.clear()
+        self._beats.clear()
         for body in bodies:
             self.apply("ADDED", body)
         self.listed.set()
 
     def apply(self, kind: str, body: Mapping[str, Any]) -> None:
         name = str((body.get("metadata") or {}).get("name") or "")
-        renewed = heartbeats.renewed(body) if kind != "DELETED" else None
-        if renewed is None:
-            self._renewed.pop(name, None)
+        beat = heartbeats.read(body) if kind != "DELETED" else None
+        if beat is None:
+            self._beats.pop(name, None)
         else:
-            self._renewed[name] = renewed
+            self._beats[name] = beat
 
-    def renewed(self, name: str) -> float | None:
-        return self._renewed.get(name)
+    def renewed(self, engine: Engine) -> float | None:
+        """The engine's last renewal, if its Lease is this engine's heartbeat, not that of
+        an earlier engine of its name awaiting the garbage collector."""
+        beat = self._beats.get(engine.name)
+        if beat is None or not heartbeats.belongs(beat.owner, uid=engine.uid):
+            return None
+        return beat.renewed
 
 
 class Fleet:
@@ -165,7 +172,7 @@ class Fleet:
     def routable(self, model: str, *, heartbeat_timeout: float) -> list[Engine]:
         now = time.time()
         return [e for e in self._by_model.get(model, {}).values()
-                if e.routable_for(model, now=now, renewed=self.leases.renewed(e.name),
+                if e.routable_for(model, now=now, renewed=self.leases.renewed(e),
                                   heartbeat_timeout=heartbeat_timeout)]
 
     def names(self, model: str) -> bool:
