@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +59,17 @@ def security_context(rendered: list[dict[str, Any]]) -> dict[str, Any]:
     """The operator container's effective securityContext: the pod's, overridden by its own."""
     pod = single(rendered, "Deployment")["spec"]["template"]["spec"]
     return {**pod.get("securityContext", {}), **operator_container(rendered)["securityContext"]}
+
+
+def eventually(check: Callable[[], Any], *, timeout: float, what: str,
+               logs: Callable[[], list[str]] = list) -> Any:
+    """The first truthy result of `check`, polled until `timeout` seconds have passed; else
+    fail saying what did not happen, with the last words of `logs` (the processes')."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.2)
+    said = "\n".join(log[-2000:] for log in logs())
+    raise AssertionError(f"within {timeout:.0f}s: {what}\n{said}".rstrip())

@@ -2,18 +2,22 @@
 run as the Deployment runs the image.
 
 That is: as the numeric uid and gid of `securityContext` with no passwd entry and no
-supplementary groups, with an empty environment (no HOME, no USER) plus the Deployment's
-`env`, in a private mount namespace where every mount is read-only
+supplementary groups, with the image's ENV and the Deployment's `env` and nothing else (no
+USER), in a private mount namespace where every mount is read-only
 (`readOnlyRootFilesystem`) and only a fresh tmpfs at /tmp (the `emptyDir`) is writable.
 
 The virtualenv gets the wheel as the Dockerfile's build stage makes it (from the files that
-stage copies, with the same `pip wheel`); its dependencies are the ones already installed
-for the tests (a `.pth` file points at them), so no index is needed to install them.
+stage copies, with the same `pip wheel`); its dependencies are those the image's lock pins,
+as already installed for the tests (a `.pth` file points at links to them and to nothing
+else, so an extra's package is missing here as in the image), so no index is needed.
+What this cannot show (the base image, the build, Docker's own flags) the real image
+shows: tests/ship/test_image_container.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import os
 import shutil
 import stat
@@ -26,7 +30,7 @@ from typing import Final
 
 import pytest
 
-from . import dockerfile
+from . import dockerfile, lockfile
 from .manifests import ROOT
 
 # Run by root in the new mount namespace, then exec'd into the restricted command:
@@ -142,14 +146,30 @@ def install(stage: Path, *, wheel: Path) -> Path:
                     "an unprivileged uid")
     venv = stage / "venv"
     subprocess.run([base_python(), "-m", "venv", "--without-pip", str(venv)], check=True)
+    locked = _locked_only(stage / "dependencies", site_packages)
     subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"),
                     "install", "--quiet", "--no-deps", "--no-index", str(wheel)], check=True)
     purelib = subprocess.run([venv / "bin" / "python", "-c", PURELIB], capture_output=True,
                              text=True, check=True).stdout.strip()
     # A path line adds the folder after the venv's own site-packages and processes none of
     # its .pth files, so the tests' editable capguard stays out: `import capguard` is the wheel.
-    (Path(purelib) / "capguard-dependencies.pth").write_text(f"{site_packages}\n")
+    (Path(purelib) / "capguard-dependencies.pth").write_text(f"{locked}\n")
     return venv / "bin"
+
+
+def _locked_only(folder: Path, site_packages: Path) -> Path:
+    """A folder of links to what the distributions operator/requirements.lock pins installed
+    in the tests' site-packages, and to nothing else: the image's packages (at the tests'
+    versions), none of an extra's. A command that needs an extra fails here as in the image.
+    """
+    folder.mkdir()
+    for name in lockfile.pins():
+        files = importlib.metadata.distribution(name).files or []
+        tops = {file.parts[0] for file in files if file.parts and file.parts[0] != ".."}
+        for top in sorted(tops):
+            if (site_packages / top).exists() and not (folder / top).exists():
+                (folder / top).symlink_to(site_packages / top)
+    return folder
 
 
 @dataclasses.dataclass(frozen=True)
