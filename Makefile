@@ -72,9 +72,12 @@ prometheusrule: ## Regenerate deploy/prometheus/prometheusrule.yaml from alerts.
 	bash hack/gen-prometheusrule.sh
 
 ##@ Ship
-.PHONY: image docker-push build-installer kind-up kind-down e2e-kind
+.PHONY: image image-test docker-push build-installer kind-up kind-down e2e-kind
 image: ## Build the operator image (IMAGE=capguard:0.1.0; needs Docker)
 	docker build --tag '$(IMAGE)' --file operator/Dockerfile .
+
+image-test: setup ## Build the image and run it in Docker as the kubelet runs deploy/ and deploy/demo/ (hack/image-test.sh)
+	bash hack/image-test.sh
 
 docker-push: ## Push the operator image IMAGE to its registry (IMAGE=REGISTRY/capguard:TAG)
 	docker push '$(IMAGE)'
