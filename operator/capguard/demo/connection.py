@@ -1,24 +1,22 @@
 """Talking to the cluster the demo plays on: any kubeconfig, the operator's own client.
 
-CRUD goes through `capguard.kube.client.Api` (the operator's client, on a session built
-from the kubeconfig the way Kopf's login builds it); watches stream on the same session.
+CRUD and watches go through `capguard.kube.client.Api` (the operator's client, on a session
+built from the kubeconfig by the operator's login, `capguard.kube.credentials`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import pathlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from typing import Any, Final
 
 import aiohttp
 import kopf
 import yaml
 
-from capguard.kube import client
+from capguard.kube import client, credentials
 
 CRDS: Final = client.Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 NAMESPACES: Final = client.Resource("", "v1", "namespaces")
@@ -36,22 +34,6 @@ class Connection:
 
     async def aclose(self) -> None:
         await self.session.close()
-
-    async def watch(
-        self, resource: client.Resource, *, namespace: str, resource_version: str
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Watch events (``{"type", "object"}``) from ``resource_version`` until the server ends."""
-        params = {"watch": "true", "resourceVersion": resource_version,
-                  "allowWatchBookmarks": "true", "timeoutSeconds": str(WATCH_TIMEOUT)}
-        url = self.server + resource.path(namespace=namespace)
-        timeout = aiohttp.ClientTimeout(total=None, sock_read=WATCH_TIMEOUT + 30)
-        async with self.session.get(url, params=params, timeout=timeout) as response:
-            if response.status >= 400:
-                raise client.ApiError(status=response.status, reason="WatchFailed",
-                                      message=(await response.text())[:200])
-            async for line in response.content:
-                if line.strip():
-                    yield json.loads(line)
 
     async def list_with_version(
         self, resource: client.Resource, *, namespace: str
@@ -75,16 +57,7 @@ async def connect(kubeconfig: pathlib.Path) -> Connection:
 
 
 def _login(kubeconfig: pathlib.Path) -> kopf.ConnectionInfo:
-    # Kopf's kubeconfig login reads only the KUBECONFIG variable; set it for the call.
-    saved = os.environ.get("KUBECONFIG")
-    os.environ["KUBECONFIG"] = str(kubeconfig)
-    try:
-        info = kopf.login_with_kubeconfig(settings=kopf.OperatorSettings())
-    finally:
-        if saved is None:
-            del os.environ["KUBECONFIG"]
-        else:
-            os.environ["KUBECONFIG"] = saved
+    info = credentials.login(str(kubeconfig), settings=kopf.OperatorSettings())
     if info is None:
         raise kopf.LoginError(f"no usable credentials in {kubeconfig}")
     return info

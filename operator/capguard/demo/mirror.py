@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
+import aiohttp
+
 from capguard.core import fleet as fleet_
 from capguard.core import specs
 from capguard.demo import connection as connection_
@@ -73,13 +75,15 @@ class Mirror:
     async def _follow(self, resource: client.Resource) -> None:
         while True:
             # A watch ends (or expires with 410) now and then: list again and go on.
-            with contextlib.suppress(client.ApiError, OSError, TimeoutError, ValueError):
+            with contextlib.suppress(client.ApiError, client.EmptyWatch, aiohttp.ClientError,
+                                     OSError, TimeoutError, ValueError):
                 items, version = await self.connection.list_with_version(
                     resource, namespace=self.namespace)
                 self._replace_all(resource, items)
                 self._listed[resource.plural].set()
-                async for event in self.connection.watch(
-                        resource, namespace=self.namespace, resource_version=version):
+                async for event in self.connection.api.watch(
+                        resource, namespace=self.namespace, resource_version=version,
+                        timeout_seconds=connection_.WATCH_TIMEOUT):
                     self._on_event(resource, event)
             await asyncio.sleep(RETRY_SECONDS)
 
