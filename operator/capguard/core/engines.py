@@ -230,7 +230,10 @@ def renewal_changes_hearing(before: float | None, after: float | None, *,
     """Whether a Lease's renewal going from ``before`` to ``after`` (None: no Lease) must
     be looked at as a change of its engine for `hearing_again`: the Lease went or moved
     back, or it speaks for an engine that was silent. A renewal of an engine heard only
-    puts its expiry later."""
+    puts its expiry later. No renewal before or after (a Lease that speaks for no engine
+    indexed, renewed again) changes nothing."""
+    if before is None and after is None:
+        return False
     return after is None or silent or (before is not None and after < before)
 
 
