@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -129,6 +130,12 @@ def _leader(cluster: Cluster, namespace: str) -> str:
                            "-o", "jsonpath={.spec.holderIdentity}")
 
 
+def _held(cluster: Cluster, namespace: str) -> str:
+    """The Lease's holder, once it has one."""
+    return str(eventually(lambda: _leader(cluster, namespace), timeout=60,
+                          what=f"the Lease {LEASE} has a holder"))
+
+
 def _operator_namespace() -> str:
     return str(single(kustomize(ROOT / "deploy"), "Deployment")["metadata"]["namespace"])
 
@@ -153,8 +160,7 @@ def test_the_operator_image_runs_as_deployed_and_logs_in_as_its_service_account(
     eventually(ready, timeout=60, what="both replicas answer /readyz 200", logs=lambda: [
         cluster.kubelet.logs(f"{cluster.kubelet.prefix}-{name}") for name in operators])
     namespace = _operator_namespace()
-    leader = eventually(lambda: _leader(cluster, namespace), timeout=30,
-                         what=f"the Lease {LEASE} has a holder")
+    leader = _held(cluster, namespace)
     assert leader in operators, leader
 
     def reconciled() -> bool:
@@ -237,11 +243,57 @@ def test_the_standby_takes_over_when_the_leader_is_killed(
     cluster: Cluster, operators: dict[str, str],
 ) -> None:
     namespace = _operator_namespace()
-    leader = eventually(lambda: _leader(cluster, namespace), timeout=30,
-                         what=f"the Lease {LEASE} has a holder")
+    leader = _held(cluster, namespace)
     subprocess.run([cluster.kubelet.binary, "kill", "--signal=KILL",
                     f"{cluster.kubelet.prefix}-{leader}"], capture_output=True, check=True)
     (standby,) = set(operators) - {leader}
     eventually(lambda: _leader(cluster, namespace) == standby, timeout=60,
                 what=f"{standby} holds the Lease after {leader} was killed")
     cluster.alive(f"{cluster.kubelet.prefix}-{standby}")
+
+
+def _stop(cluster: Cluster, name: str, template: dict[str, Any]) -> tuple[float, int]:
+    """`docker stop` as the kubelet stops a Pod: SIGTERM, then SIGKILL after the template's
+    terminationGracePeriodSeconds. How long it took, and the exit code (137: killed)."""
+    grace = int(template["spec"].get("terminationGracePeriodSeconds", 30))
+    started = time.monotonic()
+    subprocess.run([cluster.kubelet.binary, "stop", f"--time={grace}", name],
+                   capture_output=True, check=True, timeout=grace + 30)
+    return time.monotonic() - started, int(cluster.kubelet.state(name)["ExitCode"])
+
+
+def test_a_stopped_engine_drains_and_exits_within_its_grace_period(
+    cluster: Cluster, operators: dict[str, str],
+) -> None:
+    """capguard is PID 1 in its container: SIGTERM must reach the agent's handler (PID 1
+    has no default one), the agent drains its model server and exits 0, not SIGKILLed."""
+    demo = kustomize(ROOT / "deploy" / "demo")
+    namespace = single(demo, "Namespace")["metadata"]["name"]
+    listed = cluster.kubectl("get", "inferenceengines", "-n", namespace, "-o",
+                             "jsonpath={range .items[*]}{.metadata.name}={.status.phase} {end}")
+    serving = sorted(name for name, phase in (p.split("=") for p in listed.split())
+                     if phase == "Serving")
+    assert serving, listed
+    engines = single(demo, "StatefulSet")
+    took, code = _stop(cluster, f"{cluster.kubelet.prefix}-{serving[0]}",
+                       engines["spec"]["template"])
+    log = cluster.kubelet.logs(f"{cluster.kubelet.prefix}-{serving[0]}")
+    assert code == 0, f"exit {code} after {took:.1f}s:\n{log[-3000:]}"
+    assert "Traceback" not in log, log[-3000:]
+    phase = cluster.kubectl("get", "inferenceengine", serving[0], "-n", namespace, "-o",
+                            "jsonpath={.status.phase}")
+    assert phase != "Serving", f"{serving[0]} still says Serving after its agent stopped"
+
+
+def test_a_stopped_leader_exits_at_once_and_gives_its_lease_up(
+    cluster: Cluster, operators: dict[str, str],
+) -> None:
+    namespace = _operator_namespace()
+    leader = _held(cluster, namespace)
+    deployment = single(kustomize(ROOT / "deploy"), "Deployment")
+    took, code = _stop(cluster, f"{cluster.kubelet.prefix}-{leader}",
+                       deployment["spec"]["template"])
+    log = cluster.kubelet.logs(f"{cluster.kubelet.prefix}-{leader}")
+    assert code == 0, f"exit {code} after {took:.1f}s:\n{log[-3000:]}"
+    assert took < 15, f"{took:.1f}s to stop:\n{log[-3000:]}"
+    assert _leader(cluster, namespace) == "", "the Lease is given up, not left to expire"
