@@ -2,7 +2,8 @@
 it (`container.Kubelet`): the operator's two replicas logging in with their service
 account over TLS, electing a leader and reconciling the samples; the demo's eight engines
 serving the models the operator binds them to, the gateway routing the load Job's
-requests to them; and the standby taking over when the leader is killed.
+requests to them, through hack/kind-demo.sh's incident too; and the standby taking over
+when the leader is killed.
 
 The API server is the embedded one, on this machine's address on the test's Docker
 network, behind TLS. Skips without a Docker daemon or without the image the manifests
@@ -11,6 +12,9 @@ name (`make image-test` builds both the image and, where no registry answers, a 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import itertools
 import json
 import os
 import re
@@ -19,12 +23,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
 import pytest
 import yaml
+
+from capguard import durations
 
 from . import container
 from .manifests import ROOT, by_kind, eventually, kustomize, require_tool, single
@@ -34,6 +40,9 @@ pytestmark = pytest.mark.slow
 LEASE: Final = "capguard-leader"
 SAMPLES: Final = "samples"
 CAPGUARD_KINDS: Final = frozenset({"InferenceEngine", "ModelCapacity", "CircuitBreaker"})
+REVISION: Final = "r2"  # what hack/kind-demo.sh bumps both models to
+# Below Erlang's answered share at the floors: sampling noise and the swaps' own losses.
+MARGIN: Final = 0.03
 
 
 def _status(url: str) -> int:
@@ -184,15 +193,25 @@ def test_the_operator_image_runs_as_deployed_and_logs_in_as_its_service_account(
         assert "Traceback" not in log, log[-3000:]
 
 
-def test_the_demo_engines_serve_the_load_through_the_gateway(
-    cluster: Cluster, operators: dict[str, str],
-) -> None:
-    demo = kustomize(ROOT / "deploy" / "demo")
-    (namespace_object,) = by_kind(demo, "Namespace")
-    namespace = namespace_object["metadata"]["name"]
+@dataclasses.dataclass(frozen=True)
+class Demo:
+    """deploy/demo/'s objects applied and its engines and gateway running, every model
+    serving its replicas."""
+
+    objects: list[dict[str, Any]]  # deploy/demo/ rendered
+    namespace: str
+    containers: tuple[str, ...]  # the engines' and the gateway's
+    replicas: dict[str, int]  # model -> spec.replicas
+    first: int  # the address index of the demo's first Pod
+
+
+@pytest.fixture(scope="module")
+def demo(cluster: Cluster, operators: dict[str, str]) -> Demo:
+    objects = kustomize(ROOT / "deploy" / "demo")
+    namespace = single(objects, "Namespace")["metadata"]["name"]
     cluster.kubectl("create", "namespace", namespace)
-    cluster.apply([o for o in demo if o["kind"] in CAPGUARD_KINDS], namespace)
-    engines = single(demo, "StatefulSet")
+    cluster.apply([o for o in objects if o["kind"] in CAPGUARD_KINDS], namespace)
+    engines = single(objects, "StatefulSet")
     first = len(operators)
     names = []
     for ordinal in range(engines["spec"]["replicas"]):
@@ -200,13 +219,14 @@ def test_the_demo_engines_serve_the_load_through_the_gateway(
         names.append(cluster.kubelet.start(
             engines["spec"]["template"], name=name, namespace=namespace,
             ip=cluster.kubelet.network.address(first + ordinal)))
-    gateway = single(demo, "Deployment")
-    service = single(demo, "Service")["metadata"]["name"]
+    gateway = single(objects, "Deployment")
+    service = single(objects, "Service")["metadata"]["name"]
     names.append(cluster.kubelet.start(
         gateway["spec"]["template"], name=f"{gateway['metadata']['name']}-7c9d5b8f6-q8x2m",
         namespace=namespace, ip=cluster.kubelet.network.address(first + 20),
         aliases=[service]))
-    models = {m["metadata"]["name"]: m["spec"]["replicas"] for m in by_kind(demo, "ModelCapacity")}
+    replicas = {m["metadata"]["name"]: m["spec"]["replicas"]
+                for m in by_kind(objects, "ModelCapacity")}
 
     def serving() -> bool:
         for name in names:
@@ -215,15 +235,35 @@ def test_the_demo_engines_serve_the_load_through_the_gateway(
                                  "jsonpath={range .items[*]}{.metadata.name}={.status.serving} "
                                  "{end}")
         found = dict(pair.split("=") for pair in listed.split())
-        return all(found.get(model) == str(replicas) for model, replicas in models.items())
+        return all(found.get(model) == str(count) for model, count in replicas.items())
 
-    eventually(serving, timeout=240, what=f"every model serving its replicas: {models}")
-    load = single(demo, "Job")
+    eventually(serving, timeout=240, what=f"every model serving its replicas: {replicas}")
+    return Demo(objects, namespace, tuple(names), replicas, first)
+
+
+def _load(cluster: Cluster, demo: Demo, *, name: str, index: int, seconds: float) -> str:
+    """The load Job's Pod, sending for `seconds`, at the index-th address past the demo's
+    first; its container's name."""
+    load = single(demo.objects, "Job")
     (spec,) = load["spec"]["template"]["spec"]["containers"]
-    args = [re.sub(r"^--duration=.*$", "--duration=10s", arg) for arg in spec["args"]]
-    job = cluster.kubelet.start(load["spec"]["template"], name="capguard-load-x7k2p",
-                                namespace=namespace,
-                                ip=cluster.kubelet.network.address(first + 21), args=args)
+    args = [re.sub(r"^--duration=.*$", f"--duration={seconds:.0f}s", arg)
+            for arg in spec["args"]]
+    return cluster.kubelet.start(load["spec"]["template"], name=name,
+                                 namespace=demo.namespace,
+                                 ip=cluster.kubelet.network.address(demo.first + index),
+                                 args=args)
+
+
+def _no_traceback(cluster: Cluster, names: Iterable[str]) -> None:
+    for name in names:
+        cluster.alive(name)
+        assert "Traceback" not in cluster.kubelet.logs(name), cluster.kubelet.logs(name)[-3000:]
+
+
+def test_the_demo_engines_serve_the_load_through_the_gateway(
+    cluster: Cluster, demo: Demo,
+) -> None:
+    job = _load(cluster, demo, name="capguard-load-x7k2p", index=21, seconds=10)
     eventually(lambda: not cluster.kubelet.state(job).get("Running"), timeout=90,
                 what="the load Job's container finishes")
     state = cluster.kubelet.state(job)
@@ -233,10 +273,165 @@ def test_the_demo_engines_serve_the_load_through_the_gateway(
                   if line.startswith('{"summary"')]
     assert summary["sent"] > 0, summary
     assert summary["success_rate"] >= 0.97, output  # Erlang: 99.5 % (load.yaml)
-    assert set(summary["models"]) == set(models), summary
-    for name in names:
-        cluster.alive(name)
-        assert "Traceback" not in cluster.kubelet.logs(name), cluster.kubelet.logs(name)[-3000:]
+    assert set(summary["models"]) == set(demo.replicas), summary
+    _no_traceback(cluster, demo.containers)
+
+
+def _answered_at_floor(demo: Demo, model: str) -> float:
+    """The share of the load's requests for `model` a fleet at the model's floor answers:
+    Erlang's loss formula, offered the load's rate times the stand-in's latency, on the
+    floor's units times each unit's concurrency (load.yaml's arithmetic)."""
+    (load,) = single(demo.objects, "Job")["spec"]["template"]["spec"]["containers"]
+    (engine,) = single(demo.objects, "StatefulSet")["spec"]["template"]["spec"]["containers"]
+    serve = " ".join(engine["args"])
+    (rate,) = [float(a.split("=")[2]) for a in load["args"] if a.startswith(f"--rate={model}=")]
+    latency = durations.parse(_flag(serve, "latency"))
+    (floor,) = [m["spec"]["minAvailable"] for m in by_kind(demo.objects, "ModelCapacity")
+                if m["metadata"]["name"] == model]
+    lost = 1.0
+    for servers in range(1, floor * int(_flag(serve, "concurrency-per-unit")) + 1):
+        lost = rate * latency * lost / (servers + rate * latency * lost)
+    return 1.0 - lost
+
+
+def _flag(command: str, name: str) -> str:
+    found = re.search(rf"--{name} (\S+)", command)
+    assert found, f"no --{name} in {command}"
+    return found[1]
+
+
+class _Incident:
+    """The demo's fleet sampled about every half second while the incident plays: the
+    fewest units each model served (its status.serving) and when each mark was passed."""
+
+    def __init__(self, cluster: Cluster, demo: Demo) -> None:
+        self.cluster, self.demo = cluster, demo
+        self.fewest = dict(demo.replicas)
+        self.marks: dict[str, float] = {}  # phase -> when it began (UNIX time)
+
+    def mark(self, phase: str) -> None:
+        self.marks[phase] = time.time()
+
+    def until(self, done: Callable[[list[dict[str, Any]]], bool], *, timeout: float,
+              what: str) -> None:
+        """Sample until `done` holds of the listed models, engines and breakers."""
+        deadline = time.monotonic() + timeout
+        while True:
+            listed = json.loads(self.cluster.kubectl(
+                "get", "modelcapacities,inferenceengines,circuitbreakers", "-n",
+                self.demo.namespace, "-o", "json"))["items"]
+            for model in by_kind(listed, "ModelCapacity"):
+                name, serving = model["metadata"]["name"], model.get("status", {}).get("serving")
+                self.fewest[name] = min(self.fewest[name], serving or 0)
+            if done(listed):
+                return
+            assert time.monotonic() < deadline, (
+                f"within {timeout:.0f}s: {what}; fewest serving {self.fewest}\n"
+                f"{json.dumps([o.get('status') for o in listed])[:3000]}")
+            time.sleep(0.5)
+
+
+def _rolled(listed: list[dict[str, Any]], *, replicas: dict[str, int], revision: str) -> bool:
+    """Each model serves its replicas, every serving engine of it at `revision`."""
+    for model, count in replicas.items():
+        (status,) = [m.get("status", {}) for m in by_kind(listed, "ModelCapacity")
+                     if m["metadata"]["name"] == model]
+        engines = [e for e in by_kind(listed, "InferenceEngine")
+                   if e.get("status", {}).get("phase") == "Serving"
+                   and e["status"].get("model") == model]
+        if (status.get("serving") != count
+                or sum(e["spec"]["capacityUnits"] for e in engines) != count
+                or any(e["status"].get("revision") != revision for e in engines)):
+            return False
+    return True
+
+
+def _answered(log: str, marks: dict[str, float]) -> dict[str, dict[str, float]]:
+    """The load's success rate in each phase (from its mark to the next, the last one
+    ending the incident) and over all of them, per model and of all models, from its
+    per-second JSON lines."""
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    (started,) = [line["started"] for line in lines if "started" in line]
+    seconds = [line for line in lines if "model" in line]
+    bounds = [(phase, at - started) for phase, at in marks.items()]
+    windows = {phase: (begin, end)
+               for (phase, begin), (_, end) in itertools.pairwise(bounds)}
+    windows["all"] = (bounds[0][1], bounds[-1][1])
+
+    models = {s["model"] for s in seconds}
+
+    def rate(begin: float, end: float, model: str) -> float:
+        window = [s for s in seconds if begin <= s["second"] < end
+                  and model in (s["model"], "all")]
+        sent = sum(s["sent"] for s in window)
+        return round(sum(s["succeeded"] for s in window) / sent, 4) if sent else 0.0
+
+    return {phase: {model: rate(*window, model) for model in sorted(models | {"all"})}
+            for phase, window in windows.items()}
+
+
+@pytest.mark.timeout(600)  # the pause past the threshold, and a rate-limited rollout
+def test_the_incident_refuses_the_backlog_and_rolls_to_r2_above_the_floors_under_load(
+    cluster: Cluster, operators: dict[str, str], demo: Demo,
+) -> None:
+    """hack/kind-demo.sh's march-4 incident on the running demo, the load sending: the
+    breaker opened, both models bumped to r2 while it is open (the refreshes queue), kept
+    open past its pauseThreshold, released. The backlog is refused as one batch (a
+    BatchRefused Event), the models roll to r2 one engine at a time, never below a floor,
+    and the load is answered at least as a fleet at its floors answers it, less a margin."""
+    breaker = single(demo.objects, "CircuitBreaker")["metadata"]["name"]
+    threshold = durations.parse_go(
+        single(demo.objects, "CircuitBreaker")["spec"]["pauseThreshold"])
+    before, pause, rollout = 20.0, threshold + 10.0, 300.0
+    job = _load(cluster, demo, name="capguard-load-m4r9t", index=22,
+                seconds=before + 60 + pause + rollout)
+    incident = _Incident(cluster, demo)
+    eventually(lambda: '"started"' in cluster.kubelet.logs(job), timeout=30,
+                what="the load starts")
+    incident.mark("before")
+    incident.until(lambda _: time.time() > incident.marks["before"] + before,
+                   timeout=before + 30, what="normal traffic")
+
+    def patch(kind: str, name: str, spec: dict[str, Any]) -> None:
+        cluster.kubectl("patch", kind, name, "-n", demo.namespace, "--type=merge",
+                        f"--patch={json.dumps({'spec': spec})}")
+
+    incident.mark("open")
+    patch("circuitbreaker", breaker, {"open": True})
+    incident.until(lambda listed: by_kind(listed, "CircuitBreaker")[0].get("status", {}).get(
+        "state") == "Open", timeout=60, what=f"breaker {breaker} is Open")
+    for model in demo.replicas:
+        patch("modelcapacity", model, {"revision": REVISION})
+    incident.until(lambda _: time.time() > incident.marks["open"] + pause,
+                   timeout=pause + 30, what=f"breaker {breaker} open past its threshold")
+    incident.mark("rollout")
+    patch("circuitbreaker", breaker, {"open": False})
+    incident.until(functools.partial(_rolled, replicas=demo.replicas, revision=REVISION),
+                   timeout=rollout, what=f"every model serves {REVISION} at its replicas")
+    incident.mark("end")
+    took = incident.marks["end"] - incident.marks["rollout"]
+    ended = incident.marks["end"] - incident.marks["before"]
+    eventually(lambda: f'"second": {ended + 1:.0f},' in cluster.kubelet.logs(job), timeout=60,
+                what="the load reports the last second of the incident")
+    log = cluster.kubelet.logs(job)
+    subprocess.run([cluster.kubelet.binary, "kill", job], capture_output=True, check=True)
+    answered = _answered(log, incident.marks)
+    measured = (f"fewest serving {incident.fewest}, answered {answered}, "
+                f"all {REVISION} {took:.0f}s after the release")
+    refused = cluster.kubectl(
+        "get", "events", "-n", demo.namespace, "-o", "name",
+        f"--field-selector=involvedObject.name={breaker},reason=BatchRefused")
+    assert refused.split(), f"no BatchRefused Event on breaker {breaker}; {measured}"
+    floors = {m["metadata"]["name"]: m["spec"]["minAvailable"]
+              for m in by_kind(demo.objects, "ModelCapacity")}
+    assert all(incident.fewest[m] >= floors[m] for m in floors), f"floors {floors}; {measured}"
+    for model in demo.replicas:
+        least = _answered_at_floor(demo, model) - MARGIN
+        assert all(rates[model] >= least for rates in answered.values()), (
+            f"{model}: at least {least:.3f} answered in each phase; {measured}")
+    _no_traceback(cluster, [*demo.containers,
+                            *(f"{cluster.kubelet.prefix}-{name}" for name in operators)])
+    assert "Traceback" not in log, log[-3000:]
 
 
 def test_the_standby_takes_over_when_the_leader_is_killed(
