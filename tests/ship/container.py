@@ -104,7 +104,7 @@ def network(binary: str, name: str) -> Iterator[Network]:
     subprocess.run([binary, "network", "create", f"--subnet={picked['Subnet']}",
                     f"--gateway={picked['Gateway']}", name], capture_output=True, check=True)
     try:
-        yield Network(name, ipaddress.ip_network(picked["Subnet"]), picked["Gateway"])
+        yield Network(name, ipaddress.IPv4Network(picked["Subnet"]), picked["Gateway"])
     finally:
         subprocess.run([binary, "network", "rm", name], capture_output=True, check=False)
 
@@ -219,9 +219,10 @@ class Kubelet:
         for key, value in env.items():
             docker += ["--env", f"{key}={value}"]
         docker += [container["image"], *argv]
+        # Removed by `stop` even if the run fails: Docker may have created it all the same.
+        self.started.append(f"{self.prefix}-{name}")
         done = subprocess.run(docker, capture_output=True, text=True, check=False, timeout=60)
         assert done.returncode == 0, f"docker run {name}: {done.stderr}"
-        self.started.append(f"{self.prefix}-{name}")
         return f"{self.prefix}-{name}"
 
     def _secrets(self, namespace: str) -> Path:
