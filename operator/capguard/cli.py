@@ -298,11 +298,10 @@ def crds() -> None:
 def status(*, kubeconfig: str | None, namespace: str | None, all_namespaces: bool,
            context: str | None, output: str) -> None:
     """Show the fleet, its models and breakers as tables, from any cluster."""
-    _needs("console")
+    if output == "table":
+        _needs("console")  # -o json and -o yaml print without it (in the image, say)
     import asyncio
     import os
-
-    import rich.console
 
     from capguard import status as status_
 
@@ -311,9 +310,13 @@ def status(*, kubeconfig: str | None, namespace: str | None, all_namespaces: boo
     if kubeconfig:
         # Kopf's kubeconfig login reads only KUBECONFIG; this process does nothing else.
         os.environ["KUBECONFIG"] = kubeconfig
-    console = rich.console.Console()
-    if not console.is_terminal:
-        console = rich.console.Console(width=160)  # a pipe gets whole rows, not 80 columns
+    console = None
+    if output == "table":
+        import rich.console
+
+        console = rich.console.Console()
+        if not console.is_terminal:
+            console = rich.console.Console(width=160)  # a pipe gets whole rows, not 80
     sys.exit(asyncio.run(status_.show(namespace=namespace, all_namespaces=all_namespaces,
                                       console=console, output=output)))
 

@@ -13,16 +13,18 @@ import dataclasses
 import datetime
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import kopf
 import yaml
-from rich import console as rich_console
-from rich import table as rich_table
 
 from capguard.core import fleet as fleet_
 from capguard.core import specs
-from capguard.kube import client
+from capguard.kube import client, credentials
+
+if TYPE_CHECKING:  # the tables need the console extra; -o json and -o yaml do not
+    from rich import console as rich_console
+    from rich import table as rich_table
 
 PHASES: Final = tuple(p.value for p in specs.Phase)
 UNASSIGNED: Final = "(unassigned)"
@@ -51,6 +53,12 @@ async def read(api: client.Api, *, namespace: str | None) -> Fleet:
     return Fleet(engines, models, breakers)
 
 
+def _table(**options: Any) -> rich_table.Table:
+    from rich import table as rich_table
+
+    return rich_table.Table(**options)
+
+
 def tables(fleet: Fleet, *, all_namespaces: bool, now: datetime.datetime
            ) -> list[rich_table.Table]:
     return [
@@ -65,7 +73,7 @@ def pools_table(fleet: Fleet, *, all_namespaces: bool) -> rich_table.Table:
     """Supply against demand per pool, in capacity units, computed here with the core's
     allocation (floors first, then priority, then max-min fair), so it holds while the
     operator is down. A model whose selector matches two pools counts in both."""
-    table = rich_table.Table(title="pools: supply vs demand (capacity units)",
+    table = _table(title="pools: supply vs demand (capacity units)",
                              title_justify="left")
     columns = ["pool", "engines", "usable", "serving", "idle", "floors", "desired",
                "floors short"]
@@ -109,7 +117,7 @@ def _by_namespace(fleet: Fleet) -> dict[str, fleet_.Fleet]:
 
 
 def models_table(models: Iterable[Body], *, all_namespaces: bool) -> rich_table.Table:
-    table = rich_table.Table(title="models (ModelCapacity)", title_justify="left")
+    table = _table(title="models (ModelCapacity)", title_justify="left")
     columns = ["name", "desired", "serving", "loading", "draining", "floor", "drift",
                "available", "conditions"]
     # desired falls back to spec.replicas: the rest is the operator's to publish.
@@ -130,7 +138,7 @@ def models_table(models: Iterable[Body], *, all_namespaces: bool) -> rich_table.
 
 def breakers_table(breakers: Iterable[Body], *, all_namespaces: bool,
                    now: datetime.datetime) -> rich_table.Table:
-    table = rich_table.Table(title="breakers (CircuitBreaker)", title_justify="left")
+    table = _table(title="breakers (CircuitBreaker)", title_justify="left")
     columns = ["name", "state", "since", "held", "refused", "last refused batch"]
     for column in (["namespace"] if all_namespaces else []) + columns:
         table.add_column(column, justify="right" if column in _NUMERIC else "left")
@@ -148,7 +156,7 @@ def breakers_table(breakers: Iterable[Body], *, all_namespaces: bool,
 def engines_table(engines: Iterable[Body], *, by: str) -> rich_table.Table:
     """Engines counted by phase, one row per model (what they hold) or per pool."""
     counts = _phases(engines, by=by)
-    table = rich_table.Table(title=f"engines by {by} (InferenceEngine)", title_justify="left")
+    table = _table(title=f"engines by {by} (InferenceEngine)", title_justify="left")
     table.add_column(by)
     phases = [*PHASES, "Unknown"] if any(c.get("Unknown") for c in counts.values()) else [
         *PHASES]
@@ -194,14 +202,19 @@ def _phases(engines: Iterable[Body], *, by: str) -> dict[str, dict[str, int]]:
     return {key: dict(found) for key, found in sorted(counts.items())}
 
 
-async def show(*, namespace: str | None, all_namespaces: bool,
-               console: rich_console.Console, output: str = "table") -> int:
-    """Log in (KUBECONFIG, ~/.kube/config or in-cluster), read, print; the exit code."""
-    info = kopf.login_with_kubeconfig(settings=kopf.OperatorSettings())
+async def show(*, namespace: str | None, all_namespaces: bool, output: str = "table",
+               console: rich_console.Console | None = None) -> int:
+    """Log in as the operator does (`credentials.login`), read, print; the exit code. The
+    tables print on ``console`` (rich: the console extra); JSON and YAML need none."""
+    def say(text: str) -> None:
+        if console is not None:
+            console.print(text)
+        else:
+            print(text)
+
+    info = credentials.login(None, settings=kopf.OperatorSettings())
     if info is None:
-        info = kopf.login_with_service_account(settings=kopf.OperatorSettings())
-    if info is None:
-        console.print("capguard status: no kubeconfig found; pass --kubeconfig FILE")
+        say("capguard status: no kubeconfig found; pass --kubeconfig FILE")
         return 2
     api = client.Api()
     async with client.make_session(info) as session:
@@ -210,18 +223,19 @@ async def show(*, namespace: str | None, all_namespaces: bool,
         try:
             fleet = await read(api, namespace=chosen)
         except client.NotFound:
-            console.print("capguard status: the capguard CRDs are not installed "
-                          "(kubectl apply -f crds/)")
+            say("capguard status: the capguard CRDs are not installed "
+                "(kubectl apply -f crds/)")
             return 1
-    if not (fleet.engines or fleet.models or fleet.breakers) and output == "table":
-        where = "any namespace" if chosen is None else f"namespace {chosen}"
-        console.print(f"no capguard objects in {where}")
-        return 0
     if output == "json":
-        console.print_json(json.dumps(document(fleet)))
+        print(json.dumps(document(fleet), indent=2))
         return 0
     if output == "yaml":
-        console.out(yaml.safe_dump(document(fleet), sort_keys=False), end="")
+        print(yaml.safe_dump(document(fleet), sort_keys=False), end="")
+        return 0
+    assert console is not None, "the tables print on a rich console"
+    if not (fleet.engines or fleet.models or fleet.breakers):
+        where = "any namespace" if chosen is None else f"namespace {chosen}"
+        console.print(f"no capguard objects in {where}")
         return 0
     now = datetime.datetime.now(datetime.UTC)
     for table in tables(fleet, all_namespaces=all_namespaces, now=now):

@@ -9,6 +9,7 @@ extra the image does not install.
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
+import yaml
 
 from . import dockerfile, pod
 from .manifests import (
@@ -202,6 +204,20 @@ def test_a_command_the_image_lacks_an_extra_for_says_which(
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-3000:]
     assert done.stderr.startswith(f"capguard {argv[0]}: needs the {extras} extra"), done.stderr
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("output", ["json", "yaml"])
+def test_capguard_status_prints_json_and_yaml_as_the_pod_runs_it(
+    the_pod: pod.Pod, kubeconfig: Path, output: str,
+) -> None:
+    """The tables need the console extra; `-o json` and `-o yaml` do not, so a person may
+    `kubectl exec` into the operator's Pod and read the fleet as data."""
+    done = the_pod.run([str(the_pod.capguard), "status", f"--kubeconfig={kubeconfig}", "-A",
+                        "-o", output])
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    document = json.loads(done.stdout) if output == "json" else yaml.safe_load(done.stdout)
+    assert {"models", "breakers", "pools"} <= set(document), document
 
 
 def test_the_restricted_process_is_locked_down(the_pod: pod.Pod, kubeconfig: Path) -> None:
