@@ -186,6 +186,12 @@ def test_the_operator_image_runs_as_deployed_and_logs_in_as_its_service_account(
                                 timeout=5) as response:
         text = response.read().decode()
     assert re.search(r"^capguard_leader 1\.0$", text, flags=re.MULTILINE), text[:2000]
+    # A person's look from inside the Pod, as its service account: `kubectl exec`.
+    done = subprocess.run([cluster.kubelet.binary, "exec", f"{cluster.kubelet.prefix}-{leader}",
+                           "capguard", "status", "-A", "-o", "json"],
+                          capture_output=True, text=True, check=False, timeout=60)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert {m["namespace"] for m in json.loads(done.stdout)["models"]} == {SAMPLES}
     assert cluster.front.accepted > 0 and cluster.front.refused == 0, (
         "every connection carried the mounted service-account token over TLS")
     for name in operators:
