@@ -73,8 +73,7 @@ def pools_table(fleet: Fleet, *, all_namespaces: bool) -> rich_table.Table:
     """Supply against demand per pool, in capacity units, computed here with the core's
     allocation (floors first, then priority, then max-min fair), so it holds while the
     operator is down. A model whose selector matches two pools counts in both."""
-    table = _table(title="pools: supply vs demand (capacity units)",
-                             title_justify="left")
+    table = _table(title="pools: supply vs demand (capacity units)", title_justify="left")
     columns = ["pool", "engines", "usable", "serving", "idle", "floors", "desired",
                "floors short"]
     for column in (["namespace"] if all_namespaces else []) + columns:

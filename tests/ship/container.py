@@ -38,6 +38,8 @@ from typing import Any, Final
 
 import pytest
 
+from .manifests import downward_env, expand
+
 SECRETS: Final = "/var/run/secrets/kubernetes.io/serviceaccount"
 TOKEN: Final = "capguard-test-service-account-token"
 _UNITS: Final = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "k": 10**3, "M": 10**6, "G": 10**9}
@@ -203,9 +205,8 @@ class Kubelet:
         (already expanded). Returns the container's name."""
         spec = template["spec"]
         (container,) = spec["containers"]
-        env = _downward(container, name=name, namespace=namespace, ip=ip)
-        argv = [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], arg)
-                for arg in container.get("args", [])] if args is None else list(args)
+        env = downward_env(container, name=name, namespace=namespace, ip=ip)
+        argv = expand(container.get("args", []), env) if args is None else list(args)
         security = {**spec.get("securityContext", {}), **container.get("securityContext", {})}
         docker = [self.binary, "run", "--detach", "--name", f"{self.prefix}-{name}",
                   "--hostname", name, "--network", self.network.name, "--ip", ip,
@@ -250,16 +251,6 @@ class Kubelet:
         for name in self.started:
             subprocess.run([self.binary, "rm", "--force", name], capture_output=True,
                            check=False)
-
-
-def _downward(container: Mapping[str, Any], *, name: str, namespace: str,
-              ip: str) -> dict[str, str]:
-    fields = {"metadata.name": name, "metadata.namespace": namespace, "status.podIP": ip}
-    env = {}
-    for entry in container.get("env", []):
-        env[entry["name"]] = (entry["value"] if "value" in entry
-                              else fields[entry["valueFrom"]["fieldRef"]["fieldPath"]])
-    return env
 
 
 def _security(context: Mapping[str, Any]) -> list[str]:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +74,18 @@ def eventually(check: Callable[[], Any], *, timeout: float, what: str,
         time.sleep(0.2)
     said = "\n".join(log[-2000:] for log in logs())
     raise AssertionError(f"within {timeout:.0f}s: {what}\n{said}".rstrip())
+
+
+def downward_env(container: Mapping[str, Any], *, name: str, namespace: str,
+                 ip: str = "") -> dict[str, str]:
+    """A container's env as the kubelet fills it in for Pod `name`: values as written, the
+    downward API's metadata.name, metadata.namespace and status.podIP."""
+    fields = {"metadata.name": name, "metadata.namespace": namespace, "status.podIP": ip}
+    return {entry["name"]: entry["value"] if "value" in entry
+            else fields[entry["valueFrom"]["fieldRef"]["fieldPath"]]
+            for entry in container.get("env", [])}
+
+
+def expand(args: Iterable[str], env: Mapping[str, str]) -> list[str]:
+    """A container's args with each $(VAR) of its env expanded, as the kubelet does."""
+    return [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], arg) for arg in args]

@@ -26,7 +26,9 @@ import yaml
 from . import dockerfile, pod
 from .manifests import (
     ROOT,
+    downward_env,
     eventually,
+    expand,
     operator_container,
     require_tool,
     security_context,
@@ -54,13 +56,8 @@ def _get(url: str) -> tuple[int, str]:
 
 def _downward(rendered: list[dict[str, Any]]) -> dict[str, str]:
     """The container's env as the kubelet fills it in for pod POD_NAME."""
-    metadata = {"metadata.name": POD_NAME,
-                "metadata.namespace": single(rendered, "Deployment")["metadata"]["namespace"]}
-    env = {}
-    for entry in operator_container(rendered).get("env", []):
-        env[entry["name"]] = (entry["value"] if "value" in entry
-                              else metadata[entry["valueFrom"]["fieldRef"]["fieldPath"]])
-    return env
+    return downward_env(operator_container(rendered), name=POD_NAME,
+                        namespace=single(rendered, "Deployment")["metadata"]["namespace"])
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +113,7 @@ def _kubectl(kubeconfig: Path, *args: str) -> str:
 def _args(rendered: list[dict[str, Any]], *, metrics: int, kubeconfig: Path) -> list[str]:
     """The Deployment's args, $(VAR)s expanded as the kubelet does, on free ports, and the
     kubeconfig in place of the service account's token."""
-    env = _downward(rendered)
-    args = [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], arg)
-            for arg in operator_container(rendered)["args"]]
+    args = expand(operator_container(rendered)["args"], _downward(rendered))
     args = [re.sub(r"^(--metrics-port=)\d+$", rf"\g<1>{metrics}", arg) for arg in args]
     return [*args, f"--kubeconfig={kubeconfig}"]
 
