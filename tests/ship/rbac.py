@@ -31,71 +31,22 @@ import dataclasses
 import json
 import re
 import sys
-import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
 import yaml
 
+from capguard.localcluster import authz
+
 OPERATOR_AGENTS: Final = re.compile(r"^(kopf|capguard)(/|$)")  # not capguard-engine
 SERVICE_ACCOUNT: Final = ("capguard-system", "capguard-operator")
-_METHOD_VERBS: Final = {"POST": "create", "PUT": "update", "PATCH": "patch"}
 
 
-@dataclasses.dataclass(frozen=True)
-class Request:
-    """One resource request, as the authorizer sees it."""
-
-    verb: str
-    api_group: str
-    resource: str
-    subresource: str = ""
-    namespace: str = ""  # empty: cluster-scoped, or across all namespaces
-    name: str = ""
-
-    @property
-    def full_resource(self) -> str:
-        return f"{self.resource}/{self.subresource}" if self.subresource else self.resource
-
-    def __str__(self) -> str:
-        where = f" in {self.namespace}" if self.namespace else " (cluster-wide)"
-        name = f" {self.name}" if self.name else ""
-        group = self.api_group or "core"
-        return f"{self.verb} {group}/{self.full_resource}{name}{where}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Rule:
-    """One PolicyRule, with where its binding makes it apply ("" = every namespace)."""
-
-    source: str  # e.g. "ClusterRole/capguard-operator"
-    api_groups: tuple[str, ...]
-    resources: tuple[str, ...]
-    verbs: tuple[str, ...]
-    resource_names: tuple[str, ...] = ()
-    namespace: str = ""
-
-    def allows(self, request: Request) -> bool:
-        return (
-            request.verb in self.verbs
-            and request.api_group in self.api_groups
-            and request.full_resource in self.resources
-            and (not self.resource_names or request.name in self.resource_names)
-            and (not self.namespace or request.namespace == self.namespace)
-        )
-
-    def permissions(self) -> Iterator[tuple[str, str, str]]:
-        for group in self.api_groups:
-            for resource in self.resources:
-                for verb in self.verbs:
-                    yield group, resource, verb
-
-    def __str__(self) -> str:
-        names = f" names={list(self.resource_names)}" if self.resource_names else ""
-        where = f" in {self.namespace}" if self.namespace else ""
-        return (f"{self.source}: groups={list(self.api_groups)} resources={list(self.resources)}"
-                f" verbs={list(self.verbs)}{names}{where}")
+# A request as the authorizer sees it, and one PolicyRule scoped by its binding: the
+# embedded server's authorizer's (one resolver, one matcher for both).
+Request = authz.Attributes
+Rule = authz.Rule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,39 +103,10 @@ def rules_for(
     objects: Iterable[Mapping[str, Any]], *, service_account: tuple[str, str] = SERVICE_ACCOUNT,
 ) -> list[Rule]:
     """The rules bound to the service account, each scoped as its binding scopes it."""
-    objects = list(objects)
-    roles = {(o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"]): o
-             for o in objects if o.get("kind") in ("Role", "ClusterRole")}
-    rules: list[Rule] = []
-    for binding in objects:
-        if binding.get("kind") not in ("RoleBinding", "ClusterRoleBinding"):
-            continue
-        subjects = binding.get("subjects", [])
-        if not any(_is_account(subject, service_account) for subject in subjects):
-            continue
-        binding_namespace = binding["metadata"].get("namespace", "")
-        ref = binding["roleRef"]
-        role_namespace = binding_namespace if ref["kind"] == "Role" else ""
-        role = roles.get((ref["kind"], role_namespace, ref["name"]))
-        if role is None:
-            raise ValueError(f"{binding['kind']}/{binding['metadata']['name']} refers to "
-                             f"{ref['kind']}/{ref['name']}, which is not rendered")
-        source = f"{ref['kind']}/{ref['name']}"
-        for raw in role.get("rules", []):
-            rules.append(Rule(
-                source=source,
-                api_groups=tuple(raw.get("apiGroups", ())),
-                resources=tuple(raw.get("resources", ())),
-                verbs=tuple(raw.get("verbs", ())),
-                resource_names=tuple(raw.get("resourceNames", ())),
-                namespace=binding_namespace,
-            ))
-    return rules
-
-
-def _is_account(subject: Mapping[str, Any], account: tuple[str, str]) -> bool:
-    return (subject.get("kind") == "ServiceAccount"
-            and (subject.get("namespace"), subject.get("name")) == account)
+    policy = authz.Policy.of(objects)
+    if policy.dangling():
+        raise ValueError("; ".join(policy.dangling()))
+    return list(policy.rules_for(authz.service_account(*service_account), bootstrap=False))
 
 
 def operator_requests(
@@ -225,45 +147,10 @@ def parse_record(record: Mapping[str, Any]) -> Request | None:
 
 
 def parse_path(*, method: str, path: str) -> Request | None:
-    """Resolve a request line the way the API server's RequestInfo resolver does."""
-    url = urllib.parse.urlsplit(path)
-    query = urllib.parse.parse_qs(url.query)
-    parts = [urllib.parse.unquote(p) for p in url.path.strip("/").split("/") if p]
-    if parts[:1] == ["api"] and len(parts) >= 3:
-        group, rest = "", parts[2:]
-    elif parts[:1] == ["apis"] and len(parts) >= 4:
-        group, rest = parts[1], parts[3:]
-    else:
-        return None  # /api, /apis, /apis/group[/version], /version, /openapi: discovery
-    namespace = ""
-    if rest[0] == "namespaces" and len(rest) >= 3:
-        namespace, rest = rest[1], rest[2:]
-    resource, name, subresource = rest[0], "", ""
-    if len(rest) >= 2:
-        name = rest[1]
-    if len(rest) >= 3:
-        subresource = rest[2]
-    if resource == "namespaces" and not namespace and name:
-        # /api/v1/namespaces/NAME is the namespace object itself.
-        namespace = name
-    method = method.upper()
-    if method == "GET":
-        watching = query.get("watch", ["false"])[0] in ("true", "1")
-        verb = "watch" if watching else ("get" if name else "list")
-    elif method == "DELETE":
-        verb = "delete" if name else "deletecollection"
-    else:
-        verb = _METHOD_VERBS.get(method, method.lower())
-    if verb in ("list", "watch") and not name:
-        # A list or watch of one object by fieldSelector=metadata.name=X is authorized as
-        # a request for X (RequestInfo does this), so resourceNames can allow it.
-        for selector in query.get("fieldSelector", []):
-            for term in selector.split(","):
-                key, _, value = term.partition("=")
-                if key == "metadata.name" and value and not value.startswith("="):
-                    name = value
-    return Request(verb=verb, api_group=group, resource=resource, subresource=subresource,
-                   namespace=namespace, name=name)
+    """Resolve a request line the way the API server's RequestInfo resolver does; None for
+    a request that is not for a resource (discovery)."""
+    request = authz.request_info(method, path)
+    return request if request.resource_request else None
 
 
 def read_audit_log(path: Path) -> Iterator[dict[str, Any]]:

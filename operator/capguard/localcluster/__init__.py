@@ -30,8 +30,10 @@ What it deliberately does not do:
   namespace finalizers other than `kubernetes` (a Namespace with others waits for whoever
   owns them), does not wait out grace periods (there are no pods), and reports no
   discovery or content-deletion failures beyond refusals of its own deletes;
-- no authentication, no RBAC enforcement, no admission webhooks, no conversion webhooks
-  (a multi-version CRD is served with strategy None: only apiVersion changes);
+- authentication and authorization only when asked for (`authz`: bearer tokens from a
+  static token file, RBAC from a file of its objects, which are not served as kinds);
+  no admission webhooks, no conversion webhooks (a multi-version CRD is served with
+  strategy None: only apiVersion changes);
 - no protobuf beyond reading what kubectl posts for Namespaces and ConfigMaps and
   writing the OpenAPI v2 document; no server-side apply field ownership (apply patches
   merge), no managedFields;

@@ -6,9 +6,12 @@ import asyncio
 import collections
 import os
 import pathlib
+import secrets
 import shutil
+import ssl
 import tempfile
 import threading
+from collections.abc import Mapping
 from types import TracebackType
 from typing import IO, Any, Final
 
@@ -16,6 +19,7 @@ import yaml
 from aiohttp import web
 
 from capguard.localcluster import (
+    authz,
     crds,
     errors,
     kinds,
@@ -29,6 +33,8 @@ from capguard.localcluster import (
 
 # Namespaces every cluster starts with; Kopf and kubectl expect `default` to exist.
 INITIAL_NAMESPACES: Final = ("default", "kube-system", "kube-public", "kube-node-lease")
+# The user of the written kubeconfig where requests are authenticated (kind's name).
+ADMIN: Final = "kubernetes-admin"
 
 
 class LocalCluster:
@@ -44,16 +50,29 @@ class LocalCluster:
                  audit_log: str | os.PathLike[str] | None = None,
                  audit_buffer: int = server.DEFAULT_AUDIT_BUFFER,
                  window: int = store.DEFAULT_WINDOW,
-                 namespace_controller: bool = True) -> None:
+                 namespace_controller: bool = True,
+                 tokens: Mapping[str, authz.User] | None = None,
+                 rbac: authz.Policy | None = None,
+                 tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
+                 ) -> None:
         """`namespace_controller=False` leaves deleted Namespaces Terminating until their
         `/finalize` is called, as a bare kube-apiserver without controllers does (199).
 
         `.audit` keeps the last `audit_buffer` requests (0 keeps none); `audit_log` is a
-        file that gets every request as a JSON line, however many."""
+        file that gets every request as a JSON line, however many.
+
+        `tokens` (a static token file's users) or `rbac` turns on authentication, and
+        `rbac` authorization (`authz`); the kubeconfig written then carries a token of
+        its own for `kubernetes-admin` in `system:masters`, as kind's does.
+
+        `tls`: (certificate, key) files to serve HTTPS with, as kube-apiserver's
+        `--tls-cert-file` and `--tls-private-key-file`; the kubeconfig then trusts the
+        certificate file. kubectl sends a bearer token only over HTTPS."""
         self.host, self.port = host, port
         self.crds_dir = crds_dir
         self._kubeconfig_request = kubeconfig_path
         self._audit_log = audit_log
+        self.tls = tls
         self.db = store.Store(window=window)
         registry = resources.Registry()
         for rt in resources.BUILTINS:
@@ -64,8 +83,16 @@ class LocalCluster:
         self.namespace_controller = (namespaces.Controller(self.api) if namespace_controller
                                      else None)
         self._audit_file: IO[str] | None = None
+        self.admin_token = kubeconfig.TOKEN
+        authorizer = None
+        if tokens is not None or rbac is not None:
+            self.admin_token = secrets.token_hex(16)
+            authorizer = authz.Authorizer(
+                tokens={**(tokens or {}), self.admin_token: authz.User(
+                    ADMIN, (authz.MASTERS, authz.AUTHENTICATED))},
+                policy=rbac)
         self.server = server.Server(api=self.api, server_address=lambda: self.address,
-                                    audit_buffer=audit_buffer)
+                                    audit_buffer=audit_buffer, authorizer=authorizer)
         self._runner: web.AppRunner | None = None
         self._tempdir: str | None = None
         self.kubeconfig_path: pathlib.Path | None = None
@@ -84,7 +111,12 @@ class LocalCluster:
         self._runner = web.AppRunner(self.server.application(), access_log=None,
                                      handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
+        context = None
+        if self.tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(*self.tls)
+        site = web.TCPSite(self._runner, self.host, self.port, backlog=1024,
+                           ssl_context=context)
         await site.start()
         if self.namespace_controller is not None:
             self.namespace_controller.start()
@@ -127,7 +159,7 @@ class LocalCluster:
 
     @property
     def url(self) -> str:
-        return f"http://{self.address}"
+        return f"{'https' if self.tls else 'http'}://{self.address}"
 
     @property
     def audit(self) -> collections.deque[dict[str, Any]]:
@@ -136,7 +168,8 @@ class LocalCluster:
         return self.server.audit
 
     def write_kubeconfig(self, path: str | os.PathLike[str]) -> pathlib.Path:
-        return kubeconfig.write(path, self.url)
+        authority = None if self.tls is None else pathlib.Path(self.tls[0]).read_bytes()
+        return kubeconfig.write(path, self.url, token=self.admin_token, authority=authority)
 
     # ---- seeding without HTTP ----------------------------------------------------------------
 

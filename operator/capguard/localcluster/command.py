@@ -13,9 +13,11 @@ import gc
 import pathlib
 import signal
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from capguard.localcluster import cluster
+import yaml
+
+from capguard.localcluster import authz, cluster
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -49,6 +51,12 @@ def _in_a_folder(text: str) -> str:
     return text
 
 
+def _readable(text: str) -> str:
+    if not pathlib.Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file; give a readable file")
+    return text
+
+
 def parser() -> argparse.ArgumentParser:
     result = _OneLineParser(
         prog="capguard localcluster",
@@ -66,21 +74,64 @@ def parser() -> argparse.ArgumentParser:
                         action="store_false",
                         help="leave deleted namespaces Terminating until /finalize is called, "
                              "as a bare kube-apiserver does (default: empty and finalize them)")
+    result.add_argument("--token-auth-file", type=_readable, default=None,
+                        help="authenticate bearer tokens from this file, as kube-apiserver's "
+                             "flag of that name: token,user,uid,\"group1,group2\" a line "
+                             "(the written kubeconfig gets an admin token of its own)")
+    result.add_argument("--rbac", type=_readable, default=None,
+                        help="authorize requests by the Roles, ClusterRoles and bindings in "
+                             "this YAML file (kubectl kustomize's output, say), as the RBAC "
+                             "authorizer does (default: allow every request)")
+    result.add_argument("--tls-cert-file", type=_readable, default=None,
+                        help="serve HTTPS with this PEM certificate (and its chain); the "
+                             "written kubeconfig trusts it. kubectl sends a token only over "
+                             "HTTPS")
+    result.add_argument("--tls-private-key-file", type=_readable, default=None,
+                        help="the PEM private key of --tls-cert-file")
     return result
+
+
+def _security(args: argparse.Namespace) -> dict[str, Any]:
+    """The cluster's TLS, tokens and policy from the flags, or exit 2 saying what is
+    wrong."""
+    found: dict[str, Any] = {}
+    if (args.tls_cert_file is None) != (args.tls_private_key_file is None):
+        parser().exit(2, "capguard localcluster: --tls-cert-file and --tls-private-key-file "
+                         "go together; give both, or neither for plain HTTP\n")
+    if args.tls_cert_file is not None:
+        found["tls"] = (args.tls_cert_file, args.tls_private_key_file)
+    flag = "--token-auth-file"
+    try:
+        if args.token_auth_file is not None:
+            found["tokens"] = authz.read_tokens(
+                pathlib.Path(args.token_auth_file).read_text(encoding="utf-8"))
+        flag = "--rbac"
+        if args.rbac is not None:
+            with open(args.rbac, encoding="utf-8") as stream:
+                found["rbac"] = authz.Policy.of(yaml.safe_load_all(stream))
+            if not found["rbac"].objects:
+                raise ValueError(f"{args.rbac} holds no Role, ClusterRole, RoleBinding or "
+                                 f"ClusterRoleBinding; give the RBAC objects to authorize by")
+    except (ValueError, yaml.YAMLError) as error:
+        detail = " ".join(str(error).split())
+        parser().exit(2, f"capguard localcluster: {flag}: {detail}\n")
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    security = _security(args)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args))
+        asyncio.run(_serve(args, security))
     return 0
 
 
-async def _serve(args: argparse.Namespace) -> None:
+async def _serve(args: argparse.Namespace, security: dict[str, Any]) -> None:
     local = cluster.LocalCluster(host=args.host, port=args.port, crds_dir=args.crds,
                                  kubeconfig_path=args.kubeconfig, audit_log=args.audit_log,
                                  audit_buffer=0,   # nothing reads it here; --audit-log does
-                                 namespace_controller=args.namespace_controller)
+                                 namespace_controller=args.namespace_controller,
+                                 **security)
     async with local:
         # What startup made (modules, the CRDs' compiled schemas) lives as long as the
         # process: keep it out of full collections, which otherwise stall one request

@@ -3,7 +3,8 @@ every refusal into a metav1.Status, and recording each request for audits.
 
 The audit: one dict per request (`method`, `path`, `query`, `user_agent`, `content_type`,
 `verb`, `code`, and for resource requests `apiGroup`, `apiVersion`, `resource`,
-`subresource`, `namespace`, `name`). `Server.audit` keeps only the last `audit_buffer`
+`subresource`, `namespace`, `name`; and `user`, its `username` and `groups`, where requests
+are authenticated: `authz`). `Server.audit` keeps only the last `audit_buffer`
 of them (a `collections.deque`, `DEFAULT_AUDIT_BUFFER` by default, about 560 bytes each)
 so a long-running server does not grow; the audit file, when there is one, gets every
 record as a JSON line. A request is recorded when it is answered, except a watch: it is
@@ -23,6 +24,7 @@ import yaml
 from aiohttp import web
 
 from capguard.localcluster import (
+    authz,
     decoding,
     discovery,
     errors,
@@ -57,8 +59,10 @@ DEFAULT_AUDIT_BUFFER: Final = 10_000
 class Server:
     def __init__(self, *, api: objects.Objects, server_address: Callable[[], str],
                  audit_file: IO[str] | None = None,
-                 audit_buffer: int = DEFAULT_AUDIT_BUFFER) -> None:
+                 audit_buffer: int = DEFAULT_AUDIT_BUFFER,
+                 authorizer: authz.Authorizer | None = None) -> None:
         self.api = api
+        self.authorizer = authorizer
         self.server_address = server_address
         self.audit: collections.deque[dict[str, Any]] = collections.deque(maxlen=audit_buffer)
         self.audit_file = audit_file
@@ -79,6 +83,11 @@ class Server:
                                   "content_type": request.headers.get("Content-Type", ""),
                                   "verb": request.method.lower()}
         try:
+            if self.authorizer is not None:  # the real server's filters come before routing
+                user = self.authorizer.authenticate(request.headers.get("Authorization"))
+                record["user"] = user.audit()
+                self.authorizer.authorize(user, method=request.method, path=request.path,
+                                          query=request.query_string)
             async with asyncio.timeout(None if _long_running(request) else self.request_timeout):
                 response = await self._route(request, record)
         except TimeoutError:
