@@ -20,7 +20,8 @@ SERVICE_ACCOUNT_TOKEN: Final = "/var/run/secrets/kubernetes.io/serviceaccount/to
 
 
 def login(kubeconfig: str | None, **kwargs: Any) -> kopf.ConnectionInfo | None:
-    """--kubeconfig, else KUBECONFIG or ~/.kube/config, else the pod's service account."""
+    """--kubeconfig, else KUBECONFIG, else the Pod's service account, else ~/.kube/config:
+    controller-runtime's order (a Pod prefers its own account to a stray kubeconfig)."""
     if kubeconfig:
         # Kopf's kubeconfig login reads only the environment; no await happens in between.
         saved = os.environ.get("KUBECONFIG")
