@@ -12,36 +12,45 @@ the names given as aliases (a Service's name). From the Pod template it takes:
 - `resources.limits`: memory (the cgroup limit that OOM-kills) and CPU;
 - `env`, the downward API's `metadata.name`, `metadata.namespace` and `status.podIP`
   filled in, and `args` with `$(VAR)` expanded from it;
-- unless `automountServiceAccountToken: false`, the service account's token, CA and
-  namespace where the kubelet mounts them, and KUBERNETES_SERVICE_HOST and _PORT: the
-  process logs in as in a cluster, over TLS, to the API server behind `TlsFront`.
+- unless `automountServiceAccountToken: false`, its service account's (`serviceAccountName`,
+  else `default`) own token, the CA and the namespace where the kubelet mounts them, and
+  KUBERNETES_SERVICE_HOST and _PORT: the process logs in as in a cluster, over TLS, to
+  the embedded API server, which authenticates each token as its service account and
+  authorizes it by the manifests' RBAC (`security` writes its files), as a real one does.
 
-What it does not do: schedule, restart, probe, or enforce RBAC (the embedded API server
-does not authorize).
+- the httpGet probes (`Prober`): startup, then readiness and liveness, each on its period
+  with its timeout; where liveness fails `failureThreshold` times in a row, the kubelet
+  would have restarted the container, and `Prober.restarts` says when and why.
+
+What it does not do: schedule, or restart (a test asserts no restart was due instead).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import ipaddress
 import json
 import re
+import secrets
 import shutil
-import ssl
 import subprocess
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 import pytest
+import yaml
+
+from capguard.localcluster import authz
 
 from .manifests import downward_env, expand
 
 SECRETS: Final = "/var/run/secrets/kubernetes.io/serviceaccount"
-TOKEN: Final = "capguard-test-service-account-token"
 _UNITS: Final = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "k": 10**3, "M": 10**6, "G": 10**9}
 
 
@@ -130,61 +139,123 @@ def certificates(folder: Path, *, address: str) -> tuple[Path, Path, Path]:
     return folder / "ca.crt", folder / "server.crt", folder / "server.key"
 
 
-class TlsFront:
-    """TLS in front of the embedded API server (plain HTTP), as a real one serves: each
-    connection's first request must carry the service account's bearer token, or the
-    connection is answered 401 and closed (`refused` counts them)."""
+def accounts(objects: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], str]:
+    """A token for each ServiceAccount among the rendered objects, and for each namespace's
+    `default` one (the service account controller makes it): (namespace, name) -> token."""
+    found = {(o["metadata"]["namespace"], o["metadata"]["name"])
+             for o in objects if o.get("kind") == "ServiceAccount"}
+    found |= {(o["metadata"]["name"], "default") for o in objects if o.get("kind") == "Namespace"}
+    return {(namespace, name): f"token-{namespace}-{name}-{secrets.token_hex(8)}"
+            for namespace, name in sorted(found)}
 
-    def __init__(self, *, host: str, upstream: tuple[str, int], cert: Path, key: Path):
-        self.host, self.upstream = host, upstream
-        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self.context.load_cert_chain(cert, key)
-        self.port = 0
-        self.accepted = self.refused = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
-    def __enter__(self) -> TlsFront:
-        self._thread.start()
-        server = asyncio.run_coroutine_threadsafe(asyncio.start_server(
-            self._serve, self.host, 0, ssl=self.context), self._loop).result(timeout=10)
-        self.port = server.sockets[0].getsockname()[1]
+def security(folder: Path, *, address: str, objects: Sequence[Mapping[str, Any]],
+             tokens: Mapping[tuple[str, str], str]) -> tuple[Path, list[str]]:
+    """The embedded API server's flags to serve as a cluster's does: HTTPS with a
+    certificate for `address` that the mounted CA signs, the service accounts' tokens, and
+    the RBAC objects among `objects`. Returns the CA and the flags."""
+    ca, cert, key = certificates(folder, address=address)
+    chain = folder / "chain.crt"  # the kubeconfig the server writes trusts what it serves
+    chain.write_bytes(cert.read_bytes() + ca.read_bytes())
+    (folder / "tokens.csv").write_text("".join(
+        f"{token},system:serviceaccount:{namespace}:{name},{namespace}-{name}\n"
+        for (namespace, name), token in tokens.items()))
+    (folder / "rbac.yaml").write_text(yaml.safe_dump_all(
+        [o for o in objects if o.get("kind") in authz.RBAC_KINDS], sort_keys=False))
+    return ca, [f"--tls-cert-file={chain}", f"--tls-private-key-file={key}",
+                f"--token-auth-file={folder / 'tokens.csv'}", f"--rbac={folder / 'rbac.yaml'}"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """One httpGet probe of a container, as its manifest gives it (the kubelet's defaults
+    where it is silent)."""
+
+    kind: str  # startup, readiness or liveness
+    path: str
+    port: int
+    period: float
+    timeout: float
+    failure_threshold: int
+
+    @classmethod
+    def of(cls, container: Mapping[str, Any]) -> dict[str, Probe]:
+        ports = {p["name"]: p["containerPort"] for p in container.get("ports", []) if "name" in p}
+        found = {}
+        for kind in ("startup", "readiness", "liveness"):
+            probe = container.get(f"{kind}Probe")
+            if probe is None:
+                continue
+            assert "httpGet" in probe, f"a {kind} probe this helper does not run: {probe}"
+            port = probe["httpGet"]["port"]
+            assert isinstance(port, int) or port in ports, (
+                f"the {kind} probe's port {port!r} is no port of the container: {ports}")
+            found[kind] = cls(kind, probe["httpGet"].get("path", "/"),
+                              port if isinstance(port, int) else ports[port],
+                              float(probe.get("periodSeconds", 10)),
+                              float(probe.get("timeoutSeconds", 1)),
+                              int(probe.get("failureThreshold", 3)))
+        return found
+
+    def once(self, ip: str) -> str | None:
+        """Probe once: None where it succeeded (2xx or 3xx within the timeout), else why."""
+        try:
+            with urllib.request.urlopen(f"http://{ip}:{self.port}{self.path}",
+                                        timeout=self.timeout) as response:
+                code = int(response.status)
+        except urllib.error.HTTPError as error:
+            code = int(error.code)
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
+            return f"{type(error).__name__}: {error}"
+        return None if 200 <= code < 400 else f"HTTP {code}"
+
+
+@dataclasses.dataclass
+class Prober:
+    """A container's probes, each on its period in a thread, as the kubelet runs them:
+    the startup probe until it first succeeds, then readiness and liveness. Counts only
+    while the container runs (a test stops and kills some on purpose)."""
+
+    ip: str
+    probes: Mapping[str, Probe]
+    running: Callable[[], bool]
+    started: float | None = None  # when the startup probe (or the first probe) succeeded
+    ready: bool = False
+    restarts: list[str] = dataclasses.field(default_factory=list)  # when and why, each
+    _stop: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+    def start(self) -> Prober:
+        threading.Thread(target=self._run, daemon=True).start()
         return self
 
-    def __exit__(self, *_: object) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
+    def stop(self) -> None:
+        self._stop.set()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-            writer.close()
-            return
-        if f"authorization: bearer {TOKEN}".encode() not in head.lower():
-            self.refused += 1
-            writer.write(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n"
-                         b"connection: close\r\n\r\n")
-            with contextlib.suppress(ConnectionError):
-                await writer.drain()
-            writer.close()
-            return
-        self.accepted += 1
-        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
-        up_writer.write(head)
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while chunk := await reader.read(65536):
-            writer.write(chunk)
-            await writer.drain()
-    except (ConnectionError, ssl.SSLError):
-        pass
-    finally:
-        with contextlib.suppress(Exception):
-            writer.close()
+    def _run(self) -> None:
+        begun = time.monotonic()
+        due = {kind: begun for kind in self.probes}
+        failures = dict.fromkeys(self.probes, 0)
+        while not self._stop.is_set():
+            now = time.monotonic()
+            for kind, probe in self.probes.items():
+                starting = "startup" in self.probes and self.started is None
+                if now < due[kind] or (kind == "startup") != starting:
+                    continue
+                due[kind] = now + probe.period
+                failed = probe.once(self.ip)
+                if failed is not None and not self.running():
+                    continue  # stopped or killed: the kubelet's restart is not the question
+                failures[kind] = failures[kind] + 1 if failed else 0
+                if failed is None and self.started is None:
+                    self.started = now - begun
+                if kind == "readiness":
+                    self.ready = failed is None or (self.ready
+                                                    and failures[kind] < probe.failure_threshold)
+                if failures[kind] >= probe.failure_threshold and kind != "readiness":
+                    self.restarts.append(f"{now - begun:.0f}s after start: {kind} probe "
+                                         f"{probe.path} failed {failures[kind]} times: {failed}")
+                    failures[kind] = 0
+            self._stop.wait(0.2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,10 +265,12 @@ class Kubelet:
     binary: str
     network: Network
     prefix: str  # container names start with it: several runs never meet
-    api: tuple[str, int]  # the TLS front, as KUBERNETES_SERVICE_HOST and _PORT
+    api: tuple[str, int]  # the API server, as KUBERNETES_SERVICE_HOST and _PORT
     ca: Path
-    secrets: Path  # a folder per namespace: token, ca.crt, namespace
+    secrets: Path  # a folder per service account: token, ca.crt, namespace
+    tokens: Mapping[tuple[str, str], str]  # (namespace, service account) -> its token
     started: list[str] = dataclasses.field(default_factory=list)
+    probers: dict[str, Prober] = dataclasses.field(default_factory=dict)  # by container
 
     def start(self, template: Mapping[str, Any], *, name: str, namespace: str, ip: str,
               aliases: Sequence[str] = (), args: Sequence[str] | None = None) -> str:
@@ -214,7 +287,8 @@ class Kubelet:
                   *_security(security), *_writable(spec, container),
                   *_limits(container.get("resources", {}).get("limits", {}))]
         if spec.get("automountServiceAccountToken", True):
-            docker += ["--volume", f"{self._secrets(namespace)}:{SECRETS}:ro",
+            account = spec.get("serviceAccountName") or "default"
+            docker += ["--volume", f"{self._secrets(namespace, account)}:{SECRETS}:ro",
                        "--env", f"KUBERNETES_SERVICE_HOST={self.api[0]}",
                        "--env", f"KUBERNETES_SERVICE_PORT={self.api[1]}"]
         for key, value in env.items():
@@ -224,13 +298,21 @@ class Kubelet:
         self.started.append(f"{self.prefix}-{name}")
         done = subprocess.run(docker, capture_output=True, text=True, check=False, timeout=60)
         assert done.returncode == 0, f"docker run {name}: {done.stderr}"
+        probes = Probe.of(container)
+        if probes:
+            self.probers[f"{self.prefix}-{name}"] = Prober(
+                ip=ip, probes=probes, running=lambda: bool(
+                    self.state(f"{self.prefix}-{name}").get("Running"))).start()
         return f"{self.prefix}-{name}"
 
-    def _secrets(self, namespace: str) -> Path:
-        folder = self.secrets / namespace
+    def _secrets(self, namespace: str, account: str) -> Path:
+        token = self.tokens.get((namespace, account))
+        assert token is not None, (f"no ServiceAccount {account} in {namespace}: a Pod of it "
+                                   f"would not start")
+        folder = self.secrets / namespace / account
         if not folder.exists():
             folder.mkdir(parents=True)
-            (folder / "token").write_text(TOKEN)
+            (folder / "token").write_text(token)
             (folder / "namespace").write_text(namespace)
             shutil.copy(self.ca, folder / "ca.crt")
             for path in (folder, *folder.iterdir()):
@@ -248,6 +330,8 @@ class Kubelet:
         return done.stdout + done.stderr
 
     def stop(self) -> None:
+        for prober in self.probers.values():
+            prober.stop()
         for name in self.started:
             subprocess.run([self.binary, "rm", "--force", name], capture_output=True,
                            check=False)

@@ -6,8 +6,10 @@ requests to them, through hack/kind-demo.sh's incident too; and the standby taki
 when the leader is killed.
 
 The API server is the embedded one, on this machine's address on the test's Docker
-network, behind TLS. Skips without a Docker daemon or without the image the manifests
-name (`make image-test` builds both the image and, where no registry answers, a base).
+network, as a cluster's serves: over TLS, each service account's token authenticated and
+authorized by the manifests' RBAC; a request refused 401 or 403 fails the test. Skips
+without a Docker daemon or without the image the manifests name (`make image-test` builds
+both the image and, where no registry answers, a base).
 """
 
 from __future__ import annotations
@@ -45,22 +47,27 @@ REVISION: Final = "r2"  # what hack/kind-demo.sh bumps both models to
 MARGIN: Final = 0.03
 
 
-def _status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as error:
-        return int(error.code)
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return 0
-
-
 class Cluster:
     """The embedded API server and the Kubelet that runs Pods against it."""
 
-    def __init__(self, kubelet: container.Kubelet, kubeconfig: Path,
-                 front: container.TlsFront) -> None:
-        self.kubelet, self.kubeconfig, self.front = kubelet, kubeconfig, front
+    def __init__(self, kubelet: container.Kubelet, kubeconfig: Path, audit: Path) -> None:
+        self.kubelet, self.kubeconfig, self.audit = kubelet, kubeconfig, audit
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Every request the API server answered so far (a watch when it opened)."""
+        with self.audit.open() as lines:
+            return [json.loads(line) for line in lines if line.strip()]
+
+    def restarts(self) -> list[str]:
+        """Restarts a kubelet would have made: a liveness (or startup) probe failing its
+        failureThreshold times in a row."""
+        return [f"{name}: {why}" for name, prober in self.kubelet.probers.items()
+                for why in prober.restarts]
+
+    def refused(self) -> list[str]:
+        """Requests answered 401 or 403: a token not taken, or RBAC not allowing it."""
+        return [f"{r.get('user', {}).get('username')} {r['method']} {r['path']}?{r['query']}: "
+                f"{r['code']}" for r in self.requests() if r["code"] in (401, 403)]
 
     def kubectl(self, *args: str, stdin: str | None = None) -> str:
         kubectl = require_tool("kubectl", install="kubectl >= 1.28")
@@ -90,27 +97,29 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     container.require_image(binary, spec["image"])
     folder = tmp_path_factory.mktemp("cluster")
     prefix = f"capguard-test-{os.getpid()}"
+    rendered = [*kustomize(ROOT / "deploy"), *kustomize(ROOT / "deploy" / "demo")]
+    tokens = container.accounts(rendered)
     with container.network(binary, prefix) as network:
-        kubeconfig = folder / "kubeconfig"
+        kubeconfig, audit = folder / "kubeconfig", folder / "audit.jsonl"
+        ca, flags = container.security(folder, address=network.gateway, objects=rendered,
+                                       tokens=tokens)
         server = subprocess.Popen(
             [sys.executable, "-m", "capguard.localcluster", f"--host={network.gateway}",
-             "--port=0", f"--crds={ROOT / 'crds'}", f"--kubeconfig={kubeconfig}"],
+             "--port=0", f"--crds={ROOT / 'crds'}", f"--kubeconfig={kubeconfig}",
+             f"--audit-log={audit}", *flags],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             assert server.stdout is not None
             first = server.stdout.readline()
-            assert "serving at" in first, f"the embedded API server did not start: {first}"
+            assert "serving at https://" in first, f"the embedded API server: {first}"
             port = int(first.strip().rsplit(":", 1)[1].rstrip("/"))
-            ca, cert, key = container.certificates(folder, address=network.gateway)
-            with container.TlsFront(host=network.gateway, upstream=(network.gateway, port),
-                                    cert=cert, key=key) as front:
-                kubelet = container.Kubelet(
-                    binary=binary, network=network, prefix=prefix,
-                    api=(network.gateway, front.port), ca=ca, secrets=folder / "secrets")
-                try:
-                    yield Cluster(kubelet, kubeconfig, front)
-                finally:
-                    kubelet.stop()
+            kubelet = container.Kubelet(
+                binary=binary, network=network, prefix=prefix, api=(network.gateway, port),
+                ca=ca, secrets=folder / "secrets", tokens=tokens)
+            try:
+                yield Cluster(kubelet, kubeconfig, audit)
+            finally:
+                kubelet.stop()
         finally:
             server.terminate()
             server.wait(timeout=10)
@@ -161,13 +170,17 @@ def test_the_operator_image_runs_as_deployed_and_logs_in_as_its_service_account(
 ) -> None:
     port = _metrics_port()
 
+    probers = [cluster.kubelet.probers[f"{cluster.kubelet.prefix}-{name}"] for name in operators]
+    assert all(set(p.probes) == {"startup", "readiness", "liveness"} for p in probers)
+
     def ready() -> bool:
         for name in operators:
             cluster.alive(f"{cluster.kubelet.prefix}-{name}")
-        return all(_status(f"http://{ip}:{port}/readyz") == 200 for ip in operators.values())
+        return all(prober.ready for prober in probers)
 
-    eventually(ready, timeout=60, what="both replicas answer /readyz 200", logs=lambda: [
-        cluster.kubelet.logs(f"{cluster.kubelet.prefix}-{name}") for name in operators])
+    eventually(ready, timeout=60, what="both replicas pass their readiness probes (the "
+               "Deployment's, after its startup probe)", logs=lambda: [
+                   cluster.kubelet.logs(f"{cluster.kubelet.prefix}-{name}") for name in operators])
     namespace = _operator_namespace()
     leader = _held(cluster, namespace)
     assert leader in operators, leader
@@ -192,8 +205,13 @@ def test_the_operator_image_runs_as_deployed_and_logs_in_as_its_service_account(
                           capture_output=True, text=True, check=False, timeout=60)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert {m["namespace"] for m in json.loads(done.stdout)["models"]} == {SAMPLES}
-    assert cluster.front.accepted > 0 and cluster.front.refused == 0, (
-        "every connection carried the mounted service-account token over TLS")
+    account = "system:serviceaccount:{}:{}".format(
+        namespace, single(kustomize(ROOT / "deploy"), "ServiceAccount")["metadata"]["name"])
+    users = {r.get("user", {}).get("username") for r in cluster.requests()
+             if r["user_agent"].startswith(("kopf", "capguard"))}
+    assert users == {account}, f"the operator's requests came from {users}, not {account}"
+    assert not cluster.refused(), "\n".join(cluster.refused())
+    assert not cluster.restarts(), "\n".join(cluster.restarts())
     for name in operators:
         log = cluster.kubelet.logs(f"{cluster.kubelet.prefix}-{name}")
         assert "Traceback" not in log, log[-3000:]
@@ -244,6 +262,8 @@ def demo(cluster: Cluster, operators: dict[str, str]) -> Demo:
         return all(found.get(model) == str(count) for model, count in replicas.items())
 
     eventually(serving, timeout=240, what=f"every model serving its replicas: {replicas}")
+    eventually(lambda: cluster.kubelet.probers[names[-1]].ready, timeout=30,
+               what="the gateway passes its readiness probe (the Service would route to it)")
     return Demo(objects, namespace, tuple(names), replicas, first)
 
 
@@ -261,9 +281,13 @@ def _load(cluster: Cluster, demo: Demo, *, name: str, index: int, seconds: float
 
 
 def _no_traceback(cluster: Cluster, names: Iterable[str]) -> None:
+    """Each container alive and no Traceback in its log; no request refused (401, 403):
+    the manifests' RBAC allows what the processes do; and no restart due by a probe."""
     for name in names:
         cluster.alive(name)
         assert "Traceback" not in cluster.kubelet.logs(name), cluster.kubelet.logs(name)[-3000:]
+    assert not cluster.refused(), "\n".join(cluster.refused())
+    assert not cluster.restarts(), "\n".join(cluster.restarts())
 
 
 def test_the_demo_engines_serve_the_load_through_the_gateway(
