@@ -178,8 +178,12 @@ def test_who_is_asking(cluster: ThreadedCluster) -> None:
     assert (code, body) == (401, {"kind": "Status", "apiVersion": "v1", "metadata": {},
                                   "status": "Failure", "message": "Unauthorized",
                                   "reason": "Unauthorized", "code": 401})
-    # no token: system:anonymous, who may read health and version, nothing else
+    # no bearer token: system:anonymous, who may read health and version, nothing else
     assert _call(cluster, "GET", "/version", token=None)[0] == 200
+    authorizer = authz.Authorizer(tokens=authz.read_tokens(TOKENS), policy=None)
+    for header in (None, "", "Basic dXNlcjpwYXNz", "Bearer ", "Bearer"):
+        assert authorizer.authenticate(header).name == "system:anonymous", header
+    assert authorizer.authenticate(f"bearer {ENGINE_TOKEN}").name == ENGINE
     assert _call(cluster, "GET", "/readyz", token=None)[0] == 200
     code, body = _call(cluster, "GET", "/api/v1/namespaces", token=None)
     assert code == 403 and 'User "system:anonymous" cannot list' in body["message"]

@@ -6,8 +6,8 @@ request is authenticated and authorized before it is routed, as the real server'
 chain does, so a request no rule allows is refused 403 even where the path would be 404.
 
 - **Authentication.** The static token file of kube-apiserver (`token,user,uid,"g1,g2"`
-  a line). A request without a token is `system:anonymous` (kube-apiserver's default
-  `--anonymous-auth=true`); one with a token nobody has is 401 Unauthorized. Every
+  a line). A request without a bearer token is `system:anonymous` (kube-apiserver's
+  default `--anonymous-auth=true`); one with a token nobody has is 401 Unauthorized. Every
   authenticated user is in `system:authenticated`; a service account's user name
   `system:serviceaccount:NS:NAME` also puts it in `system:serviceaccounts` and
   `system:serviceaccounts:NS`, as the token authenticator does.
@@ -326,10 +326,12 @@ class Authorizer:
                                                               compare=False, repr=False)
 
     def authenticate(self, authorization: str | None) -> User:
-        if not authorization:
+        """As the bearer-token authenticator: no header, another scheme or an empty token
+        is anonymous; a token nobody has is 401."""
+        parts = (authorization or "").strip().split(" ", 2)
+        if len(parts) < 2 or parts[0].lower() != "bearer" or not parts[1]:
             return User(ANONYMOUS, (UNAUTHENTICATED,))
-        scheme, _, token = authorization.partition(" ")
-        user = self.tokens.get(token.strip()) if scheme.lower() == "bearer" else None
+        user = self.tokens.get(parts[1])
         if user is None:
             raise unauthorized()
         return user
