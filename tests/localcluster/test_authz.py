@@ -171,6 +171,14 @@ def test_rules_match_as_rbac_matches_them(cluster: ThreadedCluster) -> None:
     assert authz.Policy.of(yaml.safe_load_all(POLICY)).allows(
         authz.read_tokens(TOKENS)[READER_TOKEN],
         authz.request_info("GET", "/debug/pprof/heap"))
+    # a RoleBinding grants no non-resource URL, even of a ClusterRole that names it
+    granted = authz.Policy.of([*yaml.safe_load_all(POLICY), {
+        "kind": "RoleBinding", "metadata": {"name": "m", "namespace": "demo"},
+        "roleRef": {"kind": "ClusterRole", "name": "reader"},
+        "subjects": [{"kind": "ServiceAccount", "name": "capguard-engine"}]}])
+    engine = authz.read_tokens(TOKENS)[ENGINE_TOKEN]
+    assert granted.allows(engine, authz.request_info("GET", f"{LEASES}/engine-9"))
+    assert not granted.allows(engine, authz.request_info("GET", "/metrics"))
 
 
 def test_who_is_asking(cluster: ThreadedCluster) -> None:

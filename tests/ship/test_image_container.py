@@ -34,7 +34,7 @@ import yaml
 
 from capguard import durations
 
-from . import container
+from . import container, rbac
 from .manifests import ROOT, by_kind, eventually, kustomize, require_tool, single
 
 pytestmark = pytest.mark.slow
@@ -208,7 +208,7 @@ def test_the_operator_image_runs_as_deployed_and_logs_in_as_its_service_account(
     account = "system:serviceaccount:{}:{}".format(
         namespace, single(kustomize(ROOT / "deploy"), "ServiceAccount")["metadata"]["name"])
     users = {r.get("user", {}).get("username") for r in cluster.requests()
-             if r["user_agent"].startswith(("kopf", "capguard"))}
+             if rbac.OPERATOR_AGENTS.match(r["user_agent"])}
     assert users == {account}, f"the operator's requests came from {users}, not {account}"
     assert not cluster.refused(), "\n".join(cluster.refused())
     assert not cluster.restarts(), "\n".join(cluster.restarts())

@@ -187,8 +187,8 @@ class Rule:
     def allows(self, request: Attributes) -> bool:
         if not _matches(self.verbs, request.verb):
             return False
-        if not request.resource_request:
-            return any(url == "*" or url == request.path
+        if not request.resource_request:  # only a ClusterRoleBinding grants these
+            return not self.namespace and any(url == "*" or url == request.path
                        or (url.endswith("*") and request.path.startswith(url[:-1]))
                        for url in self.non_resource_urls)
         return (
