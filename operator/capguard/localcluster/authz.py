@@ -143,8 +143,10 @@ def request_info(method: str, path: str, query: str = "") -> Attributes:
     if resource == "namespaces" and not namespace and name:
         namespace = name  # /api/v1/namespaces/NAME is the namespace itself
     if method == "GET":
-        watching = watching or params.get("watch", ["false"])[0] in ("true", "1", "True")
-        verb = "watch" if watching else ("get" if name else "list")
+        # ?watch= makes a list a watch; a GET of one name stays a get (the /watch/ prefix
+        # makes either a watch)
+        asked = params.get("watch", ["false"])[0] in ("true", "1", "True")
+        verb = "watch" if watching or (asked and not name) else ("get" if name else "list")
     elif method == "DELETE":
         verb = "delete" if name else "deletecollection"
     else:
