@@ -88,9 +88,16 @@ class Mirror:
             await asyncio.sleep(RETRY_SECONDS)
 
     def _replace_all(self, resource: client.Resource, items: list[Body]) -> None:
+        """A fresh listing: what it lacks was deleted while no watch was open."""
         if resource is client.EVENTS:
             self.events = items[-EVENTS_KEPT:]
             return
+        held = (self.engines if resource is client.ENGINES
+                else self.models if resource is client.MODELS else self.breakers)
+        listed = {str(item["metadata"]["name"]) for item in items}
+        for name, body in list(held.items()):
+            if name not in listed:
+                self._store(resource, body, deleted=True)
         for item in items:
             self._store(resource, item, deleted=False)
 
