@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Build the operator image and run it in Docker as a kubelet would run deploy/'s and
-# deploy/demo/'s Pods (tests/ship/test_image_container.py): the operator's replicas logging
-# in as their service account over TLS, the demo's engines, gateway and load. Needs Docker
-# (a running daemon) and the tests' .venv (hack/setup.sh).
+# deploy/demo/'s Pods (tests/ship/test_image_container.py): each Pod logging in as its
+# service account over TLS to an API server that enforces the manifests' RBAC, probed as
+# its manifest says; the operator's replicas, the demo's engines, gateway and load. Needs
+# Docker (a running daemon) and the tests' .venv (hack/setup.sh).
 #
 # The image is the one the manifests name (capguard:0.1.0). Where the Dockerfile's base
 # cannot be pulled (no registry), a stand-in is built from Debian's archive first
