@@ -16,8 +16,7 @@ the names given as aliases (a Service's name). From the Pod template it takes:
   else `default`) own token, the CA and the namespace where the kubelet mounts them, and
   KUBERNETES_SERVICE_HOST and _PORT: the process logs in as in a cluster, over TLS, to
   the embedded API server, which authenticates each token as its service account and
-  authorizes it by the manifests' RBAC (`security` writes its files), as a real one does.
-
+  authorizes it by the manifests' RBAC (`security` writes its files), as a real one does;
 - the httpGet probes (`Prober`): startup, then readiness and liveness, each on its period
   with its timeout; where liveness fails `failureThreshold` times in a row, the kubelet
   would have restarted the container, and `Prober.restarts` says when and why.
