@@ -104,8 +104,9 @@ def rules_for(
 ) -> list[Rule]:
     """The rules bound to the service account, each scoped as its binding scopes it."""
     policy = authz.Policy.of(objects)
-    if policy.dangling():
-        raise ValueError("; ".join(policy.dangling()))
+    dangling = policy.dangling()
+    if dangling:
+        raise ValueError("; ".join(dangling))
     return list(policy.rules_for(authz.service_account(*service_account), bootstrap=False))
 
 

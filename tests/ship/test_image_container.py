@@ -47,6 +47,16 @@ REVISION: Final = "r2"  # what hack/kind-demo.sh bumps both models to
 MARGIN: Final = 0.03
 
 
+@functools.cache
+def _kustomized(folder: str) -> str:
+    return yaml.safe_dump_all(kustomize(ROOT / "deploy" / folder), sort_keys=False)
+
+
+def _rendered(folder: str = "") -> list[dict[str, Any]]:
+    """`kubectl kustomize deploy/FOLDER`, rendered once per run; a fresh copy each time."""
+    return [doc for doc in yaml.safe_load_all(_kustomized(folder)) if doc]
+
+
 class Cluster:
     """The embedded API server and the Kubelet that runs Pods against it."""
 
@@ -92,12 +102,12 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     binary = container.docker()
-    operator = single(kustomize(ROOT / "deploy"), "Deployment")
+    operator = single(_rendered(), "Deployment")
     (spec,) = operator["spec"]["template"]["spec"]["containers"]
     container.require_image(binary, spec["image"])
     folder = tmp_path_factory.mktemp("cluster")
     prefix = f"capguard-test-{os.getpid()}"
-    rendered = [*kustomize(ROOT / "deploy"), *kustomize(ROOT / "deploy" / "demo")]
+    rendered = [*_rendered(), *_rendered("demo")]
     tokens = container.accounts(rendered)
     with container.network(binary, prefix) as network:
         kubeconfig, audit = folder / "kubeconfig", folder / "audit.jsonl"
@@ -128,7 +138,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 @pytest.fixture(scope="module")
 def operators(cluster: Cluster) -> dict[str, str]:
     """The Deployment's replicas, running: Pod name -> address."""
-    deployment = single(kustomize(ROOT / "deploy"), "Deployment")
+    deployment = single(_rendered(), "Deployment")
     namespace = deployment["metadata"]["namespace"]
     cluster.kubectl("create", "namespace", namespace)
     cluster.kubectl("create", "namespace", SAMPLES)
@@ -155,11 +165,11 @@ def _held(cluster: Cluster, namespace: str) -> str:
 
 
 def _operator_namespace() -> str:
-    return str(single(kustomize(ROOT / "deploy"), "Deployment")["metadata"]["namespace"])
+    return str(single(_rendered(), "Deployment")["metadata"]["namespace"])
 
 
 def _metrics_port() -> int:
-    (spec,) = single(kustomize(ROOT / "deploy"), "Deployment")["spec"]["template"]["spec"][
+    (spec,) = single(_rendered(), "Deployment")["spec"]["template"]["spec"][
         "containers"]
     (port,) = [p["containerPort"] for p in spec["ports"] if p["name"] == "metrics"]
     return int(port)
@@ -206,7 +216,7 @@ def test_the_operator_image_runs_as_deployed_and_logs_in_as_its_service_account(
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert {m["namespace"] for m in json.loads(done.stdout)["models"]} == {SAMPLES}
     account = "system:serviceaccount:{}:{}".format(
-        namespace, single(kustomize(ROOT / "deploy"), "ServiceAccount")["metadata"]["name"])
+        namespace, single(_rendered(), "ServiceAccount")["metadata"]["name"])
     users = {r.get("user", {}).get("username") for r in cluster.requests()
              if rbac.OPERATOR_AGENTS.match(r["user_agent"])}
     assert users == {account}, f"the operator's requests came from {users}, not {account}"
@@ -231,7 +241,7 @@ class Demo:
 
 @pytest.fixture(scope="module")
 def demo(cluster: Cluster, operators: dict[str, str]) -> Demo:
-    objects = kustomize(ROOT / "deploy" / "demo")
+    objects = _rendered("demo")
     namespace = single(objects, "Namespace")["metadata"]["name"]
     cluster.kubectl("create", "namespace", namespace)
     cluster.apply([o for o in objects if o["kind"] in CAPGUARD_KINDS], namespace)
@@ -492,7 +502,7 @@ def test_a_stopped_engine_drains_and_exits_within_its_grace_period(
 ) -> None:
     """capguard is PID 1 in its container: SIGTERM must reach the agent's handler (PID 1
     has no default one), the agent drains its model server and exits 0, not SIGKILLed."""
-    demo = kustomize(ROOT / "deploy" / "demo")
+    demo = _rendered("demo")
     namespace = single(demo, "Namespace")["metadata"]["name"]
     listed = cluster.kubectl("get", "inferenceengines", "-n", namespace, "-o",
                              "jsonpath={range .items[*]}{.metadata.name}={.status.phase} {end}")
@@ -515,7 +525,7 @@ def test_a_stopped_leader_exits_at_once_and_gives_its_lease_up(
 ) -> None:
     namespace = _operator_namespace()
     leader = _held(cluster, namespace)
-    deployment = single(kustomize(ROOT / "deploy"), "Deployment")
+    deployment = single(_rendered(), "Deployment")
     took, code = _stop(cluster, f"{cluster.kubelet.prefix}-{leader}",
                        deployment["spec"]["template"])
     log = cluster.kubelet.logs(f"{cluster.kubelet.prefix}-{leader}")

@@ -13,6 +13,7 @@ import gc
 import pathlib
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import yaml
@@ -100,22 +101,28 @@ def _security(args: argparse.Namespace) -> dict[str, Any]:
                          "go together; give both, or neither for plain HTTP\n")
     if args.tls_cert_file is not None:
         found["tls"] = (args.tls_cert_file, args.tls_private_key_file)
-    flag = "--token-auth-file"
+    if args.token_auth_file is not None:
+        found["tokens"] = _read("--token-auth-file", args.token_auth_file, authz.read_tokens)
+    if args.rbac is not None:
+        found["rbac"] = _read("--rbac", args.rbac, _policy)
+    return found
+
+
+def _read(flag: str, path: str, parse: Callable[[str], Any]) -> Any:
+    """A flag's file parsed, or exit 2 with one line naming the flag and the problem."""
     try:
-        if args.token_auth_file is not None:
-            found["tokens"] = authz.read_tokens(
-                pathlib.Path(args.token_auth_file).read_text(encoding="utf-8"))
-        flag = "--rbac"
-        if args.rbac is not None:
-            with open(args.rbac, encoding="utf-8") as stream:
-                found["rbac"] = authz.Policy.of(yaml.safe_load_all(stream))
-            if not found["rbac"].objects:
-                raise ValueError(f"{args.rbac} holds no Role, ClusterRole, RoleBinding or "
-                                 f"ClusterRoleBinding; give the RBAC objects to authorize by")
+        return parse(pathlib.Path(path).read_text(encoding="utf-8"))
     except (ValueError, yaml.YAMLError) as error:
         detail = " ".join(str(error).split())
         parser().exit(2, f"capguard localcluster: {flag}: {detail}\n")
-    return found
+
+
+def _policy(text: str) -> authz.Policy:
+    policy = authz.Policy.of(yaml.safe_load_all(text))
+    if not policy.objects:
+        raise ValueError("the file holds no Role, ClusterRole, RoleBinding or "
+                         "ClusterRoleBinding; give the RBAC objects to authorize by")
+    return policy
 
 
 def main(argv: list[str] | None = None) -> int:
