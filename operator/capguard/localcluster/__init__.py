@@ -3,7 +3,9 @@ its demo and `kubectl` run against, with no Docker and no real kube-apiserver.
 
 It serves, over plain HTTP on loopback: discovery (including aggregated discovery as
 Kubernetes 1.30 does), CustomResourceDefinitions whose resources appear and disappear
-with them, Namespaces, core and events.k8s.io Events, Leases and ConfigMaps; object
+with them, Namespaces, core and events.k8s.io Events, Leases, ConfigMaps,
+ServiceAccounts and RBAC's Roles, ClusterRoles and bindings (`rbac`: enforced as they
+change where RBAC is on, and the access reviews `kubectl auth can-i` sends); object
 CRUD with resourceVersion preconditions, generation, status and scale subresources,
 finalizers, ownerReference cascades, label and field selectors, pagination, watches with
 bookmarks, Tables for `kubectl get`, schema defaulting, pruning and validation (CEL
@@ -31,7 +33,9 @@ What it deliberately does not do:
   owns them), does not wait out grace periods (there are no pods), and reports no
   discovery or content-deletion failures beyond refusals of its own deletes;
 - authentication and authorization only when asked for (`authz`: bearer tokens from a
-  static token file, RBAC from a file of its objects, which are not served as kinds);
+  static token file, impersonation, RBAC by the served objects); no bootstrap roles
+  beyond what `authz.BOOTSTRAP` lists (no `admin`, `edit`, `view`: `system:masters` is
+  allowed everything without a `cluster-admin` object), no aggregated ClusterRoles;
   no admission webhooks, no conversion webhooks (a multi-version CRD is served with
   strategy None: only apiVersion changes);
 - no protobuf beyond reading what kubectl posts for Namespaces and ConfigMaps and

@@ -1,9 +1,10 @@
 """Who is asking, and may they: bearer-token authentication and RBAC authorization, as a
 kube-apiserver started with `--token-auth-file` and `--authorization-mode=RBAC` does it.
 
-Off unless asked for (`capguard localcluster --token-auth-file F --rbac F`): then every
-request is authenticated and authorized before it is routed, as the real server's filter
-chain does, so a request no rule allows is refused 403 even where the path would be 404.
+Off unless asked for (`capguard localcluster --token-auth-file F --authorization-mode
+RBAC`): then every request is authenticated and authorized before it is routed, as the
+real server's filter chain does, so a request no rule allows is refused 403 even where
+the path would be 404.
 
 - **Authentication.** The static token file of kube-apiserver (`token,user,uid,"g1,g2"`
   a line). A request without a bearer token is `system:anonymous` (kube-apiserver's
@@ -11,13 +12,17 @@ chain does, so a request no rule allows is refused 403 even where the path would
   authenticated user is in `system:authenticated`; a service account's user name
   `system:serviceaccount:NS:NAME` also puts it in `system:serviceaccounts` and
   `system:serviceaccounts:NS`, as the token authenticator does.
-- **Authorization.** The Roles, ClusterRoles, RoleBindings and ClusterRoleBindings of a
-  YAML file (`kubectl kustomize deploy/`, say), matched as the RBAC authorizer matches
+- **Impersonation.** `Impersonate-User`, `-Group` and `-Uid` (kubectl's `--as`,
+  `--as-group`) make the request another user's, each first authorized as the verb
+  `impersonate` on users (or the service account), groups and uids.
+- **Authorization.** The Roles, ClusterRoles, RoleBindings and ClusterRoleBindings served
+  (`rbac.Served`, as they stand at each request), matched as the RBAC authorizer matches
   them (`*`, `resource/subresource`, `*/subresource`, resourceNames, nonResourceURLs with a
   trailing `*`; a RoleBinding's service account without a namespace is of the binding's),
   and the bootstrap policy every cluster has: `system:masters` may do anything,
   `system:discovery` and `system:public-info-viewer` let users read discovery, OpenAPI,
-  health and version. The file is read once at start, as the objects are not served here.
+  health and version, `system:basic-user` lets them ask what they may do. A `Policy` is
+  also made from a file's objects (`Policy.of`), for the offline checks of the tests.
 - **The request's attributes** are resolved from the request line the way the API server's
   RequestInfoFactory does (`request_info`): a GET without a name is list or watch, a
   DELETE without one deletecollection, and a list or watch with `fieldSelector=
@@ -33,7 +38,7 @@ import csv
 import dataclasses
 import io
 import urllib.parse
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final
 
 from capguard.localcluster import errors
@@ -176,15 +181,19 @@ class Rule:
     non_resource_urls: tuple[str, ...] = ()
     namespace: str = ""
     source: str = ""  # e.g. "ClusterRole/capguard-operator"
+    # The binding that grants it, as the RBAC authorizer's reason names it:
+    # `ClusterRoleBinding "x" of ClusterRole "y" to ServiceAccount "name/namespace"`.
+    granted_by: str = dataclasses.field(default="", compare=False)
 
     @classmethod
-    def of(cls, raw: Mapping[str, Any], *, namespace: str = "", source: str = "") -> Rule:
+    def of(cls, raw: Mapping[str, Any], *, namespace: str = "", source: str = "",
+           granted_by: str = "") -> Rule:
         return cls(verbs=tuple(raw.get("verbs") or ()),
                    api_groups=tuple(raw.get("apiGroups") or ()),
                    resources=tuple(raw.get("resources") or ()),
                    resource_names=tuple(raw.get("resourceNames") or ()),
                    non_resource_urls=tuple(raw.get("nonResourceURLs") or ()),
-                   namespace=namespace, source=source)
+                   namespace=namespace, source=source, granted_by=granted_by)
 
     def allows(self, request: Attributes) -> bool:
         if not _matches(self.verbs, request.verb):
@@ -227,6 +236,18 @@ def _matches(allowed: Iterable[str], value: str) -> bool:
     return any(item in ("*", value) for item in allowed)
 
 
+def _describe(binding: Mapping[str, Any], subject: Mapping[str, Any]) -> str:
+    """The RBAC authorizer's words for a binding granting a subject a role."""
+    metadata, ref = binding.get("metadata") or {}, binding.get("roleRef") or {}
+    namespace = _binding_namespace(binding)
+    name = f"{metadata.get('name')}/{namespace}" if namespace else str(metadata.get("name"))
+    who = str(subject.get("name"))
+    if subject.get("kind") == "ServiceAccount":
+        who = f"{who}/{subject.get('namespace') or namespace}"
+    return (f"{binding['kind']} {quote(name)} of {ref.get('kind')} {quote(str(ref.get('name')))}"
+            f" to {subject.get('kind')} {quote(who)}")
+
+
 def _applies(subject: Mapping[str, Any], user: User, binding_namespace: str) -> bool:
     kind, name = subject.get("kind"), subject.get("name")
     if kind == "User":
@@ -248,6 +269,10 @@ def _binding_namespace(binding: Mapping[str, Any]) -> str:
 BOOTSTRAP: Final = (
     (Rule(verbs=("get",), non_resource_urls=_DISCOVERY, source="ClusterRole/system:discovery"),
      AUTHENTICATED),
+    # system:basic-user: anyone may ask what they themselves may do (`kubectl auth can-i`).
+    (Rule(verbs=("create",), api_groups=("authorization.k8s.io",),
+          resources=("selfsubjectaccessreviews", "selfsubjectrulesreviews"),
+          source="ClusterRole/system:basic-user"), AUTHENTICATED),
     (Rule(verbs=("get",), non_resource_urls=_PUBLIC_INFO,
           source="ClusterRole/system:public-info-viewer"), AUTHENTICATED),
     (Rule(verbs=("get",), non_resource_urls=_PUBLIC_INFO,
@@ -286,13 +311,15 @@ class Policy:
                     yield rule
         for binding, role in self._bound():
             namespace = _binding_namespace(binding)
-            if role is None or not any(_applies(subject, user, namespace)
-                                       for subject in binding.get("subjects") or ()):
+            subject = next((subject for subject in binding.get("subjects") or ()
+                            if _applies(subject, user, namespace)), None)
+            if role is None or subject is None:
                 continue
             ref = binding.get("roleRef") or {}
             for raw in role.get("rules") or ():
                 yield Rule.of(raw, namespace=namespace,
-                              source=f"{ref.get('kind')}/{ref.get('name')}")
+                              source=f"{ref.get('kind')}/{ref.get('name')}",
+                              granted_by=_describe(binding, subject))
 
     def dangling(self) -> list[str]:
         """Bindings whose role is not among the objects (they grant nothing)."""
@@ -314,22 +341,33 @@ class Policy:
     def allows(self, user: User, request: Attributes, *,
                rules: Iterable[Rule] | None = None) -> bool:
         """`rules`: the user's, as `rules_for` worked them out before."""
+        return self.decide(user, request, rules=rules)[0]
+
+    def decide(self, user: User, request: Attributes, *,
+               rules: Iterable[Rule] | None = None) -> tuple[bool, str]:
+        """Allowed or not, and the RBAC authorizer's reason for an allow (`system:masters`
+        is allowed before RBAC, with no reason)."""
         if MASTERS in user.groups:
-            return True
-        return any(rule.allows(request)
-                   for rule in (self.rules_for(user) if rules is None else rules))
+            return True, ""
+        for rule in self.rules_for(user) if rules is None else rules:
+            if rule.allows(request):
+                return True, f"RBAC: allowed by {rule.granted_by or rule.source}"
+        return False, ""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class Authorizer:
-    """Tokens and policy: who is asking (`authenticate`), and may they (`authorize`); each
-    raises the real server's refusal."""
+    """Tokens and policy: who is asking (`authenticate`, `impersonate`), and may they
+    (`authorize`); each raises the real server's refusal."""
 
     tokens: Mapping[str, User]
-    policy: Policy | None  # None: every authenticated request is allowed
-    # The policy is read once, so each user's rules are worked out once.
+    # The policy as it stands now (the served RBAC objects); None: every authenticated
+    # request is allowed.
+    policy: Callable[[], Policy] | None
+    # Each user's rules, worked out once for the policy they were worked out from.
     _rules: dict[User, tuple[Rule, ...]] = dataclasses.field(default_factory=dict,
                                                               compare=False, repr=False)
+    _rules_of: Policy | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def authenticate(self, authorization: str | None) -> User:
         """As the bearer-token authenticator: no header, another scheme or an empty token
@@ -342,15 +380,60 @@ class Authorizer:
             raise unauthorized()
         return user
 
+    def impersonate(self, user: User, *, name: str | None, groups: Iterable[str] = (),
+                    uid: str | None = None) -> User:
+        """The user `user` acts as through the Impersonate-User, -Group and -Uid headers,
+        each first authorized (`impersonate` on users or a service account, groups, uids),
+        as kube-apiserver's impersonation filter does; `user` itself without them."""
+        groups = list(groups)
+        if not name:
+            if groups or uid:
+                raise errors.bad_request(
+                    "requested impersonation of groups or a uid without impersonating a "
+                    "user; add the Impersonate-User header (kubectl --as)")
+            return user
+        asked: list[Attributes] = []
+        prefix = name[len(_SERVICE_ACCOUNT_PREFIX):] if name.startswith(
+            _SERVICE_ACCOUNT_PREFIX) else ""
+        if prefix.count(":") == 1:
+            namespace, account = prefix.split(":")
+            asked.append(Attributes(verb="impersonate", resource="serviceaccounts",
+                                    namespace=namespace, name=account))
+            if not groups:  # a service account's groups are known
+                groups = list(service_account(namespace, account).groups[:2])
+        else:
+            asked.append(Attributes(verb="impersonate", resource="users", name=name))
+        asked += [Attributes(verb="impersonate", resource="groups", name=group)
+                  for group in groups]
+        if uid:
+            asked.append(Attributes(verb="impersonate", api_group="authentication.k8s.io",
+                                    resource="uids", name=uid))
+        for request in asked:
+            if not self.decide(user, request)[0]:
+                raise forbidden(user, request)
+        extra = UNAUTHENTICATED if name == ANONYMOUS else AUTHENTICATED
+        if extra not in groups:
+            groups.append(extra)
+        return User(name, tuple(groups), uid or "")
+
     def authorize(self, user: User, *, method: str, path: str, query: str = "") -> None:
-        if self.policy is None:
-            return
         request = request_info(method, path, query)
+        if not self.decide(user, request)[0]:
+            raise forbidden(user, request)
+
+    def decide(self, user: User, request: Attributes) -> tuple[bool, str]:
+        """Allowed or not, and why (`Policy.decide`); every request is allowed without a
+        policy."""
+        if self.policy is None:
+            return True, ""
+        policy = self.policy()
+        if policy is not self._rules_of:
+            self._rules.clear()
+            self._rules_of = policy
         rules = self._rules.get(user)
         if rules is None:
-            rules = self._rules[user] = tuple(self.policy.rules_for(user))
-        if not self.policy.allows(user, request, rules=rules):
-            raise forbidden(user, request)
+            rules = self._rules[user] = tuple(policy.rules_for(user))
+        return policy.decide(user, request, rules=rules)
 
 
 def unauthorized() -> errors.ApiError:
@@ -361,14 +444,14 @@ def unauthorized() -> errors.ApiError:
 def forbidden(user: User, request: Attributes) -> errors.ApiError:
     """The real server's words (responsewriters.forbiddenMessage and NewForbidden)."""
     if not request.resource_request:
-        return errors.forbidden(f"forbidden: User {_quote(user.name)} cannot "
-                                f"{request.verb} path {_quote(request.path)}", details={})
-    where = (f"in the namespace {_quote(request.namespace)}" if request.namespace
+        return errors.forbidden(f"forbidden: User {quote(user.name)} cannot "
+                                f"{request.verb} path {quote(request.path)}", details={})
+    where = (f"in the namespace {quote(request.namespace)}" if request.namespace
              else "at the cluster scope")
-    why = (f"User {_quote(user.name)} cannot {request.verb} resource "
-           f"{_quote(request.full_resource)} in API group {_quote(request.api_group)} {where}")
+    why = (f"User {quote(user.name)} cannot {request.verb} resource "
+           f"{quote(request.full_resource)} in API group {quote(request.api_group)} {where}")
     qualified = f"{request.resource}.{request.api_group}" if request.api_group else request.resource
-    subject = f"{qualified} {_quote(request.name)}" if request.name else qualified
+    subject = f"{qualified} {quote(request.name)}" if request.name else qualified
     details: dict[str, Any] = {"name": request.name} if request.name else {}
     if request.api_group:
         details["group"] = request.api_group
@@ -376,6 +459,6 @@ def forbidden(user: User, request: Attributes) -> errors.ApiError:
     return errors.forbidden(f"{subject} is forbidden: {why}", details=details)
 
 
-def _quote(text: str) -> str:
+def quote(text: str) -> str:
     """Go's %q for the plain strings these are."""
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -30,6 +30,7 @@ from capguard.localcluster import (
     server,
     store,
 )
+from capguard.localcluster import rbac as rbac_objects
 
 # Namespaces every cluster starts with; Kopf and kubectl expect `default` to exist.
 INITIAL_NAMESPACES: Final = ("default", "kube-system", "kube-public", "kube-node-lease")
@@ -62,8 +63,11 @@ class LocalCluster:
         file that gets every request as a JSON line, however many.
 
         `tokens` (a static token file's users) or `rbac` turns on authentication, and
-        `rbac` authorization (`authz`); the kubeconfig written then carries a token of
-        its own for `kubernetes-admin` in `system:masters`, as kind's does.
+        `rbac` RBAC authorization (`authz`) by the Roles, ClusterRoles and bindings served
+        (`rbac`'s objects are created at start, with the namespaces they name; later
+        ones are applied like any object); the kubeconfig written then carries a token of
+        its own for `kubernetes-admin` in `system:masters`, as kind's does. A
+        `rbac` object the server refuses is a ValueError naming it.
 
         `tls`: (certificate, key) files to serve HTTPS with, as kube-apiserver's
         `--tls-cert-file` and `--tls-private-key-file`; the kubeconfig then trusts the
@@ -82,15 +86,17 @@ class LocalCluster:
         self.crd_controller = crds.Controller(self.api)
         self.namespace_controller = (namespaces.Controller(self.api) if namespace_controller
                                      else None)
+        self.rbac = rbac_objects.Served(self.api)
         self._audit_file: IO[str] | None = None
         self.admin_token = kubeconfig.TOKEN
         authorizer = None
         if tokens is not None or rbac is not None:
             self.admin_token = secrets.token_hex(16)
+            self.rbac.enforcing = rbac is not None
             authorizer = authz.Authorizer(
                 tokens={**(tokens or {}), self.admin_token: authz.User(
                     ADMIN, (authz.MASTERS, authz.AUTHENTICATED))},
-                policy=rbac)
+                policy=self.rbac.policy if rbac is not None else None)
         self.server = server.Server(api=self.api, server_address=lambda: self.address,
                                     audit_buffer=audit_buffer, authorizer=authorizer)
         self._runner: web.AppRunner | None = None
@@ -99,6 +105,8 @@ class LocalCluster:
         for name in INITIAL_NAMESPACES:
             self.apply(resources.NAMESPACES, {"apiVersion": "v1", "kind": "Namespace",
                                               "metadata": {"name": name}})
+        if rbac is not None:
+            self.rbac.seed(rbac, self.apply)
 
     # ---- lifecycle --------------------------------------------------------------------------
 

@@ -79,10 +79,15 @@ def parser() -> argparse.ArgumentParser:
                         help="authenticate bearer tokens from this file, as kube-apiserver's "
                              "flag of that name: token,user,uid,\"group1,group2\" a line "
                              "(the written kubeconfig gets an admin token of its own)")
+    result.add_argument("--authorization-mode", choices=("AlwaysAllow", "RBAC"),
+                        default=None,
+                        help="RBAC: authorize every request by the Roles, ClusterRoles and "
+                             "bindings served, as they change (kubectl apply them); "
+                             "AlwaysAllow (the default without --rbac): allow every request")
     result.add_argument("--rbac", type=_readable, default=None,
-                        help="authorize requests by the Roles, ClusterRoles and bindings in "
-                             "this YAML file (kubectl kustomize's output, say), as the RBAC "
-                             "authorizer does (default: allow every request)")
+                        help="create the Roles, ClusterRoles and bindings in this YAML file "
+                             "(kubectl kustomize's output, say; other kinds are skipped) at "
+                             "start, with the namespaces they name, and authorize by RBAC")
     result.add_argument("--tls-cert-file", type=_readable, default=None,
                         help="serve HTTPS with this PEM certificate (and its chain); the "
                              "written kubeconfig trusts it. kubectl sends a token only over "
@@ -104,7 +109,12 @@ def _security(args: argparse.Namespace) -> dict[str, Any]:
     if args.token_auth_file is not None:
         found["tokens"] = _read("--token-auth-file", args.token_auth_file, authz.read_tokens)
     if args.rbac is not None:
+        if args.authorization_mode == "AlwaysAllow":
+            parser().exit(2, "capguard localcluster: --rbac authorizes by RBAC; drop "
+                             "--authorization-mode=AlwaysAllow or the --rbac file\n")
         found["rbac"] = _read("--rbac", args.rbac, _policy)
+    elif args.authorization_mode == "RBAC":
+        found["rbac"] = authz.Policy()
     return found
 
 
@@ -134,11 +144,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _serve(args: argparse.Namespace, security: dict[str, Any]) -> None:
-    local = cluster.LocalCluster(host=args.host, port=args.port, crds_dir=args.crds,
-                                 kubeconfig_path=args.kubeconfig, audit_log=args.audit_log,
-                                 audit_buffer=0,   # nothing reads it here; --audit-log does
-                                 namespace_controller=args.namespace_controller,
-                                 **security)
+    try:
+        local = cluster.LocalCluster(host=args.host, port=args.port, crds_dir=args.crds,
+                                     kubeconfig_path=args.kubeconfig, audit_log=args.audit_log,
+                                     audit_buffer=0,   # nothing reads it here; --audit-log does
+                                     namespace_controller=args.namespace_controller,
+                                     **security)
+    except ValueError as error:   # an object of the --rbac file the server refuses
+        detail = " ".join(str(error).split())
+        parser().exit(2, f"capguard localcluster: --rbac: {detail}\n")
     async with local:
         # What startup made (modules, the CRDs' compiled schemas) lives as long as the
         # process: keep it out of full collections, which otherwise stall one request

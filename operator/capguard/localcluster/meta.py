@@ -127,6 +127,14 @@ def name_problems(name: str, *, dns_label: bool = False, prefix: bool = False) -
     return problems + ([] if _DNS_LABEL.fullmatch(name) else [_DNS_LABEL_ERROR])
 
 
+def path_segment_problems(name: str) -> list[str]:
+    """IsValidPathSegmentName (the names of RBAC's kinds, `system:discovery` say), in the
+    real server's words; empty if valid."""
+    if name in (".", ".."):
+        return [f"may not be '{name}'"]
+    return [f"may not contain '{bad}'" for bad in ("/", "%") if bad in name]
+
+
 def subdomain_problems(name: str) -> list[str]:
     """IsDNS1123Subdomain, in the real server's words; empty if valid."""
     problems = ["must be no more than 253 characters"] if len(name) > 253 else []

@@ -636,10 +636,12 @@ def _metadata_causes(rt: resources.ResourceType, obj: dict[str, Any]) -> list[di
     generate_name = metadata.get("generateName")
     if isinstance(generate_name, str) and generate_name:
         causes += [_invalid("metadata.generateName", generate_name, problem) for problem in
-                   meta.name_problems(generate_name, dns_label=rt is resources.NAMESPACES,
-                                      prefix=True)]
+                   (meta.path_segment_problems(generate_name) if rt.path_segment_names else
+                    meta.name_problems(generate_name, dns_label=rt is resources.NAMESPACES,
+                                       prefix=True))]
     causes += [_invalid("metadata.name", metadata["name"], problem) for problem in
-               meta.name_problems(metadata["name"], dns_label=rt is resources.NAMESPACES)]
+               (meta.path_segment_problems(metadata["name"]) if rt.path_segment_names else
+                meta.name_problems(metadata["name"], dns_label=rt is resources.NAMESPACES))]
     if _is_string_map(metadata.get("labels")):
         causes += [_invalid("metadata.labels", value, problem)
                    for value, problem in meta.label_problems(metadata["labels"])]

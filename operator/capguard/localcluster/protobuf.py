@@ -1,12 +1,14 @@
-"""Just enough of Kubernetes' protobuf encoding to read what `kubectl create namespace`
-and `kubectl create configmap` send (typed clients post built-ins as protobuf).
+"""Just enough of Kubernetes' protobuf encoding to read what `kubectl create namespace`,
+`kubectl create configmap`, `create serviceaccount`, `create role`, `create rolebinding`
+(and their cluster kinds) and `kubectl auth can-i` send (typed clients post built-ins as
+protobuf).
 
-Decodes the `k8s\\x00` envelope (runtime.Unknown) and the Namespace and ConfigMap
-messages with the ObjectMeta fields a client sets; anything else is refused with 415.
+Decodes the `k8s\\x00` envelope (runtime.Unknown) and those messages with the ObjectMeta
+fields a client sets; anything else is refused with 415.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 from capguard.localcluster import errors
@@ -89,7 +91,77 @@ def _configmap(raw: bytes) -> dict[str, Any]:
     return obj
 
 
-_DECODERS: Final = {("v1", "Namespace"): _namespace, ("v1", "ConfigMap"): _configmap}
+# The messages of RBAC's kinds and the authorization reviews, as `kubectl create role`,
+# `kubectl create rolebinding` and `kubectl auth can-i` post them: field number -> (name,
+# type), a type being "string", "strings" (repeated), "bool", "meta" or another message.
+Message = dict[int, tuple[str, Any]]
+_POLICY_RULE: Final[Message] = {1: ("verbs", "strings"), 2: ("apiGroups", "strings"),
+                                3: ("resources", "strings"), 4: ("resourceNames", "strings"),
+                                5: ("nonResourceURLs", "strings")}
+_SUBJECT: Final[Message] = {1: ("kind", "string"), 2: ("apiGroup", "string"),
+                            3: ("name", "string"), 4: ("namespace", "string")}
+_ROLE_REF: Final[Message] = {1: ("apiGroup", "string"), 2: ("kind", "string"),
+                             3: ("name", "string")}
+_RESOURCE_ATTRIBUTES: Final[Message] = {
+    1: ("namespace", "string"), 2: ("verb", "string"), 3: ("group", "string"),
+    4: ("version", "string"), 5: ("resource", "string"), 6: ("subresource", "string"),
+    7: ("name", "string")}
+_NON_RESOURCE_ATTRIBUTES: Final[Message] = {1: ("path", "string"), 2: ("verb", "string")}
+_ACCESS: Final[Message] = {1: ("resourceAttributes", _RESOURCE_ATTRIBUTES),
+                           2: ("nonResourceAttributes", _NON_RESOURCE_ATTRIBUTES)}
+_MESSAGES: Final[dict[tuple[str, str], Message]] = {
+    ("v1", "ServiceAccount"): {1: ("metadata", "meta"),
+                               4: ("automountServiceAccountToken", "bool")},
+    ("rbac.authorization.k8s.io/v1", "Role"): {1: ("metadata", "meta"),
+                                               2: ("rules", [_POLICY_RULE])},
+    ("rbac.authorization.k8s.io/v1", "ClusterRole"): {1: ("metadata", "meta"),
+                                                      2: ("rules", [_POLICY_RULE])},
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): {
+        1: ("metadata", "meta"), 2: ("subjects", [_SUBJECT]), 3: ("roleRef", _ROLE_REF)},
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): {
+        1: ("metadata", "meta"), 2: ("subjects", [_SUBJECT]), 3: ("roleRef", _ROLE_REF)},
+    ("authorization.k8s.io/v1", "SelfSubjectAccessReview"): {1: ("metadata", "meta"),
+                                                             2: ("spec", _ACCESS)},
+    ("authorization.k8s.io/v1", "SelfSubjectRulesReview"): {
+        1: ("metadata", "meta"), 2: ("spec", {1: ("namespace", "string")})},
+    ("authorization.k8s.io/v1", "SubjectAccessReview"): {
+        1: ("metadata", "meta"), 2: ("spec", {**_ACCESS, 3: ("user", "string"),
+                                              4: ("groups", "strings"), 6: ("uid", "string")})},
+}
+
+
+def _message(raw: bytes, shape: Message) -> dict[str, Any]:
+    """Decode one message of `shape`; fields it does not name are skipped."""
+    obj: dict[str, Any] = {}
+    for number, value in _fields(raw):
+        if number not in shape:
+            continue
+        name, kind = shape[number]
+        if kind == "string":
+            if value:   # gogo-protobuf sends empty strings; JSON omits them (omitempty)
+                obj[name] = value.decode()
+        elif kind == "strings":
+            obj.setdefault(name, []).append(value.decode())
+        elif kind == "bool":
+            obj[name] = bool(value)
+        elif kind == "meta":
+            obj[name] = _object_meta(value)
+        elif isinstance(kind, list):
+            obj.setdefault(name, []).append(_message(value, kind[0]))
+        else:
+            obj[name] = _message(value, kind)
+    return obj
+
+
+def _typed(api_version: str, kind: str, shape: Message) -> Callable[[bytes], dict[str, Any]]:
+    def decode(raw: bytes) -> dict[str, Any]:
+        return {"apiVersion": api_version, "kind": kind, "metadata": {},
+                **_message(raw, shape)}
+    return decode
+
+
+_DECODERS: Final = {("v1", "Namespace"): _namespace, ("v1", "ConfigMap"): _configmap,
+                    **{key: _typed(*key, shape) for key, shape in _MESSAGES.items()}}
 
 
 def decode(body: bytes) -> dict[str, Any]:

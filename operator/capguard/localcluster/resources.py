@@ -56,6 +56,7 @@ class ResourceType:
     crd_name: str = ""
     listing_kind: str = ""           # a CRD's spec.names.listKind; else Kind + "List"
     field_labels: frozenset[str] = frozenset()
+    path_segment_names: bool = False  # RBAC's kinds: any name that fits in a URL path
 
     @property
     def api_version(self) -> str:
@@ -231,7 +232,8 @@ def _core_event_view(stored: dict[str, Any]) -> dict[str, Any]:
 
 # ---- The built-in kinds capguard and Kopf need; anything else answers 404 ---------------
 
-BUILTIN_GROUPS: Final = ("events.k8s.io", "apiextensions.k8s.io", "coordination.k8s.io")
+BUILTIN_GROUPS: Final = ("events.k8s.io", "authorization.k8s.io", "rbac.authorization.k8s.io",
+                          "apiextensions.k8s.io", "coordination.k8s.io")
 
 NAMESPACES: Final = ResourceType(
     group="", version="v1", plural="namespaces", kind="Namespace", namespaced=False,
@@ -280,4 +282,37 @@ CRDS: Final = ResourceType(
     printer_columns=({"name": "Created At", "type": "date",
                       "jsonPath": ".metadata.creationTimestamp"},))
 
-BUILTINS: Final = (NAMESPACES, CONFIGMAPS, CORE_EVENTS, EVENTS_V1, LEASES, CRDS)
+# RBAC's kinds (`authz` authorizes by them) and the accounts they bind.
+SERVICE_ACCOUNTS: Final = ResourceType(
+    group="", version="v1", plural="serviceaccounts", kind="ServiceAccount", namespaced=True,
+    short_names=("sa",))
+RBAC_GROUP: Final = "rbac.authorization.k8s.io"
+ROLES: Final = ResourceType(group=RBAC_GROUP, version="v1", plural="roles", kind="Role",
+                            namespaced=True, path_segment_names=True,
+                            printer_columns=CRDS.printer_columns)
+CLUSTER_ROLES: Final = ResourceType(group=RBAC_GROUP, version="v1", plural="clusterroles",
+                                    kind="ClusterRole", namespaced=False,
+                                    path_segment_names=True,
+                                    printer_columns=CRDS.printer_columns)
+ROLE_BINDINGS: Final = ResourceType(
+    group=RBAC_GROUP, version="v1", plural="rolebindings", kind="RoleBinding", namespaced=True,
+    path_segment_names=True)
+CLUSTER_ROLE_BINDINGS: Final = ResourceType(
+    group=RBAC_GROUP, version="v1", plural="clusterrolebindings", kind="ClusterRoleBinding",
+    namespaced=False, path_segment_names=True)
+RBAC_TYPES: Final = (ROLES, CLUSTER_ROLES, ROLE_BINDINGS, CLUSTER_ROLE_BINDINGS)
+# Reviews are asked, not stored: a create answers with the review's status (`authz`).
+SELF_SUBJECT_ACCESS_REVIEWS: Final = ResourceType(
+    group="authorization.k8s.io", version="v1", plural="selfsubjectaccessreviews",
+    kind="SelfSubjectAccessReview", namespaced=False, verbs=("create",))
+SELF_SUBJECT_RULES_REVIEWS: Final = ResourceType(
+    group="authorization.k8s.io", version="v1", plural="selfsubjectrulesreviews",
+    kind="SelfSubjectRulesReview", namespaced=False, verbs=("create",))
+SUBJECT_ACCESS_REVIEWS: Final = ResourceType(
+    group="authorization.k8s.io", version="v1", plural="subjectaccessreviews",
+    kind="SubjectAccessReview", namespaced=False, verbs=("create",))
+REVIEWS: Final = (SELF_SUBJECT_ACCESS_REVIEWS, SELF_SUBJECT_RULES_REVIEWS,
+                  SUBJECT_ACCESS_REVIEWS)
+
+BUILTINS: Final = (NAMESPACES, CONFIGMAPS, CORE_EVENTS, SERVICE_ACCOUNTS, EVENTS_V1, *REVIEWS,
+                   *RBAC_TYPES, LEASES, CRDS)
