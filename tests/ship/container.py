@@ -16,7 +16,8 @@ the names given as aliases (a Service's name). From the Pod template it takes:
   else `default`) own token, the CA and the namespace where the kubelet mounts them, and
   KUBERNETES_SERVICE_HOST and _PORT: the process logs in as in a cluster, over TLS, to
   the embedded API server, which authenticates each token as its service account and
-  authorizes it by the manifests' RBAC (`security` writes its files), as a real one does;
+  authorizes it by RBAC (`security`: the manifests' Roles and bindings, applied with
+  kubectl as to a cluster), as a real one does;
 - the httpGet probes (`Prober`): startup, then readiness and liveness, each on its period
   with its timeout; where liveness fails `failureThreshold` times in a row, the kubelet
   would have restarted the container, and `Prober.restarts` says when and why.
@@ -43,7 +44,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
-import yaml
 
 from capguard.localcluster import authz
 
@@ -138,6 +138,10 @@ def certificates(folder: Path, *, address: str) -> tuple[Path, Path, Path]:
     return folder / "ca.crt", folder / "server.crt", folder / "server.key"
 
 
+# What a manifest grants access with: applied before its Pods start, as to a cluster.
+ACCESS_KINDS: Final = frozenset({"ServiceAccount", *authz.RBAC_KINDS})
+
+
 def accounts(objects: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], str]:
     """A token for each ServiceAccount among the rendered objects, and for each namespace's
     `default` one (the service account controller makes it): (namespace, name) -> token."""
@@ -148,21 +152,20 @@ def accounts(objects: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], str]
             for namespace, name in sorted(found)}
 
 
-def security(folder: Path, *, address: str, objects: Sequence[Mapping[str, Any]],
+def security(folder: Path, *, address: str,
              tokens: Mapping[tuple[str, str], str]) -> tuple[Path, list[str]]:
     """The embedded API server's flags to serve as a cluster's does: HTTPS with a
     certificate for `address` that the mounted CA signs, the service accounts' tokens, and
-    the RBAC objects among `objects`. Returns the CA and the flags."""
+    RBAC authorization by the Roles and bindings applied to it (`ACCESS_KINDS`).
+    Returns the CA and the flags."""
     ca, cert, key = certificates(folder, address=address)
     chain = folder / "chain.crt"  # the kubeconfig the server writes trusts what it serves
     chain.write_bytes(cert.read_bytes() + ca.read_bytes())
     (folder / "tokens.csv").write_text("".join(
         f"{token},system:serviceaccount:{namespace}:{name},{namespace}-{name}\n"
         for (namespace, name), token in tokens.items()))
-    (folder / "rbac.yaml").write_text(yaml.safe_dump_all(
-        [o for o in objects if o.get("kind") in authz.RBAC_KINDS], sort_keys=False))
     return ca, [f"--tls-cert-file={chain}", f"--tls-private-key-file={key}",
-                f"--token-auth-file={folder / 'tokens.csv'}", f"--rbac={folder / 'rbac.yaml'}"]
+                f"--token-auth-file={folder / 'tokens.csv'}", "--authorization-mode=RBAC"]
 
 
 @dataclasses.dataclass(frozen=True)

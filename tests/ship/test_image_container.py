@@ -111,8 +111,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     tokens = container.accounts(rendered)
     with container.network(binary, prefix) as network:
         kubeconfig, audit = folder / "kubeconfig", folder / "audit.jsonl"
-        ca, flags = container.security(folder, address=network.gateway, objects=rendered,
-                                       tokens=tokens)
+        ca, flags = container.security(folder, address=network.gateway, tokens=tokens)
         server = subprocess.Popen(
             [sys.executable, "-m", "capguard.localcluster", f"--host={network.gateway}",
              "--port=0", f"--crds={ROOT / 'crds'}", f"--kubeconfig={kubeconfig}",
@@ -141,6 +140,7 @@ def operators(cluster: Cluster) -> dict[str, str]:
     deployment = single(_rendered(), "Deployment")
     namespace = deployment["metadata"]["namespace"]
     cluster.kubectl("create", "namespace", namespace)
+    cluster.apply([o for o in _rendered() if o["kind"] in container.ACCESS_KINDS], namespace)
     cluster.kubectl("create", "namespace", SAMPLES)
     cluster.kubectl("apply", "-k", str(ROOT / "deploy" / "samples"), "-n", SAMPLES)
     pods = {}
@@ -244,7 +244,8 @@ def demo(cluster: Cluster, operators: dict[str, str]) -> Demo:
     objects = _rendered("demo")
     namespace = single(objects, "Namespace")["metadata"]["name"]
     cluster.kubectl("create", "namespace", namespace)
-    cluster.apply([o for o in objects if o["kind"] in CAPGUARD_KINDS], namespace)
+    cluster.apply([o for o in objects
+                   if o["kind"] in CAPGUARD_KINDS | container.ACCESS_KINDS], namespace)
     engines = single(objects, "StatefulSet")
     first = len(operators)
     names = []

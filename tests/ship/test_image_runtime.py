@@ -2,13 +2,16 @@
 
 `capguard run` with the Deployment's args and env, as the Deployment's uid with no passwd
 entry, the image's ENV, a read-only root and /tmp its only writable place, against an
-embedded API server: it must become Ready, take the Lease, reconcile the samples and serve
-/metrics. Then every other command a user may run in the container, and those that need an
-extra the image does not install.
+embedded API server that serves HTTPS and enforces RBAC: it logs in with its service
+account's token, deploy/'s RBAC applied with kubectl as to a cluster, and must become
+Ready, take the Lease, reconcile the samples and serve /metrics with no request refused.
+Then every other command a user may run in the container, and those that need an extra the
+image does not install.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import socket
@@ -23,7 +26,7 @@ from typing import Any, Final
 import pytest
 import yaml
 
-from . import dockerfile, pod
+from . import container, dockerfile, pod
 from .manifests import (
     ROOT,
     downward_env,
@@ -83,20 +86,51 @@ def _image_env() -> dict[str, str]:
     return {name: value for name, value in dockerfile.final_env().items() if "$" not in value}
 
 
+@dataclasses.dataclass(frozen=True)
+class Cluster:
+    """The embedded API server as a cluster's: HTTPS, tokens, RBAC enforced."""
+
+    admin: Path  # the admin's kubeconfig
+    operator: Path  # the operator's service account's, readable by the Pod's uid
+    audit: Path
+
+    def refused(self) -> list[str]:
+        """Requests answered 401 or 403."""
+        records = [json.loads(line) for line in self.audit.read_text().splitlines() if line]
+        return [f"{r.get('user', {}).get('username')} {r['method']} {r['path']}: {r['code']}"
+                for r in records if r["code"] in (401, 403)]
+
+
 @pytest.fixture(scope="module")
-def kubeconfig(the_pod: pod.Pod) -> Iterator[Path]:
-    """An embedded API server on loopback with the CRDs; its kubeconfig, readable by all."""
-    path = the_pod.stage / "kubeconfig"
+def cluster(the_pod: pod.Pod, rendered: list[dict[str, Any]]) -> Iterator[Cluster]:
+    """An embedded API server on loopback with the CRDs, serving as a cluster's does."""
+    folder = the_pod.stage / "cluster"
+    folder.mkdir()
+    tokens = container.accounts(rendered)
+    _, flags = container.security(folder, address="127.0.0.1", tokens=tokens)
+    admin, audit = folder / "kubeconfig", folder / "audit.jsonl"
     server = subprocess.Popen(
         [sys.executable, "-m", "capguard.localcluster", "--host=127.0.0.1", "--port=0",
-         f"--crds={ROOT / 'crds'}", f"--kubeconfig={path}"],
+         f"--crds={ROOT / 'crds'}", f"--kubeconfig={admin}", f"--audit-log={audit}", *flags],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert server.stdout is not None
         first = server.stdout.readline()
-        assert "serving at" in first, f"the embedded API server did not start: {first}"
-        path.chmod(0o644)
-        yield path
+        assert "serving at https://" in first, f"the embedded API server did not start: {first}"
+        account = single(rendered, "ServiceAccount")["metadata"]
+        config = yaml.safe_load(admin.read_text())
+        config["users"][0]["user"]["token"] = tokens[(account["namespace"], account["name"])]
+        operator = folder / "operator-kubeconfig"
+        operator.write_text(yaml.safe_dump(config))
+        for path in (folder, *folder.iterdir()):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        # deploy/'s access, applied before its Pod starts, as to a cluster
+        _kubectl(admin, "create", "namespace", account["namespace"])
+        access = folder / "access.yaml"
+        access.write_text(yaml.safe_dump_all(
+            [o for o in rendered if o["kind"] in container.ACCESS_KINDS], sort_keys=False))
+        _kubectl(admin, "apply", "-n", account["namespace"], "-f", str(access))
+        yield Cluster(admin, operator, audit)
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -111,8 +145,8 @@ def _kubectl(kubeconfig: Path, *args: str) -> str:
 
 
 def _args(rendered: list[dict[str, Any]], *, metrics: int, kubeconfig: Path) -> list[str]:
-    """The Deployment's args, $(VAR)s expanded as the kubelet does, on free ports, and the
-    kubeconfig in place of the service account's token."""
+    """The Deployment's args, $(VAR)s expanded as the kubelet does, on free ports, and a
+    kubeconfig with the service account's token in place of its mounted token."""
     args = expand(operator_container(rendered)["args"], _downward(rendered))
     args = [re.sub(r"^(--metrics-port=)\d+$", rf"\g<1>{metrics}", arg) for arg in args]
     return [*args, f"--kubeconfig={kubeconfig}"]
@@ -128,17 +162,17 @@ def _samples_reconciled(kubeconfig: Path) -> bool:
 
 @pytest.mark.slow
 def test_capguard_run_as_the_pod_runs_it(
-    rendered: list[dict[str, Any]], the_pod: pod.Pod, kubeconfig: Path, tmp_path: Path,
+    rendered: list[dict[str, Any]], the_pod: pod.Pod, cluster: Cluster, tmp_path: Path,
 ) -> None:
+    kubeconfig = cluster.admin
     namespace = _downward(rendered)["POD_NAMESPACE"]
-    _kubectl(kubeconfig, "create", "namespace", namespace)
     _kubectl(kubeconfig, "create", "namespace", SAMPLES_NAMESPACE)
     _kubectl(kubeconfig, "apply", "-k", str(ROOT / "deploy" / "samples"),
              "-n", SAMPLES_NAMESPACE)
     metrics = _free_port()
     log = tmp_path / "capguard-run.log"
     process = the_pod.start([str(the_pod.capguard), *_args(
-        rendered, metrics=metrics, kubeconfig=kubeconfig)], log=log)
+        rendered, metrics=metrics, kubeconfig=cluster.operator)], log=log)
 
     def alive_and(check: Callable[[], bool]) -> Callable[[], bool]:
         def checked() -> bool:
@@ -169,6 +203,7 @@ def test_capguard_run_as_the_pod_runs_it(
     output = log.read_text()
     assert process.returncode == 0, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
+    assert cluster.refused() == [], "deploy/'s RBAC did not allow what the operator did"
 
 
 @pytest.mark.parametrize("argv", [
@@ -203,19 +238,20 @@ def test_a_command_the_image_lacks_an_extra_for_says_which(
 
 @pytest.mark.parametrize("output", ["json", "yaml"])
 def test_capguard_status_prints_json_and_yaml_as_the_pod_runs_it(
-    the_pod: pod.Pod, kubeconfig: Path, output: str,
+    the_pod: pod.Pod, cluster: Cluster, output: str,
 ) -> None:
     """The tables need the console extra; `-o json` and `-o yaml` do not, so a person may
-    `kubectl exec` into the operator's Pod and read the fleet as data."""
-    done = the_pod.run([str(the_pod.capguard), "status", f"--kubeconfig={kubeconfig}", "-A",
-                        "-o", output])
+    `kubectl exec` into the operator's Pod and read the fleet as data, as its service
+    account."""
+    done = the_pod.run([str(the_pod.capguard), "status", f"--kubeconfig={cluster.operator}",
+                        "-A", "-o", output])
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     document = json.loads(done.stdout) if output == "json" else yaml.safe_load(done.stdout)
     assert {"models", "breakers", "pools"} <= set(document), document
 
 
-def test_the_restricted_process_is_locked_down(the_pod: pod.Pod, kubeconfig: Path) -> None:
+def test_the_restricted_process_is_locked_down(the_pod: pod.Pod, cluster: Cluster) -> None:
     """What the tests above run under: no passwd entry, the image's ENV and the Pod's env
     alone, writes only to /tmp."""
     python = str(the_pod.capguard.parent / "python")
@@ -239,7 +275,8 @@ def test_the_restricted_process_is_locked_down(the_pod: pod.Pod, kubeconfig: Pat
         "import capguard\n"
         "print(capguard.__file__)\n"
     )
-    places = ["/", "/tmp", "/dev/shm", str(the_pod.stage), str(kubeconfig.parent), str(ROOT)]
+    places = ["/", "/tmp", "/dev/shm", str(the_pod.stage), str(cluster.operator.parent),
+              str(ROOT)]
     done = the_pod.run([python, "-c", probe, *places])
     assert done.returncode == 0, done.stderr
     identity, writable, imported = done.stdout.splitlines()
