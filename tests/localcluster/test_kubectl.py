@@ -237,6 +237,9 @@ def test_apply_crds_then_wait_for_established(kubectl: Kubectl, crds: CrdInstall
     assert again.stdout.count(" unchanged") == len(CRD_NAMES), again.stdout
     listed = by_name(kubectl.run("get", "crd").stdout)
     assert set(CRD_NAMES) <= set(listed)
+    # the default table convertor's Created At: the time itself, not an age
+    for line in kubectl.run("get", "crd", "--no-headers").stdout.splitlines():
+        assert re.fullmatch(r"\S+ +\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", line), line
 
 
 def test_apply_samples_creates_then_leaves_unchanged_then_configures(

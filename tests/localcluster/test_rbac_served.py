@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import shutil
 import ssl
 import subprocess
@@ -116,7 +117,11 @@ def test_rbac_objects_applied_with_kubectl_authorize_from_then_on(
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                   "name": "lease-reader"}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "capguard-engine"}]
-    assert "lease-reader" in _ok(cluster, "get", "roles", "-n", "demo")
+    # as RBAC's printer shows them: when it was made, not an age
+    (header, row) = _ok(cluster, "get", "roles", "-n", "demo").splitlines()
+    assert header.split() == ["NAME", "CREATED", "AT"]
+    assert row.split()[0] == "lease-reader"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", row.split()[1]), row
     _ok(cluster, "delete", "rolebinding", "lease-reader", "-n", "demo")
     refused = _kubectl(cluster, *as_engine)
     assert refused.returncode == 1

@@ -82,6 +82,8 @@ def _cell(column: dict[str, Any], obj: dict[str, Any], *, now: datetime.datetime
         found = next(path.find(obj), _MISSING)
         if found is _MISSING or found is None:
             return None
+        if column.get("verbatim"):   # a built-in printer's cell, as it is
+            return found
         return format_cell(str(column.get("type", "string")), found, now=now)
     except RecursionError:  # `..` or JSON text of a value nested beyond Python's stack
         return None

@@ -18,6 +18,10 @@ ALL_VERBS: Final = ("create", "delete", "deletecollection", "get", "list", "patc
 CUSTOM_VERBS: Final = ("delete", "deletecollection", "get", "list", "patch", "create", "update",
                        "watch")
 AGE_COLUMN: Final = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+# The default table convertor's (CRDs) and RBAC's printers' column: a date column whose
+# cells are the RFC 3339 time itself, not an age (`verbatim`: no formatting of the cell).
+CREATED_AT_COLUMN: Final = {"name": "Created At", "type": "date",
+                            "jsonPath": ".metadata.creationTimestamp", "verbatim": True}
 
 Converter = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -279,8 +283,7 @@ CRDS: Final = ResourceType(
     kind="CustomResourceDefinition", namespaced=False, short_names=("crd", "crds"),
     categories=("api-extensions",), storage_version_hash="M5uH+AlWATY=",
     tracks_generation=True, status_subresource=True,
-    printer_columns=({"name": "Created At", "type": "date",
-                      "jsonPath": ".metadata.creationTimestamp"},))
+    printer_columns=(CREATED_AT_COLUMN,))
 
 # RBAC's kinds (`authz` authorizes by them) and the accounts they bind.
 SERVICE_ACCOUNTS: Final = ResourceType(
@@ -289,11 +292,11 @@ SERVICE_ACCOUNTS: Final = ResourceType(
 RBAC_GROUP: Final = "rbac.authorization.k8s.io"
 ROLES: Final = ResourceType(group=RBAC_GROUP, version="v1", plural="roles", kind="Role",
                             namespaced=True, path_segment_names=True,
-                            printer_columns=CRDS.printer_columns)
+                            printer_columns=(CREATED_AT_COLUMN,))
 CLUSTER_ROLES: Final = ResourceType(group=RBAC_GROUP, version="v1", plural="clusterroles",
                                     kind="ClusterRole", namespaced=False,
                                     path_segment_names=True,
-                                    printer_columns=CRDS.printer_columns)
+                                    printer_columns=(CREATED_AT_COLUMN,))
 ROLE_BINDINGS: Final = ResourceType(
     group=RBAC_GROUP, version="v1", plural="rolebindings", kind="RoleBinding", namespaced=True,
     path_segment_names=True)
