@@ -15,9 +15,9 @@ the names given as aliases (a Service's name). From the Pod template it takes:
 - unless `automountServiceAccountToken: false`, its service account's (`serviceAccountName`,
   else `default`) own token, the CA and the namespace where the kubelet mounts them, and
   KUBERNETES_SERVICE_HOST and _PORT: the process logs in as in a cluster, over TLS, to
-  the embedded API server, which authenticates each token as its service account and
-  authorizes it by RBAC (`security`: the manifests' Roles and bindings, applied with
-  kubectl as to a cluster), as a real one does;
+  the embedded API server, which issued the token (TokenRequest, as a kubelet asks for
+  it), authenticates it as its service account and authorizes it by RBAC (`security`: the
+  manifests' Roles and bindings, applied with kubectl as to a cluster), as a real one does;
 - the httpGet probes (`Prober`): startup, then readiness and liveness, each on its period
   with its timeout; where liveness fails `failureThreshold` times in a row, the kubelet
   would have restarted the container, and `Prober.restarts` says when and why.
@@ -32,7 +32,6 @@ import dataclasses
 import ipaddress
 import json
 import re
-import secrets
 import shutil
 import subprocess
 import threading
@@ -47,7 +46,7 @@ import pytest
 
 from capguard.localcluster import authz
 
-from .manifests import downward_env, expand
+from .manifests import downward_env, expand, require_tool
 
 SECRETS: Final = "/var/run/secrets/kubernetes.io/serviceaccount"
 _UNITS: Final = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "k": 10**3, "M": 10**6, "G": 10**9}
@@ -142,30 +141,29 @@ def certificates(folder: Path, *, address: str) -> tuple[Path, Path, Path]:
 ACCESS_KINDS: Final = frozenset({"ServiceAccount", *authz.RBAC_KINDS})
 
 
-def accounts(objects: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], str]:
-    """A token for each ServiceAccount among the rendered objects, and for each namespace's
-    `default` one (the service account controller makes it): (namespace, name) -> token."""
-    found = {(o["metadata"]["namespace"], o["metadata"]["name"])
-             for o in objects if o.get("kind") == "ServiceAccount"}
-    found |= {(o["metadata"]["name"], "default") for o in objects if o.get("kind") == "Namespace"}
-    return {(namespace, name): f"token-{namespace}-{name}-{secrets.token_hex(8)}"
-            for namespace, name in sorted(found)}
+def token_request(kubeconfig: Path, namespace: str, account: str) -> str:
+    """A token of the ServiceAccount, from the API server's TokenRequest API (`kubectl
+    create token`), as a kubelet gets the one it mounts: a Pod of an account that is not
+    there does not start."""
+    kubectl = require_tool("kubectl", install="kubectl >= 1.28")
+    done = subprocess.run([kubectl, f"--kubeconfig={kubeconfig}", "create", "token", account,
+                           "-n", namespace], capture_output=True, text=True, check=False,
+                          timeout=30)
+    assert done.returncode == 0, (f"no token for ServiceAccount {account} in {namespace}: "
+                                  f"a Pod of it would not start: {done.stderr}")
+    return done.stdout.strip()
 
 
-def security(folder: Path, *, address: str,
-             tokens: Mapping[tuple[str, str], str]) -> tuple[Path, list[str]]:
+def security(folder: Path, *, address: str) -> tuple[Path, list[str]]:
     """The embedded API server's flags to serve as a cluster's does: HTTPS with a
-    certificate for `address` that the mounted CA signs, the service accounts' tokens, and
-    RBAC authorization by the Roles and bindings applied to it (`ACCESS_KINDS`).
-    Returns the CA and the flags."""
+    certificate for `address` that the mounted CA signs, and RBAC authorization by the
+    Roles and bindings applied to it (`ACCESS_KINDS`); service accounts log in with the
+    tokens it issues (`token_request`). Returns the CA and the flags."""
     ca, cert, key = certificates(folder, address=address)
     chain = folder / "chain.crt"  # the kubeconfig the server writes trusts what it serves
     chain.write_bytes(cert.read_bytes() + ca.read_bytes())
-    (folder / "tokens.csv").write_text("".join(
-        f"{token},system:serviceaccount:{namespace}:{name},{namespace}-{name}\n"
-        for (namespace, name), token in tokens.items()))
     return ca, [f"--tls-cert-file={chain}", f"--tls-private-key-file={key}",
-                f"--token-auth-file={folder / 'tokens.csv'}", "--authorization-mode=RBAC"]
+                "--authorization-mode=RBAC"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,7 +268,7 @@ class Kubelet:
     api: tuple[str, int]  # the API server, as KUBERNETES_SERVICE_HOST and _PORT
     ca: Path
     secrets: Path  # a folder per service account: token, ca.crt, namespace
-    tokens: Mapping[tuple[str, str], str]  # (namespace, service account) -> its token
+    kubeconfig: Path  # the admin's: the kubelet asks for each Pod's token with it
     started: list[str] = dataclasses.field(default_factory=list)
     probers: dict[str, Prober] = dataclasses.field(default_factory=dict)  # by container
 
@@ -308,13 +306,10 @@ class Kubelet:
         return f"{self.prefix}-{name}"
 
     def _secrets(self, namespace: str, account: str) -> Path:
-        token = self.tokens.get((namespace, account))
-        assert token is not None, (f"no ServiceAccount {account} in {namespace}: a Pod of it "
-                                   f"would not start")
         folder = self.secrets / namespace / account
         if not folder.exists():
             folder.mkdir(parents=True)
-            (folder / "token").write_text(token)
+            (folder / "token").write_text(token_request(self.kubeconfig, namespace, account))
             (folder / "namespace").write_text(namespace)
             shutil.copy(self.ca, folder / "ca.crt")
             for path in (folder, *folder.iterdir()):

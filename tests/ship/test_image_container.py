@@ -107,11 +107,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     container.require_image(binary, spec["image"])
     folder = tmp_path_factory.mktemp("cluster")
     prefix = f"capguard-test-{os.getpid()}"
-    rendered = [*_rendered(), *_rendered("demo")]
-    tokens = container.accounts(rendered)
     with container.network(binary, prefix) as network:
         kubeconfig, audit = folder / "kubeconfig", folder / "audit.jsonl"
-        ca, flags = container.security(folder, address=network.gateway, tokens=tokens)
+        ca, flags = container.security(folder, address=network.gateway)
         server = subprocess.Popen(
             [sys.executable, "-m", "capguard.localcluster", f"--host={network.gateway}",
              "--port=0", f"--crds={ROOT / 'crds'}", f"--kubeconfig={kubeconfig}",
@@ -124,7 +122,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             port = int(first.strip().rsplit(":", 1)[1].rstrip("/"))
             kubelet = container.Kubelet(
                 binary=binary, network=network, prefix=prefix, api=(network.gateway, port),
-                ca=ca, secrets=folder / "secrets", tokens=tokens)
+                ca=ca, secrets=folder / "secrets", kubeconfig=kubeconfig)
             try:
                 yield Cluster(kubelet, kubeconfig, audit)
             finally:

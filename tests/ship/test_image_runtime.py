@@ -106,8 +106,7 @@ def cluster(the_pod: pod.Pod, rendered: list[dict[str, Any]]) -> Iterator[Cluste
     """An embedded API server on loopback with the CRDs, serving as a cluster's does."""
     folder = the_pod.stage / "cluster"
     folder.mkdir()
-    tokens = container.accounts(rendered)
-    _, flags = container.security(folder, address="127.0.0.1", tokens=tokens)
+    _, flags = container.security(folder, address="127.0.0.1")
     admin, audit = folder / "kubeconfig", folder / "audit.jsonl"
     server = subprocess.Popen(
         [sys.executable, "-m", "capguard.localcluster", "--host=127.0.0.1", "--port=0",
@@ -117,19 +116,21 @@ def cluster(the_pod: pod.Pod, rendered: list[dict[str, Any]]) -> Iterator[Cluste
         assert server.stdout is not None
         first = server.stdout.readline()
         assert "serving at https://" in first, f"the embedded API server did not start: {first}"
+        # deploy/'s access, applied before its Pod starts, as to a cluster; then the token
+        # a kubelet would mount (TokenRequest), in a kubeconfig in place of the mount
         account = single(rendered, "ServiceAccount")["metadata"]
-        config = yaml.safe_load(admin.read_text())
-        config["users"][0]["user"]["token"] = tokens[(account["namespace"], account["name"])]
-        operator = folder / "operator-kubeconfig"
-        operator.write_text(yaml.safe_dump(config))
-        for path in (folder, *folder.iterdir()):
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        # deploy/'s access, applied before its Pod starts, as to a cluster
         _kubectl(admin, "create", "namespace", account["namespace"])
         access = folder / "access.yaml"
         access.write_text(yaml.safe_dump_all(
             [o for o in rendered if o["kind"] in container.ACCESS_KINDS], sort_keys=False))
         _kubectl(admin, "apply", "-n", account["namespace"], "-f", str(access))
+        config = yaml.safe_load(admin.read_text())
+        config["users"][0]["user"]["token"] = container.token_request(
+            admin, account["namespace"], account["name"])
+        operator = folder / "operator-kubeconfig"
+        operator.write_text(yaml.safe_dump(config))
+        for path in (folder, *folder.iterdir()):
+            path.chmod(0o755 if path.is_dir() else 0o644)
         yield Cluster(admin, operator, audit)
     finally:
         server.terminate()

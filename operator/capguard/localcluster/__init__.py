@@ -4,21 +4,23 @@ its demo and `kubectl` run against, with no Docker and no real kube-apiserver.
 It serves, over plain HTTP on loopback: discovery (including aggregated discovery as
 Kubernetes 1.30 does), CustomResourceDefinitions whose resources appear and disappear
 with them, Namespaces, core and events.k8s.io Events, Leases, ConfigMaps,
-ServiceAccounts and RBAC's Roles, ClusterRoles and bindings (`rbac`: enforced as they
-change where RBAC is on, and the access reviews `kubectl auth can-i` sends); object
+ServiceAccounts (each namespace gets its `default` one, and `kubectl create token` its
+tokens: `tokens`) and RBAC's Roles, ClusterRoles and bindings (`rbac`: enforced as they
+change where RBAC is on, and the reviews `kubectl auth can-i` and `whoami` send); object
 CRUD with resourceVersion preconditions, generation, status and scale subresources,
 finalizers, ownerReference cascades, label and field selectors, pagination, watches with
 bookmarks, Tables for `kubectl get`, schema defaulting, pruning and validation (CEL
 included), server-side field validation and dry runs; OpenAPI v3 in JSON and v2 in JSON
 or the protobuf kubectl asks for (client-side validation of a `kind: List`).
 
-Like kube-controller-manager, it runs a namespace lifecycle controller (`namespaces.py`):
+Like kube-controller-manager, it gives each Namespace a `default` ServiceAccount and runs a
+namespace lifecycle controller (`namespaces.py`):
 a deleted Namespace shows phase Terminating with the `NamespaceContentRemaining` and
 `NamespaceFinalizersRemaining` conditions while every object in it, built-in or custom,
 is deleted (objects with finalizers get a deletionTimestamp and are waited for; watchers
 see each DELETED), then its `kubernetes` finalizer is removed and it goes, so `kubectl
 delete namespace` returns as on kind. `LocalCluster(namespace_controller=False)` or
-`--no-namespace-controller` turns it off: a deleted Namespace then stays Terminating
+`--no-namespace-controller` turns both off: a deleted Namespace then stays Terminating
 until its `/finalize` is called, as on a bare apiserver (reference 199).
 
 Its ground truth is `shared/k8s-reference/`, recorded from a real kube-apiserver 1.24;

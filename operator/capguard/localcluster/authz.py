@@ -12,6 +12,9 @@ the path would be 404.
   authenticated user is in `system:authenticated`; a service account's user name
   `system:serviceaccount:NS:NAME` also puts it in `system:serviceaccounts` and
   `system:serviceaccounts:NS`, as the token authenticator does.
+- **Service-account tokens** the server issued (`tokens`, the TokenRequest API that
+  `kubectl create token` and kubelets use) authenticate as their account, until they
+  expire or the account is deleted.
 - **Impersonation.** `Impersonate-User`, `-Group` and `-Uid` (kubectl's `--as`,
   `--as-group`) make the request another user's, each first authorized as the verb
   `impersonate` on users (or the service account), groups and uids.
@@ -273,6 +276,9 @@ BOOTSTRAP: Final = (
     (Rule(verbs=("create",), api_groups=("authorization.k8s.io",),
           resources=("selfsubjectaccessreviews", "selfsubjectrulesreviews"),
           source="ClusterRole/system:basic-user"), AUTHENTICATED),
+    (Rule(verbs=("create",), api_groups=("authentication.k8s.io",),
+          resources=("selfsubjectreviews",), source="ClusterRole/system:basic-user"),
+     AUTHENTICATED),
     (Rule(verbs=("get",), non_resource_urls=_PUBLIC_INFO,
           source="ClusterRole/system:public-info-viewer"), AUTHENTICATED),
     (Rule(verbs=("get",), non_resource_urls=_PUBLIC_INFO,
@@ -364,6 +370,8 @@ class Authorizer:
     # The policy as it stands now (the served RBAC objects); None: every authenticated
     # request is allowed.
     policy: Callable[[], Policy] | None
+    # Tokens the server issued itself (TokenRequest): whose one is, or None.
+    issued: Callable[[str], User | None] | None = None
     # Each user's rules, worked out once for the policy they were worked out from.
     _rules: dict[User, tuple[Rule, ...]] = dataclasses.field(default_factory=dict,
                                                               compare=False, repr=False)
@@ -376,6 +384,8 @@ class Authorizer:
         if len(parts) < 2 or parts[0].lower() != "bearer" or not parts[1]:
             return User(ANONYMOUS, (UNAUTHENTICATED,))
         user = self.tokens.get(parts[1])
+        if user is None and self.issued is not None:
+            user = self.issued(parts[1])
         if user is None:
             raise unauthorized()
         return user

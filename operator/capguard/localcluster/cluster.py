@@ -31,6 +31,7 @@ from capguard.localcluster import (
     store,
 )
 from capguard.localcluster import rbac as rbac_objects
+from capguard.localcluster import tokens as tokens_issued
 
 # Namespaces every cluster starts with; Kopf and kubectl expect `default` to exist.
 INITIAL_NAMESPACES: Final = ("default", "kube-system", "kube-public", "kube-node-lease")
@@ -86,7 +87,10 @@ class LocalCluster:
         self.crd_controller = crds.Controller(self.api)
         self.namespace_controller = (namespaces.Controller(self.api) if namespace_controller
                                      else None)
+        if namespace_controller:   # kube-controller-manager's, as the one above
+            tokens_issued.DefaultAccounts(self.api)
         self.rbac = rbac_objects.Served(self.api)
+        self.tokens = tokens_issued.Issuer(self.api)
         self._audit_file: IO[str] | None = None
         self.admin_token = kubeconfig.TOKEN
         authorizer = None
@@ -96,9 +100,11 @@ class LocalCluster:
             authorizer = authz.Authorizer(
                 tokens={**(tokens or {}), self.admin_token: authz.User(
                     ADMIN, (authz.MASTERS, authz.AUTHENTICATED))},
-                policy=self.rbac.policy if rbac is not None else None)
+                policy=self.rbac.policy if rbac is not None else None,
+                issued=self.tokens.user)
         self.server = server.Server(api=self.api, server_address=lambda: self.address,
-                                    audit_buffer=audit_buffer, authorizer=authorizer)
+                                    audit_buffer=audit_buffer, authorizer=authorizer,
+                                    issuer=self.tokens)
         self._runner: web.AppRunner | None = None
         self._tempdir: str | None = None
         self.kubeconfig_path: pathlib.Path | None = None

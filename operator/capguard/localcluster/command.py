@@ -74,7 +74,9 @@ def parser() -> argparse.ArgumentParser:
     result.add_argument("--no-namespace-controller", dest="namespace_controller",
                         action="store_false",
                         help="leave deleted namespaces Terminating until /finalize is called, "
-                             "as a bare kube-apiserver does (default: empty and finalize them)")
+                             "and new ones without a default ServiceAccount, as a bare "
+                             "kube-apiserver does (default: empty and finalize them, and give "
+                             "each its default ServiceAccount)")
     result.add_argument("--token-auth-file", type=_readable, default=None,
                         help="authenticate bearer tokens from this file, as kube-apiserver's "
                              "flag of that name: token,user,uid,\"group1,group2\" a line "

@@ -1,7 +1,7 @@
 """Just enough of Kubernetes' protobuf encoding to read what `kubectl create namespace`,
 `kubectl create configmap`, `create serviceaccount`, `create role`, `create rolebinding`
-(and their cluster kinds) and `kubectl auth can-i` send (typed clients post built-ins as
-protobuf).
+(and their cluster kinds), `kubectl create token` and `kubectl auth can-i` send (typed
+clients post built-ins as protobuf).
 
 Decodes the `k8s\\x00` envelope (runtime.Unknown) and those messages with the ObjectMeta
 fields a client sets; anything else is refused with 415.
@@ -122,6 +122,10 @@ _MESSAGES: Final[dict[tuple[str, str], Message]] = {
         1: ("metadata", "meta"), 2: ("subjects", [_SUBJECT]), 3: ("roleRef", _ROLE_REF)},
     ("authorization.k8s.io/v1", "SelfSubjectAccessReview"): {1: ("metadata", "meta"),
                                                              2: ("spec", _ACCESS)},
+    ("authentication.k8s.io/v1", "SelfSubjectReview"): {1: ("metadata", "meta")},
+    ("authentication.k8s.io/v1", "TokenRequest"): {
+        1: ("metadata", "meta"),
+        2: ("spec", {1: ("audiences", "strings"), 4: ("expirationSeconds", "int")})},
     ("authorization.k8s.io/v1", "SelfSubjectRulesReview"): {
         1: ("metadata", "meta"), 2: ("spec", {1: ("namespace", "string")})},
     ("authorization.k8s.io/v1", "SubjectAccessReview"): {
@@ -144,6 +148,8 @@ def _message(raw: bytes, shape: Message) -> dict[str, Any]:
             obj.setdefault(name, []).append(value.decode())
         elif kind == "bool":
             obj[name] = bool(value)
+        elif kind == "int":
+            obj[name] = value
         elif kind == "meta":
             obj[name] = _object_meta(value)
         elif isinstance(kind, list):

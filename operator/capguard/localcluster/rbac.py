@@ -16,7 +16,8 @@ them as they change, and the reviews `kubectl auth can-i` sends are answered.
   not. Only while RBAC is enforced: with every request allowed, so is every write.
 - **Reviews**: SelfSubjectAccessReview (`kubectl auth can-i`), SelfSubjectRulesReview
   (`kubectl auth can-i --list`) and SubjectAccessReview, answered from the same rules the
-  authorizer uses; they are created, never stored.
+  authorizer uses, and SelfSubjectReview (`kubectl auth whoami`); they are created, never
+  stored.
 """
 from __future__ import annotations
 
@@ -358,6 +359,12 @@ def review(rt: resources.ResourceType, body: Any, *, user: authz.User | None,
                            str(spec.get("uid") or ""))
     answer = {"kind": rt.kind, "apiVersion": rt.api_version,
               "metadata": {"creationTimestamp": None}, "spec": spec}
+    if rt is resources.SELF_SUBJECT_REVIEWS:   # who am I: no spec, the user as authenticated
+        info: dict[str, Any] = {"username": asker.name, "groups": list(asker.groups)}
+        if asker.uid:
+            info["uid"] = asker.uid
+        return {"kind": rt.kind, "apiVersion": rt.api_version,
+                "metadata": {"creationTimestamp": None}, "status": {"userInfo": info}}
     if rt is resources.SELF_SUBJECT_RULES_REVIEWS:
         answer["status"] = _rules_review(asker, str(spec.get("namespace") or ""), authorizer)
         return answer

@@ -236,8 +236,9 @@ def _core_event_view(stored: dict[str, Any]) -> dict[str, Any]:
 
 # ---- The built-in kinds capguard and Kopf need; anything else answers 404 ---------------
 
-BUILTIN_GROUPS: Final = ("events.k8s.io", "authorization.k8s.io", "rbac.authorization.k8s.io",
-                          "apiextensions.k8s.io", "coordination.k8s.io")
+BUILTIN_GROUPS: Final = ("events.k8s.io", "authentication.k8s.io", "authorization.k8s.io",
+                          "rbac.authorization.k8s.io", "apiextensions.k8s.io",
+                          "coordination.k8s.io")
 
 NAMESPACES: Final = ResourceType(
     group="", version="v1", plural="namespaces", kind="Namespace", namespaced=False,
@@ -288,7 +289,13 @@ CRDS: Final = ResourceType(
 # RBAC's kinds (`authz` authorizes by them) and the accounts they bind.
 SERVICE_ACCOUNTS: Final = ResourceType(
     group="", version="v1", plural="serviceaccounts", kind="ServiceAccount", namespaced=True,
-    short_names=("sa",))
+    short_names=("sa",),
+    extra_subresources=(Subresource("token", ("create",), kind="TokenRequest",
+                                    group="authentication.k8s.io", version="v1"),))
+# What a token subresource is asked with and answers (`tokens`); not served on its own.
+TOKEN_REQUESTS: Final = ResourceType(
+    group="authentication.k8s.io", version="v1", plural="tokenrequests", kind="TokenRequest",
+    namespaced=True, verbs=())
 RBAC_GROUP: Final = "rbac.authorization.k8s.io"
 ROLES: Final = ResourceType(group=RBAC_GROUP, version="v1", plural="roles", kind="Role",
                             namespaced=True, path_segment_names=True,
@@ -314,8 +321,11 @@ SELF_SUBJECT_RULES_REVIEWS: Final = ResourceType(
 SUBJECT_ACCESS_REVIEWS: Final = ResourceType(
     group="authorization.k8s.io", version="v1", plural="subjectaccessreviews",
     kind="SubjectAccessReview", namespaced=False, verbs=("create",))
-REVIEWS: Final = (SELF_SUBJECT_ACCESS_REVIEWS, SELF_SUBJECT_RULES_REVIEWS,
-                  SUBJECT_ACCESS_REVIEWS)
+SELF_SUBJECT_REVIEWS: Final = ResourceType(  # `kubectl auth whoami`
+    group="authentication.k8s.io", version="v1", plural="selfsubjectreviews",
+    kind="SelfSubjectReview", namespaced=False, verbs=("create",))
+REVIEWS: Final = (SELF_SUBJECT_REVIEWS, SELF_SUBJECT_ACCESS_REVIEWS,
+                  SELF_SUBJECT_RULES_REVIEWS, SUBJECT_ACCESS_REVIEWS)
 
 BUILTINS: Final = (NAMESPACES, CONFIGMAPS, CORE_EVENTS, SERVICE_ACCOUNTS, EVENTS_V1, *REVIEWS,
                    *RBAC_TYPES, LEASES, CRDS)

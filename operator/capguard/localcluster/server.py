@@ -39,6 +39,7 @@ from capguard.localcluster import (
     selectors,
     store,
     tables,
+    tokens,
     watch,
 )
 
@@ -61,9 +62,11 @@ class Server:
     def __init__(self, *, api: objects.Objects, server_address: Callable[[], str],
                  audit_file: IO[str] | None = None,
                  audit_buffer: int = DEFAULT_AUDIT_BUFFER,
-                 authorizer: authz.Authorizer | None = None) -> None:
+                 authorizer: authz.Authorizer | None = None,
+                 issuer: tokens.Issuer | None = None) -> None:
         self.api = api
         self.authorizer = authorizer
+        self.tokens = issuer or tokens.Issuer(api)
         self.server_address = server_address
         self.audit: collections.deque[dict[str, Any]] = collections.deque(maxlen=audit_buffer)
         self.audit_file = audit_file
@@ -284,6 +287,11 @@ class Server:
         return await stream.serve(request, opened=opened)
 
     async def _create(self, request: web.Request, target: routing.Target) -> web.StreamResponse:
+        if target.subresource == "token":   # a TokenRequest: answered, not stored
+            asked = await _read_object(request, resources.TOKEN_REQUESTS)
+            answer = self.tokens.request(namespace=target.scope_namespace,
+                                         name=target.name or "", body=asked.value)
+            return _json_response(answer, status=201)
         if target.rt in resources.REVIEWS:   # asked, answered, not stored
             asked = await _read_object(request, target.rt)
             answer = rbac.review(target.rt, asked.value, user=rbac.REQUESTER.get(),
@@ -368,6 +376,8 @@ def _verb(method: str, target: routing.Target, *, watching: bool) -> str:
                  "DELETE": "deletecollection"}
     else:
         verbs = {"GET": "get", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+        if target.subresource is not None:
+            verbs["POST"] = "create"   # e.g. a ServiceAccount's token
     verb = verbs.get(method)
     if verb is None:
         raise errors.method_not_allowed(method)
