@@ -317,8 +317,13 @@ class Kubelet:
         return folder
 
     def state(self, container: str) -> dict[str, Any]:
+        """Docker's State of the container; empty once it is removed (a prober may ask
+        while `stop` removes it)."""
         done = subprocess.run([self.binary, "inspect", "--format", "{{json .State}}",
-                               container], capture_output=True, text=True, check=True)
+                               container], capture_output=True, text=True, check=False)
+        if done.returncode != 0 and "no such" in done.stderr.lower():
+            return {}
+        assert done.returncode == 0, f"docker inspect {container}: {done.stderr}"
         return dict(json.loads(done.stdout))
 
     def logs(self, container: str) -> str:
