@@ -8,7 +8,12 @@ Python aiohttp client, did: create 2.0 ms, get 1.0 ms, patch 2.0 ms median; 428
 sequential and 1,206 16-way creates/s; 822 watch events/s with 16 writers; 10,000
 objects listed in 1.0 s from etcd, 0.26 s from its watch cache).
 
-    python bench/bench_localcluster.py [--requests 2000] [--objects 10000]
+    python bench/bench_localcluster.py [--requests 2000] [--objects 10000] [--rbac]
+
+`--rbac` runs the server as a cluster's does, authorizing each request: a bearer token
+(static token file) of a user whom a ClusterRoleBinding grants what the bench does,
+`--authorization-mode=RBAC` (plain HTTP: the client sends its token anyway), so the rows
+show what authentication and RBAC cost a request.
 
 The objects are InferenceEngines, capguard's most numerous kind, validated by the real
 CRD schema (and its CEL rules) from crds/.
@@ -39,6 +44,26 @@ RESOURCE: Final = "inferenceengines"
 NAMESPACE: Final = "bench"
 MERGE: Final = {"Content-Type": "application/merge-patch+json"}
 WRITERS: Final = 16
+TOKEN: Final = "bench-token"
+# What the bench does, granted to its user by RBAC (--rbac), not by system:masters.
+RBAC: Final = """
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: bench}
+rules:
+  - apiGroups: [""]
+    resources: [namespaces]
+    verbs: [create]
+  - apiGroups: [capguard.dev]
+    resources: [inferenceengines]
+    verbs: [create, get, list, watch, patch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: bench}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: bench}
+subjects: [{kind: User, name: bench-user}]
+"""
 # Runs the server's own entry point under cProfile, dumping the stats when it stops.
 PROFILED_SERVER: Final = """
 import cProfile, sys
@@ -83,12 +108,22 @@ def _number(value: float) -> str:
 class ServerProcess:
     """`python -m capguard.localcluster` on a free port, with the CRDs of crds/."""
 
-    def __init__(self, workdir: pathlib.Path, *, profile: pathlib.Path | None = None) -> None:
+    def __init__(self, workdir: pathlib.Path, *, profile: pathlib.Path | None = None,
+                 rbac: bool = False) -> None:
         entry = ["-m", "capguard.localcluster"] if profile is None else [
             "-c", PROFILED_SERVER, str(profile)]
+        self.headers: dict[str, str] = {}
+        security: list[str] = []
+        if rbac:
+            (workdir / "tokens.csv").write_text(f"{TOKEN},bench-user,bench\n")
+            (workdir / "rbac.yaml").write_text(RBAC)
+            security = [f"--token-auth-file={workdir / 'tokens.csv'}",
+                        f"--rbac={workdir / 'rbac.yaml'}"]
+            self.headers = {"Authorization": f"Bearer {TOKEN}"}
         self.process = subprocess.Popen(
             [sys.executable, *entry, "--port", "0",
-             "--kubeconfig", str(workdir / "kubeconfig"), "--crds", str(REPO / "crds")],
+             "--kubeconfig", str(workdir / "kubeconfig"), "--crds", str(REPO / "crds"),
+             *security],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONPATH": str(REPO / "operator")})
         assert self.process.stdout is not None
@@ -155,9 +190,9 @@ def engine(name: str) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def client_for(url: str) -> AsyncIterator[Client]:
+async def client_for(url: str, headers: dict[str, str]) -> AsyncIterator[Client]:
     connector = aiohttp.TCPConnector(limit=WRITERS * 2)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
         client = Client(session=session, url=url)
         await client.call("POST", f"{url}/api/v1/namespaces", expect=201, body={
             "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
@@ -199,7 +234,8 @@ async def watch_throughput(client: Client, writes: int) -> float:
     params = {"watch": "true", "resourceVersion": listing["metadata"]["resourceVersion"],
               "timeoutSeconds": "120"}
     received = 0
-    async with aiohttp.ClientSession() as watch_session, watch_session.get(
+    async with aiohttp.ClientSession(headers=client.session.headers) as watch_session, \
+            watch_session.get(
             client.path(), params=params, timeout=aiohttp.ClientTimeout(total=None)) as stream:
         async def watcher() -> float:
             nonlocal received
@@ -244,7 +280,7 @@ async def fill_to(client: Client, total: int) -> int:
 
 async def run(server: ServerProcess, *, requests: int, objects: int) -> list[Row]:
     rows = [Row("server RSS, empty", server.rss_mib(), "MiB")]
-    async with client_for(server.url) as client:
+    async with client_for(server.url, server.headers) as client:
         for index in range(50):   # warm up: imports, caches, connection
             await client.create(f"warmup-{index}")
         created = await timed_each(requests, lambda i: client.create(f"seq-{i}"))
@@ -287,11 +323,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="sequential requests per latency measurement (default 2000)")
     parser.add_argument("--objects", type=int, default=10_000,
                         help="objects to list and to measure memory with (default 10000)")
+    parser.add_argument("--rbac", action="store_true",
+                        help="authenticate a bearer token and authorize every request by RBAC")
     parser.add_argument("--profile", type=pathlib.Path, default=None,
                         help="run the server under cProfile and write its stats here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="capguard-bench-") as workdir:
-        server = ServerProcess(pathlib.Path(workdir), profile=args.profile)
+        server = ServerProcess(pathlib.Path(workdir), profile=args.profile, rbac=args.rbac)
         try:
             rows = asyncio.run(run(server, requests=args.requests, objects=args.objects))
         finally:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -125,6 +126,9 @@ class Attributes:
         return f"{self.verb} {self.api_group or 'core'}/{self.full_resource}{name}{where}"
 
 
+# Clients ask for the same paths again and again (lists, watches, a collection's creates,
+# their own Lease): each is resolved once (Attributes are immutable).
+@functools.lru_cache(maxsize=4096)
 def request_info(method: str, path: str, query: str = "") -> Attributes:
     """Resolve a request line the way the API server's RequestInfoFactory does."""
     url = urllib.parse.urlsplit(path)
