@@ -288,6 +288,18 @@ def test_the_four_kinds_are_admitted_as_the_real_server_admits_them(
          'Unsupported value: "Robot": supported values: "Group", "ServiceAccount", "User"')]
     user = _call(cluster, "GET", f"{BINDINGS}/b")[1]["subjects"][0]
     assert user == {"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "bob"}
+    # a field of the wrong type is refused as decoding refuses it, and stored nowhere
+    code, body = _call(cluster, "POST", ROLES, body=_role("r", {
+        "apiGroups": [""], "resources": ["pods"], "verbs": "get"}))
+    assert (code, body["message"]) == (400, (
+        'Role in version "v1" cannot be handled as a Role: json: cannot unmarshal string into '
+        'Go struct field Role.rules.verbs of type []string'))
+    code, body = _call(cluster, "POST", BINDINGS, body={**_binding("s", "r1"),
+                                                        "subjects": ["bob"]})
+    assert (code, body["message"]) == (400, (
+        'RoleBinding in version "v1" cannot be handled as a RoleBinding: json: cannot '
+        'unmarshal string into Go struct field RoleBinding.subjects of type v1.Subject'))
+    assert _call(cluster, "GET", f"{RBAC}/namespaces/demo/roles")[0] == 200
 
 
 def test_coverage_is_rbacs() -> None:
