@@ -4,7 +4,8 @@ What can be proven without a cluster is proven here: the overlay renders, its bu
 kinds match the Kubernetes schemas, every container's arguments are flags its
 subcommand accepts (the model server's template too), every Pod runs locked down, and
 the agents' and the gateway's RBAC is exactly what their real processes asked of a real
-HTTP API server (the embedded one, with its audit log): sufficient and minimal.
+HTTP API server (the embedded one, with its audit log), each logged in as its service
+account while that server enforced the RBAC: sufficient (nothing refused) and minimal.
 hack/kind-demo.sh runs it on kind.
 """
 
@@ -22,9 +23,11 @@ from typing import Any
 import pytest
 import yaml
 
+from capguard.localcluster import authz
 from capguard.localcluster import cluster as cluster_
 from e2e.harness import wait_until
 
+from . import container as kubelet_container
 from . import rbac
 from .manifests import ROOT, by_kind, kustomize
 
@@ -122,17 +125,24 @@ def _start(*command: str, log: Path) -> subprocess.Popen[bytes]:
 def test_the_agents_and_the_gateways_rbac_is_what_they_really_ask(
     demo: list[dict[str, Any]], tmp_path: Path,
 ) -> None:
-    """Run an agent (through a load and a move) and the gateway (through a request) against
-    an API server that records every request; check those against the demo's Roles."""
+    """Run an agent (through a load and a move) and the gateway (through a request), each
+    logged in as its own service account (a token requested as a kubelet requests it),
+    against an API server over HTTPS that enforces the demo's RBAC, applied with kubectl,
+    and records every request: nothing may be refused, and what was asked is checked
+    against the demo's Roles (sufficient and minimal)."""
     import urllib.request
 
-    own = [o for o in demo if o["kind"] in OWN_KINDS]
+    own = [o for o in demo if o["kind"] in OWN_KINDS | kubelet_container.ACCESS_KINDS]
+    ca, cert, key = kubelet_container.certificates(tmp_path, address="127.0.0.1")
+    chain = tmp_path / "chain.crt"  # the kubeconfig the server writes trusts what it serves
+    chain.write_bytes(cert.read_bytes() + ca.read_bytes())
     with cluster_.LocalCluster.start_in_thread(
-            crds_dir=ROOT / "crds", kubeconfig_path=tmp_path / "kubeconfig") as cluster:
-        kubeconfig = str(cluster.kubeconfig_path)
+            crds_dir=ROOT / "crds", kubeconfig_path=tmp_path / "kubeconfig",
+            rbac=authz.Policy(), tls=(chain, key)) as cluster:
+        admin = cluster.kubeconfig_path
 
         def kubectl(*args: str, stdin: str = "") -> str:
-            done = subprocess.run(["kubectl", f"--kubeconfig={kubeconfig}", "-n", NAMESPACE,
+            done = subprocess.run(["kubectl", f"--kubeconfig={admin}", "-n", NAMESPACE,
                                    *args], input=stdin, capture_output=True, text=True,
                                   check=False, timeout=60)
             assert done.returncode == 0, done.stderr
@@ -142,10 +152,12 @@ def test_the_agents_and_the_gateways_rbac_is_what_they_really_ask(
         serve = (f"{sys.executable} -m capguard.serving.modelserver --model {{model}} "
                  "--port {port} --load-time 0.2s")
         agent = _start("engine", "--name=engine-0", f"--namespace={NAMESPACE}",
-                       f"--kubeconfig={kubeconfig}", f"--serve-command={serve}",
-                       "--heartbeat-interval=0.5s", "--drain-grace=1s", log=tmp_path / "agent")
-        gateway = _start("gateway", f"--namespace={NAMESPACE}", f"--kubeconfig={kubeconfig}",
-                         "--port=0", log=tmp_path / "gateway")
+                       f"--kubeconfig={_as(admin, 'capguard-engine')}",
+                       f"--serve-command={serve}", "--heartbeat-interval=0.5s",
+                       "--drain-grace=1s", log=tmp_path / "agent")
+        gateway = _start("gateway", f"--namespace={NAMESPACE}",
+                         f"--kubeconfig={_as(admin, 'capguard-gateway')}", "--port=0",
+                         log=tmp_path / "gateway")
         try:
             for model in ("chat", "code"):  # the operator's part, played by kubectl
                 kubectl("patch", "ie", "engine-0", "--type=merge",
@@ -169,6 +181,9 @@ def test_the_agents_and_the_gateways_rbac_is_what_they_really_ask(
                 process.wait(timeout=30)
         records = list(cluster.audit)
 
+    refused = [f"{r.get('user', {}).get('username')} {r['method']} {r['path']}: {r['code']}"
+               for r in records if r["code"] in (401, 403)]
+    assert refused == [], "the demo's RBAC did not allow what its processes did"
     for account, agents in ((("capguard-demo", "capguard-engine"), "^capguard-engine/"),
                             (("capguard-demo", "capguard-gateway"), "^capguard-gateway/")):
         requests = list(rbac.operator_requests(records, agents=re.compile(agents),
@@ -177,6 +192,16 @@ def test_the_agents_and_the_gateways_rbac_is_what_they_really_ask(
         report = rbac.check(rules=rbac.rules_for(demo, service_account=account),
                             requests=requests)
         assert report.ok, f"{account[1]}:\n{report}"
+
+
+def _as(admin: Path, account: str) -> Path:
+    """A kubeconfig like the admin's, with a token of the demo's service account `account`
+    from the TokenRequest API in place of the admin's (as a kubelet mounts one)."""
+    config = yaml.safe_load(admin.read_text())
+    config["users"][0]["user"]["token"] = kubelet_container.token_request(admin, NAMESPACE, account)
+    path = admin.with_name(f"kubeconfig-{account}")
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 def _answered(request: Any) -> int | None:
