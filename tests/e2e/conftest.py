@@ -82,17 +82,25 @@ def _kubectl_binary() -> str:
 
 @contextlib.contextmanager
 def embedded_cluster(directory: Path, *, crds: Path | None = harness.CRDS,
-                     binary: str = "kubectl") -> Iterator[tuple[harness.Kubectl, Path]]:
+                     binary: str = "kubectl", rbac: bool = False,
+                     ) -> Iterator[tuple[harness.Kubectl, Path]]:
     """An embedded API server in a subprocess, CRDs applied with kubectl as a user would
-    (none with `crds=None`, for tests of installing them).
+    (none with `crds=None`, for tests of installing them); with `rbac`, over HTTPS and
+    authorizing every request by the RBAC objects applied to it, as a cluster does (the
+    kubectl yielded is the admin's).
 
     Yields a cluster-scoped kubectl and the server's audit log (complete once the
     server has stopped: a watch is recorded when it ends).
     """
     kubeconfig, audit_log = directory / "kubeconfig", directory / "audit.jsonl"
+    security: list[str] = []
+    if rbac:
+        from ship import container
+
+        _, security = container.security(directory, address="127.0.0.1")
     server = subprocess.Popen(
         [sys.executable, "-m", "capguard.localcluster", "--port=0",
-         f"--kubeconfig={kubeconfig}", f"--audit-log={audit_log}"],
+         f"--kubeconfig={kubeconfig}", f"--audit-log={audit_log}", *security],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=harness.clean_env())
     try:
         assert server.stdout is not None

@@ -1,7 +1,9 @@
 """RBAC proven by the requests the operator made (issue 5): the operator runs as the
-deployment runs it (cluster-wide, leader election on the Lease in capguard-system)
-through a representative scenario on an embedded API server that records every request;
-each of the operator's requests is checked against `kubectl kustomize deploy/`'s rules.
+deployment runs it (cluster-wide, leader election on the Lease in capguard-system,
+logged in as its service account) through a representative scenario on an embedded API
+server that enforces `kubectl kustomize deploy/`'s RBAC, applied with kubectl, and records
+every request: none may be refused (sufficient), and every rule must have been used
+(minimal).
 
 The operator's requests (user agent `capguard`/`kopf`) are written as JSON lines to
 `CAPGUARD_AUDIT_LOG` when it is set, for `tests/ship/test_rbac.py` and CI to check again.
@@ -16,8 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
-from ship import manifests, rbac
+from ship import container, manifests, rbac
 
 from . import harness
 from .conftest import Operators, Target, embedded_cluster
@@ -55,9 +58,20 @@ def test_every_request_the_operator_made_is_allowed_by_deploy_rbac(
         pytest.skip("the request log comes from the embedded API server's audit option")
     assert kube.namespace is not None
     binary = shutil.which("kubectl") or "kubectl"
-    with embedded_cluster(tmp_path, binary=binary) as (cluster, audit_log):
+    deployed_objects = manifests.kustomize(harness.DEPLOY)
+    with embedded_cluster(tmp_path, binary=binary, rbac=True) as (cluster, audit_log):
         cluster.run("create", "namespace", kube.namespace)
-        operator = operators.start(kubeconfig=cluster.kubeconfig, cluster_wide=True,
+        access = tmp_path / "access.yaml"   # deploy/'s, as to a cluster
+        access.write_text(yaml.safe_dump_all(
+            [o for o in deployed_objects if o["kind"] in container.ACCESS_KINDS]))
+        cluster.run("apply", "-n", harness.OPERATOR_NAMESPACE, f"--filename={access}")
+        account = next(o for o in deployed_objects if o["kind"] == "ServiceAccount")
+        config = yaml.safe_load(cluster.kubeconfig.read_text())
+        config["users"][0]["user"]["token"] = container.token_request(
+            cluster.kubeconfig, account["metadata"]["namespace"], account["metadata"]["name"])
+        as_operator = tmp_path / "operator-kubeconfig"
+        as_operator.write_text(yaml.safe_dump(config))
+        operator = operators.start(kubeconfig=as_operator, cluster_wide=True,
                                    leader_election=True)
         harness.wait_until(operator.leading, timeout=15, what="the operator to lead")
         _scenario(cluster.in_namespace(kube.namespace))
@@ -65,7 +79,7 @@ def test_every_request_the_operator_made_is_allowed_by_deploy_rbac(
         assert operator.process.returncode == 0, operator.log()[-3000:]
         # As deployed (--driver agent, heartbeats counted), it also lists and watches the
         # engines' heartbeat Leases: that is recorded too.
-        deployed = operators.start(kubeconfig=cluster.kubeconfig, cluster_wide=True,
+        deployed = operators.start(kubeconfig=as_operator, cluster_wide=True,
                                    leader_election=True,
                                    flags=("--driver=agent", "--heartbeat-timeout=40s"))
         harness.wait_until(deployed.leading, timeout=15, what="the deployed operator to lead")
@@ -74,6 +88,9 @@ def test_every_request_the_operator_made_is_allowed_by_deploy_rbac(
         assert deployed.process.returncode == 0, deployed.log()[-3000:]
     # The server has stopped: every request, watches included, is in the log now.
     records = [json.loads(line) for line in audit_log.read_text().splitlines() if line]
+    refused = [f"{r.get('user', {}).get('username')} {r['method']} {r['path']}: {r['code']}"
+               for r in records if r["code"] in (401, 403)]
+    assert refused == [], "deploy/'s RBAC did not allow what the operator did"
     ours = [r for r in records if rbac.OPERATOR_AGENTS.match(r.get("user_agent", ""))]
     destination = Path(os.environ.get(AUDIT_LOG_VARIABLE) or tmp_path / "operator-audit.jsonl")
     destination.write_text("".join(json.dumps(r) + "\n" for r in ours))
