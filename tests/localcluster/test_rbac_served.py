@@ -117,6 +117,9 @@ def test_rbac_objects_applied_with_kubectl_authorize_from_then_on(
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                   "name": "lease-reader"}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "capguard-engine"}]
+    (header, row) = _ok(cluster, "get", "rolebindings", "-n", "demo").splitlines()
+    assert header.split() == ["NAME", "ROLE", "AGE"]
+    assert row.split()[:2] == ["lease-reader", "Role/lease-reader"]
     # as RBAC's printer shows them: when it was made, not an age
     (header, row) = _ok(cluster, "get", "roles", "-n", "demo").splitlines()
     assert header.split() == ["NAME", "CREATED", "AT"]

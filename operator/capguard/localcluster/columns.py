@@ -74,6 +74,10 @@ def _priority(value: Any) -> int:
 
 
 def _cell(column: dict[str, Any], obj: dict[str, Any], *, now: datetime.datetime) -> Any:
+    if "joined" in column:   # a built-in printer's cell made of several fields
+        parts = [_cell({"jsonPath": path, "type": "string"}, obj, now=now)
+                 for path in column["joined"]]
+        return "/".join(str(part or "") for part in parts)
     try:
         path = compile_path(str(column.get("jsonPath", "")))
     except JSONPathError:

@@ -22,6 +22,12 @@ AGE_COLUMN: Final = {"name": "Age", "type": "date", "jsonPath": ".metadata.creat
 # cells are the RFC 3339 time itself, not an age (`verbatim`: no formatting of the cell).
 CREATED_AT_COLUMN: Final = {"name": "Created At", "type": "date",
                             "jsonPath": ".metadata.creationTimestamp", "verbatim": True}
+# RBAC's printer for bindings: `Kind/name` of the role (`joined`: the fields' values, "/").
+ROLE_COLUMN: Final = {
+    "name": "Role", "type": "string", "joined": (".roleRef.kind", ".roleRef.name"),
+    "description": "RoleRef can reference a Role in the current namespace or a ClusterRole in "
+                   "the global namespace. If the RoleRef cannot be resolved, the Authorizer "
+                   "must return an error. This field is immutable."}
 
 Converter = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -306,10 +312,10 @@ CLUSTER_ROLES: Final = ResourceType(group=RBAC_GROUP, version="v1", plural="clus
                                     printer_columns=(CREATED_AT_COLUMN,))
 ROLE_BINDINGS: Final = ResourceType(
     group=RBAC_GROUP, version="v1", plural="rolebindings", kind="RoleBinding", namespaced=True,
-    path_segment_names=True)
+    path_segment_names=True, printer_columns=(ROLE_COLUMN, AGE_COLUMN))
 CLUSTER_ROLE_BINDINGS: Final = ResourceType(
     group=RBAC_GROUP, version="v1", plural="clusterrolebindings", kind="ClusterRoleBinding",
-    namespaced=False, path_segment_names=True)
+    namespaced=False, path_segment_names=True, printer_columns=(ROLE_COLUMN, AGE_COLUMN))
 RBAC_TYPES: Final = (ROLES, CLUSTER_ROLES, ROLE_BINDINGS, CLUSTER_ROLE_BINDINGS)
 # Reviews are asked, not stored: a create answers with the review's status (`authz`).
 SELF_SUBJECT_ACCESS_REVIEWS: Final = ResourceType(
