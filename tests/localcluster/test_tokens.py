@@ -49,6 +49,10 @@ def _ok(cluster: ThreadedCluster, *args: str, stdin: str | None = None) -> str:
 def test_kubectl_create_token_logs_in_as_the_service_account(cluster: ThreadedCluster) -> None:
     _ok(cluster, "create", "namespace", "demo")
     _ok(cluster, "create", "serviceaccount", "capguard-engine", "-n", "demo")
+    listed = _ok(cluster, "get", "serviceaccounts", "-n", "demo").splitlines()
+    assert listed[0].split() == ["NAME", "SECRETS", "AGE"]
+    assert sorted(line.split()[:2] for line in listed[1:]) == [
+        ["capguard-engine", "0"], ["default", "0"]]   # default: made with the namespace
     token = _ok(cluster, "create", "token", "capguard-engine", "-n", "demo").strip()
     whoami = _ok(cluster, "--token", token, "auth", "whoami").splitlines()
     assert whoami[1].split() == ["Username", ENGINE]

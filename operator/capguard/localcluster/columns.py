@@ -74,6 +74,9 @@ def _priority(value: Any) -> int:
 
 
 def _cell(column: dict[str, Any], obj: dict[str, Any], *, now: datetime.datetime) -> Any:
+    if "counted" in column:   # a built-in printer's count of a list's items
+        found = obj.get(column["counted"])
+        return len(found) if isinstance(found, list) else 0
     if "joined" in column:   # a built-in printer's cell made of several fields
         parts = [_cell({"jsonPath": path, "type": "string"}, obj, now=now)
                  for path in column["joined"]]

@@ -296,6 +296,10 @@ CRDS: Final = ResourceType(
 SERVICE_ACCOUNTS: Final = ResourceType(
     group="", version="v1", plural="serviceaccounts", kind="ServiceAccount", namespaced=True,
     short_names=("sa",),
+    printer_columns=({"name": "Secrets", "type": "string", "counted": "secrets",
+                      "description": "Secrets is a list of the secrets in the same namespace "
+                                     "that pods running using this ServiceAccount are allowed "
+                                     "to use."}, AGE_COLUMN),
     extra_subresources=(Subresource("token", ("create",), kind="TokenRequest",
                                     group="authentication.k8s.io", version="v1"),))
 # What a token subresource is asked with and answers (`tokens`); not served on its own.
