@@ -74,13 +74,9 @@ def _priority(value: Any) -> int:
 
 
 def _cell(column: dict[str, Any], obj: dict[str, Any], *, now: datetime.datetime) -> Any:
-    if "counted" in column:   # a built-in printer's count of a list's items
-        found = obj.get(column["counted"])
-        return len(found) if isinstance(found, list) else 0
-    if "joined" in column:   # a built-in printer's cell made of several fields
-        parts = [_cell({"jsonPath": path, "type": "string"}, obj, now=now)
-                 for path in column["joined"]]
-        return "/".join(str(part or "") for part in parts)
+    cell = column.get("cell")
+    if callable(cell):   # a built-in kind's printer: its cell as the Go printer writes it
+        return cell(obj)
     try:
         path = compile_path(str(column.get("jsonPath", "")))
     except JSONPathError:
@@ -89,8 +85,6 @@ def _cell(column: dict[str, Any], obj: dict[str, Any], *, now: datetime.datetime
         found = next(path.find(obj), _MISSING)
         if found is _MISSING or found is None:
             return None
-        if column.get("verbatim"):   # a built-in printer's cell, as it is
-            return found
         return format_cell(str(column.get("type", "string")), found, now=now)
     except RecursionError:  # `..` or JSON text of a value nested beyond Python's stack
         return None

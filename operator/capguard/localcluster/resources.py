@@ -18,13 +18,18 @@ ALL_VERBS: Final = ("create", "delete", "deletecollection", "get", "list", "patc
 CUSTOM_VERBS: Final = ("delete", "deletecollection", "get", "list", "patch", "create", "update",
                        "watch")
 AGE_COLUMN: Final = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
-# The default table convertor's (CRDs) and RBAC's printers' column: a date column whose
-# cells are the RFC 3339 time itself, not an age (`verbatim`: no formatting of the cell).
-CREATED_AT_COLUMN: Final = {"name": "Created At", "type": "date",
-                            "jsonPath": ".metadata.creationTimestamp", "verbatim": True}
-# RBAC's printer for bindings: `Kind/name` of the role (`joined`: the fields' values, "/").
+# Columns of built-in kinds' Go printers: `cell` makes the cell from the object, as the
+# printer does, where a CRD's column would evaluate `jsonPath` and format it by type.
+# The default table convertor's (CRDs) and RBAC's: a date column whose cells are the
+# RFC 3339 time itself, not an age.
+CREATED_AT_COLUMN: Final = {
+    "name": "Created At", "type": "date", "jsonPath": ".metadata.creationTimestamp",
+    "cell": lambda obj: (obj.get("metadata") or {}).get("creationTimestamp")}
+# RBAC's printer for bindings: `Kind/name` of the role.
 ROLE_COLUMN: Final = {
-    "name": "Role", "type": "string", "joined": (".roleRef.kind", ".roleRef.name"),
+    "name": "Role", "type": "string", "jsonPath": ".roleRef",
+    "cell": lambda obj: "/".join(str((obj.get("roleRef") or {}).get(key) or "")
+                                 for key in ("kind", "name")),
     "description": "RoleRef can reference a Role in the current namespace or a ClusterRole in "
                    "the global namespace. If the RoleRef cannot be resolved, the Authorizer "
                    "must return an error. This field is immutable."}
@@ -296,7 +301,8 @@ CRDS: Final = ResourceType(
 SERVICE_ACCOUNTS: Final = ResourceType(
     group="", version="v1", plural="serviceaccounts", kind="ServiceAccount", namespaced=True,
     short_names=("sa",),
-    printer_columns=({"name": "Secrets", "type": "string", "counted": "secrets",
+    printer_columns=({"name": "Secrets", "type": "string", "jsonPath": ".secrets",
+                      "cell": lambda obj: len(obj.get("secrets") or []),
                       "description": "Secrets is a list of the secrets in the same namespace "
                                      "that pods running using this ServiceAccount are allowed "
                                      "to use."}, AGE_COLUMN),
