@@ -516,9 +516,10 @@ class Objects:
         uid = change.entry.obj["metadata"].get("uid", "")
         if self._owned.get(uid):
             # Background propagation: dependents go after the owner, not within its request.
-            self._soon(lambda: self._collect(uid))
+            self.soon(lambda: self._collect(uid))
 
-    def _soon(self, action: Callable[[], None]) -> None:
+    def soon(self, action: Callable[[], None]) -> None:
+        """Run `action` after the write being made (on the loop; at once without one)."""
         try:
             asyncio.get_running_loop().call_soon(action)
         except RuntimeError:

@@ -195,9 +195,7 @@ def _cause(reason: str, field: str, message: str) -> dict[str, str]:
 
 def _rule_causes(rules: Any, *, namespaced: bool) -> Iterator[dict[str, str]]:
     for index, rule in enumerate(rules or []):
-        path = f"rules[{index}]"
-        if not isinstance(rule, dict):
-            continue
+        path = f"rules[{index}]"   # each a dict of string lists (`_check_shape`)
         if not rule.get("verbs"):
             yield _cause("FieldValueRequired", f"{path}.verbs",
                          "Required value: verbs must contain at least one value")
@@ -226,9 +224,7 @@ def _default_binding(obj: dict[str, Any]) -> None:
     ref = obj.get("roleRef")
     if isinstance(ref, dict) and not ref.get("apiGroup"):
         ref["apiGroup"] = resources.RBAC_GROUP
-    for subject in obj.get("subjects") or []:
-        if not isinstance(subject, dict):
-            continue
+    for subject in obj.get("subjects") or []:   # dicts (`_check_shape`)
         for key in ("apiGroup", "namespace"):   # omitempty: "" is not written
             if subject.get(key) == "":
                 del subject[key]
@@ -259,8 +255,6 @@ def _binding_causes(rt: resources.ResourceType, obj: dict[str, Any],
                      f"Invalid value: {_go_role_ref(ref)}: cannot change roleRef")
     for index, subject in enumerate(obj.get("subjects") or []):
         path = f"subjects[{index}]"
-        if not isinstance(subject, dict):
-            continue
         kind = subject.get("kind")
         if not subject.get("name"):
             yield _cause("FieldValueRequired", f"{path}.name", "Required value")
@@ -302,8 +296,8 @@ def uncovered(held: Iterable[authz.Rule], granted: Iterable[Any]) -> list[str]:
     """The permissions of `granted` (raw PolicyRules) no rule of `held` covers, compacted
     and written as the real server lists them, sorted."""
     owners = list(held)
-    missing = [sub for rule in granted if isinstance(rule, dict)
-               for sub in _breakdown(rule) if not any(_covers(o, sub) for o in owners)]
+    missing = [sub for rule in granted for sub in _breakdown(rule)
+               if not any(_covers(o, sub) for o in owners)]
     return sorted(set(_compact_string(rule) for rule in _compact(missing)))
 
 

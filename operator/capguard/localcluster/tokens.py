@@ -12,7 +12,6 @@ go when it stops.
 """
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime
 import secrets
@@ -51,16 +50,13 @@ class Issuer:
         spec = body.get("spec") if isinstance(body, dict) else None
         spec = dict(spec) if isinstance(spec, dict) else {}
         seconds = spec.get("expirationSeconds", DEFAULT_SECONDS)
-        if not isinstance(seconds, int) or isinstance(seconds, bool) or seconds < MIN_SECONDS:
+        problem = ("less than 10 minutes" if not isinstance(seconds, int)
+                   or isinstance(seconds, bool) or seconds < MIN_SECONDS else
+                   "larger than 2^32 seconds" if seconds > MAX_SECONDS else "")
+        if problem:
             raise errors.invalid(resources.TOKEN_REQUESTS, name, [{
                 "reason": "FieldValueInvalid", "field": "spec.expirationSeconds",
-                "message": f"Invalid value: {seconds}: may not specify a duration less than "
-                           f"10 minutes"}])
-        if seconds > MAX_SECONDS:
-            raise errors.invalid(resources.TOKEN_REQUESTS, name, [{
-                "reason": "FieldValueInvalid", "field": "spec.expirationSeconds",
-                "message": f"Invalid value: {seconds}: may not specify a duration larger "
-                           f"than 2^32 seconds"}])
+                "message": f"Invalid value: {seconds}: may not specify a duration {problem}"}])
         token = f"capguard-localcluster.{secrets.token_urlsafe(32)}"
         expires = self.clock() + seconds
         self._issued[token] = _Issued(
@@ -109,10 +105,7 @@ class DefaultAccounts:
             namespace = obj["metadata"]["namespace"]
         else:
             return
-        try:   # after the write that told us, as the controller would
-            asyncio.get_running_loop().call_soon(self._ensure, namespace)
-        except RuntimeError:
-            self._ensure(namespace)
+        self.api.soon(lambda: self._ensure(namespace))   # after the write, as a controller
 
     def _ensure(self, namespace: str) -> None:
         db = self.api.db
