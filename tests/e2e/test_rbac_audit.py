@@ -66,11 +66,9 @@ def test_every_request_the_operator_made_is_allowed_by_deploy_rbac(
             [o for o in deployed_objects if o["kind"] in container.ACCESS_KINDS]))
         cluster.run("apply", "-n", harness.OPERATOR_NAMESPACE, f"--filename={access}")
         account = next(o for o in deployed_objects if o["kind"] == "ServiceAccount")
-        config = yaml.safe_load(cluster.kubeconfig.read_text())
-        config["users"][0]["user"]["token"] = container.token_request(
-            cluster.kubeconfig, account["metadata"]["namespace"], account["metadata"]["name"])
-        as_operator = tmp_path / "operator-kubeconfig"
-        as_operator.write_text(yaml.safe_dump(config))
+        as_operator = container.kubeconfig_as(cluster.kubeconfig,
+                                              account["metadata"]["namespace"],
+                                              account["metadata"]["name"])
         operator = operators.start(kubeconfig=as_operator, cluster_wide=True,
                                    leader_election=True)
         harness.wait_until(operator.leading, timeout=15, what="the operator to lead")
@@ -88,9 +86,7 @@ def test_every_request_the_operator_made_is_allowed_by_deploy_rbac(
         assert deployed.process.returncode == 0, deployed.log()[-3000:]
     # The server has stopped: every request, watches included, is in the log now.
     records = [json.loads(line) for line in audit_log.read_text().splitlines() if line]
-    refused = [f"{r.get('user', {}).get('username')} {r['method']} {r['path']}: {r['code']}"
-               for r in records if r["code"] in (401, 403)]
-    assert refused == [], "deploy/'s RBAC did not allow what the operator did"
+    assert container.refused(records) == [], "deploy/'s RBAC did not allow what the operator did"
     ours = [r for r in records if rbac.OPERATOR_AGENTS.match(r.get("user_agent", ""))]
     destination = Path(os.environ.get(AUDIT_LOG_VARIABLE) or tmp_path / "operator-audit.jsonl")
     destination.write_text("".join(json.dumps(r) + "\n" for r in ours))

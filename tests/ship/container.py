@@ -38,11 +38,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 import pytest
+import yaml
 
 from capguard.localcluster import authz
 
@@ -152,6 +153,22 @@ def token_request(kubeconfig: Path, namespace: str, account: str) -> str:
     assert done.returncode == 0, (f"no token for ServiceAccount {account} in {namespace}: "
                                   f"a Pod of it would not start: {done.stderr}")
     return done.stdout.strip()
+
+
+def kubeconfig_as(admin: Path, namespace: str, account: str) -> Path:
+    """A kubeconfig like the admin's (next to it), with a token of the ServiceAccount from
+    `token_request` in place of the admin's: what a Pod of the account logs in with."""
+    config = yaml.safe_load(admin.read_text())
+    config["users"][0]["user"]["token"] = token_request(admin, namespace, account)
+    path = admin.with_name(f"kubeconfig-{namespace}-{account}")
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def refused(records: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The audited requests answered 401 or 403: a token not taken, or RBAC not allowing."""
+    return [f"{r.get('user', {}).get('username')} {r['method']} {r['path']}?"
+            f"{r.get('query', '')}: {r['code']}" for r in records if r["code"] in (401, 403)]
 
 
 def security(folder: Path, *, address: str) -> tuple[Path, list[str]]:

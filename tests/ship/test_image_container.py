@@ -76,8 +76,7 @@ class Cluster:
 
     def refused(self) -> list[str]:
         """Requests answered 401 or 403: a token not taken, or RBAC not allowing it."""
-        return [f"{r.get('user', {}).get('username')} {r['method']} {r['path']}?{r['query']}: "
-                f"{r['code']}" for r in self.requests() if r["code"] in (401, 403)]
+        return container.refused(self.requests())
 
     def kubectl(self, *args: str, stdin: str | None = None) -> str:
         kubectl = require_tool("kubectl", install="kubectl >= 1.28")

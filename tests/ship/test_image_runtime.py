@@ -96,9 +96,8 @@ class Cluster:
 
     def refused(self) -> list[str]:
         """Requests answered 401 or 403."""
-        records = [json.loads(line) for line in self.audit.read_text().splitlines() if line]
-        return [f"{r.get('user', {}).get('username')} {r['method']} {r['path']}: {r['code']}"
-                for r in records if r["code"] in (401, 403)]
+        return container.refused(json.loads(line)
+                                 for line in self.audit.read_text().splitlines() if line)
 
 
 @pytest.fixture(scope="module")
@@ -124,11 +123,7 @@ def cluster(the_pod: pod.Pod, rendered: list[dict[str, Any]]) -> Iterator[Cluste
         access.write_text(yaml.safe_dump_all(
             [o for o in rendered if o["kind"] in container.ACCESS_KINDS], sort_keys=False))
         _kubectl(admin, "apply", "-n", account["namespace"], "-f", str(access))
-        config = yaml.safe_load(admin.read_text())
-        config["users"][0]["user"]["token"] = container.token_request(
-            admin, account["namespace"], account["name"])
-        operator = folder / "operator-kubeconfig"
-        operator.write_text(yaml.safe_dump(config))
+        operator = container.kubeconfig_as(admin, account["namespace"], account["name"])
         for path in (folder, *folder.iterdir()):
             path.chmod(0o755 if path.is_dir() else 0o644)
         yield Cluster(admin, operator, audit)
