@@ -296,7 +296,7 @@ def test_the_four_kinds_are_admitted_as_the_real_server_admits_them(
         "apiGroups": [""], "resources": ["pods"], "verbs": "get"}))
     assert (code, body["message"]) == (400, (
         'Role in version "v1" cannot be handled as a Role: json: cannot unmarshal string into '
-        'Go struct field Role.rules.verbs of type []string'))
+        'Go struct field PolicyRule.rules.verbs of type []string'))
     code, body = _call(cluster, "POST", BINDINGS, body={**_binding("s", "r1"),
                                                         "subjects": ["bob"]})
     assert (code, body["message"]) == (400, (

@@ -153,6 +153,7 @@ def _check_shape(rt: resources.ResourceType, obj: dict[str, Any]) -> None:
             f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: json: '
             f"cannot unmarshal {got} into Go struct field {field} of type {go_type}")
 
+    # `where`: as encoding/json names a field, the Go struct that holds it, then its path
     def strings(parent: dict[str, Any], keys: tuple[str, ...], where: str,
                 listed: bool) -> None:
         for key in keys:
@@ -179,14 +180,14 @@ def _check_shape(rt: resources.ResourceType, obj: dict[str, Any]) -> None:
 
     if rt.kind in _ROLE_KINDS:
         for rule in objects_of("rules", "v1.PolicyRule"):
-            strings(rule, _RULE_FIELDS, f"{rt.kind}.rules", listed=True)
+            strings(rule, _RULE_FIELDS, "PolicyRule.rules", listed=True)
         return
     ref = obj.get("roleRef")
     if ref is not None and not isinstance(ref, dict):
         raise refuse(ref, f"{rt.kind}.roleRef", "v1.RoleRef")
-    strings(ref or {}, _REF_FIELDS, f"{rt.kind}.roleRef", listed=False)
+    strings(ref or {}, _REF_FIELDS, "RoleRef.roleRef", listed=False)
     for subject in objects_of("subjects", "v1.Subject"):
-        strings(subject, _SUBJECT_FIELDS, f"{rt.kind}.subjects", listed=False)
+        strings(subject, _SUBJECT_FIELDS, "Subject.subjects", listed=False)
 
 
 def _cause(reason: str, field: str, message: str) -> dict[str, str]:
