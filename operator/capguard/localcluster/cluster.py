@@ -187,12 +187,13 @@ class LocalCluster:
 
     # ---- seeding without HTTP ----------------------------------------------------------------
 
-    def apply(self, rt: resources.ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
+    def apply(self, rt: resources.ResourceType, obj: dict[str, Any], *,
+              field_validation: str = "Warn") -> dict[str, Any]:
         """Create an object (or, if it exists, leave it) from the server's own thread."""
         namespace = (obj.get("metadata") or {}).get("namespace", "") if rt.namespaced else ""
         try:
-            reply = self.api.create(rt, obj, namespace=namespace,
-                                    options=objects.WriteOptions())
+            reply = self.api.create(rt, obj, namespace=namespace, options=objects.WriteOptions(
+                field_validation=field_validation))
         except errors.ApiError as error:
             if error.code != 409:
                 raise
@@ -201,13 +202,19 @@ class LocalCluster:
         return reply.entry.thaw()
 
     def load_crds(self, directory: str | os.PathLike[str]) -> list[str]:
-        """Create every CustomResourceDefinition found in the YAML files of a directory."""
+        """Create every CustomResourceDefinition found in the YAML files of a directory,
+        refusing unknown fields as `kubectl apply` has a real server refuse them."""
         loaded = []
         for path in sorted(pathlib.Path(directory).glob("*.y*ml")):
             for document in yaml.safe_load_all(path.read_text()):
                 if isinstance(document, dict) and document.get("kind") == (
                         "CustomResourceDefinition"):
-                    loaded.append(self.apply(resources.CRDS, document)["metadata"]["name"])
+                    try:
+                        created = self.apply(resources.CRDS, document, field_validation="Strict")
+                    except errors.ApiError as error:
+                        error.add_note(str(path))
+                        raise
+                    loaded.append(created["metadata"]["name"])
         return loaded
 
     @classmethod

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from capguard.localcluster import authz, cluster
+from capguard.localcluster import authz, cluster, errors
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
 async def _serve(args: argparse.Namespace, security: dict[str, Any]) -> None:
     try:
-        local = cluster.LocalCluster(host=args.host, port=args.port, crds_dir=args.crds,
+        local = cluster.LocalCluster(host=args.host, port=args.port,
                                      kubeconfig_path=args.kubeconfig, audit_log=args.audit_log,
                                      audit_buffer=0,   # nothing reads it here; --audit-log does
                                      namespace_controller=args.namespace_controller,
@@ -155,6 +155,13 @@ async def _serve(args: argparse.Namespace, security: dict[str, Any]) -> None:
     except ValueError as error:   # an object of the --rbac file the server refuses
         detail = " ".join(str(error).split())
         parser().exit(2, f"capguard localcluster: --rbac: {detail}\n")
+    if args.crds is not None:
+        try:
+            local.load_crds(args.crds)
+        except errors.ApiError as error:   # a CRD the server refuses, as kubectl apply would
+            detail = " ".join(str(error).split())
+            parser().exit(2, f"capguard localcluster: --crds: {' '.join(error.__notes__)}: "
+                             f"{detail}\n")
     async with local:
         # What startup made (modules, the CRDs' compiled schemas) lives as long as the
         # process: keep it out of full collections, which otherwise stall one request

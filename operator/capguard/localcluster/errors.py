@@ -136,20 +136,30 @@ def invalid_generic() -> ApiError:
         message="the server rejected our request due to an error in our request", details={}))
 
 
+def cannot_handle(rt: resources.ResourceType, problem: str) -> ApiError:
+    """A body that does not decode into its kind (400), as the real codec words it."""
+    return bad_request(f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: '
+                       f"{problem}")
+
+
 def strict_decoding(rt: resources.ResourceType, problems: list[str]) -> ApiError:
     """What a body with unknown or duplicate fields answers under fieldValidation=Strict."""
-    return bad_request(f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: '
-                       "strict decoding error: " + ", ".join(problems))
+    return cannot_handle(rt, "strict decoding error: " + ", ".join(problems))
 
 
-def strict_patch(patched: str, problems: list[str]) -> ApiError:
-    """A patch whose result is not strictly decodable: 422 on `patch`, naming no kind
-    (the real patcher's errors.NewInvalid(schema.GroupKind{}, "", ...))."""
-    cause = {"reason": "FieldValueInvalid", "field": "patch", "message": (
-        f"Invalid value: {json.dumps(patched)}: strict decoding error: " + ", ".join(problems))}
+def invalid_patch(patched: str, problem: str) -> ApiError:
+    """A patch whose result does not decode: 422 on `patch`, naming no kind (the real
+    patcher's errors.NewInvalid(schema.GroupKind{}, "", ...))."""
+    cause = {"reason": "FieldValueInvalid", "field": "patch",
+             "message": f"Invalid value: {json.dumps(patched)}: {problem}"}
     return ApiError(status_body(
         code=422, reason="Invalid", message=f' "" is invalid: patch: {cause["message"]}',
         details={"causes": [cause]}))
+
+
+def strict_patch(patched: str, problems: list[str]) -> ApiError:
+    """A patch whose result is not strictly decodable (unknown or duplicate fields)."""
+    return invalid_patch(patched, "strict decoding error: " + ", ".join(problems))
 
 
 def bad_request(message: str) -> ApiError:

@@ -7,6 +7,8 @@ import re
 import uuid
 from typing import Any, Final
 
+from capguard.localcluster import gotypes
+
 # generateName appends five characters from this alphabet, like the real server
 # (k8s.io/apiserver/pkg/storage/names: consonants and digits, no vowels to avoid words).
 _SUFFIX_ALPHABET: Final = "bcdfghjklmnpqrstvwxz2456789"
@@ -18,11 +20,8 @@ _QUALIFIED_NAME: Final = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$
 _LABEL_VALUE: Final = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
-# The fields of metav1.ObjectMeta as 1.30 decodes them (clusterName went in 1.25).
-OBJECT_META_FIELDS: Final = frozenset((
-    "name", "generateName", "namespace", "selfLink", "uid", "resourceVersion", "generation",
-    "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "labels",
-    "annotations", "ownerReferences", "finalizers", "managedFields"))
+# The fields of metav1.ObjectMeta (its Go type: `gotypes.OBJECT_META`).
+OBJECT_META_FIELDS: Final = frozenset(gotypes.OBJECT_META.field_types())
 
 
 def unknown_metadata(metadata: dict[str, Any]) -> list[str]:

@@ -85,7 +85,6 @@ class Served:
 
     def _prepare(self, rt: resources.ResourceType, obj: dict[str, Any],
                  old: dict[str, Any] | None) -> list[dict[str, str]]:
-        _check_shape(rt, obj)
         if rt.kind in _ROLE_KINDS:
             causes = list(_rule_causes(obj.get("rules"), namespaced=rt.namespaced))
         else:
@@ -137,66 +136,13 @@ class Served:
 
 # ---- validation (pkg/apis/rbac/validation) ---------------------------------------------------
 
-_RULE_FIELDS: Final = ("verbs", "apiGroups", "resources", "resourceNames", "nonResourceURLs")
-_REF_FIELDS: Final = ("apiGroup", "kind", "name")
-_SUBJECT_FIELDS: Final = ("kind", "apiGroup", "name", "namespace")
-_JSON_TYPES: Final = {str: "string", bool: "bool", int: "number", float: "number",
-                      list: "array", dict: "object"}
-
-
-def _check_shape(rt: resources.ResourceType, obj: dict[str, Any]) -> None:
-    """What the real server's decoding refuses (400) before validation: a field of the
-    wrong JSON type (there is no schema for built-in kinds to prune it)."""
-    def refuse(value: Any, field: str, go_type: str) -> errors.ApiError:
-        got = _JSON_TYPES.get(type(value), "value")
-        return errors.bad_request(
-            f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: json: '
-            f"cannot unmarshal {got} into Go struct field {field} of type {go_type}")
-
-    # `where`: as encoding/json names a field, the Go struct that holds it, then its path
-    def strings(parent: dict[str, Any], keys: tuple[str, ...], where: str,
-                listed: bool) -> None:
-        for key in keys:
-            value = parent.get(key)
-            if value is None:
-                continue
-            if listed and not isinstance(value, list):
-                raise refuse(value, f"{where}.{key}", "[]string")
-            # as encoding/json: the innermost value that does not fit, and its type
-            for item in value if listed else [value]:
-                if not isinstance(item, str):
-                    raise refuse(item, f"{where}.{key}", "string")
-
-    def objects_of(key: str, go_type: str) -> list[dict[str, Any]]:
-        value = obj.get(key)
-        if value is None:
-            return []
-        if not isinstance(value, list):
-            raise refuse(value, f"{rt.kind}.{key}", f"[]{go_type}")
-        for item in value:
-            if not isinstance(item, dict):
-                raise refuse(item, f"{rt.kind}.{key}", go_type)
-        return value
-
-    if rt.kind in _ROLE_KINDS:
-        for rule in objects_of("rules", "v1.PolicyRule"):
-            strings(rule, _RULE_FIELDS, "PolicyRule.rules", listed=True)
-        return
-    ref = obj.get("roleRef")
-    if ref is not None and not isinstance(ref, dict):
-        raise refuse(ref, f"{rt.kind}.roleRef", "v1.RoleRef")
-    strings(ref or {}, _REF_FIELDS, "RoleRef.roleRef", listed=False)
-    for subject in objects_of("subjects", "v1.Subject"):
-        strings(subject, _SUBJECT_FIELDS, "Subject.subjects", listed=False)
-
-
 def _cause(reason: str, field: str, message: str) -> dict[str, str]:
     return {"reason": reason, "field": field, "message": message}
 
 
 def _rule_causes(rules: Any, *, namespaced: bool) -> Iterator[dict[str, str]]:
     for index, rule in enumerate(rules or []):
-        path = f"rules[{index}]"   # each a dict of string lists (`_check_shape`)
+        path = f"rules[{index}]"   # each a dict of string lists (decoded: `gotypes`)
         if not rule.get("verbs"):
             yield _cause("FieldValueRequired", f"{path}.verbs",
                          "Required value: verbs must contain at least one value")
@@ -225,7 +171,7 @@ def _default_binding(obj: dict[str, Any]) -> None:
     ref = obj.get("roleRef")
     if isinstance(ref, dict) and not ref.get("apiGroup"):
         ref["apiGroup"] = resources.RBAC_GROUP
-    for subject in obj.get("subjects") or []:   # dicts (`_check_shape`)
+    for subject in obj.get("subjects") or []:   # dicts (decoded: `gotypes`)
         for key in ("apiGroup", "namespace"):   # omitempty: "" is not written
             if subject.get(key) == "":
                 del subject[key]

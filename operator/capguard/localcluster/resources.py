@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
-from capguard.localcluster import meta
+from capguard.localcluster import gotypes, meta
 
 ALL_VERBS: Final = ("create", "delete", "deletecollection", "get", "list", "patch", "update",
                     "watch")
@@ -72,6 +72,7 @@ class ResourceType:
     listing_kind: str = ""           # a CRD's spec.names.listKind; else Kind + "List"
     field_labels: frozenset[str] = frozenset()
     path_segment_names: bool = False  # RBAC's kinds: any name that fits in a URL path
+    go_type: gotypes.Struct | None = None   # a built-in kind's Go type: how a body decodes
 
     @property
     def api_version(self) -> str:
@@ -254,18 +255,18 @@ BUILTIN_GROUPS: Final = ("events.k8s.io", "authentication.k8s.io", "authorizatio
 NAMESPACES: Final = ResourceType(
     group="", version="v1", plural="namespaces", kind="Namespace", namespaced=False,
     short_names=("ns",), verbs=("create", "delete", "get", "list", "patch", "update", "watch"),
-    storage_version_hash="Q3oi5N2YM8M=", status_subresource=True,
+    storage_version_hash="Q3oi5N2YM8M=", status_subresource=True, go_type=gotypes.NAMESPACE,
     extra_subresources=(Subresource("finalize", ("update",)),
                         Subresource("status", ("get", "patch", "update"))),
     printer_columns=({"name": "Status", "type": "string", "jsonPath": ".status.phase"},
                      AGE_COLUMN))
 CONFIGMAPS: Final = ResourceType(
     group="", version="v1", plural="configmaps", kind="ConfigMap", namespaced=True,
-    short_names=("cm",), storage_version_hash="qFsyl6wFWjQ=")
+    short_names=("cm",), storage_version_hash="qFsyl6wFWjQ=", go_type=gotypes.CONFIG_MAP)
 CORE_EVENTS: Final = ResourceType(
     group="", version="v1", plural="events", kind="Event", namespaced=True,
     short_names=("ev",), storage_version_hash="r2yiGXH7wu8=", storage="events",
-    to_internal=core_event_normalized,
+    to_internal=core_event_normalized, go_type=gotypes.CORE_EVENT,
     printer_columns=({"name": "Type", "type": "string", "jsonPath": ".type"},
                      {"name": "Reason", "type": "string", "jsonPath": ".reason"},
                      {"name": "Message", "type": "string", "jsonPath": ".message"},
@@ -275,7 +276,7 @@ CORE_EVENTS: Final = ResourceType(
 EVENTS_V1: Final = ResourceType(
     group="events.k8s.io", version="v1", plural="events", kind="Event", namespaced=True,
     short_names=("ev",), storage_version_hash="r2yiGXH7wu8=", storage="events",
-    to_external=_event_to_events_v1, to_internal=_events_v1_to_event,
+    to_external=_event_to_events_v1, to_internal=_events_v1_to_event, go_type=gotypes.EVENT_V1,
     printer_columns=({"name": "Type", "type": "string", "jsonPath": ".type"},
                      {"name": "Reason", "type": "string", "jsonPath": ".reason"},
                      {"name": "Note", "type": "string", "jsonPath": ".note"},
@@ -287,20 +288,20 @@ EVENTS_V1: Final = ResourceType(
                             "reportingController", "reason", "type"}))
 LEASES: Final = ResourceType(
     group="coordination.k8s.io", version="v1", plural="leases", kind="Lease", namespaced=True,
-    storage_version_hash="gqkMMb/YqFM=",
+    storage_version_hash="gqkMMb/YqFM=", go_type=gotypes.LEASE,
     printer_columns=({"name": "Holder", "type": "string", "jsonPath": ".spec.holderIdentity"},
                      AGE_COLUMN))
 CRDS: Final = ResourceType(
     group="apiextensions.k8s.io", version="v1", plural="customresourcedefinitions",
     kind="CustomResourceDefinition", namespaced=False, short_names=("crd", "crds"),
     categories=("api-extensions",), storage_version_hash="M5uH+AlWATY=",
-    tracks_generation=True, status_subresource=True,
+    tracks_generation=True, status_subresource=True, go_type=gotypes.CUSTOM_RESOURCE_DEFINITION,
     printer_columns=(CREATED_AT_COLUMN,))
 
 # RBAC's kinds (`authz` authorizes by them) and the accounts they bind.
 SERVICE_ACCOUNTS: Final = ResourceType(
     group="", version="v1", plural="serviceaccounts", kind="ServiceAccount", namespaced=True,
-    short_names=("sa",),
+    short_names=("sa",), go_type=gotypes.SERVICE_ACCOUNT,
     printer_columns=({"name": "Secrets", "type": "string", "jsonPath": ".secrets",
                       "cell": lambda obj: len(obj.get("secrets") or []),
                       "description": "Secrets is a list of the secrets in the same namespace "
@@ -314,18 +315,20 @@ TOKEN_REQUESTS: Final = ResourceType(
     namespaced=True, verbs=())
 RBAC_GROUP: Final = "rbac.authorization.k8s.io"
 ROLES: Final = ResourceType(group=RBAC_GROUP, version="v1", plural="roles", kind="Role",
-                            namespaced=True, path_segment_names=True,
+                            namespaced=True, path_segment_names=True, go_type=gotypes.ROLE,
                             printer_columns=(CREATED_AT_COLUMN,))
 CLUSTER_ROLES: Final = ResourceType(group=RBAC_GROUP, version="v1", plural="clusterroles",
                                     kind="ClusterRole", namespaced=False,
-                                    path_segment_names=True,
+                                    path_segment_names=True, go_type=gotypes.CLUSTER_ROLE,
                                     printer_columns=(CREATED_AT_COLUMN,))
 ROLE_BINDINGS: Final = ResourceType(
     group=RBAC_GROUP, version="v1", plural="rolebindings", kind="RoleBinding", namespaced=True,
-    path_segment_names=True, printer_columns=(ROLE_COLUMN, AGE_COLUMN))
+    path_segment_names=True, go_type=gotypes.ROLE_BINDING,
+    printer_columns=(ROLE_COLUMN, AGE_COLUMN))
 CLUSTER_ROLE_BINDINGS: Final = ResourceType(
     group=RBAC_GROUP, version="v1", plural="clusterrolebindings", kind="ClusterRoleBinding",
-    namespaced=False, path_segment_names=True, printer_columns=(ROLE_COLUMN, AGE_COLUMN))
+    namespaced=False, path_segment_names=True, go_type=gotypes.CLUSTER_ROLE_BINDING,
+    printer_columns=(ROLE_COLUMN, AGE_COLUMN))
 RBAC_TYPES: Final = (ROLES, CLUSTER_ROLES, ROLE_BINDINGS, CLUSTER_ROLE_BINDINGS)
 # Reviews are asked, not stored: a create answers with the review's status (`authz`).
 SELF_SUBJECT_ACCESS_REVIEWS: Final = ResourceType(
