@@ -37,6 +37,7 @@ import aiohttp
 
 import bench_operator as bo  # a sibling script, not a package
 from bench_scrape import cpu_seconds
+from capguard.core import clock
 from capguard.kube import heartbeats
 
 MODES: Final = ("none", "status", "lease")
@@ -72,7 +73,7 @@ async def beat(url: str, mode: str, engines: int, rate: float, stop: asyncio.Eve
             now = time.time()
             if mode == "status":
                 path = f"{url}{ENGINES}/e{e}/status"
-                patch = {"status": {"lastHeartbeatTime": heartbeats.micro_time(now)}}
+                patch = {"status": {"lastHeartbeatTime": clock.precise_timestamp(now)}}
             else:
                 path = f"{url}{LEASES}/e{e}"
                 patch = heartbeats.renewal(holder=f"bench-{e}", interval=10.0, now=now)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import http.client
 import json
 import threading
@@ -20,6 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 from kubernetes import client
+
+from capguard.core import clock
 
 from . import chaos, harness, kube_client
 
@@ -234,16 +235,12 @@ def test_the_verdicts_see_floor_drops_and_repeated_actions_and_none_before(
         assert chaos.converged(watcher.seen(), {"chat": 2}) is None
 
 
-def _micro_time(at: float) -> str:
-    return datetime.datetime.fromtimestamp(at, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def _lease(kube: harness.Kubectl, *, holder: str, duration: int) -> float:
     renewed = time.time()
     kube.apply({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                 "metadata": {"name": "scripted"},
                 "spec": {"holderIdentity": holder, "leaseDurationSeconds": duration,
-                         "renewTime": _micro_time(renewed)}})
+                         "renewTime": clock.precise_timestamp(renewed)}})
     return renewed
 
 

@@ -39,7 +39,9 @@ def timestamp(epoch: float) -> str:
 
 
 def precise_timestamp(epoch: float) -> str:
-    """RFC 3339 with fractions: phase timing in compressed demos needs sub-second `since`."""
+    """RFC 3339 in UTC with exactly six fractional digits: metav1.MicroTime, which a real API
+    server requires of a Lease's times and an Event's eventTime (a MicroTime without them is
+    a 400), and the sub-second `since` of phase timing in compressed demos."""
     moment = datetime.datetime.fromtimestamp(epoch, datetime.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 

@@ -19,6 +19,7 @@ from typing import Final
 
 import aiohttp
 
+from capguard.core import clock
 from capguard.kube import client
 
 logger = logging.getLogger(__name__)
@@ -57,8 +58,7 @@ class Event:
 def render(event: Event, *, component: str, instance: str, now: datetime.datetime) -> client.Body:
     """The core/v1 Event body, as `kubectl describe` expects it."""
     ref = event.involved
-    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
-    micro = now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    stamp, micro = clock.timestamp(now.timestamp()), clock.precise_timestamp(now.timestamp())
     return {
         "apiVersion": "v1",
         "kind": "Event",

@@ -22,7 +22,6 @@ engine's agent takes it over (`renewal` with ``engine``).
 from __future__ import annotations
 
 import dataclasses
-import datetime
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -37,13 +36,6 @@ DURATION_RENEWALS: Final = 4
 # The Ready reason the operator writes on an engine it no longer hears (as the node
 # controller marks a Node whose Lease expired); its agent, alive, reports again.
 EXPIRED: Final = "HeartbeatExpired"
-
-
-def micro_time(epoch: float) -> str:
-    """metav1.MicroTime: RFC 3339 with exactly six fractional digits, as a real API server
-    requires of a Lease's times."""
-    moment = datetime.datetime.fromtimestamp(epoch, datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,9 +126,9 @@ def renewal(*, holder: str, interval: float, now: float, acquired: bool = False,
     and writes nothing. With ``engine`` (its body as read) the Lease is made that engine's
     heartbeat: its ownerReferences, replaced whole by the merge patch, name it alone (an
     earlier engine's of the same name, awaiting the garbage collector, is taken over)."""
-    spec: dict[str, Any] = {"renewTime": micro_time(now)}
+    spec: dict[str, Any] = {"renewTime": clock.precise_timestamp(now)}
     if acquired:
-        spec.update(holderIdentity=holder, acquireTime=micro_time(now),
+        spec.update(holderIdentity=holder, acquireTime=clock.precise_timestamp(now),
                     leaseDurationSeconds=max(1, round(DURATION_RENEWALS * interval)))
     meta: dict[str, Any] = {}
     if resource_version:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime
 import logging
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from typing import Final
 import aiohttp
 
 from capguard import defaults
+from capguard.core import clock
 from capguard.kube import client
 
 logger = logging.getLogger(__name__)
@@ -51,10 +51,6 @@ class LeaseConfig:
         # that never answers (a dead connection) must not hold the election past a renew
         # deadline, nor keep a standby from looking again.
         return max(self.renew_deadline / 2, 1.0)
-
-
-def _micro_time(now: datetime.datetime) -> str:
-    return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class LeaderElector:
@@ -139,7 +135,7 @@ class LeaderElector:
         return await self._write(started=started, lease=lease)
 
     async def _write(self, *, started: float, lease: client.Body | None) -> bool:
-        now = _micro_time(datetime.datetime.now(datetime.UTC))
+        now = clock.precise_timestamp(time.time())
         spec = dict((lease or {}).get("spec") or {})
         taking_over = spec.get("holderIdentity") != self.config.identity
         if taking_over:
