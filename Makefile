@@ -18,7 +18,7 @@ help: ## List the targets with one line each
 	  /^[a-zA-Z0-9_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 ##@ Develop
-.PHONY: setup test lint demo e2e chaos properties bench bench-scale bench-shards tools prometheusrule min-deps lock
+.PHONY: setup test lint demo e2e e2e-external chaos properties bench bench-scale bench-shards tools prometheusrule min-deps lock
 setup: ## Create .venv and install capguard with its dev dependencies (hack/setup.sh)
 	bash hack/setup.sh
 
@@ -47,6 +47,9 @@ demo: ## Play the march-4 incident live on the embedded API server (hack/demo.sh
 
 e2e: setup ## Run the end-to-end suite on the embedded API server
 	$(PYTHON) -m pytest tests/e2e
+
+e2e-external: setup ## The end-to-end suite as against an existing cluster, the embedded server (HTTPS, RBAC) as that cluster
+	bash hack/e2e-external.sh
 
 chaos: setup ## Long chaos runs (10 freeze rounds, a 10-minute outage, 10 minutes of faults); prints figures
 	@mkdir -p out

@@ -146,10 +146,17 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
 def _operator_deployed(kubectl: harness.Kubectl) -> bool:
     """Whether capguard's Deployment (deploy/) has replicas: read, never changed. Pausing it
     for the session would test something other than what users run, and a killed run
-    would leave it at 0."""
+    would leave it at 0. An API server without Deployments (a bare one, or the embedded
+    server run as the cluster under test) has none deployed."""
     system = kubectl.in_namespace(harness.OPERATOR_NAMESPACE)
-    found = system.run("get", DEPLOYED_OPERATOR, "--ignore-not-found",
-                       "--output=jsonpath={.spec.replicas}").stdout.strip()
+    done = system.run("get", DEPLOYED_OPERATOR, "--ignore-not-found",
+                      "--output=jsonpath={.spec.replicas}", check=False)
+    if done.returncode != 0:
+        if 'the server doesn\'t have a resource type "deployment"' in done.stderr:
+            return False
+        raise harness.KubectlError(args=("get", DEPLOYED_OPERATOR), code=done.returncode,
+                                   stderr=done.stderr)
+    found = done.stdout.strip()
     return bool(found) and found != "0"
 
 
