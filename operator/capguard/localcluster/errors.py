@@ -121,6 +121,20 @@ def _summary(causes: list[dict[str, str]]) -> str:
     return parts[0] if len(parts) == 1 else "[" + ", ".join(parts) + "]"
 
 
+def invalid_cause(field: str, value: Any, problem: str) -> dict[str, str]:
+    """field.Invalid: the value as Go's %#v shows a string or a number."""
+    return {"reason": "FieldValueInvalid", "field": field,
+            "message": f"Invalid value: {json.dumps(value)}: {problem}"}
+
+
+def required_cause(field: str) -> dict[str, str]:
+    return {"reason": "FieldValueRequired", "field": field, "message": "Required value"}
+
+
+def forbidden_cause(field: str, detail: str) -> dict[str, str]:
+    return {"reason": "FieldValueForbidden", "field": field, "message": f"Forbidden: {detail}"}
+
+
 def invalid_options(kind: str, causes: list[dict[str, str]]) -> ApiError:
     """Query options a real server refuses: 422 on e.g. CreateOptions.meta.k8s.io."""
     return ApiError(status_body(

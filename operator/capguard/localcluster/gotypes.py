@@ -14,7 +14,7 @@ the real server decodes its body into a Go struct (sigs.k8s.io/json, case-sensit
   Time and microseconds for a MicroTime;
 - a field the struct does not have is dropped, and reported (its path, `spec.rules[0].
   verb`) for `fieldValidation` to warn about or refuse;
-- a null leaves the field unset.
+- a null leaves the field unset (a list item or map value: its type's zero value).
 
 Where a Go type decodes itself (a CRD schema's `items` and `additionalProperties`), it
 decodes its part with a fresh, non-strict decoder: unknown fields there are dropped with
@@ -239,6 +239,8 @@ MICRO_TIME: Final = Scalar("v1.MicroTime", lambda v: True, _time_reader(
 # ---- the decoder -------------------------------------------------------------------------
 
 _DROP: Final = object()
+_ZEROS: Final[dict[str, Any]] = {"string": "", "bool": False, "int32": 0, "int64": 0,
+                                 "float64": 0}
 _MAX_STRICT_ERRORS: Final = 100   # sigs.k8s.io/json keeps at most 100
 
 
@@ -284,13 +286,13 @@ class _Decoder:
         if isinstance(node, Slice):
             if not isinstance(value, list):
                 return self.refuse(value, node.go, context)
-            items = (self.value(node.of, item, f"{path}[{index}]", context)
+            items = (self.element(node.of, item, f"{path}[{index}]", context)
                      for index, item in enumerate(value))
             return [item for item in items if item is not _DROP]
         if isinstance(node, Map):
             if not isinstance(value, dict):
                 return self.refuse(value, node.go, context)
-            entries = ((key, self.value(node.of, item, _child(path, key), context))
+            entries = ((key, self.element(node.of, item, _child(path, key), context))
                        for key, item in value.items())
             return {key: item for key, item in entries if item is not _DROP}
         if not isinstance(value, dict):
@@ -308,16 +310,23 @@ class _Decoder:
                 kept[key] = decoded
         return kept
 
+    def element(self, node: Node, value: Any, path: str,
+                context: tuple[str, tuple[str, ...]]) -> Any:
+        """A list item or map value: a null there is its type's zero value, still counted."""
+        if value is None:
+            return _ZEROS.get(node.go, {} if isinstance(node, Struct) else _DROP)
+        return self.value(node, value, path, context)
+
     def _self_decoding(self, node: SelfDecoding, value: Any,
                        context: tuple[str, tuple[str, ...]]) -> Any:
-        shape = next((node.shapes[kind] for kind in node.shapes if isinstance(value, kind)),
-                     _DROP)
-        if shape is _DROP or (isinstance(value, bool) and bool not in node.shapes):
+        shapes = [shape for kind, shape in node.shapes.items() if isinstance(value, kind)]
+        if not shapes:
             raise self._in_context(_Fatal(node.refusal), context)
+        shape = shapes[0]
         if shape is None:
             return value
         inner = _Decoder(strict=False)
-        decoded = inner.value(shape, value, "", ("", ()))   # type: ignore[arg-type]
+        decoded = inner.value(shape, value, "", ("", ()))
         if inner.saved is not None:
             # Its json.Unmarshal returned the error; ours then adds where we stopped.
             raise self._in_context(_Fatal(inner.saved), context)

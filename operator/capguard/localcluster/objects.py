@@ -708,9 +708,7 @@ def _is_string_map(value: Any) -> bool:
     return isinstance(value, dict) and all(isinstance(item, str) for item in value.values())
 
 
-def _invalid(field: str, value: str, problem: str) -> dict[str, str]:
-    return {"reason": "FieldValueInvalid", "field": field,
-            "message": f"Invalid value: {json.dumps(value)}: {problem}"}
+_invalid = errors.invalid_cause
 
 
 def _read_path(obj: dict[str, Any], path: str | None) -> Any:
