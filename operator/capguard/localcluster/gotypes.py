@@ -28,6 +28,7 @@ from __future__ import annotations
 import calendar
 import dataclasses
 import datetime
+import functools
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -213,6 +214,10 @@ def _time_reader(layout: str, written: Callable[[datetime.datetime], str],
     def read(value: Any) -> Any:
         if not isinstance(value, str):   # metav1 times unmarshal a string first
             raise _Fatal(_TypeError(_described(value), "string"))
+        return parsed(value)
+
+    @functools.lru_cache(maxsize=4096)   # an object's times mostly come back unchanged
+    def parsed(value: str) -> str:
         match = canonical.fullmatch(value)
         if match is not None:   # already as Go writes it (most writes): only the date to check
             year, month, day, hour, minute, second = map(int, match.groups())
@@ -304,6 +309,14 @@ class _Decoder:
             if field is None:
                 if self.strict and len(self.unknown) < _MAX_STRICT_ERRORS:
                     self.unknown.append(_child(path, key))
+                continue
+            if item is None:
+                continue
+            if type(field) is Scalar and field.read is None:   # the common case, inline
+                if field.accepts(item):
+                    kept[key] = item
+                else:
+                    self.refuse(item, field.go, (node.name, (*context[1], key)))
                 continue
             decoded = self.value(field, item, _child(path, key), (node.name, (*context[1], key)))
             if decoded is not _DROP:

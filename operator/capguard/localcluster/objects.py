@@ -563,8 +563,10 @@ def decoded(rt: resources.ResourceType, obj: dict[str, Any], options: WriteOptio
         if patched:
             raise errors.invalid_patch(_patched_json(rt, obj), str(error)) from None
         raise errors.cannot_handle(rt, str(error)) from None
+    if not result.unknown:
+        return result.value, options   # duplicate fields, if any, are refused in _admit
     problems = (*options.decode_problems, *(f'unknown field "{path}"' for path in result.unknown))
-    if patched and problems and options.field_validation == "Strict":
+    if patched and options.field_validation == "Strict":
         # named with the patched object as it came, unknown fields and all
         raise errors.strict_patch(_patched_json(rt, obj), list(problems))
     return result.value, dataclasses.replace(options, decode_problems=problems)
