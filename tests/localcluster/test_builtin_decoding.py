@@ -224,3 +224,17 @@ def test_localcluster_refuses_a_crd_with_a_typo_in_one_line(tmp_path: pathlib.Pa
         f"capguard localcluster: --crds: {tmp_path / 'gadgets.yaml'}: CustomResourceDefinition "
         'in version "v1" cannot be handled as a CustomResourceDefinition: strict decoding '
         'error: unknown field "spec.versions[0].subresource"\n')
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="needs kubectl")
+def test_kubectl_explain_reads_the_rbac_kinds_from_the_same_go_types(
+        threaded_local_cluster: ThreadedCluster) -> None:
+    """The OpenAPI documents type RBAC's kinds and ServiceAccount from `gotypes`, so what
+    `kubectl explain` lists is what a body may hold (it failed: no schema was published)."""
+    rules = kubectl(threaded_local_cluster, "explain", "role.rules")
+    assert rules.returncode == 0, rules.stderr
+    listed = {line.split("\t")[0].strip() for line in rules.stdout.splitlines()
+              if "\t<" in line}
+    assert listed == set(gotypes.ROLE.field_types()["rules"].of.field_types())  # type: ignore[union-attr]
+    account = kubectl(threaded_local_cluster, "explain", "serviceaccount.imagePullSecrets")
+    assert account.returncode == 0 and "name\t<string>" in account.stdout

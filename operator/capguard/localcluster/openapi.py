@@ -19,6 +19,8 @@ import json
 from collections.abc import Iterator
 from typing import Any, Final
 
+from capguard.localcluster import gotypes
+
 META: Final = "io.k8s.apimachinery.pkg.apis.meta.v1"
 _API_VERSION_DESCRIPTION: Final = (
     "APIVersion defines the versioned schema of this representation of an object. Servers"
@@ -334,6 +336,36 @@ def _strings(description: str) -> dict[str, Any]:
     return {"description": description, "type": "array", "items": {"type": "string"}}
 
 
+_GO_SCALARS: Final[dict[str, dict[str, str]]] = {
+    "string": {"type": "string"}, "bool": {"type": "boolean"},
+    "int32": {"type": "integer", "format": "int32"},
+    "int64": {"type": "integer", "format": "int64"},
+    "float64": {"type": "number", "format": "double"},
+    "[]uint8": {"type": "string", "format": "byte"},
+    "v1.Time": {"type": "string", "format": "date-time"},
+    "v1.MicroTime": {"type": "string", "format": "date-time"}}
+
+
+def _from_go(node: gotypes.Node) -> dict[str, Any]:
+    """A Go type's schema as the real documents type it (`gotypes` is the one source of a
+    built-in kind's fields; the documents here carry no field descriptions)."""
+    if isinstance(node, gotypes.Slice):
+        return {"type": "array", "items": _from_go(node.of)}
+    if isinstance(node, gotypes.Map):
+        return {"type": "object", "additionalProperties": _from_go(node.of)}
+    if isinstance(node, gotypes.Struct):
+        return {"type": "object", "properties": {
+            name: _from_go(field) for name, field in node.field_types().items()
+            if name not in ("apiVersion", "kind", "metadata")}}
+    return dict(_GO_SCALARS.get(node.go, {}))
+
+
+def _from_go_kind(group: str, kind: gotypes.Struct, plural: str, *, namespaced: bool,
+                  description: str) -> _Resource:
+    return _builtin(group, "v1", kind.name, plural, namespaced=namespaced,
+                    description=description, properties=_from_go(kind)["properties"])
+
+
 # The fields of a CRD's spec that `kubectl apply` diffs: its strategic merge patch from
 # OpenAPI v3 must find each field it changes, or it warns "unable to find api field".
 _CRD_SPEC: Final = {
@@ -370,7 +402,28 @@ _CRD_SPEC: Final = {
 }
 
 
+_RBAC: Final = "rbac.authorization.k8s.io"
 _BUILTINS: Final = (
+    _from_go_kind("", gotypes.SERVICE_ACCOUNT, "serviceaccounts", namespaced=True,
+                  description="ServiceAccount binds together: a name, understood by users, "
+                              "and perhaps by peripheral systems, for an identity; a principal "
+                              "that can be authenticated and authorized; a set of secrets."),
+    _from_go_kind(_RBAC, gotypes.ROLE, "roles", namespaced=True,
+                  description="Role is a namespaced, logical grouping of PolicyRules that can "
+                              "be referenced as a unit by a RoleBinding."),
+    _from_go_kind(_RBAC, gotypes.CLUSTER_ROLE, "clusterroles", namespaced=False,
+                  description="ClusterRole is a cluster level, logical grouping of PolicyRules "
+                              "that can be referenced as a unit by a RoleBinding or "
+                              "ClusterRoleBinding."),
+    _from_go_kind(_RBAC, gotypes.ROLE_BINDING, "rolebindings", namespaced=True,
+                  description="RoleBinding references a role, but does not contain it. It can "
+                              "reference a Role in the same namespace or a ClusterRole in the "
+                              "global namespace."),
+    _from_go_kind(_RBAC, gotypes.CLUSTER_ROLE_BINDING, "clusterrolebindings",
+                  namespaced=False,
+                  description="ClusterRoleBinding references a ClusterRole, but not contain "
+                              "it. It can reference a ClusterRole in the global namespace, "
+                              "and adds who information via Subject."),
     _builtin("", "v1", "Namespace", "namespaces", namespaced=False,
              description="Namespace provides a scope for Names.",
              properties={"spec": _free("Spec defines the behavior of the Namespace."),
