@@ -231,14 +231,21 @@ def _time_reader(layout: str, written: Callable[[datetime.datetime], str],
     return read
 
 
-# As Go writes them back: in UTC, a Time in whole seconds, a MicroTime in microseconds.
+def written_time(moment: datetime.datetime) -> str:
+    """A metav1.Time as Go writes it: in UTC, whole seconds."""
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def written_micro_time(moment: datetime.datetime) -> str:
+    """A metav1.MicroTime as Go writes it: in UTC, microseconds."""
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 _WRITTEN: Final = r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)"
 TIME: Final = Scalar("v1.Time", lambda v: True, _time_reader(
-    RFC3339, lambda moment: moment.strftime("%Y-%m-%dT%H:%M:%SZ"),
-    re.compile(_WRITTEN + "Z")))
+    RFC3339, written_time, re.compile(_WRITTEN + "Z")))
 MICRO_TIME: Final = Scalar("v1.MicroTime", lambda v: True, _time_reader(
-    RFC3339_MICRO, lambda moment: moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-    re.compile(_WRITTEN + r"\.\d{6}Z")))
+    RFC3339_MICRO, written_micro_time, re.compile(_WRITTEN + r"\.\d{6}Z")))
 
 
 # ---- the decoder -------------------------------------------------------------------------

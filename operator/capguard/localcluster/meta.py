@@ -36,7 +36,7 @@ def known_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
 
 def now_rfc3339() -> str:
     # metav1.Time serializes at whole seconds.
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return gotypes.written_time(datetime.datetime.now(datetime.UTC))
 
 
 def settled_conditions(previous: Any, wanted: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -59,30 +59,6 @@ def new_uid() -> str:
 def generated_name(prefix: str) -> str:
     # The real server truncates the prefix so that the result stays within 63 characters.
     return prefix[:58] + "".join(random.choices(_SUFFIX_ALPHABET, k=5))
-
-
-def truncate_time(value: Any) -> Any:
-    """A metav1.Time field keeps whole seconds: 03:04:05.123456Z becomes 03:04:05Z (102)."""
-    if not isinstance(value, str) or "." not in value:
-        return value
-    try:
-        parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return value
-    return parsed.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def micro_time(value: Any) -> Any:
-    """A metav1.MicroTime keeps microseconds and is written in UTC with a Z (103)."""
-    if not isinstance(value, str):
-        return value
-    try:
-        parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return value
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=datetime.UTC)
-    return parsed.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _regex_error(message: str, regex: str, *examples: str) -> str:

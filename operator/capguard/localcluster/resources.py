@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
-from capguard.localcluster import gotypes, meta
+from capguard.localcluster import gotypes
 
 ALL_VERBS: Final = ("create", "delete", "deletecollection", "get", "list", "patch", "update",
                     "watch")
@@ -184,13 +184,14 @@ def core_event_normalized(obj: dict[str, Any]) -> dict[str, Any]:
         if obj.get(key):
             result[key] = obj[key]
     result["source"] = obj.get("source") or {}
-    result["firstTimestamp"] = meta.truncate_time(obj.get("firstTimestamp"))
-    result["lastTimestamp"] = meta.truncate_time(obj.get("lastTimestamp"))
+    # times come decoded (`gotypes`): already as Go writes them
+    result["firstTimestamp"] = obj.get("firstTimestamp")
+    result["lastTimestamp"] = obj.get("lastTimestamp")
     if obj.get("count"):
         result["count"] = obj["count"]
     if obj.get("type"):
         result["type"] = obj["type"]
-    result["eventTime"] = meta.micro_time(obj.get("eventTime"))
+    result["eventTime"] = obj.get("eventTime")
     for key in ("series", "action", "related"):
         if obj.get(key):
             result[key] = obj[key]

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-from capguard.localcluster import authz, errors, objects, resources, store
+from capguard.localcluster import authz, errors, gotypes, objects, resources, store
 
 DEFAULT_SECONDS: Final = 3600
 MIN_SECONDS: Final = 600
@@ -70,7 +70,7 @@ class Issuer:
                              "creationTimestamp": None},
                 "spec": spec,
                 "status": {"token": token,
-                           "expirationTimestamp": stamp.strftime("%Y-%m-%dT%H:%M:%SZ")}}
+                           "expirationTimestamp": gotypes.written_time(stamp)}}
 
     def user(self, token: str) -> authz.User | None:
         """Whose `token` is; None if it is not one of ours, has expired, or its account is
